@@ -1,0 +1,149 @@
+//! The local admin socket: lets `token create` and `device revoke` reach a running collector, which holds the store.
+//!
+//! sled allows one process per store, so while `serve` runs the CLI asks it
+//! over `DATA_DIR/admin.sock` (mode 0600, and the peer must be root or the
+//! collector's own user). One JSON request per line, one JSON answer per line.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::service::Collector;
+
+/// What the CLI asks of a running collector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminRequest {
+    CreateToken {
+        uses: u32,
+        expires_at: DateTime<Utc>,
+        label: String,
+    },
+    RevokeDevice {
+        id: String,
+    },
+}
+
+/// The collector's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminResponse {
+    Token {
+        token: String,
+        ca_fingerprint: String,
+    },
+    Revoked {
+        id: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Serves the admin socket until `shutdown`.
+pub async fn serve(
+    path: &Path,
+    collector: Arc<Collector>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // A socket left by a collector that was killed would make bind fail.
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // The socket file belongs to this process's user: only that user (or root) may ask.
+    let me = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path)?);
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            };
+            let allowed = stream
+                .peer_cred()
+                .map(|c| c.uid() == 0 || c.uid() == me)
+                .unwrap_or(false);
+            if !allowed {
+                warn!("Admin socket connection from another user refused");
+                continue;
+            }
+            let c = collector.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(stream, c).await {
+                    debug!(error = %e, "Admin connection failed");
+                }
+            });
+        }
+        let _ = std::fs::remove_file(path);
+    });
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let resp = match serde_json::from_str::<AdminRequest>(&line) {
+            Err(e) => AdminResponse::Error {
+                message: format!("bad request: {e}"),
+            },
+            Ok(AdminRequest::CreateToken {
+                uses,
+                expires_at,
+                label,
+            }) => match c.create_token(uses, expires_at, label).await {
+                Ok(token) => AdminResponse::Token {
+                    token,
+                    ca_fingerprint: c.ca_fingerprint(),
+                },
+                Err(e) => AdminResponse::Error {
+                    message: e.to_string(),
+                },
+            },
+            Ok(AdminRequest::RevokeDevice { id }) => match c.revoke(&id).await {
+                Ok(d) => AdminResponse::Revoked { id: d.id },
+                Err(e) => AdminResponse::Error {
+                    message: e.to_string(),
+                },
+            },
+        };
+        let mut out = serde_json::to_vec(&resp).expect("responses serialise");
+        out.push(b'\n');
+        w.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// Sends one request to a running collector. `Ok(None)` if none is listening.
+pub async fn ask(path: &Path, req: &AdminRequest) -> std::io::Result<Option<AdminResponse>> {
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req).expect("requests serialise");
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut lines = BufReader::new(r).lines();
+    let answer = lines.next_line().await?.ok_or_else(|| {
+        std::io::Error::other("the collector closed the admin socket without answering")
+    })?;
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}

@@ -1,0 +1,237 @@
+//! gRPC adapters: Enrollment and Telemetry over `Collector`, converting protobuf at the edge.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use caretaker_proto::convert::{json_from_struct, time_from};
+use caretaker_proto::pb;
+use futures::Stream;
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::service::{Collector, EnrollError, EnrollRequest, IncomingEvent};
+use crate::store::AgentFacts;
+use crate::tls::PeerInfo;
+
+/// Batches a stream may have in the store's queue at once: enough to keep the
+/// pipe full while an fsync runs, few enough to bound memory per agent.
+const PIPELINE_DEPTH: usize = 4;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[derive(Clone)]
+pub struct GrpcApi {
+    collector: Arc<Collector>,
+}
+
+impl GrpcApi {
+    pub fn new(collector: Arc<Collector>) -> Self {
+        Self { collector }
+    }
+}
+
+fn peer<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .ok_or_else(|| Status::internal("connection information is missing"))
+}
+
+/// The device a request speaks for: only ever its verified client certificate.
+fn device_of<T>(req: &Request<T>, collector: &Collector) -> Result<String, Status> {
+    let id = peer(req)?.device_id.ok_or_else(|| {
+        Status::unauthenticated("a device certificate from this school is required")
+    })?;
+    if collector.is_revoked(&id) {
+        return Err(Status::permission_denied("this device has been revoked"));
+    }
+    Ok(id)
+}
+
+impl From<EnrollError> for Status {
+    fn from(e: EnrollError) -> Self {
+        let msg = e.to_string();
+        match e {
+            EnrollError::RateLimited(_) => Status::resource_exhausted(msg),
+            EnrollError::UnknownToken => Status::unauthenticated(msg),
+            EnrollError::ExpiredToken | EnrollError::UsedUpToken => Status::permission_denied(msg),
+            EnrollError::BadRequest(_) => Status::invalid_argument(msg),
+            EnrollError::Store(_) => Status::unavailable(msg),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::enrollment_server::Enrollment for GrpcApi {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let from = peer(&req)?.remote.ip();
+        let r = req.into_inner();
+        let enrolled = self
+            .collector
+            .enroll(
+                from,
+                EnrollRequest {
+                    token: r.token,
+                    csr_pem: r.csr_pem,
+                    facts: AgentFacts {
+                        hostname: r.hostname,
+                        os: r.os,
+                        agent_version: r.agent_version,
+                    },
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::EnrollResponse {
+            device_id: enrolled.device_id,
+            certificate_pem: enrolled.certificate_pem,
+            ca_certificate_pem: enrolled.ca_certificate_pem,
+        }))
+    }
+}
+
+fn incoming(e: pb::Event) -> IncomingEvent {
+    IncomingEvent {
+        seq: e.seq,
+        occurred_at: e.occurred_at.as_ref().and_then(time_from),
+        user: e.user,
+        kind: e.kind,
+        details: e.details.as_ref().map(json_from_struct).unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::telemetry_server::Telemetry for GrpcApi {
+    type StreamEventsStream = BoxStream<pb::Ack>;
+    type WatchPolicyStream = BoxStream<pb::Policy>;
+
+    async fn stream_events(
+        &self,
+        req: Request<Streaming<pb::EventBatch>>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let device = device_of(&req, &self.collector)?;
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH * 2);
+        tokio::spawn(pump(self.collector.clone(), device, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn watch_policy(
+        &self,
+        req: Request<pb::WatchPolicyRequest>,
+    ) -> Result<Response<Self::WatchPolicyStream>, Status> {
+        let device = device_of(&req, &self.collector)?;
+        let known = req.into_inner().known_version;
+        let mut policies = self.collector.watch_policy();
+        let collector = self.collector.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut known = known;
+            loop {
+                let current = policies.borrow_and_update().clone();
+                if current.version > known {
+                    known = current.version;
+                    let msg = pb::Policy {
+                        version: current.version,
+                        document_json: current.policy.to_string(),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = policies.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+                if collector.is_revoked(&device) {
+                    let _ = tx
+                        .send(Err(Status::permission_denied(
+                            "this device has been revoked",
+                        )))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Reads batches in order, stores them (several in flight), and acks each once durable.
+/// On any error the batches before it are still stored and acked, then the error ends the stream.
+async fn pump(
+    collector: Arc<Collector>,
+    device: String,
+    mut inbound: Streaming<pb::EventBatch>,
+    tx: mpsc::Sender<Result<pb::Ack, Status>>,
+) {
+    let mut pending = FuturesOrdered::new();
+    let mut through = 0u64;
+    let mut failure: Option<Status> = None;
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            biased;
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                match done {
+                    Ok(max_seq) => {
+                        through = through.max(max_seq);
+                        if tx.send(Ok(pb::Ack { through_seq: through })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(%device, error = %e, "Store refused a batch; the agent will resend it");
+                        failure.get_or_insert(Status::unavailable(format!("the collector could not store events: {e}")));
+                        open = false;
+                        // Later batches depended on this one being stored first: drop them unacked.
+                        pending = FuturesOrdered::new();
+                    }
+                }
+            }
+            msg = inbound.message(), if open && pending.len() < PIPELINE_DEPTH => {
+                match msg {
+                    Ok(Some(batch)) => {
+                        if collector.is_revoked(&device) {
+                            failure = Some(Status::permission_denied("this device has been revoked"));
+                            open = false;
+                            continue;
+                        }
+                        let facts = batch.agent.map(|a| AgentFacts {
+                            hostname: a.hostname,
+                            os: a.os,
+                            agent_version: a.agent_version,
+                        });
+                        let events: Vec<_> = batch.events.into_iter().map(incoming).collect();
+                        let max_seq = events.iter().map(|e| e.seq).max().unwrap_or(0);
+                        match collector.prepare_batch(&device, events, facts) {
+                            Ok(prepared) => {
+                                let c = collector.clone();
+                                pending.push_back(async move { c.commit(prepared).await.map(|()| max_seq) });
+                            }
+                            Err(why) => {
+                                debug!(%device, %why, "Malformed batch refused");
+                                failure = Some(Status::invalid_argument(why));
+                                open = false;
+                            }
+                        }
+                    }
+                    Ok(None) => open = false,
+                    Err(status) => {
+                        debug!(%device, error = %status, "Stream broke");
+                        failure = Some(Status::new(status.code(), format!("batch refused: {}", status.message())));
+                        open = false;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(status) = failure {
+        let _ = tx.send(Err(status)).await;
+    }
+}

@@ -1,0 +1,102 @@
+//! `serve`: opens the data directory, binds the listeners and runs gRPC, web and admin until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use caretaker_proto::pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::ca::SchoolCa;
+use crate::datadir::DataDir;
+use crate::grpc::GrpcApi;
+use crate::service::Collector;
+use crate::store::SledStore;
+use crate::tls::{GrpcTls, certs_from_pem, key_from_pem, web_config};
+
+/// Where to listen.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub grpc_listen: SocketAddr,
+    pub web_listen: SocketAddr,
+}
+
+/// The addresses actually bound (useful when asked for port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub web: SocketAddr,
+}
+
+/// Runs the collector until `shutdown` fires. `on_bound` is called once both listeners are up.
+pub async fn serve(
+    dir: &DataDir,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
+    dir.check()?;
+    let ca = SchoolCa::load(&dir.ca_cert(), &dir.ca_key())?;
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let chain = certs_from_pem(&read(dir.server_chain())?)?;
+    let key = key_from_pem(&read(dir.server_key())?)?;
+    let admin_token = read(dir.admin_token())?;
+    let store = SledStore::open(&dir.store()).with_context(|| {
+        format!(
+            "cannot open the store in {} (is another collector using this data directory?)",
+            dir.root().display()
+        )
+    })?;
+    let revoked = Arc::new(RwLock::new(Default::default()));
+    let grpc_tls = GrpcTls::new(
+        chain.clone(),
+        key.clone_key(),
+        ca.cert_der().to_vec().into(),
+        revoked.clone(),
+    )?;
+    let web_tls = web_config(chain, key)?;
+    let collector = Arc::new(Collector::new(Arc::new(store), ca, revoked, &admin_token)?);
+
+    let grpc_listener = TcpListener::bind(opts.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for agents on {}", opts.grpc_listen))?;
+    let web_listener = TcpListener::bind(opts.web_listen)
+        .await
+        .with_context(|| format!("cannot listen for the web API on {}", opts.web_listen))?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        web: web_listener.local_addr()?,
+    };
+    crate::admin::serve(&dir.admin_socket(), collector.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("cannot create {}", dir.admin_socket().display()))?;
+
+    let api = GrpcApi::new(collector.clone());
+    let max = caretaker_proto::MAX_MESSAGE_BYTES;
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            pb::enrollment_server::EnrollmentServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(pb::telemetry_server::TelemetryServer::new(api).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(
+            crate::tls::grpc_incoming(grpc_listener, grpc_tls, shutdown.clone()),
+            shutdown.clone().cancelled_owned(),
+        );
+    let web = crate::web::serve(
+        web_listener,
+        web_tls,
+        crate::web::router(collector),
+        shutdown.clone(),
+    );
+    info!(grpc = %bound.grpc, web = %bound.web, "Collector serving");
+    on_bound(bound);
+    let (grpc_result, ()) = tokio::join!(grpc, web);
+    grpc_result.context("the gRPC server failed")?;
+    info!("Collector stopped");
+    Ok(())
+}

@@ -1,0 +1,349 @@
+//! The collector's operations, independent of transport: enrol, accept events, change policy, revoke.
+//!
+//! gRPC, the web API and the admin socket are thin adapters over `Collector`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use caretaker_proto::policy::{PolicyDocument, PolicyError};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::ca::SchoolCa;
+use crate::ingest::Ingest;
+use crate::rules;
+use crate::store::{
+    AgentFacts, Device, DeviceBatch, PolicyVersion, Store, StoreError, StoredEvent, TokenRefusal,
+};
+use crate::tls::Revoked;
+use crate::tokens::{self, FailureLimiter};
+
+/// Why an enrolment was refused; each says plainly what the technician should do.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("too many failed enrolment attempts from this address; try again in {0} s")]
+    RateLimited(u64),
+    #[error("the enrolment token is not recognised (check it was copied whole)")]
+    UnknownToken,
+    #[error(
+        "the enrolment token has expired; create a new one with `caretaker-collector token create`"
+    )]
+    ExpiredToken,
+    #[error("the enrolment token has already been used its maximum number of times")]
+    UsedUpToken,
+    #[error("invalid enrolment request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An enrolment request in domain terms.
+#[derive(Debug, Clone)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub csr_pem: String,
+    pub facts: AgentFacts,
+}
+
+/// What a newly enrolled device receives.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub device_id: String,
+    pub certificate_pem: String,
+    pub ca_certificate_pem: String,
+}
+
+/// An event as it arrived, before the collector judges it.
+#[derive(Debug, Clone)]
+pub struct IncomingEvent {
+    pub seq: u64,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub user: String,
+    pub kind: String,
+    pub details: Map<String, Value>,
+}
+
+/// The shared state behind every listener.
+pub struct Collector {
+    pub store: Arc<dyn Store>,
+    ca: SchoolCa,
+    revoked: Revoked,
+    policy: watch::Sender<Arc<PolicyVersion>>,
+    ingest: Ingest,
+    limiter: FailureLimiter,
+    admin_token_hash: String,
+}
+
+const MAX_KIND: usize = 64;
+const MAX_USER: usize = 256;
+const MAX_FACT: usize = 256;
+
+fn valid_kind(kind: &str) -> bool {
+    let mut parts = kind.split('.');
+    kind.len() <= MAX_KIND
+        && kind.contains('.')
+        && parts.all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+impl Collector {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ca: SchoolCa,
+        revoked: Revoked,
+        admin_token: &str,
+    ) -> anyhow::Result<Self> {
+        let current = match store.current_policy()? {
+            Some(p) => p,
+            None => store.put_policy(
+                serde_json::to_value(PolicyDocument::default())?,
+                "caretaker-collector (default)",
+                Utc::now(),
+            )?,
+        };
+        let mut r = revoked.write().expect("revocation lock");
+        for d in store.devices()? {
+            if d.revoked_at.is_some() {
+                r.insert(d.id);
+            }
+        }
+        drop(r);
+        Ok(Self {
+            ingest: Ingest::start(store.clone()),
+            store,
+            ca,
+            revoked,
+            policy: watch::Sender::new(Arc::new(current)),
+            limiter: FailureLimiter::default(),
+            admin_token_hash: tokens::hash(admin_token.trim()),
+        })
+    }
+
+    pub fn ca_fingerprint(&self) -> String {
+        self.ca.fingerprint()
+    }
+
+    /// True if `bearer` is the administrator's API token.
+    pub fn is_admin(&self, bearer: &str) -> bool {
+        // Compare hashes so the comparison time says nothing about the token.
+        tokens::hash(bearer) == self.admin_token_hash
+    }
+
+    pub async fn enroll(&self, from: IpAddr, req: EnrollRequest) -> Result<Enrolled, EnrollError> {
+        if let Err(wait) = self.limiter.check(from, Instant::now()) {
+            return Err(EnrollError::RateLimited(wait.as_secs().max(1)));
+        }
+        for (name, v) in [
+            ("hostname", &req.facts.hostname),
+            ("os", &req.facts.os),
+            ("agent_version", &req.facts.agent_version),
+        ] {
+            if v.len() > MAX_FACT {
+                return Err(EnrollError::BadRequest(format!(
+                    "{name} is longer than {MAX_FACT} bytes"
+                )));
+            }
+        }
+        let device_id = uuid::Uuid::new_v4().to_string();
+        // Check the CSR before spending a use of the token on it.
+        let certificate_pem = self
+            .ca
+            .sign_device_csr(&req.csr_pem, &device_id)
+            .map_err(|e| EnrollError::BadRequest(e.to_string()))?;
+        let store = self.store.clone();
+        let hash = tokens::hash(req.token.trim());
+        let used = blocking(move || store.use_token(&hash, Utc::now())).await?;
+        let token = match used {
+            Ok(t) => t,
+            Err(refusal) => {
+                self.limiter.record_failure(from, Instant::now());
+                return Err(match refusal {
+                    TokenRefusal::Unknown => EnrollError::UnknownToken,
+                    TokenRefusal::Expired => EnrollError::ExpiredToken,
+                    TokenRefusal::UsedUp => EnrollError::UsedUpToken,
+                });
+            }
+        };
+        let device = Device {
+            id: device_id.clone(),
+            hostname: req.facts.hostname,
+            os: req.facts.os,
+            agent_version: req.facts.agent_version,
+            enrolled_at: Utc::now(),
+            last_seen: None,
+            enrolled_with: token.label,
+            revoked_at: None,
+            event_count: 0,
+            highest_seq: 0,
+            state: Map::new(),
+        };
+        let store = self.store.clone();
+        blocking(move || store.insert_device(&device)).await?;
+        tracing::info!(device = %device_id, "Device enrolled");
+        Ok(Enrolled {
+            device_id,
+            certificate_pem,
+            ca_certificate_pem: self.ca.cert_pem().to_string(),
+        })
+    }
+
+    pub fn is_revoked(&self, device_id: &str) -> bool {
+        self.revoked
+            .read()
+            .expect("revocation lock")
+            .contains(device_id)
+    }
+
+    /// Revokes a device: its certificate is refused from the next handshake, and its open streams end.
+    pub async fn revoke(&self, device_id: &str) -> Result<Device, StoreError> {
+        let store = self.store.clone();
+        let id = device_id.to_string();
+        let device = blocking(move || store.revoke_device(&id, Utc::now())).await?;
+        self.revoked
+            .write()
+            .expect("revocation lock")
+            .insert(device.id.clone());
+        tracing::info!(device = %device.id, "Device revoked");
+        Ok(device)
+    }
+
+    /// Checks and judges one batch; `Err` names the first bad event.
+    pub fn prepare_batch(
+        &self,
+        device_id: &str,
+        events: Vec<IncomingEvent>,
+        facts: Option<AgentFacts>,
+    ) -> Result<DeviceBatch, String> {
+        let now = Utc::now();
+        let policy = PolicyDocument::parse_lenient(&self.policy.borrow().policy.to_string())
+            .unwrap_or_default();
+        let mut state = Map::new();
+        let mut out = Vec::with_capacity(events.len());
+        for (i, e) in events.into_iter().enumerate() {
+            let at = |why: String| format!("event {} of the batch (seq {}): {why}", i + 1, e.seq);
+            if e.seq == 0 {
+                return Err(at("seq must start at 1".into()));
+            }
+            if !valid_kind(&e.kind) {
+                return Err(at(format!(
+                    "kind {:?} is not a dotted lowercase name",
+                    e.kind
+                )));
+            }
+            if e.user.len() > MAX_USER {
+                return Err(at(format!("user is longer than {MAX_USER} bytes")));
+            }
+            let Some(occurred_at) = e.occurred_at else {
+                return Err(at("occurred_at is missing or out of range".into()));
+            };
+            let verdict = rules::classify(&e.kind, &e.details, &policy);
+            if let Some((facet, value)) = rules::state_facet(&e.kind, &e.details) {
+                state.insert(facet, value);
+            }
+            out.push(StoredEvent {
+                device_id: device_id.to_string(),
+                seq: e.seq,
+                kind: e.kind,
+                occurred_at,
+                received_at: now,
+                user: (!e.user.is_empty()).then_some(e.user),
+                details: e.details,
+                severity: verdict.severity.to_string(),
+                audience: verdict.audience,
+            });
+        }
+        Ok(DeviceBatch {
+            device_id: device_id.to_string(),
+            events: out,
+            facts,
+            state,
+            seen_at: now,
+        })
+    }
+
+    /// Stores a prepared batch durably.
+    pub async fn commit(&self, batch: DeviceBatch) -> Result<(), StoreError> {
+        self.ingest.commit(batch).await
+    }
+
+    pub fn policy(&self) -> Arc<PolicyVersion> {
+        self.policy.borrow().clone()
+    }
+
+    pub fn watch_policy(&self) -> watch::Receiver<Arc<PolicyVersion>> {
+        self.policy.subscribe()
+    }
+
+    /// Validates and stores a new policy version, then pushes it to connected agents.
+    pub async fn set_policy(
+        &self,
+        doc: Value,
+        changed_by: &str,
+    ) -> Result<PolicyVersion, SetPolicyError> {
+        let parsed = PolicyDocument::parse_strict(&doc)?;
+        // Store the normalised document so defaults are explicit in the record.
+        let normalised = serde_json::to_value(&parsed).expect("policy serialises");
+        let store = self.store.clone();
+        let by = changed_by.to_string();
+        let pv = blocking(move || store.put_policy(normalised, &by, Utc::now())).await?;
+        tracing::info!(version = pv.version, changed_by = %pv.changed_by, "Policy changed");
+        self.policy.send_replace(Arc::new(pv.clone()));
+        Ok(pv)
+    }
+
+    /// Creates an enrolment token; returns the token (shown once).
+    pub async fn create_token(
+        &self,
+        uses: u32,
+        expires_at: DateTime<Utc>,
+        label: String,
+    ) -> Result<String, StoreError> {
+        let store = self.store.clone();
+        blocking(move || tokens::create(store.as_ref(), uses, expires_at, &label)).await
+    }
+}
+
+/// Why a policy change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SetPolicyError {
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs blocking store work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_kind;
+
+    #[test]
+    fn kinds_are_dotted_lowercase() {
+        for good in ["agent.started", "usb.inserted", "a.b_c.d9"] {
+            assert!(valid_kind(good), "{good}");
+        }
+        for bad in [
+            "",
+            "agent",
+            "Agent.started",
+            "a..b",
+            "a.b-c",
+            &"a.".repeat(40),
+        ] {
+            assert!(!valid_kind(bad), "{bad}");
+        }
+    }
+}

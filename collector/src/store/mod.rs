@@ -1,0 +1,159 @@
+//! The collector's durable record: devices, events, enrolment tokens and policy versions, behind a trait.
+//!
+//! `SledStore` is the embedded default. Everything above this module talks to
+//! `dyn Store`, so a server-grade database can take over when a trust outgrows
+//! one machine. Invariant: `append_events` returns only once the events are
+//! durable, and a (device, seq) pair is stored at most once.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Store failures. Callers report them; they never mean partial writes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Engine(String),
+    #[error("a stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("no device with id {0}")]
+    NoSuchDevice(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An enrolled laptop, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: String,
+    pub hostname: String,
+    pub os: String,
+    pub agent_version: String,
+    pub enrolled_at: DateTime<Utc>,
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Which token label enrolled it (helps the technician trace roll-outs).
+    pub enrolled_with: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// How many distinct events are stored for it.
+    pub event_count: u64,
+    /// The highest sequence number stored for it.
+    pub highest_seq: u64,
+    /// The latest state each probe reported (antivirus, screen lock, ...),
+    /// keyed by facet, for the dashboard and fleet counts.
+    #[serde(default)]
+    pub state: Map<String, Value>,
+}
+
+/// An event as stored and served by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub device_id: String,
+    pub seq: u64,
+    pub kind: String,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub user: Option<String>,
+    pub details: Map<String, Value>,
+    pub severity: String,
+    pub audience: Vec<String>,
+}
+
+/// Host facts an agent reports when it connects.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentFacts {
+    pub hostname: String,
+    pub os: String,
+    pub agent_version: String,
+}
+
+/// One stream's batch within a group commit.
+#[derive(Debug, Clone)]
+pub struct DeviceBatch {
+    pub device_id: String,
+    pub events: Vec<StoredEvent>,
+    pub facts: Option<AgentFacts>,
+    /// Device state facets to overwrite (from state-report events).
+    pub state: Map<String, Value>,
+    pub seen_at: DateTime<Utc>,
+}
+
+/// What to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub device: Option<String>,
+    pub kind: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// One page of events and the cursor for the next.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    pub next: Option<String>,
+}
+
+/// An enrolment token as stored: only its hash, never the token itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub hash: String,
+    pub label: String,
+    pub max_uses: u32,
+    pub uses: u32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Why a token could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Unknown,
+    Expired,
+    UsedUp,
+}
+
+/// A stored version of the policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    pub version: u64,
+    pub policy: Value,
+    pub changed_by: String,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// The durable record. Implementations must be safe to share between tasks.
+pub trait Store: Send + Sync + 'static {
+    fn insert_device(&self, device: &Device) -> StoreResult<()>;
+    fn device(&self, id: &str) -> StoreResult<Option<Device>>;
+    fn devices(&self) -> StoreResult<Vec<Device>>;
+    /// Marks a device revoked; returns the updated device.
+    fn revoke_device(&self, id: &str, at: DateTime<Utc>) -> StoreResult<Device>;
+
+    /// Stores a group of batches atomically and durably; events already stored
+    /// (same device and seq) are skipped. Returns how many were new.
+    fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64>;
+    fn events(&self, query: &EventQuery) -> StoreResult<EventPage>;
+
+    fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    /// Uses a token once if it is valid at `now`; atomic against concurrent use.
+    fn use_token(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<TokenRecord, TokenRefusal>>;
+
+    fn current_policy(&self) -> StoreResult<Option<PolicyVersion>>;
+    /// Stores `policy` as the next version and returns it.
+    fn put_policy(
+        &self,
+        policy: Value,
+        changed_by: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<PolicyVersion>;
+    fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>>;
+}

@@ -1,0 +1,532 @@
+//! The embedded sled implementation of `Store`.
+//!
+//! Trees: `devices` (id → JSON), `events` (id '/' seq BE → JSON),
+//! `timeline` (ingest id BE → events key, the newest-first order),
+//! `tokens` (hash → JSON), `policies` (version BE → JSON). A group commit is
+//! one transaction over devices, events and timeline, then one fsync.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::{
+    Device, DeviceBatch, EventPage, EventQuery, PolicyVersion, Store, StoreError, StoreResult,
+    StoredEvent, TokenRecord, TokenRefusal,
+};
+
+/// Most timeline entries one listing request scans before it returns a page
+/// (possibly short) with a cursor, so a selective filter cannot stall the API.
+const MAX_SCAN: usize = 200_000;
+
+pub struct SledStore {
+    db: sled::Db,
+    devices: sled::Tree,
+    events: sled::Tree,
+    timeline: sled::Tree,
+    tokens: sled::Tree,
+    policies: sled::Tree,
+}
+
+fn engine(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records always serialise")
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn event_key(device: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(device.len() + 9);
+    k.extend_from_slice(device.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn device_prefix(device: &str) -> Vec<u8> {
+    let mut k = device.as_bytes().to_vec();
+    k.push(b'/');
+    k
+}
+
+fn seq_of_key(key: &[u8]) -> u64 {
+    let tail: [u8; 8] = key[key.len() - 8..]
+        .try_into()
+        .expect("event keys end in 8 bytes");
+    u64::from_be_bytes(tail)
+}
+
+fn matches(q: &EventQuery, e: &StoredEvent) -> bool {
+    q.kind.as_ref().is_none_or(|k| &e.kind == k) && q.since.is_none_or(|s| e.occurred_at >= s)
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            // The flush thread is not our durability: append() fsyncs itself.
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(engine)?;
+        let tree = |name: &str| db.open_tree(name).map_err(engine);
+        Ok(Self {
+            devices: tree("devices")?,
+            events: tree("events")?,
+            timeline: tree("timeline")?,
+            tokens: tree("tokens")?,
+            policies: tree("policies")?,
+            db,
+        })
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.db.flush().map(|_| ()).map_err(engine)
+    }
+
+    fn page_for_device(&self, q: &EventQuery, device: &str) -> StoreResult<EventPage> {
+        let prefix = device_prefix(device);
+        let upper = match q.cursor.as_deref().and_then(|c| c.strip_prefix('s')) {
+            Some(s) => event_key(device, s.parse().unwrap_or(0)),
+            None => {
+                let mut end = prefix.clone();
+                *end.last_mut().expect("prefix is not empty") += 1;
+                end
+            }
+        };
+        let mut out = Vec::new();
+        let mut last_seq = None;
+        for (scanned, item) in self.events.range(prefix.clone()..upper).rev().enumerate() {
+            let (k, v) = item.map_err(engine)?;
+            last_seq = Some(seq_of_key(&k));
+            let e: StoredEvent = decode("event", &v)?;
+            if matches(q, &e) {
+                out.push(e);
+                if out.len() == q.limit {
+                    break;
+                }
+            }
+            if scanned + 1 >= MAX_SCAN {
+                break;
+            }
+        }
+        let more = last_seq.is_some_and(|s| {
+            self.events
+                .range(prefix..event_key(device, s))
+                .next_back()
+                .is_some()
+        });
+        Ok(EventPage {
+            next: if more {
+                last_seq.map(|s| format!("s{s}"))
+            } else {
+                None
+            },
+            events: out,
+        })
+    }
+
+    fn page_for_fleet(&self, q: &EventQuery) -> StoreResult<EventPage> {
+        let upper: u64 = match q.cursor.as_deref().and_then(|c| c.strip_prefix('t')) {
+            Some(t) => t.parse().unwrap_or(0),
+            None => u64::MAX,
+        };
+        let mut out = Vec::new();
+        let mut last_id = None;
+        for (scanned, item) in self.timeline.range(..upper.to_be_bytes()).rev().enumerate() {
+            let (k, ev_key) = item.map_err(engine)?;
+            last_id = Some(u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("timeline key".into()))?,
+            ));
+            let Some(v) = self.events.get(&ev_key).map_err(engine)? else {
+                continue;
+            };
+            let e: StoredEvent = decode("event", &v)?;
+            if matches(q, &e) {
+                out.push(e);
+                if out.len() == q.limit {
+                    break;
+                }
+            }
+            if scanned + 1 >= MAX_SCAN {
+                break;
+            }
+        }
+        let more = last_id.is_some_and(|id| {
+            self.timeline
+                .range(..id.to_be_bytes())
+                .next_back()
+                .is_some()
+        });
+        Ok(EventPage {
+            next: if more {
+                last_id.map(|t| format!("t{t}"))
+            } else {
+                None
+            },
+            events: out,
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn insert_device(&self, device: &Device) -> StoreResult<()> {
+        self.devices
+            .insert(device.id.as_bytes(), encode(device))
+            .map_err(engine)?;
+        self.flush()
+    }
+
+    fn device(&self, id: &str) -> StoreResult<Option<Device>> {
+        self.devices
+            .get(id.as_bytes())
+            .map_err(engine)?
+            .map(|v| decode("device", &v))
+            .transpose()
+    }
+
+    fn devices(&self) -> StoreResult<Vec<Device>> {
+        self.devices
+            .iter()
+            .map(|r| r.map_err(engine).and_then(|(_, v)| decode("device", &v)))
+            .collect()
+    }
+
+    fn revoke_device(&self, id: &str, at: DateTime<Utc>) -> StoreResult<Device> {
+        let mut device = self
+            .device(id)?
+            .ok_or_else(|| StoreError::NoSuchDevice(id.to_string()))?;
+        if device.revoked_at.is_none() {
+            device.revoked_at = Some(at);
+            self.insert_device(&device)?;
+        }
+        Ok(device)
+    }
+
+    fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64> {
+        let result = (&self.devices, &self.events, &self.timeline).transaction(
+            |(devices, events, timeline)| {
+                let mut new_total = 0u64;
+                for batch in group {
+                    let Some(raw) = devices.get(batch.device_id.as_bytes())? else {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::NoSuchDevice(batch.device_id.clone()),
+                        ));
+                    };
+                    let mut device: Device =
+                        decode("device", &raw).map_err(ConflictableTransactionError::Abort)?;
+                    for e in &batch.events {
+                        let key = event_key(&batch.device_id, e.seq);
+                        if events.get(&key)?.is_some() {
+                            continue; // a resend: stored once
+                        }
+                        let id = timeline.generate_id()?;
+                        events.insert(key.as_slice(), encode(e))?;
+                        timeline.insert(&id.to_be_bytes(), key)?;
+                        device.event_count += 1;
+                        device.highest_seq = device.highest_seq.max(e.seq);
+                        new_total += 1;
+                    }
+                    device.last_seen = Some(batch.seen_at);
+                    if let Some(f) = &batch.facts {
+                        device.hostname.clone_from(&f.hostname);
+                        device.os.clone_from(&f.os);
+                        device.agent_version.clone_from(&f.agent_version);
+                    }
+                    for (k, v) in &batch.state {
+                        device.state.insert(k.clone(), v.clone());
+                    }
+                    devices.insert(batch.device_id.as_bytes(), encode(&device))?;
+                }
+                Ok(new_total)
+            },
+        );
+        let new = match result {
+            Ok(n) => n,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(engine(e)),
+        };
+        self.flush()?;
+        Ok(new)
+    }
+
+    fn events(&self, query: &EventQuery) -> StoreResult<EventPage> {
+        match &query.device {
+            Some(d) => self.page_for_device(query, d),
+            None => self.page_for_fleet(query),
+        }
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        self.tokens
+            .insert(token.hash.as_bytes(), encode(token))
+            .map_err(engine)?;
+        self.flush()
+    }
+
+    fn use_token(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<TokenRecord, TokenRefusal>> {
+        let result = self.tokens.transaction(|tokens| {
+            let Some(raw) = tokens.get(hash.as_bytes())? else {
+                return Ok(Err(TokenRefusal::Unknown));
+            };
+            let mut t: TokenRecord =
+                decode("token", &raw).map_err(ConflictableTransactionError::Abort)?;
+            if now >= t.expires_at {
+                return Ok(Err(TokenRefusal::Expired));
+            }
+            if t.uses >= t.max_uses {
+                return Ok(Err(TokenRefusal::UsedUp));
+            }
+            t.uses += 1;
+            tokens.insert(hash.as_bytes(), encode(&t))?;
+            Ok(Ok(t))
+        });
+        let outcome = match result {
+            Ok(o) => o,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(engine(e)),
+        };
+        self.flush()?;
+        Ok(outcome)
+    }
+
+    fn current_policy(&self) -> StoreResult<Option<PolicyVersion>> {
+        self.policies
+            .range(..u64::MAX.to_be_bytes())
+            .next_back()
+            .transpose()
+            .map_err(engine)?
+            .map(|(_, v)| decode("policy", &v))
+            .transpose()
+    }
+
+    fn put_policy(
+        &self,
+        policy: Value,
+        changed_by: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<PolicyVersion> {
+        let result = self.policies.transaction(|policies| {
+            let version = match policies.get(u64::MAX.to_be_bytes())? {
+                // A marker key holds the latest version so the transaction can read it.
+                Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
+                None => 1,
+            };
+            let pv = PolicyVersion {
+                version,
+                policy: policy.clone(),
+                changed_by: changed_by.to_string(),
+                changed_at: at,
+            };
+            policies.insert(&version.to_be_bytes(), encode(&pv))?;
+            policies.insert(&u64::MAX.to_be_bytes(), &version.to_be_bytes())?;
+            Ok(pv)
+        });
+        let pv = result.map_err(|e: TransactionError<StoreError>| engine(e))?;
+        self.flush()?;
+        Ok(pv)
+    }
+
+    fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>> {
+        self.policies
+            .range(..u64::MAX.to_be_bytes())
+            .map(|r| r.map_err(engine).and_then(|(_, v)| decode("policy", &v)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn device(id: &str) -> Device {
+        Device {
+            id: id.into(),
+            hostname: "h".into(),
+            os: "linux".into(),
+            agent_version: "0".into(),
+            enrolled_at: Utc::now(),
+            last_seen: None,
+            enrolled_with: "t".into(),
+            revoked_at: None,
+            event_count: 0,
+            highest_seq: 0,
+            state: Default::default(),
+        }
+    }
+
+    fn event(device: &str, seq: u64) -> StoredEvent {
+        StoredEvent {
+            device_id: device.into(),
+            seq,
+            kind: if seq % 2 == 0 { "even" } else { "odd" }.into(),
+            occurred_at: Utc::now(),
+            received_at: Utc::now(),
+            user: None,
+            details: Default::default(),
+            severity: "info".into(),
+            audience: vec![],
+        }
+    }
+
+    fn batch(device: &str, seqs: impl Iterator<Item = u64>) -> DeviceBatch {
+        DeviceBatch {
+            device_id: device.into(),
+            events: seqs.map(|s| event(device, s)).collect(),
+            facts: None,
+            state: Default::default(),
+            seen_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn resent_events_are_stored_once_and_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.insert_device(&device("a")).unwrap();
+        assert_eq!(s.append(&[batch("a", 1..=5)]).unwrap(), 5);
+        assert_eq!(
+            s.append(&[batch("a", 3..=8), batch("a", 8..=9)]).unwrap(),
+            4
+        );
+        let d = s.device("a").unwrap().unwrap();
+        assert_eq!((d.event_count, d.highest_seq), (9, 9));
+    }
+
+    #[test]
+    fn unknown_device_aborts_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.insert_device(&device("a")).unwrap();
+        let err = s
+            .append(&[batch("a", 1..=2), batch("ghost", 1..=1)])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NoSuchDevice(_)));
+        assert_eq!(s.device("a").unwrap().unwrap().event_count, 0);
+    }
+
+    #[test]
+    fn pages_walk_newest_first_without_gaps_or_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for d in ["a", "b"] {
+            s.insert_device(&device(d)).unwrap();
+        }
+        s.append(&[batch("a", 1..=7), batch("b", 1..=3)]).unwrap();
+        for q in [
+            EventQuery {
+                limit: 3,
+                ..Default::default()
+            },
+            EventQuery {
+                limit: 3,
+                device: Some("a".into()),
+                ..Default::default()
+            },
+            EventQuery {
+                limit: 2,
+                kind: Some("odd".into()),
+                ..Default::default()
+            },
+        ] {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = s
+                    .events(&EventQuery {
+                        cursor: cursor.clone(),
+                        ..q.clone()
+                    })
+                    .unwrap();
+                assert!(page.events.len() <= q.limit);
+                seen.extend(page.events.iter().map(|e| (e.device_id.clone(), e.seq)));
+                cursor = page.next;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            let expected = match (&q.device, &q.kind) {
+                (Some(_), _) => 7,
+                (None, Some(_)) => 4 + 2,
+                _ => 10,
+            };
+            assert_eq!(seen.len(), expected, "{q:?}");
+            let mut dedup = seen.clone();
+            dedup.sort();
+            dedup.dedup();
+            assert_eq!(dedup.len(), seen.len());
+        }
+        let newest = s
+            .events(&EventQuery {
+                limit: 1,
+                device: Some("a".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(newest.events[0].seq, 7);
+    }
+
+    #[test]
+    fn tokens_obey_uses_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let now = Utc::now();
+        s.insert_token(&TokenRecord {
+            hash: "h".into(),
+            label: "l".into(),
+            max_uses: 2,
+            uses: 0,
+            created_at: now,
+            expires_at: now + chrono::Duration::hours(1),
+        })
+        .unwrap();
+        assert!(s.use_token("h", now).unwrap().is_ok());
+        assert!(s.use_token("h", now).unwrap().is_ok());
+        assert_eq!(s.use_token("h", now).unwrap(), Err(TokenRefusal::UsedUp));
+        assert_eq!(
+            s.use_token("nope", now).unwrap(),
+            Err(TokenRefusal::Unknown)
+        );
+        s.insert_token(&TokenRecord {
+            hash: "old".into(),
+            label: "l".into(),
+            max_uses: 5,
+            uses: 0,
+            created_at: now,
+            expires_at: now,
+        })
+        .unwrap();
+        assert_eq!(s.use_token("old", now).unwrap(), Err(TokenRefusal::Expired));
+    }
+
+    #[test]
+    fn policy_versions_count_up_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            assert_eq!(s.current_policy().unwrap(), None);
+            s.put_policy(json!({"a": 1}), "init", Utc::now()).unwrap();
+            s.put_policy(json!({"a": 2}), "admin", Utc::now()).unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let cur = s.current_policy().unwrap().unwrap();
+        assert_eq!((cur.version, cur.changed_by.as_str()), (2, "admin"));
+        assert_eq!(s.policy_history().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,1 @@
+//! Packaging of the Caretaker agent; the roll-out issue fills this in.

@@ -1,0 +1,19 @@
+//! The wire contract shared by agent and collector: generated gRPC types and the policy document.
+//!
+//! Only this crate knows protobuf types; `convert` turns them into plain Rust
+//! values at the edge.
+
+pub mod convert;
+pub mod policy;
+
+/// Generated protobuf and gRPC code for package `caretaker.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("caretaker.v1");
+}
+
+/// ALPN identifier an enrolling client offers so the collector accepts it without a client certificate.
+pub const ENROLL_ALPN: &[u8] = b"caretaker-enroll/1";
+
+/// Largest gRPC message either side accepts (bytes).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

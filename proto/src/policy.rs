@@ -1,0 +1,87 @@
+//! The policy document: what the school wants enforced, versioned by the collector and cached by agents.
+//!
+//! The collector parses strictly (an unknown field is a typo the network
+//! manager should hear about); agents parse leniently, so an older agent keeps
+//! working when a newer collector adds a section. Later features add their own
+//! sections here.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole policy document, as stored and pushed to agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyDocument {
+    /// A free-text description shown in the dashboard.
+    pub description: String,
+}
+
+impl Default for PolicyDocument {
+    fn default() -> Self {
+        Self {
+            description: "Caretaker default policy".to_string(),
+        }
+    }
+}
+
+/// Why a policy document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy is not valid JSON for the schema: {0}")]
+    Syntax(String),
+    #[error("unknown policy field `{0}`")]
+    UnknownField(String),
+    #[error("invalid policy: {0}")]
+    Invalid(String),
+}
+
+impl PolicyDocument {
+    /// Parses and validates a document from the network manager, refusing unknown fields.
+    pub fn parse_strict(value: &serde_json::Value) -> Result<Self, PolicyError> {
+        let mut unknown = Vec::new();
+        let doc: PolicyDocument = serde_ignored::deserialize(value, |path| {
+            unknown.push(path.to_string());
+        })
+        .map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        if let Some(field) = unknown.into_iter().next() {
+            return Err(PolicyError::UnknownField(field));
+        }
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// Parses a document received from the collector, ignoring sections this agent does not know.
+    pub fn parse_lenient(json: &str) -> Result<Self, PolicyError> {
+        let doc: PolicyDocument =
+            serde_json::from_str(json).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// Checks the ranges and relations serde cannot express.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.description.len() > 1000 {
+            return Err(PolicyError::Invalid(
+                "description is longer than 1000 characters".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strict_parsing_names_the_unknown_field() {
+        let err = PolicyDocument::parse_strict(&json!({"descripton": "typo"})).unwrap_err();
+        assert_eq!(err.to_string(), "unknown policy field `descripton`");
+    }
+
+    #[test]
+    fn lenient_parsing_ignores_newer_sections() {
+        let doc = PolicyDocument::parse_lenient(r#"{"description":"d","future":{}}"#).unwrap();
+        assert_eq!(doc.description, "d");
+    }
+}
