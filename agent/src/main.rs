@@ -1,1 +1,134 @@
-fn main() {}
+//! `caretaker-agent`: command-line wiring for enroll, run and status.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use caretaker_agent::config::Config;
+use caretaker_agent::state::{DEFAULT_STATE_DIR, StateDir};
+use caretaker_agent::status::Status;
+use caretaker_agent::{enroll, os, runtime};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "caretaker-agent", version, about = "Caretaker's laptop agent: keeps a school laptop within its safeguarding policy and reports what happened")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrol this machine with the school's collector.
+    Enroll {
+        /// The collector's gRPC address, HOST:PORT.
+        #[arg(long)]
+        collector: String,
+        #[arg(long)]
+        token: String,
+        /// The CA fingerprint printed by `caretaker-collector token create` (sha256:...).
+        #[arg(long)]
+        ca_fingerprint: String,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Run the agent (as a service).
+    Run {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show enrolment, connection, spool depth and policy version.
+    Status {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("caretaker-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Enroll { collector, token, ca_fingerprint, state_dir } => {
+            let e = enroll::enroll(&StateDir::new(&state_dir), &collector, &token, &ca_fingerprint).await?;
+            println!("Enrolled as device {} with the collector at {}", e.device_id, e.collector);
+            println!("Start the agent: caretaker-agent run --state-dir {}", state_dir.display());
+            Ok(())
+        }
+        Command::Run { state_dir, config } => {
+            let config = Config::load(config.as_deref(), state_dir)?;
+            let shutdown = CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                s.cancel();
+            });
+            runtime::run(config, shutdown).await
+        }
+        Command::Status { state_dir, json } => status(&StateDir::new(state_dir), json),
+    }
+}
+
+fn status(state: &StateDir, json: bool) -> anyhow::Result<()> {
+    let Some(enrollment) = state.load_enrollment()? else {
+        if json {
+            println!("{}", serde_json::json!({"enrolled": false}));
+        } else {
+            println!("Not enrolled (no {}).", state.enrollment().display());
+        }
+        return Ok(());
+    };
+    let last: Option<Status> = std::fs::read(state.status())
+        .ok()
+        .map(|b| serde_json::from_slice(&b))
+        .transpose()
+        .with_context(|| format!("{} is damaged", state.status().display()))?;
+    let running = last.as_ref().is_some_and(|s| os::process_alive(s.pid));
+    if json {
+        println!("{}", serde_json::json!({"enrolled": true, "enrollment": enrollment, "running": running, "status": last}));
+        return Ok(());
+    }
+    println!("Enrolled:      yes, device {} (since {})", enrollment.device_id, enrollment.enrolled_at);
+    println!("Collector:     {}", enrollment.collector);
+    match last {
+        None => println!("Agent:         has not run yet"),
+        Some(s) => {
+            println!("Agent:         {}", if running { format!("running (pid {})", s.pid) } else { "not running".into() });
+            let conn = match (running && s.connected, &s.last_error) {
+                (true, _) => format!("connected since {}", s.connected_since.map(|t| t.to_string()).unwrap_or_default()),
+                (false, Some(e)) => format!("not connected ({e})"),
+                (false, None) => "not connected".into(),
+            };
+            println!("Connection:    {conn}");
+            println!("Spool:         {} event(s) waiting, {} bytes", s.spool_events, s.spool_bytes);
+            println!("Policy:        version {}", s.policy_version);
+            if let Some(t) = s.updated_at {
+                println!("(as of {t})");
+            }
+        }
+    }
+    Ok(())
+}

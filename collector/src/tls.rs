@@ -132,6 +132,10 @@ impl GrpcTls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())?;
         devices.alpn_protocols = vec![b"h2".to_vec()];
+        // A resumed session skips client-certificate verification, and with it
+        // the revocation check: every device connection does a full handshake.
+        devices.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        devices.send_tls13_tickets = 0;
         let mut enroll = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()

@@ -1,0 +1,120 @@
+//! Agent configuration: a TOML file read into `RawConfig`, then validated into `Config` before anything starts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::state::DEFAULT_STATE_DIR;
+
+/// Default spool bound: about a month of a busy laptop's events.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 100 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("the config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid setting `{field}`: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+/// The file as written by the technician.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    /// Overrides the collector address recorded at enrolment.
+    collector: Option<String>,
+    #[serde(default = "default_heartbeat")]
+    heartbeat_interval: String,
+    #[serde(default = "default_spool_max")]
+    spool_max_bytes: u64,
+}
+
+fn default_heartbeat() -> String {
+    "5m".into()
+}
+
+fn default_spool_max() -> u64 {
+    DEFAULT_SPOOL_MAX_BYTES
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub collector: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub spool_max_bytes: u64,
+}
+
+impl Config {
+    /// Reads `path` (if given) and applies a `--state-dir` override.
+    pub fn load(path: Option<&Path>, state_dir: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let raw = match path {
+            None => toml::from_str::<RawConfig>("").expect("empty config parses"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        Self::validate(raw, state_dir)
+    }
+
+    fn validate(raw: RawConfig, state_dir: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let heartbeat_interval: Duration = raw
+            .heartbeat_interval
+            .parse::<humantime::Duration>()
+            .map_err(|e| ConfigError::Invalid { field: "heartbeat_interval", message: format!("{e} (use e.g. 30s, 5m)") })?
+            .into();
+        if heartbeat_interval < Duration::from_millis(10) {
+            return Err(ConfigError::Invalid { field: "heartbeat_interval", message: "must be at least 10ms".into() });
+        }
+        if raw.spool_max_bytes < 64 * 1024 {
+            return Err(ConfigError::Invalid { field: "spool_max_bytes", message: "must be at least 65536".into() });
+        }
+        if let Some(c) = &raw.collector {
+            crate::connect::split_addr(c).map_err(|e| ConfigError::Invalid { field: "collector", message: e.to_string() })?;
+        }
+        Ok(Self {
+            state_dir: state_dir.or(raw.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            collector: raw.collector,
+            heartbeat_interval,
+            spool_max_bytes: raw.spool_max_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
+        Config::validate(raw, None)
+    }
+
+    #[test]
+    fn defaults_are_sensible() {
+        let c = parse("").unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(300));
+        assert_eq!(c.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        assert!(parse("heartbeat_intervall = \"5s\"").unwrap_err().to_string().contains("heartbeat_intervall"));
+        assert!(parse("heartbeat_interval = \"soon\"").unwrap_err().to_string().contains("heartbeat_interval"));
+        assert!(parse("spool_max_bytes = 10").unwrap_err().to_string().contains("spool_max_bytes"));
+        assert!(parse("collector = \"nohost\"").unwrap_err().to_string().contains("collector"));
+    }
+}

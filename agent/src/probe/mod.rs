@@ -1,0 +1,39 @@
+//! Probes: each watches one thing on the laptop and turns what it sees into events.
+//!
+//! A closed set: `ProbeConfig` lists them and `spawn` builds each. No plug-in
+//! registry; a new probe is a new variant and a new module.
+
+pub mod lifecycle;
+
+use std::sync::Arc;
+
+use caretaker_proto::policy::PolicyDocument;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::event::EventSink;
+
+/// What every probe gets from the agent.
+#[derive(Clone)]
+pub struct ProbeContext {
+    pub sink: EventSink,
+    pub policy: watch::Receiver<Arc<PolicyDocument>>,
+    pub shutdown: CancellationToken,
+}
+
+/// One configured probe.
+#[derive(Debug, Clone)]
+pub enum ProbeConfig {
+    Lifecycle(lifecycle::LifecycleConfig),
+}
+
+/// Starts every probe on `tracker`.
+pub fn spawn(probes: Vec<ProbeConfig>, ctx: ProbeContext, tracker: &TaskTracker) {
+    for p in probes {
+        let ctx = ctx.clone();
+        match p {
+            ProbeConfig::Lifecycle(cfg) => tracker.spawn(lifecycle::run(cfg, ctx.sink, ctx.shutdown)),
+        };
+    }
+}

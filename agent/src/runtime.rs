@@ -1,0 +1,134 @@
+//! `caretaker-agent run`: wires spool, probes, uplink, policy and status together, and stops them in order.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::event::{EventSink, NewEvent};
+use crate::policy::PolicyCache;
+use crate::probe::{self, ProbeConfig, ProbeContext};
+use crate::spool::{OpenNote, Spool};
+use crate::state::StateDir;
+use crate::status::{Status, StatusBoard};
+use crate::uplink::Uplink;
+use crate::{details, os, tls};
+
+/// Runs the agent until `shutdown`, then records `agent.stopping` and sends what it can.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state = StateDir::new(&config.state_dir);
+    let enrollment = state.load_enrollment()?.with_context(|| {
+        format!(
+            "this machine is not enrolled (no {}); run `caretaker-agent enroll --collector HOST:PORT --token TOKEN --ca-fingerprint sha256:...` first",
+            state.enrollment().display()
+        )
+    })?;
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()));
+    let ca = tls::certs_from_pem(&read(state.ca())?)?.into_iter().next().context("no CA certificate in ca.pem")?;
+    let chain = tls::certs_from_pem(&read(state.cert())?)?;
+    let key = tls::key_from_pem(&read(state.key())?)?;
+    let tls = tls::device_config(ca, chain, key)?;
+    let collector = config.collector.clone().unwrap_or(enrollment.collector.clone());
+
+    let (spool, note) = Spool::open(&state.spool(), &state.seq_floor(), config.spool_max_bytes)?;
+    let policy = PolicyCache::load(state.policy());
+    let status = StatusBoard::new(Status {
+        pid: std::process::id(),
+        device_id: enrollment.device_id.clone(),
+        collector: collector.clone(),
+        spool_events: spool.depth(),
+        spool_bytes: spool.bytes(),
+        policy_version: policy.version(),
+        ..Default::default()
+    });
+    let spool = Arc::new(Mutex::new(spool));
+    let new_events = Arc::new(Notify::new());
+    let facts = os::host_facts();
+
+    let background = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(status.clone().write_loop(state.status(), background.clone()));
+
+    // The spool writer: every event passes through here, and is durable before the uplink sees it.
+    let (tx, rx) = mpsc::channel::<NewEvent>(1024);
+    let writer = tokio::spawn(write_events(rx, spool.clone(), new_events.clone(), status.clone()));
+    let sink = EventSink::new(tx);
+
+    if let Some(OpenNote::MovedAside { reason, moved_to }) = note {
+        let d = details! { "reason" => reason, "moved_to" => moved_to.display().to_string() };
+        sink.emit(NewEvent::now("agent.spool_recovered", None, d)).await;
+    }
+
+    let uplink_stop = CancellationToken::new();
+    let uplink = tokio::spawn(
+        Uplink { addr: collector, tls, spool, new_events, policy: policy.clone(), status: status.clone(), facts: facts.clone() }
+            .run(uplink_stop.clone()),
+    );
+
+    let probes_stop = CancellationToken::new();
+    let probe_tasks = TaskTracker::new();
+    let probes = vec![ProbeConfig::Lifecycle(probe::lifecycle::LifecycleConfig {
+        heartbeat_interval: config.heartbeat_interval,
+        facts,
+    })];
+    probe::spawn(probes, ProbeContext { sink, policy: policy.subscribe(), shutdown: probes_stop.clone() }, &probe_tasks);
+    info!(device = %enrollment.device_id, "Agent running");
+
+    shutdown.cancelled().await;
+    info!("Agent stopping");
+    // Order matters: probes record their last events, the writer makes them
+    // durable, then the uplink gets a short grace to deliver them.
+    probes_stop.cancel();
+    probe_tasks.close();
+    probe_tasks.wait().await;
+    if let Err(e) = writer.await {
+        error!(error = %e, "Spool writer failed");
+    }
+    uplink_stop.cancel();
+    let _ = uplink.await;
+    background.cancel();
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Writes events to the spool in batches (one fsync per batch) until every sink is dropped.
+async fn write_events(
+    mut rx: mpsc::Receiver<NewEvent>,
+    spool: Arc<Mutex<Spool>>,
+    new_events: Arc<Notify>,
+    status: StatusBoard,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let spool2 = spool.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut s = spool2.lock().expect("spool lock");
+            s.append(batch).map(|_| (s.depth(), s.bytes()))
+        })
+        .await;
+        match result {
+            Ok(Ok((depth, bytes))) => {
+                new_events.notify_one();
+                status.update(|s| {
+                    s.spool_events = depth;
+                    s.spool_bytes = bytes;
+                });
+            }
+            // The disk is full or failing: say so loudly; the events in this
+            // batch are lost, but the agent keeps running and retries with the next.
+            Ok(Err(e)) => error!(error = %e, "Could not write events to the spool"),
+            Err(e) => error!(error = %e, "Spool writer panicked"),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The agent's state directory: identity (key, certificate, CA), enrolment record, spool, cached policy, status.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/caretaker-agent";
+
+/// What enrolment recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub device_id: String,
+    /// `host:port` of the collector's gRPC listener.
+    pub collector: String,
+    pub ca_fingerprint: String,
+    pub enrolled_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn key(&self) -> PathBuf {
+        self.root.join("device.key")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.root.join("device.pem")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    pub fn enrollment(&self) -> PathBuf {
+        self.root.join("enrollment.json")
+    }
+    pub fn spool(&self) -> PathBuf {
+        self.root.join("spool")
+    }
+    pub fn seq_floor(&self) -> PathBuf {
+        self.root.join("seq.floor")
+    }
+    pub fn policy(&self) -> PathBuf {
+        self.root.join("policy.json")
+    }
+    pub fn status(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+
+    /// Creates the directory, readable only by the agent's user.
+    pub fn create(&self) -> std::io::Result<()> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root)
+    }
+
+    pub fn load_enrollment(&self) -> anyhow::Result<Option<Enrollment>> {
+        match fs::read(self.enrollment()) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| {
+                anyhow::anyhow!("{} is damaged ({e}); enrol again", self.enrollment().display())
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Replaces `path` atomically (write, fsync, rename), with the given mode.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}

@@ -1,0 +1,257 @@
+//! The uplink: streams spooled events to the collector over mutual TLS, deletes what it acknowledges, follows policy.
+//!
+//! Invariant: an event is removed from the spool only after an `Ack` covering
+//! its sequence number. A broken connection just means a resend from the
+//! oldest unacknowledged event; the collector stores each (device, seq) once.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use caretaker_proto::convert::{struct_from_json, timestamp_from};
+use caretaker_proto::pb;
+use caretaker_proto::pb::telemetry_client::TelemetryClient;
+use chrono::Utc;
+use rand::Rng;
+use rustls::ClientConfig;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use crate::os::HostFacts;
+use crate::policy::PolicyCache;
+use crate::spool::{SpooledEvent, Spool};
+use crate::status::StatusBoard;
+
+/// Events per batch and a soft byte bound per batch (well under the 4 MiB message limit).
+const BATCH_EVENTS: usize = 500;
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Batches sent but not yet acknowledged.
+const MAX_IN_FLIGHT: usize = 8;
+/// How long a clean stop waits for the last events to be acknowledged.
+const DRAIN_GRACE: Duration = Duration::from_secs(3);
+
+/// Jittered exponential backoff between connection attempts.
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self { base, max, attempt: 0 }
+    }
+
+    /// The next delay: half fixed, half random, so a school's laptops coming
+    /// back together after an outage do not reconnect in lockstep.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = exp / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+pub struct Uplink {
+    pub addr: String,
+    pub tls: ClientConfig,
+    pub spool: Arc<Mutex<Spool>>,
+    pub new_events: Arc<Notify>,
+    pub policy: PolicyCache,
+    pub status: StatusBoard,
+    pub facts: HostFacts,
+}
+
+fn to_pb(e: SpooledEvent) -> pb::Event {
+    pb::Event {
+        seq: e.seq,
+        occurred_at: Some(timestamp_from(e.occurred_at)),
+        user: e.user.unwrap_or_default(),
+        kind: e.kind,
+        details: Some(struct_from_json(&e.details)),
+    }
+}
+
+enum SessionEnd {
+    /// Drained after a stop request (or the grace time ran out).
+    Stopped,
+    Failed(String),
+}
+
+impl Uplink {
+    /// Runs until `stop`; then sends what it can within a short grace period.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let started = Instant::now();
+            match self.session(&stop, &mut deadline).await {
+                SessionEnd::Stopped => return,
+                SessionEnd::Failed(why) => {
+                    self.status.update(|s| {
+                        s.connected = false;
+                        s.last_error = Some(why.clone());
+                    });
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    warn!(error = %why, "Collector connection lost; events stay in the spool");
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            debug!(?delay, "Reconnecting after backoff");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn read_batch(&self, after: u64) -> Result<Vec<SpooledEvent>, String> {
+        self.spool
+            .lock()
+            .expect("spool lock")
+            .read_after(after, BATCH_EVENTS, BATCH_BYTES)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn session(&self, stop: &CancellationToken, deadline: &mut Option<Instant>) -> SessionEnd {
+        let channel = match crate::connect::channel(&self.addr, self.tls.clone()).await {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Failed(e.to_string()),
+        };
+        let policy_task = tokio::spawn(watch_policy(channel.clone(), self.policy.clone(), self.status.clone()));
+        let end = self.stream(channel, stop, deadline).await;
+        policy_task.abort();
+        end
+    }
+
+    async fn stream(&self, channel: Channel, stop: &CancellationToken, deadline: &mut Option<Instant>) -> SessionEnd {
+        let max = caretaker_proto::MAX_MESSAGE_BYTES;
+        let mut client = TelemetryClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
+        let (tx, rx) = mpsc::channel::<pb::EventBatch>(MAX_IN_FLIGHT);
+        let response = match client.stream_events(ReceiverStream::new(rx)).await {
+            Ok(r) => r,
+            Err(s) => return SessionEnd::Failed(describe(&s)),
+        };
+        let mut acks = response.into_inner();
+        info!(collector = %self.addr, "Connected to the collector");
+        self.status.update(|s| {
+            s.connected = true;
+            s.connected_since = Some(Utc::now());
+            s.last_error = None;
+        });
+        let mut agent_info = Some(pb::AgentInfo {
+            hostname: self.facts.hostname.clone(),
+            os: self.facts.os.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        });
+        let mut sent_through = 0u64;
+        let mut in_flight: VecDeque<u64> = VecDeque::new();
+        loop {
+            while in_flight.len() < MAX_IN_FLIGHT {
+                let events = match self.read_batch(sent_through) {
+                    Ok(e) => e,
+                    Err(e) => return SessionEnd::Failed(e),
+                };
+                let Some(last) = events.last().map(|e| e.seq) else { break };
+                let batch = pb::EventBatch { events: events.into_iter().map(to_pb).collect(), agent: agent_info.take() };
+                if tx.send(batch).await.is_err() {
+                    return SessionEnd::Failed("the event stream closed".into());
+                }
+                sent_through = last;
+                in_flight.push_back(last);
+            }
+            if deadline.is_some() && in_flight.is_empty() {
+                return SessionEnd::Stopped;
+            }
+            let grace = deadline.map(tokio::time::sleep_until);
+            tokio::select! {
+                ack = acks.message() => match ack {
+                    Ok(Some(a)) => {
+                        let (depth, bytes) = {
+                            let mut spool = self.spool.lock().expect("spool lock");
+                            if let Err(e) = spool.ack(a.through_seq) {
+                                return SessionEnd::Failed(e.to_string());
+                            }
+                            (spool.depth(), spool.bytes())
+                        };
+                        while in_flight.front().is_some_and(|&s| s <= a.through_seq) {
+                            in_flight.pop_front();
+                        }
+                        self.status.update(|s| {
+                            s.last_ack_at = Some(Utc::now());
+                            s.spool_events = depth;
+                            s.spool_bytes = bytes;
+                        });
+                    }
+                    Ok(None) => return SessionEnd::Failed("the collector ended the event stream".into()),
+                    Err(s) => return SessionEnd::Failed(describe(&s)),
+                },
+                _ = self.new_events.notified(), if in_flight.len() < MAX_IN_FLIGHT => {}
+                _ = stop.cancelled(), if deadline.is_none() => {
+                    *deadline = Some(Instant::now() + DRAIN_GRACE);
+                }
+                _ = async { grace.expect("guarded").await }, if grace.is_some() => return SessionEnd::Stopped,
+            }
+        }
+    }
+}
+
+/// A status as one readable line.
+fn describe(s: &tonic::Status) -> String {
+    let mut msg = format!("{:?}: {}", s.code(), s.message());
+    if let Some(src) = std::error::Error::source(s) {
+        msg.push_str(&format!(" ({})", crate::connect::error_chain(src)));
+    }
+    msg
+}
+
+async fn watch_policy(channel: Channel, cache: PolicyCache, status: StatusBoard) {
+    let mut client = TelemetryClient::new(channel);
+    let stream = client
+        .watch_policy(pb::WatchPolicyRequest { known_version: cache.version() })
+        .await;
+    let mut stream = match stream {
+        Ok(s) => s.into_inner(),
+        Err(s) => {
+            debug!(error = %describe(&s), "Policy watch failed");
+            return;
+        }
+    };
+    while let Ok(Some(p)) = stream.message().await {
+        match cache.apply(p.version, &p.document_json) {
+            Ok(()) => status.update(|s| s.policy_version = cache.version()),
+            Err(e) => warn!(version = p.version, error = %e, "Refused a policy this agent cannot read; keeping the previous one"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jittered_and_caps() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        for (i, d) in d.iter().enumerate() {
+            let exp = Duration::from_secs(1 << i.min(3));
+            assert!(*d >= exp / 2 && *d <= exp, "{i}: {d:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+}
