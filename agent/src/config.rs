@@ -13,11 +13,17 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 100 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the config file {path} is not valid: {message}")]
     Parse { path: String, message: String },
     #[error("invalid setting `{field}`: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// The file as written by the technician.
@@ -73,19 +79,33 @@ impl Config {
         let heartbeat_interval: Duration = raw
             .heartbeat_interval
             .parse::<humantime::Duration>()
-            .map_err(|e| ConfigError::Invalid { field: "heartbeat_interval", message: format!("{e} (use e.g. 30s, 5m)") })?
+            .map_err(|e| ConfigError::Invalid {
+                field: "heartbeat_interval",
+                message: format!("{e} (use e.g. 30s, 5m)"),
+            })?
             .into();
         if heartbeat_interval < Duration::from_millis(10) {
-            return Err(ConfigError::Invalid { field: "heartbeat_interval", message: "must be at least 10ms".into() });
+            return Err(ConfigError::Invalid {
+                field: "heartbeat_interval",
+                message: "must be at least 10ms".into(),
+            });
         }
         if raw.spool_max_bytes < 64 * 1024 {
-            return Err(ConfigError::Invalid { field: "spool_max_bytes", message: "must be at least 65536".into() });
+            return Err(ConfigError::Invalid {
+                field: "spool_max_bytes",
+                message: "must be at least 65536".into(),
+            });
         }
         if let Some(c) = &raw.collector {
-            crate::connect::split_addr(c).map_err(|e| ConfigError::Invalid { field: "collector", message: e.to_string() })?;
+            crate::connect::split_addr(c).map_err(|e| ConfigError::Invalid {
+                field: "collector",
+                message: e.to_string(),
+            })?;
         }
         Ok(Self {
-            state_dir: state_dir.or(raw.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir: state_dir
+                .or(raw.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             collector: raw.collector,
             heartbeat_interval,
             spool_max_bytes: raw.spool_max_bytes,
@@ -98,7 +118,10 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "t".into(),
+            message: e.to_string(),
+        })?;
         Config::validate(raw, None)
     }
 
@@ -112,9 +135,29 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        assert!(parse("heartbeat_intervall = \"5s\"").unwrap_err().to_string().contains("heartbeat_intervall"));
-        assert!(parse("heartbeat_interval = \"soon\"").unwrap_err().to_string().contains("heartbeat_interval"));
-        assert!(parse("spool_max_bytes = 10").unwrap_err().to_string().contains("spool_max_bytes"));
-        assert!(parse("collector = \"nohost\"").unwrap_err().to_string().contains("collector"));
+        assert!(
+            parse("heartbeat_intervall = \"5s\"")
+                .unwrap_err()
+                .to_string()
+                .contains("heartbeat_intervall")
+        );
+        assert!(
+            parse("heartbeat_interval = \"soon\"")
+                .unwrap_err()
+                .to_string()
+                .contains("heartbeat_interval")
+        );
+        assert!(
+            parse("spool_max_bytes = 10")
+                .unwrap_err()
+                .to_string()
+                .contains("spool_max_bytes")
+        );
+        assert!(
+            parse("collector = \"nohost\"")
+                .unwrap_err()
+                .to_string()
+                .contains("collector")
+        );
     }
 }

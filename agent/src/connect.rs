@@ -51,7 +51,8 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Connects to `addr` with `tls`, verifying the server as `host`.
 pub async fn channel(addr: &str, tls: ClientConfig) -> Result<Channel, ConnectError> {
     let (host, port) = split_addr(addr)?;
-    let name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::BadAddress(addr.to_string()))?;
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| ConnectError::BadAddress(addr.to_string()))?;
     let connector = TlsConnector::from(Arc::new(tls));
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| ConnectError::BadAddress(addr.to_string()))?
@@ -67,8 +68,11 @@ pub async fn channel(addr: &str, tls: ClientConfig) -> Result<Channel, ConnectEr
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
-    endpoint.connect_with_connector(svc).await.map_err(|e| ConnectError::Unreachable {
-        addr: addr.to_string(),
-        reason: error_chain(&e),
-    })
+    endpoint
+        .connect_with_connector(svc)
+        .await
+        .map_err(|e| ConnectError::Unreachable {
+            addr: addr.to_string(),
+            reason: error_chain(&e),
+        })
 }

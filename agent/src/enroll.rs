@@ -18,7 +18,9 @@ pub enum EnrollError {
     BadFingerprint(String),
     #[error("this machine is already enrolled as device {0}; remove {1} to enrol it again")]
     AlreadyEnrolled(String, String),
-    #[error("the collector's CA fingerprint is {offered}, not the pinned {pinned}: check the fingerprint, or you may be talking to the wrong server")]
+    #[error(
+        "the collector's CA fingerprint is {offered}, not the pinned {pinned}: check the fingerprint, or you may be talking to the wrong server"
+    )]
     WrongFingerprint { pinned: String, offered: String },
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -29,10 +31,19 @@ pub enum EnrollError {
 }
 
 /// The device id the collector assigned.
-pub async fn enroll(state: &StateDir, collector: &str, token: &str, fingerprint: &str) -> Result<Enrollment, EnrollError> {
-    let pin = tls::normalise_fingerprint(fingerprint).ok_or_else(|| EnrollError::BadFingerprint(fingerprint.to_string()))?;
+pub async fn enroll(
+    state: &StateDir,
+    collector: &str,
+    token: &str,
+    fingerprint: &str,
+) -> Result<Enrollment, EnrollError> {
+    let pin = tls::normalise_fingerprint(fingerprint)
+        .ok_or_else(|| EnrollError::BadFingerprint(fingerprint.to_string()))?;
     if let Ok(Some(e)) = state.load_enrollment() {
-        return Err(EnrollError::AlreadyEnrolled(e.device_id, state.enrollment().display().to_string()));
+        return Err(EnrollError::AlreadyEnrolled(
+            e.device_id,
+            state.enrollment().display().to_string(),
+        ));
     }
     let other = |e: &dyn std::fmt::Display| EnrollError::Other(e.to_string());
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| other(&e))?;
@@ -48,7 +59,10 @@ pub async fn enroll(state: &StateDir, collector: &str, token: &str, fingerprint:
         Err(e) => {
             let offered = verifier.offered.lock().expect("offered lock").clone();
             if !offered.is_empty() && !offered.contains(&pin) {
-                return Err(EnrollError::WrongFingerprint { pinned: pin, offered: offered.join(", ") });
+                return Err(EnrollError::WrongFingerprint {
+                    pinned: pin,
+                    offered: offered.join(", "),
+                });
             }
             return Err(e.into());
         }
@@ -73,7 +87,10 @@ pub async fn enroll(state: &StateDir, collector: &str, token: &str, fingerprint:
         .ok_or_else(|| other(&"the collector sent no CA certificate"))?;
     let offered = tls::fingerprint(&ca_der);
     if offered != pin {
-        return Err(EnrollError::WrongFingerprint { pinned: pin, offered });
+        return Err(EnrollError::WrongFingerprint {
+            pinned: pin,
+            offered,
+        });
     }
     state.create().map_err(|e| other(&e))?;
     let enrollment = Enrollment {
@@ -82,11 +99,17 @@ pub async fn enroll(state: &StateDir, collector: &str, token: &str, fingerprint:
         ca_fingerprint: pin,
         enrolled_at: Utc::now(),
     };
-    let write = |p: std::path::PathBuf, b: &[u8], mode| write_atomic(&p, b, mode).map_err(|e| other(&format!("cannot write {}: {e}", p.display())));
+    let write = |p: std::path::PathBuf, b: &[u8], mode| {
+        write_atomic(&p, b, mode).map_err(|e| other(&format!("cannot write {}: {e}", p.display())))
+    };
     write(state.key(), key.serialize_pem().as_bytes(), 0o600)?;
     write(state.cert(), resp.certificate_pem.as_bytes(), 0o644)?;
     write(state.ca(), resp.ca_certificate_pem.as_bytes(), 0o644)?;
     // Written last: its presence means the identity above is complete.
-    write(state.enrollment(), &serde_json::to_vec_pretty(&enrollment).expect("serialises"), 0o644)?;
+    write(
+        state.enrollment(),
+        &serde_json::to_vec_pretty(&enrollment).expect("serialises"),
+        0o644,
+    )?;
     Ok(enrollment)
 }

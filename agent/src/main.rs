@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "caretaker-agent", version, about = "Caretaker's laptop agent: keeps a school laptop within its safeguarding policy and reports what happened")]
+#[command(
+    name = "caretaker-agent",
+    version,
+    about = "Caretaker's laptop agent: keeps a school laptop within its safeguarding policy and reports what happened"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +57,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()).await {
@@ -67,10 +73,27 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Enroll { collector, token, ca_fingerprint, state_dir } => {
-            let e = enroll::enroll(&StateDir::new(&state_dir), &collector, &token, &ca_fingerprint).await?;
-            println!("Enrolled as device {} with the collector at {}", e.device_id, e.collector);
-            println!("Start the agent: caretaker-agent run --state-dir {}", state_dir.display());
+        Command::Enroll {
+            collector,
+            token,
+            ca_fingerprint,
+            state_dir,
+        } => {
+            let e = enroll::enroll(
+                &StateDir::new(&state_dir),
+                &collector,
+                &token,
+                &ca_fingerprint,
+            )
+            .await?;
+            println!(
+                "Enrolled as device {} with the collector at {}",
+                e.device_id, e.collector
+            );
+            println!(
+                "Start the agent: caretaker-agent run --state-dir {}",
+                state_dir.display()
+            );
             Ok(())
         }
         Command::Run { state_dir, config } => {
@@ -108,22 +131,41 @@ fn status(state: &StateDir, json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("{} is damaged", state.status().display()))?;
     let running = last.as_ref().is_some_and(|s| os::process_alive(s.pid));
     if json {
-        println!("{}", serde_json::json!({"enrolled": true, "enrollment": enrollment, "running": running, "status": last}));
+        println!(
+            "{}",
+            serde_json::json!({"enrolled": true, "enrollment": enrollment, "running": running, "status": last})
+        );
         return Ok(());
     }
-    println!("Enrolled:      yes, device {} (since {})", enrollment.device_id, enrollment.enrolled_at);
+    println!(
+        "Enrolled:      yes, device {} (since {})",
+        enrollment.device_id, enrollment.enrolled_at
+    );
     println!("Collector:     {}", enrollment.collector);
     match last {
         None => println!("Agent:         has not run yet"),
         Some(s) => {
-            println!("Agent:         {}", if running { format!("running (pid {})", s.pid) } else { "not running".into() });
+            println!(
+                "Agent:         {}",
+                if running {
+                    format!("running (pid {})", s.pid)
+                } else {
+                    "not running".into()
+                }
+            );
             let conn = match (running && s.connected, &s.last_error) {
-                (true, _) => format!("connected since {}", s.connected_since.map(|t| t.to_string()).unwrap_or_default()),
+                (true, _) => format!(
+                    "connected since {}",
+                    s.connected_since.map(|t| t.to_string()).unwrap_or_default()
+                ),
                 (false, Some(e)) => format!("not connected ({e})"),
                 (false, None) => "not connected".into(),
             };
             println!("Connection:    {conn}");
-            println!("Spool:         {} event(s) waiting, {} bytes", s.spool_events, s.spool_bytes);
+            println!(
+                "Spool:         {} event(s) waiting, {} bytes",
+                s.spool_events, s.spool_bytes
+            );
             println!("Policy:        version {}", s.policy_version);
             if let Some(t) = s.updated_at {
                 println!("(as of {t})");

@@ -28,8 +28,11 @@ impl PolicyCache {
         let (version, doc) = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Cached>(&bytes)
                 .map_err(|e| e.to_string())
-                .and_then(|c| PolicyDocument::parse_lenient(&c.document.to_string()).map(|d| (c.version, d)).map_err(|e| e.to_string()))
-            {
+                .and_then(|c| {
+                    PolicyDocument::parse_lenient(&c.document.to_string())
+                        .map(|d| (c.version, d))
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, path = %path.display(), "Cached policy is unreadable; using the built-in default until the collector sends one");

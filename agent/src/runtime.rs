@@ -27,12 +27,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             state.enrollment().display()
         )
     })?;
-    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()));
-    let ca = tls::certs_from_pem(&read(state.ca())?)?.into_iter().next().context("no CA certificate in ca.pem")?;
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let ca = tls::certs_from_pem(&read(state.ca())?)?
+        .into_iter()
+        .next()
+        .context("no CA certificate in ca.pem")?;
     let chain = tls::certs_from_pem(&read(state.cert())?)?;
     let key = tls::key_from_pem(&read(state.key())?)?;
     let tls = tls::device_config(ca, chain, key)?;
-    let collector = config.collector.clone().unwrap_or(enrollment.collector.clone());
+    let collector = config
+        .collector
+        .clone()
+        .unwrap_or(enrollment.collector.clone());
 
     let (spool, note) = Spool::open(&state.spool(), &state.seq_floor(), config.spool_max_bytes)?;
     let policy = PolicyCache::load(state.policy());
@@ -51,22 +59,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let background = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(status.clone().write_loop(state.status(), background.clone()));
+    tracker.spawn(
+        status
+            .clone()
+            .write_loop(state.status(), background.clone()),
+    );
 
     // The spool writer: every event passes through here, and is durable before the uplink sees it.
     let (tx, rx) = mpsc::channel::<NewEvent>(1024);
-    let writer = tokio::spawn(write_events(rx, spool.clone(), new_events.clone(), status.clone()));
+    let writer = tokio::spawn(write_events(
+        rx,
+        spool.clone(),
+        new_events.clone(),
+        status.clone(),
+    ));
     let sink = EventSink::new(tx);
 
     if let Some(OpenNote::MovedAside { reason, moved_to }) = note {
         let d = details! { "reason" => reason, "moved_to" => moved_to.display().to_string() };
-        sink.emit(NewEvent::now("agent.spool_recovered", None, d)).await;
+        sink.emit(NewEvent::now("agent.spool_recovered", None, d))
+            .await;
     }
 
     let uplink_stop = CancellationToken::new();
     let uplink = tokio::spawn(
-        Uplink { addr: collector, tls, spool, new_events, policy: policy.clone(), status: status.clone(), facts: facts.clone() }
-            .run(uplink_stop.clone()),
+        Uplink {
+            addr: collector,
+            tls,
+            spool,
+            new_events,
+            policy: policy.clone(),
+            status: status.clone(),
+            facts: facts.clone(),
+        }
+        .run(uplink_stop.clone()),
     );
 
     let probes_stop = CancellationToken::new();
@@ -75,7 +101,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         heartbeat_interval: config.heartbeat_interval,
         facts,
     })];
-    probe::spawn(probes, ProbeContext { sink, policy: policy.subscribe(), shutdown: probes_stop.clone() }, &probe_tasks);
+    probe::spawn(
+        probes,
+        ProbeContext {
+            sink,
+            policy: policy.subscribe(),
+            shutdown: probes_stop.clone(),
+        },
+        &probe_tasks,
+    );
     info!(device = %enrollment.device_id, "Agent running");
 
     shutdown.cancelled().await;

@@ -27,7 +27,10 @@ pub enum SpoolError {
     #[error("spool storage failed: {0}")]
     Engine(#[from] sled::Error),
     #[error("spool file I/O failed on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// An event with its sequence number, as spooled and sent.
@@ -59,7 +62,10 @@ pub struct Spool {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io { path: path.display().to_string(), source }
+    move |source| SpoolError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn read_floor(path: &Path) -> u64 {
@@ -80,7 +86,9 @@ fn write_floor(path: &Path, value: u64) -> Result<(), SpoolError> {
 fn open_db(dir: &Path) -> Result<sled::Db, String> {
     // sled can panic on some damaged files rather than return an error.
     let dir = dir.to_path_buf();
-    match std::panic::catch_unwind(move || sled::Config::new().path(dir).flush_every_ms(None).open()) {
+    match std::panic::catch_unwind(move || {
+        sled::Config::new().path(dir).flush_every_ms(None).open()
+    }) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the storage engine panicked while opening it".into()),
@@ -90,7 +98,11 @@ fn open_db(dir: &Path) -> Result<sled::Db, String> {
 impl Spool {
     /// Opens the spool in `dir`. A spool that cannot be opened or read is moved
     /// aside (never deleted) and a fresh one started; the note says so.
-    pub fn open(dir: &Path, seq_file: &Path, max_bytes: u64) -> Result<(Self, Option<OpenNote>), SpoolError> {
+    pub fn open(
+        dir: &Path,
+        seq_file: &Path,
+        max_bytes: u64,
+    ) -> Result<(Self, Option<OpenNote>), SpoolError> {
         let mut note = None;
         let db = match open_db(dir).and_then(|db| Self::check(&db).map(|()| db)) {
             Ok(db) => db,
@@ -139,7 +151,8 @@ impl Spool {
         let tree = db.open_tree("events").map_err(|e| e.to_string())?;
         for item in tree.iter() {
             let (_, v) = item.map_err(|e| e.to_string())?;
-            serde_json::from_slice::<SpooledEvent>(&v).map_err(|e| format!("an entry is unreadable: {e}"))?;
+            serde_json::from_slice::<SpooledEvent>(&v)
+                .map_err(|e| format!("an entry is unreadable: {e}"))?;
         }
         Ok(())
     }
@@ -176,7 +189,13 @@ impl Spool {
             if size > MAX_EVENT_BYTES {
                 details = crate::details! { "truncated" => true, "original_bytes" => size };
             }
-            self.insert(&SpooledEvent { seq, occurred_at: e.occurred_at, user: e.user, kind: e.kind, details })?;
+            self.insert(&SpooledEvent {
+                seq,
+                occurred_at: e.occurred_at,
+                user: e.user,
+                kind: e.kind,
+                details,
+            })?;
             seqs.push(seq);
         }
         self.enforce_bound()?;
@@ -193,7 +212,9 @@ impl Spool {
         let target = self.max_bytes - self.max_bytes / 10;
         let (mut dropped, mut first, mut last) = (0u64, None, 0u64);
         while self.bytes > target {
-            let Some((k, v)) = self.events.pop_min()? else { break };
+            let Some((k, v)) = self.events.pop_min()? else {
+                break;
+            };
             self.bytes = self.bytes.saturating_sub((k.len() + v.len()) as u64);
             self.count -= 1;
             let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
@@ -234,7 +255,12 @@ impl Spool {
     }
 
     /// Up to `max_events` events with seq greater than `after`, oldest first, within about `max_bytes`.
-    pub fn read_after(&self, after: u64, max_events: usize, max_bytes: usize) -> Result<Vec<SpooledEvent>, SpoolError> {
+    pub fn read_after(
+        &self,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SpooledEvent>, SpoolError> {
         let mut out = Vec::new();
         let mut size = 0;
         for item in self.events.range((after + 1).to_be_bytes()..) {
@@ -299,7 +325,10 @@ mod tests {
         {
             let (mut s, note) = open(d.path(), 1 << 20);
             assert_eq!(note, None);
-            assert_eq!(s.append(vec![ev("a.b"), ev("a.c"), ev("a.d")]).unwrap(), vec![1, 2, 3]);
+            assert_eq!(
+                s.append(vec![ev("a.b"), ev("a.c"), ev("a.d")]).unwrap(),
+                vec![1, 2, 3]
+            );
             assert_eq!(s.ack(2).unwrap(), 2);
         }
         let (mut s, _) = open(d.path(), 1 << 20);
@@ -344,7 +373,9 @@ mod tests {
             }
         }
         let (mut s, note) = open(d.path(), 1 << 20);
-        let Some(OpenNote::MovedAside { moved_to, .. }) = note else { panic!("expected a note") };
+        let Some(OpenNote::MovedAside { moved_to, .. }) = note else {
+            panic!("expected a note")
+        };
         assert!(moved_to.exists());
         let seq = s.append(vec![ev("a.c")]).unwrap()[0];
         assert!(seq > 1, "a fresh spool must not reuse numbers");
@@ -355,7 +386,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (mut s, _) = open(d.path(), 1 << 20);
         let mut details = Map::new();
-        details.insert("blob".into(), Value::String("x".repeat(MAX_EVENT_BYTES + 1)));
+        details.insert(
+            "blob".into(),
+            Value::String("x".repeat(MAX_EVENT_BYTES + 1)),
+        );
         s.append(vec![NewEvent::now("a.b", None, details)]).unwrap();
         let e = &s.read_after(0, 1, 1 << 20).unwrap()[0];
         assert_eq!(e.details["truncated"], Value::Bool(true));

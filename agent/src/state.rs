@@ -58,13 +58,19 @@ impl StateDir {
 
     /// Creates the directory, readable only by the agent's user.
     pub fn create(&self) -> std::io::Result<()> {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root)
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
     }
 
     pub fn load_enrollment(&self) -> anyhow::Result<Option<Enrollment>> {
         match fs::read(self.enrollment()) {
             Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| {
-                anyhow::anyhow!("{} is damaged ({e}); enrol again", self.enrollment().display())
+                anyhow::anyhow!(
+                    "{} is damaged ({e}); enrol again",
+                    self.enrollment().display()
+                )
             })?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
@@ -75,7 +81,12 @@ impl StateDir {
 /// Replaces `path` atomically (write, fsync, rename), with the given mode.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
     fs::rename(&tmp, path)

@@ -34,7 +34,10 @@ pub struct StatusBoard {
 
 impl StatusBoard {
     pub fn new(initial: Status) -> Self {
-        Self { inner: Arc::new(Mutex::new(initial)), dirty: Arc::new(Notify::new()) }
+        Self {
+            inner: Arc::new(Mutex::new(initial)),
+            dirty: Arc::new(Notify::new()),
+        }
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Status)) {

@@ -19,8 +19,14 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// Normalises a fingerprint as typed by a technician (case, colons, missing prefix).
 pub fn normalise_fingerprint(fp: &str) -> Option<String> {
-    let hexpart = fp.trim().strip_prefix("sha256:").unwrap_or(fp.trim()).replace(':', "").to_ascii_lowercase();
-    (hexpart.len() == 64 && hexpart.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hexpart}"))
+    let hexpart = fp
+        .trim()
+        .strip_prefix("sha256:")
+        .unwrap_or(fp.trim())
+        .replace(':', "")
+        .to_ascii_lowercase();
+    (hexpart.len() == 64 && hexpart.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| format!("sha256:{hexpart}"))
 }
 
 /// Trusts the server only if its chain includes the CA with the pinned fingerprint,
@@ -34,7 +40,10 @@ pub struct PinnedCa {
 
 impl PinnedCa {
     pub fn new(pin: String) -> Self {
-        Self { pin, offered: Mutex::new(Vec::new()) }
+        Self {
+            pin,
+            offered: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -48,10 +57,15 @@ impl ServerCertVerifier for PinnedCa {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let offered: Vec<String> = intermediates.iter().map(|c| fingerprint(c)).collect();
-        let ca = intermediates.iter().find(|c| fingerprint(c) == self.pin).cloned();
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.pin)
+            .cloned();
         *self.offered.lock().expect("offered lock") = offered;
         let Some(ca) = ca else {
-            return Err(rustls::Error::General("the collector's CA does not match the pinned fingerprint".into()));
+            return Err(rustls::Error::General(
+                "the collector's CA does not match the pinned fingerprint".into(),
+            ));
         };
         let mut roots = RootCertStore::empty();
         roots.add(ca.into_owned())?;
@@ -61,16 +75,38 @@ impl ServerCertVerifier for PinnedCa {
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &provider().signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &provider().signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &provider().signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -108,7 +144,8 @@ pub fn certs_from_pem(pem: &str) -> std::io::Result<Vec<CertificateDer<'static>>
 
 /// Reads the first private key in PEM text.
 pub fn key_from_pem(pem: &str) -> std::io::Result<PrivateKeyDer<'static>> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())?.ok_or_else(|| std::io::Error::other("no private key in PEM"))
+    rustls_pemfile::private_key(&mut pem.as_bytes())?
+        .ok_or_else(|| std::io::Error::other("no private key in PEM"))
 }
 
 #[cfg(test)]
@@ -119,7 +156,10 @@ mod tests {
     fn fingerprints_are_normalised() {
         let hex = "AB".repeat(32);
         let want = format!("sha256:{}", "ab".repeat(32));
-        assert_eq!(normalise_fingerprint(&format!("sha256:{hex}")), Some(want.clone()));
+        assert_eq!(
+            normalise_fingerprint(&format!("sha256:{hex}")),
+            Some(want.clone())
+        );
         assert_eq!(normalise_fingerprint(&hex), Some(want));
         assert_eq!(normalise_fingerprint("sha256:abc"), None);
     }

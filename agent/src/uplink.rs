@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::os::HostFacts;
 use crate::policy::PolicyCache;
-use crate::spool::{SpooledEvent, Spool};
+use crate::spool::{Spool, SpooledEvent};
 use crate::status::StatusBoard;
 
 /// Events per batch and a soft byte bound per batch (well under the 4 MiB message limit).
@@ -44,13 +44,20 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max, attempt: 0 }
+        Self {
+            base,
+            max,
+            attempt: 0,
+        }
     }
 
     /// The next delay: half fixed, half random, so a school's laptops coming
     /// back together after an outage do not reconnect in lockstep.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        let exp = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = exp / 2;
         half + half.mul_f64(rand::rng().random::<f64>())
@@ -127,20 +134,35 @@ impl Uplink {
             .map_err(|e| e.to_string())
     }
 
-    async fn session(&self, stop: &CancellationToken, deadline: &mut Option<Instant>) -> SessionEnd {
+    async fn session(
+        &self,
+        stop: &CancellationToken,
+        deadline: &mut Option<Instant>,
+    ) -> SessionEnd {
         let channel = match crate::connect::channel(&self.addr, self.tls.clone()).await {
             Ok(c) => c,
             Err(e) => return SessionEnd::Failed(e.to_string()),
         };
-        let policy_task = tokio::spawn(watch_policy(channel.clone(), self.policy.clone(), self.status.clone()));
+        let policy_task = tokio::spawn(watch_policy(
+            channel.clone(),
+            self.policy.clone(),
+            self.status.clone(),
+        ));
         let end = self.stream(channel, stop, deadline).await;
         policy_task.abort();
         end
     }
 
-    async fn stream(&self, channel: Channel, stop: &CancellationToken, deadline: &mut Option<Instant>) -> SessionEnd {
+    async fn stream(
+        &self,
+        channel: Channel,
+        stop: &CancellationToken,
+        deadline: &mut Option<Instant>,
+    ) -> SessionEnd {
         let max = caretaker_proto::MAX_MESSAGE_BYTES;
-        let mut client = TelemetryClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
+        let mut client = TelemetryClient::new(channel)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
         let (tx, rx) = mpsc::channel::<pb::EventBatch>(MAX_IN_FLIGHT);
         let response = match client.stream_events(ReceiverStream::new(rx)).await {
             Ok(r) => r,
@@ -166,8 +188,13 @@ impl Uplink {
                     Ok(e) => e,
                     Err(e) => return SessionEnd::Failed(e),
                 };
-                let Some(last) = events.last().map(|e| e.seq) else { break };
-                let batch = pb::EventBatch { events: events.into_iter().map(to_pb).collect(), agent: agent_info.take() };
+                let Some(last) = events.last().map(|e| e.seq) else {
+                    break;
+                };
+                let batch = pb::EventBatch {
+                    events: events.into_iter().map(to_pb).collect(),
+                    agent: agent_info.take(),
+                };
                 if tx.send(batch).await.is_err() {
                     return SessionEnd::Failed("the event stream closed".into());
                 }
@@ -222,7 +249,9 @@ fn describe(s: &tonic::Status) -> String {
 async fn watch_policy(channel: Channel, cache: PolicyCache, status: StatusBoard) {
     let mut client = TelemetryClient::new(channel);
     let stream = client
-        .watch_policy(pb::WatchPolicyRequest { known_version: cache.version() })
+        .watch_policy(pb::WatchPolicyRequest {
+            known_version: cache.version(),
+        })
         .await;
     let mut stream = match stream {
         Ok(s) => s.into_inner(),
@@ -234,7 +263,9 @@ async fn watch_policy(channel: Channel, cache: PolicyCache, status: StatusBoard)
     while let Ok(Some(p)) = stream.message().await {
         match cache.apply(p.version, &p.document_json) {
             Ok(()) => status.update(|s| s.policy_version = cache.version()),
-            Err(e) => warn!(version = p.version, error = %e, "Refused a policy this agent cannot read; keeping the previous one"),
+            Err(e) => {
+                warn!(version = p.version, error = %e, "Refused a policy this agent cannot read; keeping the previous one")
+            }
         }
     }
 }

@@ -161,7 +161,11 @@ impl Collector {
         let token = match used {
             Ok(t) => t,
             Err(refusal) => {
-                self.limiter.record_failure(from, Instant::now());
+                // Only unknown tokens look like guessing; a technician reusing a
+                // spent or expired token should not be locked out for it.
+                if refusal == TokenRefusal::Unknown {
+                    self.limiter.record_failure(from, Instant::now());
+                }
                 return Err(match refusal {
                     TokenRefusal::Unknown => EnrollError::UnknownToken,
                     TokenRefusal::Expired => EnrollError::ExpiredToken,

@@ -26,7 +26,7 @@ impl Default for PolicyDocument {
 /// Why a policy document was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy is not valid JSON for the schema: {0}")]
+    #[error("policy does not fit the schema at {0}")]
     Syntax(String),
     #[error("unknown policy field `{0}`")]
     UnknownField(String),
@@ -37,6 +37,9 @@ pub enum PolicyError {
 impl PolicyDocument {
     /// Parses and validates a document from the network manager, refusing unknown fields.
     pub fn parse_strict(value: &serde_json::Value) -> Result<Self, PolicyError> {
+        // First pass names the path of any type error ("screen_lock.idle_timeout_secs: ...").
+        serde_path_to_error::deserialize::<_, PolicyDocument>(value)
+            .map_err(|e| PolicyError::Syntax(format!("{}: {}", e.path(), e.inner())))?;
         let mut unknown = Vec::new();
         let doc: PolicyDocument = serde_ignored::deserialize(value, |path| {
             unknown.push(path.to_string());
@@ -77,6 +80,15 @@ mod tests {
     fn strict_parsing_names_the_unknown_field() {
         let err = PolicyDocument::parse_strict(&json!({"descripton": "typo"})).unwrap_err();
         assert_eq!(err.to_string(), "unknown policy field `descripton`");
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = PolicyDocument::parse_strict(&json!({"description": 5})).unwrap_err();
+        assert!(
+            err.to_string().contains("description: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,1 +1,425 @@
-//! placeholder
+//! Harness for end-to-end tests: real collector and agent processes, the JSON API, and raw TLS clients.
+//!
+//! Every process is killed when its handle drops, so a failing test leaves
+//! nothing running.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// The directory holding the workspace's built binaries (target/debug or target/release).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A workspace binary; panics with a clear message if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command to completion, returning (status ok, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("spawn");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        signal(pid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop on SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9: the process gets no chance to clean up.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: i32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// A collector data directory and, while serving, its process.
+pub struct Collector {
+    pub dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub web: SocketAddr,
+    pub proc: Option<Proc>,
+}
+
+impl Collector {
+    /// `init` in `dir`, then `serve` on fixed free loopback ports (so restarts reuse them).
+    pub fn start(dir: &Path) -> Self {
+        let (ok, out, err) = run(Command::new(bin("caretaker-collector"))
+            .args(["init", "--data-dir"])
+            .arg(dir));
+        assert!(ok, "init failed: {out}{err}");
+        let mut c = Collector {
+            dir: dir.to_path_buf(),
+            grpc: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            web: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            proc: None,
+        };
+        c.serve();
+        c
+    }
+
+    /// Starts `serve` and waits until it is listening.
+    pub fn serve(&mut self) {
+        assert!(self.proc.is_none(), "already serving");
+        let mut child = Command::new(bin("caretaker-collector"))
+            .args(["serve", "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--grpc-listen",
+                &self.grpc.to_string(),
+                "--web-listen",
+                &self.web.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("caretaker-collector: grpc="),
+            "collector did not start: {line:?}"
+        );
+        self.proc = Some(Proc {
+            child,
+            name: "collector".into(),
+        });
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.take().expect("serving").kill9();
+    }
+
+    pub fn stop(&mut self) {
+        let st = self.proc.take().expect("serving").stop();
+        assert!(st.success(), "collector exited with {st}");
+    }
+
+    pub fn grpc_addr(&self) -> String {
+        format!("localhost:{}", self.grpc.port())
+    }
+
+    /// Creates an enrolment token with `token create --json`; returns (token, fingerprint).
+    pub fn token(&self, extra: &[&str]) -> (String, String) {
+        let (ok, out, err) = run(Command::new(bin("caretaker-collector"))
+            .args(["token", "create", "--json", "--data-dir"])
+            .arg(&self.dir)
+            .args(extra));
+        assert!(ok, "token create failed: {err}");
+        let v: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+        (
+            v["token"].as_str().unwrap().into(),
+            v["ca_fingerprint"].as_str().unwrap().into(),
+        )
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(
+            &format!("https://localhost:{}", self.web.port()),
+            std::fs::read_to_string(self.dir.join("admin.token"))
+                .unwrap()
+                .trim(),
+            &std::fs::read(self.dir.join("ca.pem")).unwrap(),
+        )
+    }
+
+    /// Enrols an agent state dir; panics on failure.
+    pub fn enroll(&self, state: &Path) -> String {
+        let (token, fp) = self.token(&[]);
+        let (ok, out, err) = run(Command::new(bin("caretaker-agent"))
+            .args([
+                "enroll",
+                "--collector",
+                &self.grpc_addr(),
+                "--token",
+                &token,
+                "--ca-fingerprint",
+                &fp,
+                "--state-dir",
+            ])
+            .arg(state));
+        assert!(ok, "enroll failed: {out}{err}");
+        let e: Value =
+            serde_json::from_slice(&std::fs::read(state.join("enrollment.json")).unwrap()).unwrap();
+        e["device_id"].as_str().unwrap().to_string()
+    }
+}
+
+/// Starts `caretaker-agent run` with a config file written from `config_toml`.
+pub fn start_agent(state: &Path, config_toml: &str) -> Proc {
+    let cfg = state.with_extension("toml");
+    std::fs::write(&cfg, config_toml).unwrap();
+    let child = Command::new(bin("caretaker-agent"))
+        .args(["run", "--state-dir"])
+        .arg(state)
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        name: "agent".into(),
+    }
+}
+
+/// A blocking client for the collector's JSON API.
+pub struct Api {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Api {
+    pub fn new(base: &str, token: &str, ca_pem: &[u8]) -> Self {
+        let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA PEM");
+        let client = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Self {
+            base: base.to_string(),
+            token: token.to_string(),
+            client,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// GET `path` (under the base URL); returns (status, JSON body).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.send(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(&self.token),
+        )
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.client
+                .put(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .json(body),
+        )
+    }
+
+    fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        self.rt.block_on(async {
+            let resp = req.send().await.expect("API request");
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or(Value::Null))
+        })
+    }
+
+    pub fn device(&self, id: &str) -> Option<Value> {
+        let (st, v) = self.get("/api/v1/devices");
+        assert_eq!(st, 200, "{v}");
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+    }
+
+    /// Every event of a device, following cursors, newest first.
+    pub fn all_events(&self, device: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (st, v) = self.get(&format!(
+                "/api/v1/events?device={device}&limit=1000&cursor={cursor}"
+            ));
+            assert_eq!(st, 200, "{v}");
+            out.extend(v["events"].as_array().unwrap().iter().cloned());
+            match v["next"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => return out,
+            }
+        }
+    }
+}
+
+/// Sequence numbers of events, sorted; panics if any appears twice.
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    let mut s: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    s.sort_unstable();
+    let before = s.len();
+    s.dedup();
+    assert_eq!(before, s.len(), "an event was stored twice");
+    s
+}
+
+/// Waits for an agent's `status.json` to report an empty spool while connected.
+pub fn wait_drained(state: &Path, timeout: Duration) {
+    wait_for(timeout, "the agent's spool to drain", || {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(state.join("status.json")).ok()?).ok()?;
+        (v["connected"] == true && v["spool_events"] == 0).then_some(())
+    });
+}
+
+/// Reads every event left in a stopped agent's spool (seq numbers).
+pub fn spooled_seqs(state: &Path) -> anyhow::Result<Vec<u64>> {
+    let (spool, note) = caretaker_agent::spool::Spool::open(
+        &state.join("spool"),
+        &state.join("seq.floor.probe"),
+        u64::MAX,
+    )?;
+    if note.is_some() {
+        bail!("spool was unreadable");
+    }
+    let events = spool
+        .read_after(0, usize::MAX, usize::MAX)
+        .context("read spool")?;
+    Ok(events.iter().map(|e| e.seq).collect())
+}
+
+/// A gRPC channel to the collector speaking as the device enrolled in `state`.
+pub async fn device_channel(state: &Path, addr: &str) -> tonic::transport::Channel {
+    use caretaker_agent::tls;
+    let read = |n: &str| std::fs::read_to_string(state.join(n)).unwrap();
+    let ca = tls::certs_from_pem(&read("ca.pem")).unwrap().remove(0);
+    let cfg = tls::device_config(
+        ca,
+        tls::certs_from_pem(&read("device.pem")).unwrap(),
+        tls::key_from_pem(&read("device.key")).unwrap(),
+    )
+    .unwrap();
+    caretaker_agent::connect::channel(addr, cfg)
+        .await
+        .expect("device channel")
+}
+
+/// A protobuf event for hand-made batches.
+pub fn pb_event(
+    seq: u64,
+    kind: &str,
+    details: serde_json::Map<String, Value>,
+) -> caretaker_proto::pb::Event {
+    caretaker_proto::pb::Event {
+        seq,
+        occurred_at: Some(caretaker_proto::convert::timestamp_from(chrono::Utc::now())),
+        user: String::new(),
+        kind: kind.into(),
+        details: Some(caretaker_proto::convert::struct_from_json(&details)),
+    }
+}
+
+/// Opens TLS to `addr` with `config`, then tries to use the connection.
+/// Returns the error the server's refusal produced, or `None` if the server accepted.
+pub async fn tls_refusal(addr: SocketAddr, config: rustls::ClientConfig) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = match tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return Some(e.to_string()),
+    };
+    // In TLS 1.3 the server judges the client certificate after the client
+    // finishes its side, so the refusal arrives as an alert on the first read.
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => None,
+    }
+}

@@ -17,7 +17,8 @@ pub fn host_facts() -> HostFacts {
 /// `PRETTY_NAME` from os-release text.
 pub fn pretty_name(os_release: &str) -> Option<String> {
     os_release.lines().find_map(|l| {
-        l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())
+        l.strip_prefix("PRETTY_NAME=")
+            .map(|v| v.trim_matches('"').to_string())
     })
 }
 
@@ -31,6 +32,9 @@ mod tests {
     #[test]
     fn pretty_name_is_read_from_os_release() {
         let text = "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n";
-        assert_eq!(super::pretty_name(text).as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(
+            super::pretty_name(text).as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
     }
 }

@@ -25,7 +25,8 @@ pub async fn run(cfg: LifecycleConfig, sink: EventSink, shutdown: CancellationTo
     if !sink.emit(NewEvent::now("agent.started", None, hello)).await {
         return;
     }
-    let mut tick = tokio::time::interval_at(started + cfg.heartbeat_interval, cfg.heartbeat_interval);
+    let mut tick =
+        tokio::time::interval_at(started + cfg.heartbeat_interval, cfg.heartbeat_interval);
     // After a suspend, send one heartbeat, not a burst of missed ones.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -55,7 +56,10 @@ mod tests {
         let stop = CancellationToken::new();
         let cfg = LifecycleConfig {
             heartbeat_interval: Duration::from_secs(60),
-            facts: HostFacts { hostname: "h".into(), os: "o".into() },
+            facts: HostFacts {
+                hostname: "h".into(),
+                os: "o".into(),
+            },
         };
         let task = tokio::spawn(run(cfg, EventSink::new(tx), stop.clone()));
         assert_eq!(rx.recv().await.unwrap().kind, "agent.started");

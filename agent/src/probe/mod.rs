@@ -33,7 +33,9 @@ pub fn spawn(probes: Vec<ProbeConfig>, ctx: ProbeContext, tracker: &TaskTracker)
     for p in probes {
         let ctx = ctx.clone();
         match p {
-            ProbeConfig::Lifecycle(cfg) => tracker.spawn(lifecycle::run(cfg, ctx.sink, ctx.shutdown)),
+            ProbeConfig::Lifecycle(cfg) => {
+                tracker.spawn(lifecycle::run(cfg, ctx.sink, ctx.shutdown))
+            }
         };
     }
 }
