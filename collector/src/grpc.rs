@@ -9,6 +9,7 @@ use futures::Stream;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
@@ -25,12 +26,21 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct GrpcApi {
     collector: Arc<Collector>,
+    /// Ends long-lived streams when the collector stops, so shutdown is prompt.
+    shutdown: CancellationToken,
 }
 
 impl GrpcApi {
-    pub fn new(collector: Arc<Collector>) -> Self {
-        Self { collector }
+    pub fn new(collector: Arc<Collector>, shutdown: CancellationToken) -> Self {
+        Self {
+            collector,
+            shutdown,
+        }
     }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the collector is shutting down; reconnect later")
 }
 
 fn peer<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
@@ -117,7 +127,13 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
         let device = device_of(&req, &self.collector)?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH * 2);
-        tokio::spawn(pump(self.collector.clone(), device, inbound, tx));
+        tokio::spawn(pump(
+            self.collector.clone(),
+            device,
+            inbound,
+            tx,
+            self.shutdown.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -129,6 +145,7 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
         let known = req.into_inner().known_version;
         let mut policies = self.collector.watch_policy();
         let collector = self.collector.clone();
+        let shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut known = known;
@@ -147,6 +164,10 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
                 tokio::select! {
                     changed = policies.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(shutting_down())).await;
+                        return;
+                    }
                 }
                 if collector.is_revoked(&device) {
                     let _ = tx
@@ -169,6 +190,7 @@ async fn pump(
     device: String,
     mut inbound: Streaming<pb::EventBatch>,
     tx: mpsc::Sender<Result<pb::Ack, Status>>,
+    shutdown: CancellationToken,
 ) {
     let mut pending = FuturesOrdered::new();
     let mut through = 0u64;
@@ -193,6 +215,11 @@ async fn pump(
                         pending = FuturesOrdered::new();
                     }
                 }
+            }
+            _ = shutdown.cancelled(), if open => {
+                // Finish what was received; the agent resends anything unacked.
+                failure = Some(shutting_down());
+                open = false;
             }
             msg = inbound.message(), if open && pending.len() < PIPELINE_DEPTH => {
                 match msg {

@@ -75,7 +75,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot create {}", dir.admin_socket().display()))?;
 
-    let api = GrpcApi::new(collector.clone());
+    let api = GrpcApi::new(collector.clone(), shutdown.clone());
     let max = caretaker_proto::MAX_MESSAGE_BYTES;
     let grpc = tonic::transport::Server::builder()
         .add_service(
@@ -95,8 +95,19 @@ pub async fn serve(
     );
     info!(grpc = %bound.grpc, web = %bound.web, "Collector serving");
     on_bound(bound);
+    // Streams end on shutdown; the deadline covers a client that ignores that.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    };
+    let grpc = async {
+        tokio::select! {
+            r = grpc => r.context("the gRPC server failed"),
+            () = deadline => Ok(()),
+        }
+    };
     let (grpc_result, ()) = tokio::join!(grpc, web);
-    grpc_result.context("the gRPC server failed")?;
+    grpc_result?;
     info!("Collector stopped");
     Ok(())
 }

@@ -265,6 +265,8 @@ impl Api {
         let client = reqwest::Client::builder()
             .add_root_certificate(ca)
             .use_rustls_tls()
+            // Collectors are restarted mid-test: never reuse a connection to a dead one.
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
