@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::probe::antivirus::AntivirusProbeConfig;
 use crate::state::DEFAULT_STATE_DIR;
 
 /// Default spool bound: about a month of a busy laptop's events.
@@ -37,6 +38,30 @@ struct RawConfig {
     heartbeat_interval: String,
     #[serde(default = "default_spool_max")]
     spool_max_bytes: u64,
+    #[serde(default)]
+    antivirus: RawAntivirus,
+}
+
+/// `[antivirus]`: where this machine's antivirus keeps its state.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAntivirus {
+    enabled: bool,
+    database_dir: PathBuf,
+    clamd_socket: PathBuf,
+    freshclam_log: PathBuf,
+}
+
+impl Default for RawAntivirus {
+    fn default() -> Self {
+        let d = AntivirusProbeConfig::default();
+        Self {
+            enabled: true,
+            database_dir: d.database_dir,
+            clamd_socket: d.clamd_socket,
+            freshclam_log: d.freshclam_log,
+        }
+    }
 }
 
 fn default_heartbeat() -> String {
@@ -54,6 +79,8 @@ pub struct Config {
     pub collector: Option<String>,
     pub heartbeat_interval: Duration,
     pub spool_max_bytes: u64,
+    /// `None` when the antivirus probe is turned off.
+    pub antivirus: Option<AntivirusProbeConfig>,
 }
 
 impl Config {
@@ -109,6 +136,12 @@ impl Config {
             collector: raw.collector,
             heartbeat_interval,
             spool_max_bytes: raw.spool_max_bytes,
+            antivirus: raw.antivirus.enabled.then(|| AntivirusProbeConfig {
+                database_dir: raw.antivirus.database_dir,
+                clamd_socket: raw.antivirus.clamd_socket,
+                freshclam_log: raw.antivirus.freshclam_log,
+                ..Default::default()
+            }),
         })
     }
 }

@@ -97,10 +97,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let probes_stop = CancellationToken::new();
     let probe_tasks = TaskTracker::new();
-    let probes = vec![ProbeConfig::Lifecycle(probe::lifecycle::LifecycleConfig {
+    let mut probes = vec![ProbeConfig::Lifecycle(probe::lifecycle::LifecycleConfig {
         heartbeat_interval: config.heartbeat_interval,
         facts,
     })];
+    probes.extend(config.antivirus.clone().map(ProbeConfig::Antivirus));
     probe::spawn(
         probes,
         ProbeContext {

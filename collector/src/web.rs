@@ -48,6 +48,7 @@ pub fn router(collector: Arc<Collector>) -> Router {
     let api = Router::new()
         .route("/devices", get(devices))
         .route("/events", get(events))
+        .route("/fleet", get(fleet))
         .route("/policy", get(get_policy).put(put_policy))
         .route("/policy/history", get(policy_history))
         .route_layer(middleware::from_fn_with_state(
@@ -92,6 +93,13 @@ async fn devices(State(c): State<Arc<Collector>>) -> ApiResult {
     let store = c.store.clone();
     let devices = blocking(move || store.devices()).await?;
     Ok(Json(json!({ "devices": devices })))
+}
+
+/// Fleet counts per state facet: how many devices report each status (antivirus current, stale, ...).
+async fn fleet(State(c): State<Arc<Collector>>) -> ApiResult {
+    let store = c.store.clone();
+    let devices = blocking(move || store.devices()).await?;
+    Ok(Json(crate::rules::fleet_counts(&devices)))
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,8 @@
 //! Every process is killed when its handle drops, so a failing test leaves
 //! nothing running.
 
+pub mod clamd_rig;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

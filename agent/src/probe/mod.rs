@@ -3,6 +3,7 @@
 //! A closed set: `ProbeConfig` lists them and `spawn` builds each. No plug-in
 //! registry; a new probe is a new variant and a new module.
 
+pub mod antivirus;
 pub mod lifecycle;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub struct ProbeContext {
 #[derive(Debug, Clone)]
 pub enum ProbeConfig {
     Lifecycle(lifecycle::LifecycleConfig),
+    Antivirus(antivirus::AntivirusProbeConfig),
 }
 
 /// Starts every probe on `tracker`.
@@ -35,6 +37,9 @@ pub fn spawn(probes: Vec<ProbeConfig>, ctx: ProbeContext, tracker: &TaskTracker)
         match p {
             ProbeConfig::Lifecycle(cfg) => {
                 tracker.spawn(lifecycle::run(cfg, ctx.sink, ctx.shutdown))
+            }
+            ProbeConfig::Antivirus(cfg) => {
+                tracker.spawn(antivirus::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
             }
         };
     }

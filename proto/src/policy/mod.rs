@@ -5,6 +5,10 @@
 //! working when a newer collector adds a section. Later features add their own
 //! sections here.
 
+mod antivirus;
+
+pub use antivirus::AntivirusPolicy;
+
 use serde::{Deserialize, Serialize};
 
 /// The whole policy document, as stored and pushed to agents.
@@ -13,12 +17,14 @@ use serde::{Deserialize, Serialize};
 pub struct PolicyDocument {
     /// A free-text description shown in the dashboard.
     pub description: String,
+    pub antivirus: AntivirusPolicy,
 }
 
 impl Default for PolicyDocument {
     fn default() -> Self {
         Self {
             description: "Caretaker default policy".to_string(),
+            antivirus: AntivirusPolicy::default(),
         }
     }
 }
@@ -67,6 +73,7 @@ impl PolicyDocument {
                 "description is longer than 1000 characters".into(),
             ));
         }
+        self.antivirus.validate().map_err(PolicyError::Invalid)?;
         Ok(())
     }
 }

@@ -1,0 +1,456 @@
+//! Antivirus-currency probe: finds the antivirus product, how old its signatures are and whether
+//! it is running, and emits `antivirus.status` when the normalised status changes.
+//!
+//! Linux (ClamAV) is observed here through thin readers; all interpretation is in [`parse`],
+//! which also holds the Windows (Defender, Security Center) and macOS (XProtect) interpreters
+//! that those platforms' backends will feed. [`clamd::scan_stream`] is the INSTREAM client other
+//! features (removable media) use; they report findings with [`detection_event`].
+
+pub mod clamd;
+pub mod parse;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{EventSink, NewEvent};
+use caretaker_proto::policy::{AntivirusPolicy, PolicyDocument};
+use parse::{Assessment, AvStatus, ClamavObservation, CvdHeader, ProductReport};
+
+pub const STATUS_EVENT: &str = "antivirus.status";
+pub const DETECTION_EVENT: &str = "antivirus.detection";
+
+/// Where the probe looks; every root is overridable so tests use temp dirs and a private clamd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AntivirusProbeConfig {
+    /// ClamAV's database directory (`DatabaseDirectory` in clamd.conf).
+    pub database_dir: PathBuf,
+    /// clamd's `LocalSocket`.
+    pub clamd_socket: PathBuf,
+    /// freshclam's `UpdateLogFile`; only its tail is read.
+    pub freshclam_log: PathBuf,
+    /// Where to look for running `freshclam` / `clamonacc` processes.
+    pub proc_root: PathBuf,
+    /// How long clamd may take to answer PING / VERSION before it counts as not responding.
+    pub clamd_timeout: Duration,
+}
+
+impl Default for AntivirusProbeConfig {
+    fn default() -> Self {
+        Self {
+            database_dir: PathBuf::from("/var/lib/clamav"),
+            clamd_socket: PathBuf::from("/var/run/clamav/clamd.ctl"),
+            freshclam_log: PathBuf::from("/var/log/clamav/freshclam.log"),
+            proc_root: PathBuf::from("/proc"),
+            clamd_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Daily databases in the order ClamAV prefers them; `.cud` is the unsigned form sigtool builds
+/// (test rigs and private mirrors), which clamd loads like the others.
+const DAILY_FILES: [&str; 3] = ["daily.cld", "daily.cvd", "daily.cud"];
+const MAIN_FILES: [&str; 3] = ["main.cld", "main.cvd", "main.cud"];
+/// Enough of freshclam's log for its last few runs, however long the log has grown.
+const FRESHCLAM_LOG_TAIL: u64 = 64 * 1024;
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    pub checked_at: DateTime<Utc>,
+    pub max_signature_age_hours: u32,
+    pub products: Vec<ProductReport>,
+    pub assessment: Assessment,
+    /// Problems the readers met; logged, and already folded into the products' reasons.
+    pub warnings: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn status(&self) -> AvStatus {
+        self.assessment.status
+    }
+
+    /// The `antivirus.status` event's details (see [`parse::status_details`]).
+    pub fn details(&self) -> Map<String, Value> {
+        parse::status_details(
+            &self.products,
+            &self.assessment,
+            self.max_signature_age_hours,
+            self.checked_at,
+        )
+    }
+
+    pub fn to_event(&self) -> NewEvent {
+        let mut event = NewEvent::now(STATUS_EVENT, None, self.details());
+        event.occurred_at = self.checked_at;
+        event
+    }
+}
+
+/// The event another feature emits when a scan it asked for found something. `subject` says
+/// what was scanned in words the network manager can act on (e.g. "USB stick SN-0001: /report.doc").
+pub fn detection_event(subject: &str, signatures: &[String], user: Option<String>) -> NewEvent {
+    let mut details = Map::new();
+    details.insert("product".into(), "ClamAV".into());
+    details.insert("subject".into(), subject.into());
+    details.insert(
+        "signatures".into(),
+        Value::Array(signatures.iter().cloned().map(Value::String).collect()),
+    );
+    NewEvent::now(DETECTION_EVENT, user, details)
+}
+
+/// Runs one check of ClamAV now.
+pub async fn check(config: &AntivirusProbeConfig, policy: &AntivirusPolicy) -> CheckReport {
+    let obs = observe_clamav(config).await;
+    let warnings = obs.warnings.clone();
+    let products: Vec<ProductReport> = parse::clamav_product(&obs, &local_to_utc)
+        .into_iter()
+        .collect();
+    let checked_at = Utc::now();
+    let absent = format!(
+        "no ClamAV database in {} and clamd not answering on {}",
+        config.database_dir.display(),
+        config.clamd_socket.display()
+    );
+    let assessment = parse::normalise(
+        &products,
+        policy.max_signature_age_hours,
+        checked_at,
+        &absent,
+    );
+    CheckReport {
+        checked_at,
+        max_signature_age_hours: policy.max_signature_age_hours,
+        products,
+        assessment,
+        warnings,
+    }
+}
+
+/// The probe: checks at start, every `check_interval_secs`, and whenever the policy changes;
+/// emits `antivirus.status` at start and then only when the status changes.
+pub async fn run(
+    config: AntivirusProbeConfig,
+    mut policy: watch::Receiver<Arc<PolicyDocument>>,
+    sink: EventSink,
+    shutdown: CancellationToken,
+) {
+    let mut last: Option<AvStatus> = None;
+    let mut policy_open = true;
+    loop {
+        let current = effective_policy(&policy.borrow_and_update());
+        let report = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = check(&config, &current) => r,
+        };
+        let changed = last != Some(report.status());
+        for w in &report.warnings {
+            // Repeating the same warning every hour would drown the log; say it when it matters.
+            if changed {
+                tracing::warn!(warning = %w, "Antivirus check could not read everything.");
+            } else {
+                tracing::debug!(warning = %w, "Antivirus check could not read everything.");
+            }
+        }
+        if changed {
+            tracing::debug!(status = report.status().as_str(), reason = %report.assessment.reason, "Antivirus status changed.");
+            if !sink.emit(report.to_event()).await {
+                return; // the agent is shutting down
+            }
+            last = Some(report.status());
+        }
+        let interval = Duration::from_secs(current.check_interval_secs);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+            r = policy.changed(), if policy_open => {
+                // A closed policy channel means the agent keeps the last policy; stop watching it.
+                if r.is_err() {
+                    policy_open = false;
+                }
+            }
+        }
+    }
+}
+
+/// The policy section to use; an invalid one (the collector should never send it) falls back
+/// to the defaults rather than stopping the probe.
+fn effective_policy(doc: &PolicyDocument) -> AntivirusPolicy {
+    match doc.antivirus.validate() {
+        Ok(()) => doc.antivirus.clone(),
+        Err(why) => {
+            tracing::warn!(error = %why, "Invalid antivirus policy; using defaults.");
+            AntivirusPolicy::default()
+        }
+    }
+}
+
+/// clamd and freshclam print local times without a zone; this machine's zone is theirs.
+fn local_to_utc(n: NaiveDateTime) -> Option<DateTime<Utc>> {
+    chrono::Local
+        .from_local_datetime(&n)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thin readers
+// ---------------------------------------------------------------------------------------------
+
+async fn observe_clamav(config: &AntivirusProbeConfig) -> ClamavObservation {
+    let mut obs = ClamavObservation::default();
+
+    let mut dailies: Vec<(String, CvdHeader)> = Vec::new();
+    for name in DAILY_FILES.iter().chain(MAIN_FILES.iter()) {
+        match read_head(&config.database_dir.join(name)).await {
+            Ok(None) => {}
+            Ok(Some(bytes)) => {
+                obs.database_files.push((*name).to_owned());
+                if name.starts_with("daily") {
+                    let parsed = parse::parse_cvd_header(&bytes);
+                    obs.warnings
+                        .extend(parsed.warnings.into_iter().map(|w| format!("{name}: {w}")));
+                    if let Some(h) = parsed.value {
+                        dailies.push(((*name).to_owned(), h));
+                    }
+                }
+            }
+            Err(e) => {
+                // It exists but cannot be read: ClamAV is there, its age is not known.
+                obs.database_files.push((*name).to_owned());
+                obs.warnings.push(format!("cannot read {name}: {e}"));
+            }
+        }
+    }
+    // Normally only one daily file exists; if several do, the newest version is the one in use.
+    obs.daily = dailies.into_iter().max_by_key(|(_, h)| h.version);
+
+    let (clamd, clamd_warnings) = ask_clamd(&config.clamd_socket, config.clamd_timeout).await;
+    obs.clamd = Some(clamd);
+    obs.warnings.extend(clamd_warnings);
+
+    match running_processes(&config.proc_root).await {
+        Some(names) => {
+            obs.onaccess_running = Some(names.contains("clamonacc"));
+            obs.freshclam_running = Some(names.contains("freshclam"));
+        }
+        None => obs.warnings.push(format!(
+            "cannot list processes in {}",
+            config.proc_root.display()
+        )),
+    }
+
+    if let Some(tail) = read_tail(&config.freshclam_log, FRESHCLAM_LOG_TAIL).await {
+        let parsed = parse::parse_freshclam_log(&tail);
+        obs.warnings.extend(parsed.warnings);
+        obs.freshclam_last = parsed.value;
+    }
+    obs
+}
+
+/// PING, then VERSION. `Ok` means clamd is serving; `Err` says why not, for the reason.
+async fn ask_clamd(
+    socket: &Path,
+    timeout: Duration,
+) -> (Result<Option<parse::ClamdVersion>, String>, Vec<String>) {
+    match clamd::ping(socket, timeout).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let why = format!("clamd at {} did not answer PONG", socket.display());
+            return (Err(why), Vec::new());
+        }
+        Err(e) => return (Err(format!("clamd not answering: {e}")), Vec::new()),
+    }
+    match clamd::version(socket, timeout).await {
+        Ok(reply) => {
+            let parsed = parse::parse_version_reply(&reply);
+            (Ok(parsed.value), parsed.warnings)
+        }
+        // It answered PING a moment ago: responding, version unknown.
+        Err(e) => (
+            Ok(None),
+            vec![format!("clamd VERSION failed after PING: {e}")],
+        ),
+    }
+}
+
+/// The first 512 bytes of a database; `Ok(None)` if the file does not exist.
+async fn read_head(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut head = Vec::with_capacity(parse::CVD_HEADER_LEN);
+    file.take(parse::CVD_HEADER_LEN as u64)
+        .read_to_end(&mut head)
+        .await?;
+    Ok(Some(head))
+}
+
+/// The last `max` bytes of a text file, from the first whole line; `None` if unreadable.
+async fn read_tail(path: &Path, max: u64) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    let len = file.metadata().await.ok()?.len();
+    let start = len.saturating_sub(max);
+    file.seek(std::io::SeekFrom::Start(start)).await.ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).await.ok()?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Some(if start > 0 {
+        text.split_once('\n')
+            .map_or(String::new(), |(_, rest)| rest.to_owned())
+    } else {
+        text
+    })
+}
+
+/// Command names (`comm`) of running processes, or `None` if `proc_root` cannot be listed.
+async fn running_processes(proc_root: &Path) -> Option<HashSet<String>> {
+    let root = proc_root.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut names = HashSet::new();
+        for entry in std::fs::read_dir(&root).ok()?.flatten() {
+            let file_name = entry.file_name();
+            if !file_name
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
+                continue;
+            }
+            // Processes exit between listing and reading: skip those silently.
+            if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
+                names.insert(comm.trim_end().to_owned());
+            }
+        }
+        Some(names)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn running_processes_reads_comm_of_numeric_entries_only() {
+        let proc_root = tempfile::tempdir().unwrap();
+        for (dir, comm) in [
+            ("1", "systemd\n"),
+            ("412", "freshclam\n"),
+            ("self", "clamonacc\n"),
+        ] {
+            std::fs::create_dir(proc_root.path().join(dir)).unwrap();
+            std::fs::write(proc_root.path().join(dir).join("comm"), comm).unwrap();
+        }
+        std::fs::create_dir(proc_root.path().join("999")).unwrap(); // exited: no comm
+        let names = running_processes(proc_root.path()).await.unwrap();
+        let mut names: Vec<_> = names.into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["freshclam", "systemd"]);
+        assert_eq!(
+            running_processes(&proc_root.path().join("absent")).await,
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn read_tail_starts_at_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "first line\nsecond line\nthird\n").unwrap();
+        assert_eq!(
+            read_tail(&path, 1024).await.unwrap(),
+            "first line\nsecond line\nthird\n"
+        );
+        assert_eq!(read_tail(&path, 15).await.unwrap(), "third\n");
+        assert_eq!(read_tail(&dir.path().join("absent"), 10).await, None);
+    }
+
+    #[tokio::test]
+    async fn observe_reports_processes_and_freshclam_from_configured_roots() {
+        let root = tempfile::tempdir().unwrap();
+        let proc_root = root.path().join("proc");
+        std::fs::create_dir_all(proc_root.join("77")).unwrap();
+        std::fs::write(proc_root.join("77/comm"), "clamonacc\n").unwrap();
+        let db = root.path().join("db");
+        std::fs::create_dir(&db).unwrap();
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/probe/antivirus/testdata/daily-official.header"
+            ),
+            db.join("daily.cvd"),
+        )
+        .unwrap();
+        let config = AntivirusProbeConfig {
+            database_dir: db,
+            clamd_socket: root.path().join("no.sock"),
+            freshclam_log: root.path().join("absent.log"),
+            proc_root,
+            clamd_timeout: Duration::from_secs(1),
+        };
+        let obs = observe_clamav(&config).await;
+        assert_eq!(obs.database_files, ["daily.cvd"]);
+        assert_eq!(obs.daily.as_ref().unwrap().1.version, Some(27462));
+        assert_eq!(obs.onaccess_running, Some(true));
+        assert_eq!(obs.freshclam_running, Some(false));
+        assert_eq!(obs.freshclam_last, None);
+        assert!(
+            matches!(&obs.clamd, Some(Err(e)) if e.contains("no.sock")),
+            "{:?}",
+            obs.clamd
+        );
+    }
+
+    #[test]
+    fn invalid_policy_falls_back_to_defaults() {
+        let doc = PolicyDocument {
+            antivirus: AntivirusPolicy {
+                max_signature_age_hours: 0,
+                check_interval_secs: 1,
+            },
+            ..Default::default()
+        };
+        assert_eq!(effective_policy(&doc), AntivirusPolicy::default());
+        let good = PolicyDocument {
+            antivirus: AntivirusPolicy {
+                max_signature_age_hours: 24,
+                check_interval_secs: 600,
+            },
+            ..Default::default()
+        };
+        assert_eq!(effective_policy(&good), good.antivirus);
+    }
+
+    #[test]
+    fn detection_event_details() {
+        let e = detection_event(
+            "USB stick SN-TEST-0001: /homework.doc",
+            &["Test.EICAR.HDB.UNOFFICIAL".to_owned()],
+            Some("pupil01".into()),
+        );
+        assert_eq!(e.kind, "antivirus.detection");
+        assert_eq!(e.user.as_deref(), Some("pupil01"));
+        assert_eq!(
+            Value::Object(e.details),
+            serde_json::json!({
+                "product": "ClamAV",
+                "subject": "USB stick SN-TEST-0001: /homework.doc",
+                "signatures": ["Test.EICAR.HDB.UNOFFICIAL"]
+            })
+        );
+    }
+}
