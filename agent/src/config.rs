@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::probe::antivirus::AntivirusProbeConfig;
+use crate::probe::software::SoftwareProbeConfig;
 use crate::state::DEFAULT_STATE_DIR;
 
 /// Default spool bound: about a month of a busy laptop's events.
@@ -40,6 +41,32 @@ struct RawConfig {
     spool_max_bytes: u64,
     #[serde(default)]
     antivirus: RawAntivirus,
+    #[serde(default)]
+    software: RawSoftware,
+}
+
+/// `[software]`: where installed software is recorded (roots overridable for tests and odd layouts).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSoftware {
+    enabled: bool,
+    dpkg_dir: PathBuf,
+    apt_history_log: PathBuf,
+    flatpak_system_dir: PathBuf,
+    home_root: PathBuf,
+}
+
+impl Default for RawSoftware {
+    fn default() -> Self {
+        let d = SoftwareProbeConfig::default();
+        Self {
+            enabled: true,
+            dpkg_dir: d.dpkg_dir,
+            apt_history_log: d.apt_history_log,
+            flatpak_system_dir: d.flatpak_system_dir,
+            home_root: d.home_root,
+        }
+    }
 }
 
 /// `[antivirus]`: where this machine's antivirus keeps its state.
@@ -73,7 +100,7 @@ fn default_spool_max() -> u64 {
 }
 
 /// Validated settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
     pub collector: Option<String>,
@@ -81,6 +108,8 @@ pub struct Config {
     pub spool_max_bytes: u64,
     /// `None` when the antivirus probe is turned off.
     pub antivirus: Option<AntivirusProbeConfig>,
+    /// `None` when the software probe is turned off.
+    pub software: Option<SoftwareProbeConfig>,
 }
 
 impl Config {
@@ -140,6 +169,13 @@ impl Config {
                 database_dir: raw.antivirus.database_dir,
                 clamd_socket: raw.antivirus.clamd_socket,
                 freshclam_log: raw.antivirus.freshclam_log,
+                ..Default::default()
+            }),
+            software: raw.software.enabled.then(|| SoftwareProbeConfig {
+                dpkg_dir: raw.software.dpkg_dir,
+                apt_history_log: raw.software.apt_history_log,
+                flatpak_system_dir: raw.software.flatpak_system_dir,
+                home_root: raw.software.home_root,
                 ..Default::default()
             }),
         })

@@ -102,6 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         facts,
     })];
     probes.extend(config.antivirus.clone().map(ProbeConfig::Antivirus));
+    probes.extend(config.software.clone().map(ProbeConfig::Software));
     probe::spawn(
         probes,
         ProbeContext {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod classify;
 pub mod datadir;
 pub mod grpc;
 pub mod ingest;

@@ -2,18 +2,23 @@
 //!
 //! Agents report facts; the school's judgement lives here, so changing the
 //! policy changes how new events are flagged without touching any laptop.
+//! `Rules` is built once per policy version.
 
 use caretaker_proto::policy::PolicyDocument;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
+
+use crate::classify::{self, Classification, Classifier};
 
 pub const NETWORK_MANAGER: &str = "network_manager";
 pub const DSL: &str = "dsl";
 
 /// The collector's verdict on one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub severity: &'static str,
     pub audience: Vec<String>,
+    /// Why, for the dashboard (e.g. which catalogue entry matched); `None` when routine.
+    pub assessment: Option<Value>,
 }
 
 impl Verdict {
@@ -21,32 +26,96 @@ impl Verdict {
         Self {
             severity: "info",
             audience: vec![],
+            assessment: None,
         }
     }
     fn technical(severity: &'static str) -> Self {
         Self {
             severity,
             audience: vec![NETWORK_MANAGER.into()],
+            assessment: None,
         }
     }
 }
 
-/// Classifies one event.
-pub fn classify(kind: &str, details: &Map<String, Value>, _policy: &PolicyDocument) -> Verdict {
-    match kind {
-        // Anything but `current` is a technical compliance gap.
-        "antivirus.status" => match details.get("status").and_then(Value::as_str) {
-            Some("current") => Verdict::routine(),
-            Some("stale") | Some("unknown") => Verdict::technical("warning"),
-            _ => Verdict::technical("high"),
-        },
-        // "If my computer indicates that there is an infection ... I will stop using it": the
-        // network manager must hear at once.
-        "antivirus.detection" => Verdict::technical("critical"),
-        // The agent lost events (spool bound) or had to set a damaged spool aside:
-        // the record has a gap the network manager should know about.
-        "agent.events_dropped" | "agent.spool_recovered" => Verdict::technical("warning"),
-        _ => Verdict::routine(),
+/// The judgement of one policy version.
+pub struct Rules {
+    software: Classifier,
+}
+
+impl Rules {
+    pub fn new(policy: &PolicyDocument) -> Self {
+        // The policy was validated on the way in, so its patterns compile; an
+        // unreadable one falls back to the built-in defaults rather than stop ingest.
+        let software = Classifier::new(&policy.software)
+            .or_else(|_| Classifier::new(&Default::default()))
+            .expect("the default software policy is valid");
+        Self { software }
+    }
+
+    /// Classifies one event.
+    pub fn classify(&self, kind: &str, details: &Map<String, Value>) -> Verdict {
+        match kind {
+            // The agent lost events (spool bound) or had to set a damaged spool aside:
+            // the record has a gap the network manager should know about.
+            "agent.events_dropped" | "agent.spool_recovered" => Verdict::technical("warning"),
+            // Anything but `current` is a technical compliance gap.
+            "antivirus.status" => match details.get("status").and_then(Value::as_str) {
+                Some("current") => Verdict::routine(),
+                Some("stale") | Some("unknown") => Verdict::technical("warning"),
+                _ => Verdict::technical("high"),
+            },
+            // "If my computer indicates that there is an infection ... I will stop using it":
+            // the network manager must hear at once.
+            "antivirus.detection" => Verdict::technical("critical"),
+            k if k.starts_with("software.") || k == "executable.in_user_area" => {
+                self.software(kind, details)
+            }
+            _ => Verdict::routine(),
+        }
+    }
+
+    fn software(&self, kind: &str, details: &Map<String, Value>) -> Verdict {
+        let verdicts = self.software.classify_event(kind, details);
+        // A start-up inventory is not a change: flag only what needs action
+        // (denied software, bypass tools), not every package without approval.
+        let counts = |v: &classify::Verdict| {
+            kind != "software.inventory"
+                || matches!(
+                    v.classification,
+                    Classification::Denied | Classification::BypassTool
+                )
+        };
+        let flagged: Vec<&classify::Verdict> = verdicts
+            .iter()
+            .filter(|v| counts(v) && !v.audience.is_empty())
+            .collect();
+        if flagged.is_empty() {
+            return Verdict::routine();
+        }
+        let mut audience: Vec<String> = Vec::new();
+        for v in &flagged {
+            for a in &v.audience {
+                let a = match a {
+                    classify::Audience::NetworkManager => NETWORK_MANAGER,
+                    classify::Audience::Dsl => DSL,
+                };
+                if !audience.iter().any(|x| x == a) {
+                    audience.push(a.to_string());
+                }
+            }
+        }
+        let severity = match flagged.iter().map(|v| v.severity).max() {
+            Some(classify::Severity::High) => "high",
+            Some(classify::Severity::Medium) => "warning",
+            Some(classify::Severity::Low) => "notice",
+            _ => "info",
+        };
+        Verdict {
+            severity,
+            audience,
+            assessment: Some(json!({ "software": flagged })),
+        }
     }
 }
 
@@ -98,14 +167,60 @@ pub fn fleet_counts(devices: &[crate::store::Device]) -> Value {
 mod tests {
     use super::*;
 
+    fn rules() -> Rules {
+        Rules::new(&PolicyDocument::default())
+    }
+
     #[test]
     fn lifecycle_is_routine_and_gaps_reach_the_network_manager() {
-        let p = PolicyDocument::default();
         let m = Map::new();
-        assert_eq!(classify("agent.heartbeat", &m, &p), Verdict::routine());
+        assert_eq!(rules().classify("agent.heartbeat", &m), Verdict::routine());
         assert_eq!(
-            classify("agent.events_dropped", &m, &p).audience,
+            rules().classify("agent.events_dropped", &m).audience,
             vec![NETWORK_MANAGER]
+        );
+    }
+
+    #[test]
+    fn antivirus_other_than_current_reaches_the_network_manager() {
+        let status = |s: &str| {
+            let mut m = Map::new();
+            m.insert("status".into(), Value::String(s.into()));
+            rules().classify("antivirus.status", &m)
+        };
+        assert_eq!(status("current").audience, Vec::<String>::new());
+        for s in ["stale", "disabled", "missing", "unknown"] {
+            assert_eq!(status(s).audience, vec![NETWORK_MANAGER], "{s}");
+        }
+        assert_eq!(
+            rules()
+                .classify("antivirus.detection", &Map::new())
+                .severity,
+            "critical"
+        );
+    }
+
+    #[test]
+    fn bypass_tools_reach_the_dsl_and_unapproved_installs_the_network_manager() {
+        let installed = |name: &str| {
+            let d = json!({"name": name, "version": "1", "source": "dpkg"});
+            rules().classify("software.installed", d.as_object().unwrap())
+        };
+        let tor = installed("tor");
+        assert!(
+            tor.audience.contains(&DSL.to_string())
+                && tor.audience.contains(&NETWORK_MANAGER.to_string()),
+            "{tor:?}"
+        );
+        assert_eq!(installed("gimp").audience, vec![NETWORK_MANAGER]);
+        let mut policy = PolicyDocument::default();
+        policy.software.approved = vec!["gimp".into()];
+        let d = json!({"name": "gimp", "version": "1", "source": "dpkg"});
+        assert_eq!(
+            Rules::new(&policy)
+                .classify("software.installed", d.as_object().unwrap())
+                .audience,
+            Vec::<String>::new()
         );
     }
 }

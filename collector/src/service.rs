@@ -12,8 +12,9 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::ca::SchoolCa;
+use crate::classify::fleet::FleetCounts;
 use crate::ingest::Ingest;
-use crate::rules;
+use crate::rules::{self, Rules};
 use crate::store::{
     AgentFacts, Device, DeviceBatch, PolicyVersion, Store, StoreError, StoredEvent, TokenRefusal,
 };
@@ -74,6 +75,10 @@ pub struct Collector {
     ingest: Ingest,
     limiter: FailureLimiter,
     admin_token_hash: String,
+    /// The judgement of the current policy version.
+    rules: std::sync::RwLock<Arc<Rules>>,
+    /// Installations per product across the fleet (licence reconciliation), kept current as events arrive.
+    software: std::sync::Mutex<FleetCounts>,
 }
 
 const MAX_KIND: usize = 64;
@@ -113,7 +118,15 @@ impl Collector {
             }
         }
         drop(r);
+        let doc = PolicyDocument::parse_lenient(&current.policy.to_string()).unwrap_or_default();
+        // Rebuild installation counts from the record (one pass at start-up).
+        let mut software = FleetCounts::default();
+        store.scan_kind_prefix("software.", &mut |e| {
+            let _ = software.apply(&e.device_id, &e.kind, &e.details);
+        })?;
         Ok(Self {
+            rules: std::sync::RwLock::new(Arc::new(Rules::new(&doc))),
+            software: std::sync::Mutex::new(software),
             ingest: Ingest::start(store.clone()),
             store,
             ca,
@@ -224,8 +237,7 @@ impl Collector {
         facts: Option<AgentFacts>,
     ) -> Result<DeviceBatch, String> {
         let now = Utc::now();
-        let policy = PolicyDocument::parse_lenient(&self.policy.borrow().policy.to_string())
-            .unwrap_or_default();
+        let rules = self.rules.read().expect("rules lock").clone();
         let mut state = Map::new();
         let mut out = Vec::with_capacity(events.len());
         for (i, e) in events.into_iter().enumerate() {
@@ -245,7 +257,7 @@ impl Collector {
             let Some(occurred_at) = e.occurred_at else {
                 return Err(at("occurred_at is missing or out of range".into()));
             };
-            let verdict = rules::classify(&e.kind, &e.details, &policy);
+            let verdict = rules.classify(&e.kind, &e.details);
             if let Some((facet, value)) = rules::state_facet(&e.kind, &e.details) {
                 state.insert(facet, value);
             }
@@ -259,6 +271,7 @@ impl Collector {
                 details: e.details,
                 severity: verdict.severity.to_string(),
                 audience: verdict.audience,
+                assessment: verdict.assessment,
             });
         }
         Ok(DeviceBatch {
@@ -272,7 +285,34 @@ impl Collector {
 
     /// Stores a prepared batch durably.
     pub async fn commit(&self, batch: DeviceBatch) -> Result<(), StoreError> {
-        self.ingest.commit(batch).await
+        let software: Vec<StoredEvent> = batch
+            .events
+            .iter()
+            .filter(|e| e.kind.starts_with("software."))
+            .cloned()
+            .collect();
+        self.ingest.commit(batch).await?;
+        if !software.is_empty() {
+            let mut counts = self.software.lock().expect("software counts lock");
+            for e in &software {
+                // A resent event re-applies the same state: the fold is idempotent.
+                if let Err(why) = counts.apply(&e.device_id, &e.kind, &e.details) {
+                    tracing::debug!(%why, "Software event not counted");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Devices with each product installed: `(source, name, devices)`.
+    pub fn software_installations(&self) -> Vec<(String, String, usize)> {
+        self.software
+            .lock()
+            .expect("software counts lock")
+            .device_counts()
+            .into_iter()
+            .map(|(k, n)| (k.source, k.name, n))
+            .collect()
     }
 
     pub fn policy(&self) -> Arc<PolicyVersion> {
@@ -296,6 +336,7 @@ impl Collector {
         let by = changed_by.to_string();
         let pv = blocking(move || store.put_policy(normalised, &by, Utc::now())).await?;
         tracing::info!(version = pv.version, changed_by = %pv.changed_by, "Policy changed");
+        *self.rules.write().expect("rules lock") = Arc::new(Rules::new(&parsed));
         self.policy.send_replace(Arc::new(pv.clone()));
         Ok(pv)
     }

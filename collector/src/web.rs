@@ -49,6 +49,7 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .route("/devices", get(devices))
         .route("/events", get(events))
         .route("/fleet", get(fleet))
+        .route("/software", get(software))
         .route("/policy", get(get_policy).put(put_policy))
         .route("/policy/history", get(policy_history))
         .route_layer(middleware::from_fn_with_state(
@@ -100,6 +101,16 @@ async fn fleet(State(c): State<Arc<Collector>>) -> ApiResult {
     let store = c.store.clone();
     let devices = blocking(move || store.devices()).await?;
     Ok(Json(crate::rules::fleet_counts(&devices)))
+}
+
+/// Installations per product across the fleet, for licence reconciliation.
+async fn software(State(c): State<Arc<Collector>>) -> ApiResult {
+    let products: Vec<Value> = c
+        .software_installations()
+        .into_iter()
+        .map(|(source, name, devices)| json!({"source": source, "name": name, "devices": devices}))
+        .collect();
+    Ok(Json(json!({ "products": products })))
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,7 @@
 //! nothing running.
 
 pub mod clamd_rig;
+pub mod deb;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

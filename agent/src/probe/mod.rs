@@ -5,6 +5,7 @@
 
 pub mod antivirus;
 pub mod lifecycle;
+pub mod software;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub struct ProbeContext {
 pub enum ProbeConfig {
     Lifecycle(lifecycle::LifecycleConfig),
     Antivirus(antivirus::AntivirusProbeConfig),
+    Software(software::SoftwareProbeConfig),
 }
 
 /// Starts every probe on `tracker`.
@@ -40,6 +42,9 @@ pub fn spawn(probes: Vec<ProbeConfig>, ctx: ProbeContext, tracker: &TaskTracker)
             }
             ProbeConfig::Antivirus(cfg) => {
                 tracker.spawn(antivirus::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
+            }
+            ProbeConfig::Software(cfg) => {
+                tracker.spawn(software::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
             }
         };
     }

@@ -60,6 +60,9 @@ pub struct StoredEvent {
     pub details: Map<String, Value>,
     pub severity: String,
     pub audience: Vec<String>,
+    /// The collector's reasoning when it flagged the event (which rule or catalogue entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assessment: Option<Value>,
 }
 
 /// Host facts an agent reports when it connects.
@@ -138,6 +141,12 @@ pub trait Store: Send + Sync + 'static {
     /// (same device and seq) are skipped. Returns how many were new.
     fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64>;
     fn events(&self, query: &EventQuery) -> StoreResult<EventPage>;
+    /// Visits every stored event whose kind starts with `prefix`, each device's in sequence order.
+    fn scan_kind_prefix(
+        &self,
+        prefix: &str,
+        visit: &mut dyn FnMut(&StoredEvent),
+    ) -> StoreResult<()>;
 
     fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
     /// Uses a token once if it is valid at `now`; atomic against concurrent use.

@@ -65,6 +65,10 @@ fn seq_of_key(key: &[u8]) -> u64 {
     u64::from_be_bytes(tail)
 }
 
+fn memchr_find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 fn matches(q: &EventQuery, e: &StoredEvent) -> bool {
     q.kind.as_ref().is_none_or(|k| &e.kind == k) && q.since.is_none_or(|s| e.occurred_at >= s)
 }
@@ -268,6 +272,25 @@ impl Store for SledStore {
         }
     }
 
+    fn scan_kind_prefix(
+        &self,
+        prefix: &str,
+        visit: &mut dyn FnMut(&StoredEvent),
+    ) -> StoreResult<()> {
+        // The kind is inside the JSON; a cheap byte search skips most events undecoded.
+        let needle = format!("\"kind\":\"{prefix}");
+        for item in self.events.iter() {
+            let (_, v) = item.map_err(engine)?;
+            if memchr_find(&v, needle.as_bytes()) {
+                let e: StoredEvent = decode("event", &v)?;
+                if e.kind.starts_with(prefix) {
+                    visit(&e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn insert_token(&self, token: &TokenRecord) -> StoreResult<()> {
         self.tokens
             .insert(token.hash.as_bytes(), encode(token))
@@ -382,6 +405,7 @@ mod tests {
             details: Default::default(),
             severity: "info".into(),
             audience: vec![],
+            assessment: None,
         }
     }
 

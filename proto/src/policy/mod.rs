@@ -5,9 +5,11 @@
 //! working when a newer collector adds a section. Later features add their own
 //! sections here.
 
-mod antivirus;
+pub mod antivirus;
+pub mod software;
 
 pub use antivirus::AntivirusPolicy;
+pub use software::SoftwarePolicy;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +20,7 @@ pub struct PolicyDocument {
     /// A free-text description shown in the dashboard.
     pub description: String,
     pub antivirus: AntivirusPolicy,
+    pub software: SoftwarePolicy,
 }
 
 impl Default for PolicyDocument {
@@ -25,6 +28,7 @@ impl Default for PolicyDocument {
         Self {
             description: "Caretaker default policy".to_string(),
             antivirus: AntivirusPolicy::default(),
+            software: SoftwarePolicy::default(),
         }
     }
 }
@@ -74,6 +78,7 @@ impl PolicyDocument {
             ));
         }
         self.antivirus.validate().map_err(PolicyError::Invalid)?;
+        self.software.validate().map_err(PolicyError::Invalid)?;
         Ok(())
     }
 }

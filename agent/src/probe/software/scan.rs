@@ -1,0 +1,476 @@
+//! Thin readers for the software probe: the only code here that touches the file system or
+//! snapd's socket. Each returns raw facts (or parsed via `parse`) and leaves decisions to
+//! `mod.rs`. Linux-only (owners and inode numbers come from `std::os::unix`).
+use super::parse::{self, ExecutableType};
+use super::{Inventory, SoftwareItem, SoftwareKey, Source};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// A user's home folder and the user it belongs to (by the folder's owner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    pub user: String,
+    pub dir: PathBuf,
+}
+
+/// The home folders directly under `root`, each attributed to its owner's name from
+/// `passwd` (falling back to the folder's name for directory-service users not in it).
+pub fn list_homes(root: &Path, passwd: &Path) -> Vec<Home> {
+    let names = fs::read_to_string(passwd)
+        .map(|t| parse::parse_passwd(&t))
+        .unwrap_or_default();
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut homes: Vec<Home> = entries
+        .flatten()
+        .filter(|e| e.file_name() != "lost+found")
+        .filter_map(|e| {
+            let meta = fs::symlink_metadata(e.path()).ok()?;
+            if !meta.is_dir() {
+                return None;
+            }
+            let user = names
+                .get(&meta.uid())
+                .cloned()
+                .unwrap_or_else(|| e.file_name().to_string_lossy().into_owned());
+            Some(Home {
+                user,
+                dir: e.path(),
+            })
+        })
+        .collect();
+    homes.sort_by(|a, b| a.dir.cmp(&b.dir));
+    homes
+}
+
+fn mtime(meta: &fs::Metadata) -> Option<DateTime<Utc>> {
+    meta.modified().ok().map(DateTime::<Utc>::from)
+}
+
+/// Reads dpkg's status database; install times come from each package's file list.
+pub fn read_dpkg(dpkg_dir: &Path) -> io::Result<(Inventory, Vec<String>)> {
+    let text = fs::read_to_string(dpkg_dir.join("status"))?;
+    let parsed = parse::parse_dpkg_status(&text);
+    let info = dpkg_dir.join("info");
+    let mut inv = Inventory::new();
+    for p in parsed.value {
+        let arch = p.architecture.clone();
+        // Multi-Arch: same packages keep `name:arch.list`; others `name.list`.
+        let list = arch
+            .as_ref()
+            .map(|a| info.join(format!("{}:{a}.list", p.name)))
+            .filter(|l| l.exists())
+            .unwrap_or_else(|| info.join(format!("{}.list", p.name)));
+        let installed_at = fs::metadata(&list).ok().as_ref().and_then(mtime);
+        let id = match &arch {
+            Some(a) => format!("{}:{a}", p.name),
+            None => p.name.clone(),
+        };
+        inv.insert(
+            SoftwareKey {
+                source: Source::Dpkg,
+                id,
+            },
+            SoftwareItem {
+                name: p.name,
+                version: p.version,
+                arch,
+                owner: None,
+                path: None,
+                installed_at,
+            },
+        );
+    }
+    Ok((inv, parsed.warnings))
+}
+
+/// Reads apt's history log; a missing log is an empty history.
+pub fn read_apt_history(path: &Path) -> Vec<parse::AptTransaction> {
+    match fs::read(path) {
+        Ok(bytes) => parse::parse_apt_history(&String::from_utf8_lossy(&bytes)).value,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The per-user Flatpak installation root inside a home folder.
+pub fn user_flatpak_root(home: &Path) -> PathBuf {
+    home.join(".local/share/flatpak")
+}
+
+/// Reads the system-wide and every user's Flatpak apps. An app without a `current`
+/// deployment is still being deployed (or half removed) and is left out until it settles.
+pub fn read_flatpak(system_dir: &Path, homes: &[Home]) -> (Inventory, Vec<String>) {
+    let mut inv = Inventory::new();
+    let mut warnings = Vec::new();
+    read_flatpak_apps(&system_dir.join("app"), None, &mut inv, &mut warnings);
+    for h in homes {
+        let app = user_flatpak_root(&h.dir).join("app");
+        read_flatpak_apps(&app, Some(&h.user), &mut inv, &mut warnings);
+    }
+    (inv, warnings)
+}
+
+fn read_flatpak_apps(
+    app_dir: &Path,
+    owner: Option<&str>,
+    inv: &mut Inventory,
+    warnings: &mut Vec<String>,
+) {
+    let Ok(entries) = fs::read_dir(app_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let dir = e.path();
+        let Ok(current) = fs::read_link(dir.join("current")) else {
+            continue;
+        };
+        let Some((arch, branch)) = parse::parse_flatpak_current(&current.to_string_lossy()) else {
+            warnings.push(format!("flatpak {id}: odd current link {current:?}"));
+            continue;
+        };
+        let branch_dir = dir.join(&arch).join(&branch);
+        let Ok(active) = fs::read_link(branch_dir.join("active")) else {
+            continue;
+        };
+        let commit = active.to_string_lossy().into_owned();
+        let deploy = branch_dir.join(&commit);
+        let share = deploy.join("files/share");
+        let metainfo = [
+            format!("metainfo/{id}.metainfo.xml"),
+            format!("metainfo/{id}.appdata.xml"),
+            format!("appdata/{id}.appdata.xml"),
+        ]
+        .iter()
+        .find_map(|rel| read_prefix(&share.join(rel), 256 * 1024).ok())
+        .and_then(|bytes| parse::parse_metainfo_version(&String::from_utf8_lossy(&bytes)));
+        let installed_at = fs::metadata(&deploy).ok().as_ref().and_then(mtime);
+        let key_id = match owner {
+            Some(u) => format!("user/{u}/{id}"),
+            None => format!("system/{id}"),
+        };
+        inv.insert(
+            SoftwareKey {
+                source: Source::Flatpak,
+                id: key_id,
+            },
+            SoftwareItem {
+                name: id,
+                version: parse::flatpak_version(metainfo, &branch, &commit),
+                arch: Some(arch),
+                owner: owner.map(str::to_string),
+                path: None,
+                installed_at,
+            },
+        );
+    }
+}
+
+fn read_prefix(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    fs::File::open(path)?.take(max).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Asks snapd for the installed snaps. No socket means snapd is not installed: empty, not
+/// an error. A socket that does not answer properly is an error, so the caller keeps what
+/// it knew rather than reporting every snap removed.
+pub async fn read_snaps(socket: &Path) -> Result<Inventory, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !socket.exists() {
+        return Ok(Inventory::new());
+    }
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(socket).await?;
+        // HTTP/1.0 so snapd closes the connection after one plain (unchunked) reply.
+        stream
+            .write_all(b"GET /v2/snaps HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut raw = Vec::new();
+        stream.take(32 * 1024 * 1024).read_to_end(&mut raw).await?;
+        Ok::<_, io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "snapd did not answer within 10 s".to_string())?
+        .map_err(|e| format!("snapd socket: {e}"))?;
+    let (status, body) = parse::split_http_response(&raw)?;
+    if status != 200 {
+        return Err(format!("snapd answered HTTP {status}"));
+    }
+    let parsed = parse::parse_snapd_snaps(&body);
+    for w in &parsed.warnings {
+        tracing::warn!(warning = %w, "Odd entry in snapd's reply.");
+    }
+    Ok(parsed
+        .value
+        .into_iter()
+        .map(|s| {
+            (
+                SoftwareKey {
+                    source: Source::Snap,
+                    id: s.name.clone(),
+                },
+                SoftwareItem {
+                    name: s.name,
+                    version: s.version,
+                    arch: None,
+                    owner: None,
+                    path: None,
+                    installed_at: s.install_date,
+                },
+            )
+        })
+        .collect())
+}
+
+/// A browser's download in progress (renamed to its real name when complete).
+pub fn is_partial_download(path: &Path) -> bool {
+    path.extension().is_some_and(|e| {
+        let e = e.to_string_lossy().to_ascii_lowercase();
+        matches!(e.as_str(), "part" | "crdownload" | "download" | "partial")
+    })
+}
+
+/// True when the file changed less than `quiet` ago (or in the future, by clock skew).
+pub fn modified_within(meta: &fs::Metadata, quiet: Duration) -> bool {
+    meta.modified().ok().is_some_and(|m| {
+        SystemTime::now()
+            .duration_since(m)
+            .map_or(true, |age| age < quiet)
+    })
+}
+
+/// SHA-256 of a file's content, streamed; `None` when larger than `max_bytes`.
+pub fn hash_file(path: &Path, max_bytes: u64) -> io::Result<Option<String>> {
+    let mut f = fs::File::open(path)?;
+    if f.metadata()?.len() > max_bytes {
+        return Ok(None);
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Some(hex::encode(hasher.finalize())))
+}
+
+/// What we last knew of one file in a home folder: enough to tell whether it changed
+/// without reopening it, and what kind of executable it was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileFacts {
+    pub size: u64,
+    pub mtime: Option<SystemTime>,
+    pub ino: u64,
+    pub mode: u32,
+    pub kind: Option<ExecutableType>,
+    pub sha256: Option<String>,
+}
+
+/// An executable that is new, or whose content changed, since the index last saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub user: String,
+    pub home: PathBuf,
+    pub path: PathBuf,
+    pub kind: ExecutableType,
+    pub size: u64,
+    pub executable_bit: bool,
+    pub sha256: Option<String>,
+    /// True when the index already had an executable at this path (its content changed).
+    pub replaced: bool,
+}
+
+/// Every regular file seen in the home folders, keyed by path. Rescans only reopen files
+/// whose size, mtime or inode changed, so the hourly backstop is a walk of `stat`s.
+#[derive(Debug, Default)]
+pub struct HomeIndex {
+    files: HashMap<PathBuf, FileFacts>,
+}
+
+/// Limits and exclusions for walking home folders.
+#[derive(Debug, Clone)]
+pub struct WalkRules {
+    /// Paths relative to each home that are not searched for executables.
+    pub exclude: Vec<PathBuf>,
+    pub max_hash_bytes: u64,
+    pub max_dirs: usize,
+}
+
+impl WalkRules {
+    pub fn excluded(&self, home: &Path, path: &Path) -> bool {
+        path.strip_prefix(home)
+            .is_ok_and(|rel| self.exclude.iter().any(|x| rel.starts_with(x)))
+    }
+}
+
+impl HomeIndex {
+    /// Walks `start` (a home or a folder within one) and updates the index. Returns the
+    /// folders seen (to watch) and the executables that are new or changed.
+    pub fn walk(
+        &mut self,
+        home: &Home,
+        start: &Path,
+        rules: &WalkRules,
+    ) -> (Vec<PathBuf>, Vec<Found>) {
+        let mut dirs = Vec::new();
+        let mut found = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stack = vec![start.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            if rules.excluded(&home.dir, &dir) {
+                continue;
+            }
+            if dirs.len() >= rules.max_dirs {
+                tracing::warn!(home = %home.dir.display(), limit = rules.max_dirs, "Home folder has too many folders; the rest are not searched.");
+                break;
+            }
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            dirs.push(dir);
+            for e in entries.flatten() {
+                let path = e.path();
+                let Ok(meta) = fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if meta.is_file() && !rules.excluded(&home.dir, &path) {
+                    seen.insert(path.clone());
+                    if let Some(f) = self.check_with(home, path, &meta, rules) {
+                        found.push(f);
+                    }
+                }
+            }
+        }
+        // Files under `start` not seen this time are gone.
+        self.files.retain(|p, _| {
+            !p.starts_with(start) || seen.contains(p) || rules.excluded(&home.dir, p)
+        });
+        (dirs, found)
+    }
+
+    /// Forgets files outside the given homes (a home folder was removed).
+    pub fn retain_homes(&mut self, homes: &[Home]) {
+        self.files
+            .retain(|p, _| homes.iter().any(|h| p.starts_with(&h.dir)));
+    }
+
+    /// Re-examines one path after a change notification. A path that no longer exists (or
+    /// is not a regular file) drops out of the index, with everything beneath it.
+    pub fn check(&mut self, home: &Home, path: &Path, rules: &WalkRules) -> Option<Found> {
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() => self.check_with(home, path.to_path_buf(), &meta, rules),
+            _ => {
+                self.files.retain(|p, _| !p.starts_with(path));
+                None
+            }
+        }
+    }
+
+    fn check_with(
+        &mut self,
+        home: &Home,
+        path: PathBuf,
+        meta: &fs::Metadata,
+        rules: &WalkRules,
+    ) -> Option<Found> {
+        let mode = meta.permissions().mode();
+        let (size, mtime, ino) = (meta.len(), meta.modified().ok(), meta.ino());
+        let previous = self.files.get(&path);
+        if let Some(p) = previous
+            && (p.size, p.mtime, p.ino, p.mode) == (size, mtime, ino, mode)
+        {
+            return None;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let head = read_prefix(&path, parse::MAGIC_LEN as u64).unwrap_or_default();
+        let executable_bit = mode & 0o111 != 0;
+        let kind = parse::detect_executable(&head, &name, executable_bit);
+        let had_kind = previous.and_then(|p| p.kind).is_some();
+        let old_hash = previous.and_then(|p| p.sha256.clone());
+        let sha256 = match kind {
+            Some(_) => hash_file(&path, rules.max_hash_bytes).ok().flatten(),
+            None => None,
+        };
+        self.files.insert(
+            path.clone(),
+            FileFacts {
+                size,
+                mtime,
+                ino,
+                mode,
+                kind,
+                sha256: sha256.clone(),
+            },
+        );
+        let kind = kind?;
+        // Same content as before (touched, or chmod of something already executable): not new.
+        if had_kind && sha256.is_some() && sha256 == old_hash {
+            return None;
+        }
+        Some(Found {
+            user: home.user.clone(),
+            home: home.dir.clone(),
+            path,
+            kind,
+            size,
+            executable_bit,
+            sha256,
+            replaced: had_kind,
+        })
+    }
+
+    /// The AppImages in the index, as inventory items owned by their home's user.
+    pub fn appimages(&self, homes: &[Home]) -> Inventory {
+        let mut inv = Inventory::new();
+        for (path, facts) in &self.files {
+            if !matches!(facts.kind, Some(ExecutableType::AppImage(_))) {
+                continue;
+            }
+            let Some(home) = homes.iter().find(|h| path.starts_with(&h.dir)) else {
+                continue;
+            };
+            let rel = path
+                .strip_prefix(&home.dir)
+                .unwrap_or(path)
+                .to_string_lossy()
+                .into_owned();
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (name, version) = parse::appimage_name_version(&file);
+            inv.insert(
+                SoftwareKey {
+                    source: Source::AppImage,
+                    id: format!("{}/{rel}", home.user),
+                },
+                SoftwareItem {
+                    name,
+                    version: version.unwrap_or_else(|| "unknown".into()),
+                    arch: None,
+                    owner: Some(home.user.clone()),
+                    path: Some(rel),
+                    installed_at: facts.mtime.map(DateTime::<Utc>::from),
+                },
+            );
+        }
+        inv
+    }
+}

@@ -1,0 +1,182 @@
+//! Collector side: installation counts per product across the fleet, for licence
+//! reconciliation. A fold over each device's `software.inventory` and change events.
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A product as counted for licences: where it came from and its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProductKey {
+    pub source: String,
+    pub name: String,
+}
+
+/// One installation on a device: the same product can be installed more than once
+/// (two architectures, two users' Flatpaks), and removing one must not uncount the device.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Instance {
+    product: ProductKey,
+    arch: Option<String>,
+    owner: Option<String>,
+    path: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Device {
+    installed: BTreeSet<Instance>,
+    /// A multi-part inventory being received: applied only once complete.
+    pending: Option<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    batch: String,
+    parts: u64,
+    received: BTreeSet<u64>,
+    installed: BTreeSet<Instance>,
+}
+
+/// Per-device installations, folded from events in each device's sequence order.
+#[derive(Debug, Default)]
+pub struct FleetCounts {
+    devices: HashMap<String, Device>,
+}
+
+impl FleetCounts {
+    /// Applies one event from `device`. Events of other kinds are ignored; malformed ones
+    /// change nothing and return a reason.
+    pub fn apply(
+        &mut self,
+        device: &str,
+        kind: &str,
+        details: &Map<String, Value>,
+    ) -> Result<(), String> {
+        match kind {
+            "software.inventory" => self.apply_inventory(device, details),
+            "software.installed" | "software.upgraded" | "software.removed" => {
+                let inst = instance_from_change(details)
+                    .ok_or_else(|| format!("{kind}: no source or name"))?;
+                let dev = self.devices.entry(device.to_string()).or_default();
+                if kind == "software.removed" {
+                    dev.installed.remove(&inst);
+                } else {
+                    dev.installed.insert(inst);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_inventory(
+        &mut self,
+        device: &str,
+        details: &Map<String, Value>,
+    ) -> Result<(), String> {
+        let batch = details
+            .get("batch")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let part = details.get("part").and_then(Value::as_u64).unwrap_or(1);
+        let parts = details.get("parts").and_then(Value::as_u64).unwrap_or(1);
+        if part == 0 || part > parts {
+            return Err(format!("software.inventory: part {part} of {parts}"));
+        }
+        let fields: Vec<&str> = details
+            .get("fields")
+            .and_then(Value::as_array)
+            .map(|f| f.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_else(|| vec!["name", "version", "arch", "owner", "installed_at", "path"]);
+        let col = |name: &str| fields.iter().position(|f| *f == name);
+        let (name_i, arch_i, owner_i, path_i) = (
+            col("name").unwrap_or(0),
+            col("arch"),
+            col("owner"),
+            col("path"),
+        );
+        let items = details
+            .get("items")
+            .and_then(Value::as_object)
+            .ok_or("software.inventory: no items")?;
+        let dev = self.devices.entry(device.to_string()).or_default();
+        let pending = match &mut dev.pending {
+            Some(p) if p.batch == batch && p.parts == parts => p,
+            slot => slot.insert(Pending {
+                batch,
+                parts,
+                received: BTreeSet::new(),
+                installed: BTreeSet::new(),
+            }),
+        };
+        for (source, rows) in items {
+            for row in rows.as_array().into_iter().flatten() {
+                let cell = |i: Option<usize>| {
+                    i.and_then(|i| row.get(i))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                let Some(name) = cell(Some(name_i)) else {
+                    continue;
+                };
+                pending.installed.insert(Instance {
+                    product: ProductKey {
+                        source: source.clone(),
+                        name,
+                    },
+                    arch: cell(arch_i),
+                    owner: cell(owner_i),
+                    path: cell(path_i),
+                });
+            }
+        }
+        pending.received.insert(part);
+        if pending.received.len() as u64 == pending.parts {
+            let done = dev.pending.take().expect("pending set above");
+            dev.installed = done.installed;
+        }
+        Ok(())
+    }
+
+    /// For each product, how many devices have at least one installation of it.
+    pub fn device_counts(&self) -> BTreeMap<ProductKey, usize> {
+        let mut counts = BTreeMap::new();
+        for dev in self.devices.values() {
+            let products: BTreeSet<&ProductKey> =
+                dev.installed.iter().map(|i| &i.product).collect();
+            for p in products {
+                *counts.entry(p.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Devices having the product.
+    pub fn count(&self, source: &str, name: &str) -> usize {
+        self.devices
+            .values()
+            .filter(|d| {
+                d.installed
+                    .iter()
+                    .any(|i| i.product.source == source && i.product.name == name)
+            })
+            .count()
+    }
+
+    /// Forgets a device (decommissioned).
+    pub fn remove_device(&mut self, device: &str) {
+        self.devices.remove(device);
+    }
+}
+
+fn instance_from_change(d: &Map<String, Value>) -> Option<Instance> {
+    let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(Instance {
+        product: ProductKey {
+            source: s("source")?,
+            name: s("name")?,
+        },
+        arch: s("architecture"),
+        owner: s("owner"),
+        path: s("path"),
+    })
+}

@@ -1,0 +1,272 @@
+//! Collector side: classifies software and executable events against the policy's
+//! `software` section and a built-in catalogue of filter-bypass tools, deciding who must
+//! know (network manager, DSL). Pure: no I/O, no dependency on the agent.
+pub mod fleet;
+
+use caretaker_proto::policy::software::{NamePattern, SoftwarePolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Classification {
+    Approved,
+    Unapproved,
+    Denied,
+    BypassTool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    NetworkManager,
+    Dsl,
+}
+
+/// The outcome for one product (or one executable) in one event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub name: String,
+    pub source: String,
+    pub classification: Classification,
+    pub severity: Severity,
+    pub audience: Vec<Audience>,
+    /// The policy pattern or catalogue entry that decided it, if any.
+    pub matched: Option<String>,
+    /// For bypass tools: the catalogue's category and plain-language reason.
+    pub category: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// One kind of filter-bypass tool in the catalogue.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogueEntry {
+    pub name: String,
+    pub category: String,
+    pub reason: String,
+    #[serde(rename = "patterns")]
+    pattern_text: Vec<String>,
+    #[serde(skip)]
+    patterns: Vec<NamePattern>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Catalogue {
+    entries: Vec<CatalogueEntry>,
+}
+
+const BUILTIN_CATALOGUE: &str = include_str!("catalogue.json");
+
+impl Catalogue {
+    /// The catalogue compiled into the collector (`catalogue.json`).
+    pub fn builtin() -> &'static Catalogue {
+        static CATALOGUE: OnceLock<Catalogue> = OnceLock::new();
+        CATALOGUE.get_or_init(|| {
+            // The file is compiled in and checked by a unit test, so failure here is a
+            // build defect, not a runtime condition.
+            Catalogue::from_json(BUILTIN_CATALOGUE).expect("built-in catalogue is valid")
+        })
+    }
+
+    pub fn from_json(text: &str) -> Result<Catalogue, String> {
+        let mut cat: Catalogue =
+            serde_json::from_str(text).map_err(|e| format!("catalogue is not valid: {e}"))?;
+        for e in &mut cat.entries {
+            if e.reason.trim().is_empty() {
+                return Err(format!("catalogue entry {:?} has no reason", e.name));
+            }
+            if e.pattern_text.is_empty() {
+                return Err(format!("catalogue entry {:?} has no patterns", e.name));
+            }
+            e.patterns = e
+                .pattern_text
+                .iter()
+                .map(|p| {
+                    NamePattern::new(p)
+                        .map_err(|err| format!("catalogue entry {:?}: {p:?}: {err}", e.name))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(cat)
+    }
+
+    pub fn entries(&self) -> &[CatalogueEntry] {
+        &self.entries
+    }
+
+    /// The entry and pattern matching any of the names.
+    fn lookup(&self, names: &[&str]) -> Option<(&CatalogueEntry, &NamePattern)> {
+        self.entries.iter().find_map(|e| {
+            e.patterns
+                .iter()
+                .find(|p| names.iter().any(|n| p.matches(n)))
+                .map(|p| (e, p))
+        })
+    }
+}
+
+/// The policy's lists, compiled, plus the catalogue.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    approved: Vec<NamePattern>,
+    denied: Vec<NamePattern>,
+    catalogue: &'static Catalogue,
+}
+
+fn compile(list: &[String]) -> Result<Vec<NamePattern>, String> {
+    list.iter().map(|p| NamePattern::new(p)).collect()
+}
+
+impl Classifier {
+    pub fn new(policy: &SoftwarePolicy) -> Result<Classifier, String> {
+        Self::with_catalogue(policy, Catalogue::builtin())
+    }
+
+    pub fn with_catalogue(
+        policy: &SoftwarePolicy,
+        catalogue: &'static Catalogue,
+    ) -> Result<Classifier, String> {
+        policy.validate()?;
+        Ok(Classifier {
+            approved: compile(&policy.approved)?,
+            denied: compile(&policy.denied)?,
+            catalogue,
+        })
+    }
+
+    /// Classifies one product. Order, most specific first:
+    /// 1. an exact (non-glob) approval: the school knowingly allowed this product, even
+    ///    if it is in the bypass catalogue (a staff VPN, say);
+    /// 2. the bypass catalogue: a broad glob approval such as `*` must not hide Tor;
+    /// 3. the denied list;
+    /// 4. glob approvals;
+    /// 5. otherwise unapproved.
+    pub fn classify(&self, name: &str, source: &str) -> Verdict {
+        // Flatpak IDs are reverse-DNS (`com.anydesk.Anydesk`); the last segment is the
+        // product name people write in lists.
+        let short = (source == "flatpak")
+            .then(|| name.rsplit('.').next())
+            .flatten()
+            .filter(|s| *s != name);
+        let names: Vec<&str> = std::iter::once(name).chain(short).collect();
+        let find = |list: &[NamePattern], exact: Option<bool>| {
+            list.iter()
+                .find(|p| {
+                    exact.is_none_or(|e| p.is_exact() == e) && names.iter().any(|n| p.matches(n))
+                })
+                .map(|p| p.as_str().to_string())
+        };
+        let verdict = |classification, matched, category: Option<&str>, reason: Option<&str>| {
+            let (severity, audience) = match classification {
+                Classification::BypassTool => (
+                    Severity::High,
+                    vec![Audience::Dsl, Audience::NetworkManager],
+                ),
+                Classification::Denied => (Severity::Medium, vec![Audience::NetworkManager]),
+                Classification::Unapproved => (Severity::Low, vec![Audience::NetworkManager]),
+                Classification::Approved => (Severity::Info, vec![]),
+            };
+            Verdict {
+                name: name.to_string(),
+                source: source.to_string(),
+                classification,
+                severity,
+                audience,
+                matched,
+                category: category.map(str::to_string),
+                reason: reason.map(str::to_string),
+            }
+        };
+        if let Some(p) = find(&self.approved, Some(true)) {
+            return verdict(Classification::Approved, Some(p), None, None);
+        }
+        if let Some((entry, p)) = self.catalogue.lookup(&names) {
+            return verdict(
+                Classification::BypassTool,
+                Some(format!("catalogue: {} ({})", entry.name, p.as_str())),
+                Some(&entry.category),
+                Some(&entry.reason),
+            );
+        }
+        if let Some(p) = find(&self.denied, None) {
+            return verdict(Classification::Denied, Some(p), None, None);
+        }
+        if let Some(p) = find(&self.approved, Some(false)) {
+            return verdict(Classification::Approved, Some(p), None, None);
+        }
+        verdict(Classification::Unapproved, None, None, None)
+    }
+
+    /// Classifies an event from the software probe. `software.installed`/`upgraded` give
+    /// one verdict; `software.inventory` one per item; `software.removed` one verdict kept
+    /// for the record (removal restores compliance, so severity info and nobody told);
+    /// `executable.in_user_area` one, by file name (an executable in a user's area is never
+    /// simply approved by its absence from lists). Other kinds: none.
+    pub fn classify_event(&self, kind: &str, details: &Map<String, Value>) -> Vec<Verdict> {
+        let text = |k: &str| details.get(k).and_then(Value::as_str);
+        match kind {
+            "software.installed" | "software.upgraded" => match (text("name"), text("source")) {
+                (Some(n), Some(s)) => vec![self.classify(n, s)],
+                _ => vec![],
+            },
+            "software.removed" => match (text("name"), text("source")) {
+                (Some(n), Some(s)) => {
+                    let mut v = self.classify(n, s);
+                    v.severity = Severity::Info;
+                    v.audience.clear();
+                    vec![v]
+                }
+                _ => vec![],
+            },
+            "software.inventory" => inventory_names(details)
+                .map(|(source, name)| self.classify(name, source))
+                .collect(),
+            "executable.in_user_area" => {
+                let Some(path) = text("path") else {
+                    return vec![];
+                };
+                let file = path.rsplit('/').next().unwrap_or(path);
+                let stem = strip_executable_extension(file);
+                vec![self.classify(stem, "executable")]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+/// `(source, name)` of every item in a `software.inventory` event's compact list.
+pub fn inventory_names(details: &Map<String, Value>) -> impl Iterator<Item = (&str, &str)> {
+    details
+        .get("items")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.iter())
+        .flat_map(|(source, rows)| {
+            rows.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |row| Some((source.as_str(), row.get(0)?.as_str()?)))
+        })
+}
+
+fn strip_executable_extension(file: &str) -> &str {
+    for ext in [".appimage", ".exe", ".msi", ".sh", ".run", ".bin"] {
+        if file.len() > ext.len() && file[file.len() - ext.len()..].eq_ignore_ascii_case(ext) {
+            return &file[..file.len() - ext.len()];
+        }
+    }
+    file
+}
+
+#[cfg(test)]
+mod tests;

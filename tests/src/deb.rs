@@ -1,0 +1,57 @@
+//! Builds tiny real Debian packages with `dpkg-deb --build` and installs them with the real `dpkg`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Builds `name_version_all.deb` in `dir` (a package that installs one small file).
+pub fn build(dir: &Path, name: &str, version: &str) -> PathBuf {
+    let root = dir.join(format!("{name}-{version}"));
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(root.join("usr/share/doc").join(name)).unwrap();
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!("Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Caretaker tests <tests@caretaker.invalid>\nDescription: Caretaker test package\n Installed and removed by Caretaker's end-to-end tests.\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("usr/share/doc").join(name).join("README"),
+        "test\n",
+    )
+    .unwrap();
+    let deb = dir.join(format!("{name}_{version}_all.deb"));
+    let out = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dpkg-deb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    deb
+}
+
+/// Runs dpkg with `args`, waiting while another process holds its lock.
+pub fn dpkg(args: &[&str]) -> std::process::Output {
+    for _ in 0..120 {
+        let out = Command::new("dpkg").args(args).output().expect("dpkg runs");
+        if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("lock") {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("the dpkg lock was held for a minute");
+}
+
+/// Purges the named packages when dropped, so a failing test leaves the machine clean.
+pub struct Purge(pub Vec<String>);
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = dpkg(&["--purge", p]);
+        }
+    }
+}
