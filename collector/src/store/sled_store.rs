@@ -398,7 +398,7 @@ mod tests {
         StoredEvent {
             device_id: device.into(),
             seq,
-            kind: if seq % 2 == 0 { "even" } else { "odd" }.into(),
+            kind: if seq.is_multiple_of(2) { "even" } else { "odd" }.into(),
             occurred_at: Utc::now(),
             received_at: Utc::now(),
             user: None,

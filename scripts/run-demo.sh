@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs Caretaker on this machine with embedded defaults: a collector (API on https://localhost:8443)
+# and an agent enrolled with it. State lives in ./demo-data (or $CARETAKER_DEMO_DIR). Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+data="${CARETAKER_DEMO_DIR:-$PWD/demo-data}"
+grpc="${CARETAKER_GRPC:-127.0.0.1:7443}"
+web="${CARETAKER_WEB:-127.0.0.1:8443}"
+
+cargo build --release --bins --locked
+bin="$PWD/target/release"
+
+if [ ! -e "$data/collector/ca.pem" ]; then
+    "$bin/caretaker-collector" init --data-dir "$data/collector" --school "Demo School"
+fi
+"$bin/caretaker-collector" serve --data-dir "$data/collector" --grpc-listen "$grpc" --web-listen "$web" &
+collector=$!
+trap 'kill $collector ${agent:-} 2>/dev/null; wait' EXIT INT TERM
+for _ in $(seq 100); do [ -S "$data/collector/admin.sock" ] && break; sleep 0.1; done
+
+if [ ! -e "$data/agent/enrollment.json" ]; then
+    json=$("$bin/caretaker-collector" token create --data-dir "$data/collector" --json --label demo)
+    token=$(printf '%s' "$json" | sed -E 's/.*"token":"([^"]+)".*/\1/')
+    fp=$(printf '%s' "$json" | sed -E 's/.*"ca_fingerprint":"([^"]+)".*/\1/')
+    "$bin/caretaker-agent" enroll --collector "localhost:${grpc##*:}" --token "$token" --ca-fingerprint "$fp" --state-dir "$data/agent"
+fi
+printf 'heartbeat_interval = "30s"\n' > "$data/agent.toml"
+"$bin/caretaker-agent" run --state-dir "$data/agent" --config "$data/agent.toml" &
+agent=$!
+
+cat <<MSG
+
+Caretaker is running.
+  API:          https://localhost:${web##*:}/  (CA: $data/collector/ca.pem)
+  Admin token:  $data/collector/admin.token
+  Try:          curl --cacert $data/collector/ca.pem -H "Authorization: Bearer \$(cat $data/collector/admin.token)" https://localhost:${web##*:}/api/v1/events
+  Agent status: $bin/caretaker-agent status --state-dir $data/agent
+Ctrl-C stops both.
+
+MSG
+wait
