@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::probe::antivirus::AntivirusProbeConfig;
+use crate::probe::screen_lock::ScreenLockConfig;
 use crate::probe::software::SoftwareProbeConfig;
 use crate::state::DEFAULT_STATE_DIR;
 
@@ -43,6 +44,26 @@ struct RawConfig {
     antivirus: RawAntivirus,
     #[serde(default)]
     software: RawSoftware,
+    #[serde(default)]
+    screen_lock: RawScreenLock,
+}
+
+/// `[screen_lock]`: how to reach logind (the policy says when to lock).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawScreenLock {
+    enabled: bool,
+    /// A D-Bus address for logind instead of the system bus (tests, containers).
+    system_bus_address: Option<String>,
+}
+
+impl Default for RawScreenLock {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            system_bus_address: None,
+        }
+    }
 }
 
 /// `[software]`: where installed software is recorded (roots overridable for tests and odd layouts).
@@ -110,6 +131,8 @@ pub struct Config {
     pub antivirus: Option<AntivirusProbeConfig>,
     /// `None` when the software probe is turned off.
     pub software: Option<SoftwareProbeConfig>,
+    /// `None` when the screen-lock probe is turned off.
+    pub screen_lock: Option<ScreenLockConfig>,
 }
 
 impl Config {
@@ -176,6 +199,10 @@ impl Config {
                 apt_history_log: raw.software.apt_history_log,
                 flatpak_system_dir: raw.software.flatpak_system_dir,
                 home_root: raw.software.home_root,
+                ..Default::default()
+            }),
+            screen_lock: raw.screen_lock.enabled.then(|| ScreenLockConfig {
+                system_bus_address: raw.screen_lock.system_bus_address,
                 ..Default::default()
             }),
         })

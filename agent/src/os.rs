@@ -1,7 +1,7 @@
 //! The only place that asks the operating system for facts; thin, returning raw values.
 
 #[cfg(target_os = "linux")]
-mod linux;
+pub mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::*;
 

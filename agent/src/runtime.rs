@@ -103,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     })];
     probes.extend(config.antivirus.clone().map(ProbeConfig::Antivirus));
     probes.extend(config.software.clone().map(ProbeConfig::Software));
+    probes.extend(config.screen_lock.clone().map(ProbeConfig::ScreenLock));
     probe::spawn(
         probes,
         ProbeContext {

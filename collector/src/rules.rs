@@ -68,6 +68,14 @@ impl Rules {
             // "If my computer indicates that there is an infection ... I will stop using it":
             // the network manager must hear at once.
             "antivirus.detection" => Verdict::technical("critical"),
+            // The policy working as intended: recorded, nobody needs to act.
+            "screen.locked_by_policy" => Verdict::routine(),
+            "screen.lock_failed" => Verdict::technical("warning"),
+            "screen.compliance" => match details.get("state").and_then(Value::as_str) {
+                Some("enforced") => Verdict::routine(),
+                _ => Verdict::technical("warning"),
+            },
+            "session.left_logged_on" => Verdict::technical("notice"),
             k if k.starts_with("software.") || k == "executable.in_user_area" => {
                 self.software(kind, details)
             }
@@ -124,15 +132,23 @@ pub fn state_facet(kind: &str, details: &Map<String, Value>) -> Option<(String, 
     match kind {
         "agent.started" => Some(("agent".into(), Value::Object(details.clone()))),
         "antivirus.status" => Some(("antivirus".into(), Value::Object(details.clone()))),
+        // Kept as {status, reason} so the fleet view counts it like antivirus.
+        "screen.compliance" => Some((
+            "screen_lock".into(),
+            json!({"status": details.get("state"), "reason": details.get("reason")}),
+        )),
         _ => None,
     }
 }
 
 /// Facets whose status the fleet view counts, and the statuses each can take.
-const COUNTED: &[(&str, &[&str])] = &[(
-    "antivirus",
-    &["current", "stale", "disabled", "missing", "unknown"],
-)];
+const COUNTED: &[(&str, &[&str])] = &[
+    (
+        "antivirus",
+        &["current", "stale", "disabled", "missing", "unknown"],
+    ),
+    ("screen_lock", &["enforced", "cannot_enforce"]),
+];
 
 /// How many active (not revoked) devices are in each status of each counted facet;
 /// devices that have not reported a facet yet count as `not_reported`.

@@ -5,6 +5,7 @@
 
 pub mod clamd_rig;
 pub mod deb;
+pub mod desktop_rig;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -5,6 +5,7 @@
 
 pub mod antivirus;
 pub mod lifecycle;
+pub mod screen_lock;
 pub mod software;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub enum ProbeConfig {
     Lifecycle(lifecycle::LifecycleConfig),
     Antivirus(antivirus::AntivirusProbeConfig),
     Software(software::SoftwareProbeConfig),
+    ScreenLock(screen_lock::ScreenLockConfig),
 }
 
 /// Starts every probe on `tracker`.
@@ -42,6 +44,9 @@ pub fn spawn(probes: Vec<ProbeConfig>, ctx: ProbeContext, tracker: &TaskTracker)
             }
             ProbeConfig::Antivirus(cfg) => {
                 tracker.spawn(antivirus::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
+            }
+            ProbeConfig::ScreenLock(cfg) => {
+                tracker.spawn(screen_lock::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
             }
             ProbeConfig::Software(cfg) => {
                 tracker.spawn(software::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))

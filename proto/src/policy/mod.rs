@@ -6,9 +6,11 @@
 //! sections here.
 
 pub mod antivirus;
+pub mod screen_lock;
 pub mod software;
 
 pub use antivirus::AntivirusPolicy;
+pub use screen_lock::{SchoolHours, ScreenLockPolicy, parse_day, parse_hhmm};
 pub use software::SoftwarePolicy;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub struct PolicyDocument {
     /// A free-text description shown in the dashboard.
     pub description: String,
+    pub screen_lock: ScreenLockPolicy,
     pub antivirus: AntivirusPolicy,
     pub software: SoftwarePolicy,
 }
@@ -27,6 +30,7 @@ impl Default for PolicyDocument {
     fn default() -> Self {
         Self {
             description: "Caretaker default policy".to_string(),
+            screen_lock: ScreenLockPolicy::default(),
             antivirus: AntivirusPolicy::default(),
             software: SoftwarePolicy::default(),
         }
@@ -77,6 +81,7 @@ impl PolicyDocument {
                 "description is longer than 1000 characters".into(),
             ));
         }
+        self.screen_lock.validate().map_err(PolicyError::Invalid)?;
         self.antivirus.validate().map_err(PolicyError::Invalid)?;
         self.software.validate().map_err(PolicyError::Invalid)?;
         Ok(())

@@ -43,11 +43,12 @@ struct Args {
     api: String,
     #[arg(long)]
     api_token: String,
-    /// Events per batch (the agent's own default).
-    #[arg(long, default_value_t = 500)]
+    /// Events per batch. With --window 1, 100 agents keep 2,500 events in flight:
+    /// latency is in-flight events / throughput (see BENCHMARKS.md for the curve).
+    #[arg(long, default_value_t = 25)]
     batch: u64,
     /// Batches in flight per agent.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 1)]
     window: usize,
     /// Where to keep the simulated agents' keys (default: a temporary directory).
     #[arg(long)]

@@ -1,5 +1,9 @@
 //! Linux facts: hostname, distribution name, process liveness, resource usage.
 
+pub mod locker;
+pub mod logind;
+pub mod x11;
+
 use super::HostFacts;
 
 /// Hostname and a human-readable OS name (`PRETTY_NAME` from os-release).
