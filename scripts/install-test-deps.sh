@@ -3,17 +3,29 @@
 #   clamav, clamav-daemon, faketime  real clamd and sigtool-built databases (antivirus tests)
 #   dpkg-dev                         dpkg-deb for building tiny real packages (software tests)
 #   xvfb, xdotool, i3lock, dbus, python3-dbusmock   a real X server, input, screen locker and logind mock (screen-lock tests)
+#   qemu-system-x86 (bookworm-backports), busybox-static, kmod, dosfstools, mtools, xz-utils, binutils
+#                                    a VM with Debian's kernel and a hot-plugged USB stick (removable-media tests)
 set -euo pipefail
 
-packages=(clamav clamav-daemon faketime dpkg-dev xvfb xdotool i3lock dbus python3-dbusmock x11-utils)
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+# QEMU comes from bookworm-backports: bookworm's own would replace the image's backported qemu-utils.
+backports=/etc/apt/sources.list.d/caretaker-backports.sources
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' | $sudo tee "$backports" >/dev/null
+fi
+
+packages=(clamav clamav-daemon faketime dpkg-dev xvfb xdotool i3lock dbus python3-dbusmock x11-utils
+          busybox-static kmod dosfstools mtools xz-utils binutils)
+backported=(qemu-system-x86 qemu-utils seabios)
 missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "Installing test packages: ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
+missing_bpo=()
+for p in "${backported[@]}"; do installed "$p" || missing_bpo+=("$p"); done
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bpo[@]} -gt 0 ]; then
+    echo "Installing test packages: ${missing[*]} ${missing_bpo[*]}"
     # Keep Debian from starting clamd/freshclam: the tests run their own clamd on a private socket.
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
@@ -21,7 +33,12 @@ if [ ${#missing[@]} -gt 0 ]; then
         trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [ ${#missing[@]} -gt 0 ]; then
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    if [ ${#missing_bpo[@]} -gt 0 ]; then
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports "${missing_bpo[@]}"
+    fi
 fi
 # On a machine where systemd runs, stop the system's own ClamAV services for the same reason.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then

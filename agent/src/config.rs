@@ -8,6 +8,8 @@ use serde::Deserialize;
 use crate::probe::antivirus::AntivirusProbeConfig;
 use crate::probe::screen_lock::ScreenLockConfig;
 use crate::probe::software::SoftwareProbeConfig;
+use crate::probe::usb::UsbProbeConfig;
+use crate::probe::usb::clamd::ClamdAddr;
 use crate::state::DEFAULT_STATE_DIR;
 
 /// Default spool bound: about a month of a busy laptop's events.
@@ -46,6 +48,35 @@ struct RawConfig {
     software: RawSoftware,
     #[serde(default)]
     screen_lock: RawScreenLock,
+    #[serde(default)]
+    usb: RawUsb,
+}
+
+/// `[usb]`: removable media. The policy decides what is allowed; this says how to act on it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUsb {
+    enabled: bool,
+    /// clamd's local socket for scanning media ...
+    clamd_socket: Option<PathBuf>,
+    /// ... or its TCP address (HOST:PORT), which wins if both are set.
+    clamd_tcp: Option<String>,
+    /// Hold new USB devices until decided (needs root). False: report only, whatever the policy.
+    manage_authorization: bool,
+    /// Extra mount options for scanning (e.g. `iocharset=iso8859-1` without nls_utf8).
+    mount_options: String,
+}
+
+impl Default for RawUsb {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            clamd_socket: Some("/var/run/clamav/clamd.ctl".into()),
+            clamd_tcp: None,
+            manage_authorization: true,
+            mount_options: String::new(),
+        }
+    }
 }
 
 /// `[screen_lock]`: how to reach logind (the policy says when to lock).
@@ -133,6 +164,8 @@ pub struct Config {
     pub software: Option<SoftwareProbeConfig>,
     /// `None` when the screen-lock probe is turned off.
     pub screen_lock: Option<ScreenLockConfig>,
+    /// `None` when the USB probe is turned off.
+    pub usb: Option<UsbProbeConfig>,
 }
 
 impl Config {
@@ -203,6 +236,16 @@ impl Config {
             }),
             screen_lock: raw.screen_lock.enabled.then(|| ScreenLockConfig {
                 system_bus_address: raw.screen_lock.system_bus_address,
+                ..Default::default()
+            }),
+            usb: raw.usb.enabled.then(|| UsbProbeConfig {
+                clamd: match (raw.usb.clamd_tcp, raw.usb.clamd_socket) {
+                    (Some(tcp), _) => Some(ClamdAddr::Tcp(tcp)),
+                    (None, Some(path)) => Some(ClamdAddr::Unix(path)),
+                    (None, None) => None,
+                },
+                manage_authorization: raw.usb.manage_authorization,
+                mount_options: raw.usb.mount_options,
                 ..Default::default()
             }),
         })

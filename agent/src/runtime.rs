@@ -67,11 +67,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // The spool writer: every event passes through here, and is durable before the uplink sees it.
     let (tx, rx) = mpsc::channel::<NewEvent>(1024);
+    // The USB probe flags inserts while the antivirus is not current: it learns the
+    // status from the antivirus probe's own events as they pass to the spool.
+    let (antivirus_tx, antivirus_problem) = tokio::sync::watch::channel(None);
     let writer = tokio::spawn(write_events(
         rx,
         spool.clone(),
         new_events.clone(),
         status.clone(),
+        antivirus_tx,
     ));
     let sink = EventSink::new(tx);
 
@@ -104,6 +108,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     probes.extend(config.antivirus.clone().map(ProbeConfig::Antivirus));
     probes.extend(config.software.clone().map(ProbeConfig::Software));
     probes.extend(config.screen_lock.clone().map(ProbeConfig::ScreenLock));
+    if let Some(mut usb) = config.usb.clone() {
+        usb.inputs.antivirus_problem = antivirus_problem;
+        probes.push(ProbeConfig::Usb(usb));
+    }
     probe::spawn(
         probes,
         ProbeContext {
@@ -139,6 +147,7 @@ async fn write_events(
     spool: Arc<Mutex<Spool>>,
     new_events: Arc<Notify>,
     status: StatusBoard,
+    antivirus: tokio::sync::watch::Sender<Option<String>>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -147,6 +156,14 @@ async fn write_events(
                 Ok(e) => batch.push(e),
                 Err(_) => break,
             }
+        }
+        for e in batch.iter().filter(|e| e.kind == "antivirus.status") {
+            let s = e
+                .details
+                .get("status")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown");
+            antivirus.send_replace((s != "current").then(|| format!("antivirus is {s}")));
         }
         let spool2 = spool.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -76,6 +76,13 @@ impl Rules {
                 _ => Verdict::technical("warning"),
             },
             "session.left_logged_on" => Verdict::technical("notice"),
+            "usb.inserted" => usb_inserted(details),
+            "usb.blocked" => Verdict::technical("warning"),
+            "media.infected" => Verdict::technical("critical"),
+            "media.scanned" => match details.get("result").and_then(Value::as_str) {
+                Some("clean") => Verdict::routine(),
+                _ => Verdict::technical("notice"),
+            },
             k if k.starts_with("software.") || k == "executable.in_user_area" => {
                 self.software(kind, details)
             }
@@ -125,6 +132,33 @@ impl Rules {
             assessment: Some(json!({ "software": flagged })),
         }
     }
+}
+
+/// A USB insertion: routine, unless it is storage used against the policy.
+fn usb_inserted(details: &Map<String, Value>) -> Verdict {
+    let storage = details.get("mass_storage").and_then(Value::as_bool) == Some(true);
+    if !storage {
+        return Verdict::routine();
+    }
+    let mut v = Verdict::routine();
+    let av_current = details.get("antivirus_current").and_then(Value::as_bool) != Some(false);
+    if !av_current {
+        // "USB sticks are only used in computers which have adequate up to date anti-virus".
+        v = Verdict::technical("warning");
+    }
+    let pupil = details.get("account").and_then(Value::as_str) == Some("pupil");
+    let blocked = details.get("decision").and_then(Value::as_str) == Some("block");
+    if pupil && blocked {
+        // "Pupils may not use USB memory sticks without the permission of a teacher":
+        // an attempt is a safeguarding matter as well as a technical one.
+        v.severity = "warning";
+        for a in [NETWORK_MANAGER, DSL] {
+            if !v.audience.iter().any(|x| x == a) {
+                v.audience.push(a.to_string());
+            }
+        }
+    }
+    v
 }
 
 /// If `kind` reports a device's current state, the facet it sets and the value kept for it.
@@ -214,6 +248,27 @@ mod tests {
                 .severity,
             "critical"
         );
+    }
+
+    #[test]
+    fn pupil_storage_without_permission_reaches_the_dsl() {
+        let ins = |d: Value| rules().classify("usb.inserted", d.as_object().unwrap());
+        let blocked = ins(
+            json!({"mass_storage": true, "account": "pupil", "decision": "block", "antivirus_current": true}),
+        );
+        assert_eq!(blocked.audience, vec![NETWORK_MANAGER, DSL]);
+        let staff = ins(
+            json!({"mass_storage": true, "account": "staff", "decision": "block", "antivirus_current": true}),
+        );
+        assert!(!staff.audience.contains(&DSL.to_string()));
+        let keyboard = ins(
+            json!({"mass_storage": false, "account": "pupil", "decision": "allow", "antivirus_current": false}),
+        );
+        assert!(keyboard.audience.is_empty());
+        let stale_av = ins(
+            json!({"mass_storage": true, "account": "staff", "decision": "allow", "antivirus_current": false}),
+        );
+        assert_eq!(stale_av.audience, vec![NETWORK_MANAGER]);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 pub mod clamd_rig;
 pub mod deb;
 pub mod desktop_rig;
+pub mod usb_vm;
+pub mod vm_rig;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -131,9 +133,17 @@ pub struct Collector {
 impl Collector {
     /// `init` in `dir`, then `serve` on fixed free loopback ports (so restarts reuse them).
     pub fn start(dir: &Path) -> Self {
-        let (ok, out, err) = run(Command::new(bin("caretaker-collector"))
-            .args(["init", "--data-dir"])
-            .arg(dir));
+        Self::start_with_names(dir, &[])
+    }
+
+    /// As `start`, with the server certificate naming `names` (`init --hostname`).
+    pub fn start_with_names(dir: &Path, names: &[&str]) -> Self {
+        let mut init = Command::new(bin("caretaker-collector"));
+        init.args(["init", "--data-dir"]).arg(dir);
+        for n in names {
+            init.args(["--hostname", n]);
+        }
+        let (ok, out, err) = run(&mut init);
         assert!(ok, "init failed: {out}{err}");
         let mut c = Collector {
             dir: dir.to_path_buf(),

@@ -7,6 +7,7 @@ pub mod antivirus;
 pub mod lifecycle;
 pub mod screen_lock;
 pub mod software;
+pub mod usb;
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ pub enum ProbeConfig {
     Antivirus(antivirus::AntivirusProbeConfig),
     Software(software::SoftwareProbeConfig),
     ScreenLock(screen_lock::ScreenLockConfig),
+    Usb(usb::UsbProbeConfig),
 }
 
 /// Starts every probe on `tracker`.
@@ -44,6 +46,9 @@ pub fn spawn(probes: Vec<ProbeConfig>, ctx: ProbeContext, tracker: &TaskTracker)
             }
             ProbeConfig::Antivirus(cfg) => {
                 tracker.spawn(antivirus::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
+            }
+            ProbeConfig::Usb(cfg) => {
+                tracker.spawn(usb::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
             }
             ProbeConfig::ScreenLock(cfg) => {
                 tracker.spawn(screen_lock::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))

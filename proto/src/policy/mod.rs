@@ -6,10 +6,12 @@
 //! sections here.
 
 pub mod antivirus;
+pub mod removable_media;
 pub mod screen_lock;
 pub mod software;
 
 pub use antivirus::AntivirusPolicy;
+pub use removable_media::RemovableMediaPolicy;
 pub use screen_lock::{SchoolHours, ScreenLockPolicy, parse_day, parse_hhmm};
 pub use software::SoftwarePolicy;
 
@@ -24,6 +26,7 @@ pub struct PolicyDocument {
     pub screen_lock: ScreenLockPolicy,
     pub antivirus: AntivirusPolicy,
     pub software: SoftwarePolicy,
+    pub removable_media: RemovableMediaPolicy,
 }
 
 impl Default for PolicyDocument {
@@ -33,6 +36,7 @@ impl Default for PolicyDocument {
             screen_lock: ScreenLockPolicy::default(),
             antivirus: AntivirusPolicy::default(),
             software: SoftwarePolicy::default(),
+            removable_media: RemovableMediaPolicy::default(),
         }
     }
 }
@@ -84,6 +88,9 @@ impl PolicyDocument {
         self.screen_lock.validate().map_err(PolicyError::Invalid)?;
         self.antivirus.validate().map_err(PolicyError::Invalid)?;
         self.software.validate().map_err(PolicyError::Invalid)?;
+        self.removable_media
+            .validate()
+            .map_err(PolicyError::Invalid)?;
         Ok(())
     }
 }

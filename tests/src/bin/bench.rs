@@ -3,7 +3,9 @@
 //! `caretaker-bench software-latency --runs 10`: time from starting `dpkg -i`
 //! of a real package to the `software.installed` event being stored.
 //! `caretaker-bench agent-idle --seconds 600`: the agent's resident memory and
-//! CPU while idle with every probe on. Uses the binaries next to itself.
+//! CPU while idle with every probe on. `caretaker-bench usb-latency --runs 10`:
+//! QMP plug of a real USB stick into the VM to the stored `usb.inserted`.
+//! Uses the binaries next to itself.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,11 @@ enum What {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Plug of a USB stick in the VM to the stored usb.inserted, median over runs.
+    UsbLatency {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Resident memory and CPU of an idle agent.
     AgentIdle {
         #[arg(long, default_value_t = 600)]
@@ -35,6 +42,7 @@ fn main() {
     match Args::parse().what {
         What::SoftwareLatency { runs } => software_latency(runs),
         What::AgentIdle { seconds } => agent_idle(seconds),
+        What::UsbLatency { runs } => usb_latency(runs),
     }
 }
 
@@ -92,6 +100,22 @@ fn software_latency(runs: usize) {
     }
     agent.stop();
     summary("software_install_to_collector", samples);
+}
+
+fn usb_latency(runs: usize) {
+    let mut w = caretaker_tests::usb_vm::UsbWorld::start();
+    let mut samples = Vec::new();
+    for i in 0..runs {
+        let serial = format!("SN-BENCH-{i:04}");
+        let start = w.plug(&serial, &[("a.txt", b"x".as_slice())]);
+        w.expect_event("usb.inserted", |e| {
+            e["details"]["serial"] == serial.as_str()
+        });
+        samples.push(start.elapsed());
+        w.vm.unplug();
+        w.expect_event("usb.removed", |e| e["details"]["serial"] == serial.as_str());
+    }
+    summary("usb_plug_to_stored", samples);
 }
 
 /// (resident KiB, CPU ticks) of a process from /proc.

@@ -2,6 +2,7 @@
 
 pub mod locker;
 pub mod logind;
+pub mod uevent;
 pub mod x11;
 
 use super::HostFacts;

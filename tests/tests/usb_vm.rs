@@ -1,0 +1,86 @@
+//! Removable media with a real USB stick: QEMU hot-plugs it into a guest running the real static
+//! agent, which reports to a real collector on this machine and scans through a real clamd.
+//! Run on its own: `cargo test -p caretaker-tests --test usb_vm` (as root, after scripts/install-test-deps.sh).
+
+use std::time::Duration;
+
+use caretaker_tests::clamd_rig::{EICAR_SIGNATURE, eicar};
+use caretaker_tests::usb_vm::UsbWorld;
+use serde_json::json;
+
+#[test]
+fn a_real_stick_is_seen_blocked_permitted_and_scanned() {
+    let mut w = UsbWorld::start();
+    let serial_is = |s: &'static str| move |e: &serde_json::Value| e["details"]["serial"] == s;
+
+    // Report only (the default policy): the insert and the removal reach the collector.
+    let plugged = w.plug("SN-TEST-0001", &[("notes.txt", b"homework")]);
+    let ins = w.expect_event("usb.inserted", serial_is("SN-TEST-0001"));
+    eprintln!("plug to stored usb.inserted: {:?}", plugged.elapsed());
+    assert_eq!(ins["details"]["mass_storage"], true, "{ins}");
+    assert_eq!(ins["details"]["vendor_id"], "46f4", "{ins}");
+    w.vm.unplug();
+    w.expect_event("usb.removed", serial_is("SN-TEST-0001"));
+
+    // Enforced block for pupils (nobody logged in counts as a pupil).
+    w.set_removable_media(
+        json!({"enforce": true, "pupil_storage": "block", "staff_storage": "block"}),
+    );
+    w.plug("SN-TEST-0002", &[("notes.txt", b"homework")]);
+    let blocked = w.expect_event("usb.blocked", serial_is("SN-TEST-0002"));
+    assert_eq!(blocked["audience"], json!(["network_manager"]), "{blocked}");
+    let ins = w.expect_event("usb.inserted", serial_is("SN-TEST-0002"));
+    assert_eq!(
+        ins["audience"],
+        json!(["network_manager", "dsl"]),
+        "pupil use without permission: {ins}"
+    );
+    assert!(
+        w.wait_authorized("SN-TEST-0002", 0),
+        "sysfs must show it unauthorised:\n{}",
+        w.vm.serial_output()
+    );
+
+    // A permission granted centrally takes effect without re-plugging.
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    w.set_removable_media(
+        json!({"enforce": true, "pupil_storage": "block", "staff_storage": "block",
+        "permissions": [{"serial": "SN-TEST-0002", "until": until, "reason": "coursework"}]}),
+    );
+    assert!(
+        w.wait_authorized("SN-TEST-0002", 1),
+        "the permitted stick is authorised:\n{}",
+        w.vm.serial_output()
+    );
+
+    // Allowed only after a clean scan: a clean stick is scanned for real; an infected one is detached.
+    w.set_removable_media(json!({"enforce": true, "pupil_storage": "allow_after_scan", "staff_storage": "allow_after_scan"}));
+    w.plug(
+        "SN-TEST-0003",
+        &[
+            ("notes.txt", b"homework".as_slice()),
+            ("more.txt", b"more homework".as_slice()),
+        ],
+    );
+    let scanned = w.expect_event("media.scanned", |_| true);
+    assert_eq!(scanned["details"]["result"], "clean", "{scanned}");
+    assert!(
+        scanned["details"]["files_scanned"].as_u64().unwrap() >= 2,
+        "{scanned}"
+    );
+    let bad = eicar();
+    w.plug("SN-TEST-0004", &[("eicar.com", bad.as_slice())]);
+    let infected = w.expect_event("media.infected", |_| true);
+    assert_eq!(
+        infected["details"]["detections"],
+        json!([EICAR_SIGNATURE]),
+        "{infected}"
+    );
+    assert_eq!(infected["severity"], "critical");
+    assert!(
+        w.wait_authorized("SN-TEST-0004", 0),
+        "the infected stick is detached:\n{}",
+        w.vm.serial_output()
+    );
+    let _ = Duration::ZERO;
+}
