@@ -1,4 +1,4 @@
-//! Thin client for clamd's local socket: PING, VERSION and INSTREAM (interpretation is in `parse`).
+//! Thin client for clamd: PING and VERSION on its local socket, INSTREAM on its local socket or TCP (interpretation is in `parse`).
 //!
 //! Commands use the `z` form (NUL-terminated) and one connection each; clamd closes the
 //! connection after answering. clamd runs as `clamav` and cannot read every file a root agent
@@ -20,11 +20,28 @@ pub const INSTREAM_CHUNK: usize = 64 * 1024;
 /// Per read/write while scanning. clamd's own scan time limit defaults to 120 s.
 pub const SCAN_IO_TIMEOUT: Duration = Duration::from_secs(150);
 
+/// Where clamd listens: its local socket, or `HOST:PORT` (`TCPSocket`), e.g. a clamd
+/// outside a VM or container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClamdAddr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl std::fmt::Display for ClamdAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClamdAddr::Unix(p) => write!(f, "{}", p.display()),
+            ClamdAddr::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClamdError {
     #[error("cannot connect to clamd at {socket}: {source}")]
     Connect {
-        socket: PathBuf,
+        socket: String,
         source: std::io::Error,
     },
     #[error("clamd socket I/O failed: {0}")]
@@ -62,7 +79,7 @@ fn blocking_command(
     use std::os::unix::net::UnixStream;
 
     let mut stream = UnixStream::connect(socket).map_err(|source| ClamdError::Connect {
-        socket: socket.to_owned(),
+        socket: socket.display().to_string(),
         source,
     })?;
     stream.set_read_timeout(Some(timeout))?;
@@ -112,13 +129,25 @@ pub async fn scan_stream<R: AsyncRead + Unpin>(socket: &Path, reader: R) -> Scan
     scan_stream_with_timeout(socket, reader, SCAN_IO_TIMEOUT).await
 }
 
+/// Streams `reader` to clamd at `addr`. `Err` means clamd could not be talked to at all
+/// (so a caller scanning many files can stop); `Ok` is clamd's verdict, which may itself be
+/// an error such as the stream size limit.
+pub async fn scan_at<R: AsyncRead + Unpin>(
+    addr: &ClamdAddr,
+    reader: R,
+) -> Result<ScanResult, ClamdError> {
+    instream(addr, reader, SCAN_IO_TIMEOUT)
+        .await
+        .map(|reply| parse_scan_reply(&reply))
+}
+
 /// As [`scan_stream`], with the per-read/write timeout chosen by the caller.
 pub async fn scan_stream_with_timeout<R: AsyncRead + Unpin>(
     socket: &Path,
     reader: R,
     io_timeout: Duration,
 ) -> ScanResult {
-    match instream(socket, reader, io_timeout).await {
+    match instream(&ClamdAddr::Unix(socket.to_owned()), reader, io_timeout).await {
         Ok(reply) => parse_scan_reply(&reply),
         Err(e) => ScanResult::Error(e.to_string()),
     }
@@ -126,23 +155,45 @@ pub async fn scan_stream_with_timeout<R: AsyncRead + Unpin>(
 
 #[cfg(unix)]
 async fn instream<R: AsyncRead + Unpin>(
-    socket: &Path,
-    mut reader: R,
+    addr: &ClamdAddr,
+    reader: R,
     io_timeout: Duration,
 ) -> Result<Vec<u8>, ClamdError> {
+    use tokio::time::timeout;
+    let refused = |source| ClamdError::Connect {
+        socket: addr.to_string(),
+        source,
+    };
+    match addr {
+        ClamdAddr::Unix(p) => match timeout(io_timeout, tokio::net::UnixStream::connect(p)).await {
+            Ok(Ok(s)) => exchange(s, reader, io_timeout).await,
+            Ok(Err(e)) => Err(refused(e)),
+            Err(_) => Err(ClamdError::Timeout(io_timeout)),
+        },
+        ClamdAddr::Tcp(a) => {
+            match timeout(io_timeout, tokio::net::TcpStream::connect(a.as_str())).await {
+                Ok(Ok(s)) => exchange(s, reader, io_timeout).await,
+                Ok(Err(e)) => Err(refused(e)),
+                Err(_) => Err(ClamdError::Timeout(io_timeout)),
+            }
+        }
+    }
+}
+
+/// The INSTREAM exchange over an open connection.
+#[cfg(unix)]
+async fn exchange<S, R>(
+    mut stream: S,
+    mut reader: R,
+    io_timeout: Duration,
+) -> Result<Vec<u8>, ClamdError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::timeout;
 
-    let mut stream = match timeout(io_timeout, tokio::net::UnixStream::connect(socket)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => {
-            return Err(ClamdError::Connect {
-                socket: socket.to_owned(),
-                source,
-            });
-        }
-        Err(_) => return Err(ClamdError::Timeout(io_timeout)),
-    };
     let send = async {
         stream.write_all(b"zINSTREAM\0").await?;
         let mut buf = vec![0u8; INSTREAM_CHUNK];
@@ -185,7 +236,7 @@ async fn instream<R: AsyncRead + Unpin>(
 
 #[cfg(not(unix))]
 async fn instream<R: AsyncRead + Unpin>(
-    _: &Path,
+    _: &ClamdAddr,
     _: R,
     _: Duration,
 ) -> Result<Vec<u8>, ClamdError> {

@@ -1,84 +1,12 @@
 //! Scanning a mounted medium by streaming each file to clamd (INSTREAM), so clamd needs no access to the mount.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// Where clamd listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClamdAddr {
-    Unix(PathBuf),
-    /// "host:port" (clamd.conf TCPSocket/TCPAddr).
-    Tcp(String),
-}
+pub use crate::probe::antivirus::clamd::ClamdAddr;
+use crate::probe::antivirus::clamd::{ScanResult, scan_at};
 
-/// clamd's verdict on one stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Clean,
-    Infected(String),
-    Error(String),
-}
-
-/// Interprets one INSTREAM reply: "stream: OK", "stream: Eicar-Signature FOUND", "... ERROR".
-pub fn parse_reply(reply: &str) -> Verdict {
-    let r = reply.trim_end_matches(['\0', '\n']).trim();
-    let body = r.strip_prefix("stream:").map(str::trim).unwrap_or(r);
-    if body == "OK" {
-        Verdict::Clean
-    } else if let Some(name) = body.strip_suffix(" FOUND") {
-        Verdict::Infected(name.trim().to_owned())
-    } else {
-        Verdict::Error(r.to_owned())
-    }
-}
-
-/// Largest chunk sent at once (clamd's StreamMaxLength caps the total, not the chunk).
-const CHUNK: usize = 64 * 1024;
-
-async fn instream<S: AsyncRead + AsyncWrite + Unpin, R: AsyncRead + Unpin>(
-    mut conn: S,
-    mut data: R,
-) -> std::io::Result<(Verdict, u64)> {
-    conn.write_all(b"zINSTREAM\0").await?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = data.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        conn.write_all(&(n as u32).to_be_bytes()).await?;
-        // clamd answers early (and closes) when the stream exceeds StreamMaxLength.
-        if let Err(e) = conn.write_all(&buf[..n]).await {
-            let mut reply = String::new();
-            if conn.read_to_string(&mut reply).await.is_ok() && !reply.is_empty() {
-                return Ok((parse_reply(&reply), total));
-            }
-            return Err(e);
-        }
-        total += n as u64;
-    }
-    conn.write_all(&0u32.to_be_bytes()).await?;
-    conn.flush().await?;
-    let mut reply = Vec::new();
-    conn.read_to_end(&mut reply).await?;
-    Ok((parse_reply(&String::from_utf8_lossy(&reply)), total))
-}
-
-/// Streams `data` to clamd on a fresh connection; returns the verdict and bytes sent.
-pub async fn scan_stream<R: AsyncRead + Unpin>(
-    addr: &ClamdAddr,
-    data: R,
-) -> std::io::Result<(Verdict, u64)> {
-    match addr {
-        ClamdAddr::Unix(p) => instream(tokio::net::UnixStream::connect(p).await?, data).await,
-        ClamdAddr::Tcp(a) => instream(tokio::net::TcpStream::connect(a).await?, data).await,
-    }
-}
-
-/// The outcome of scanning a whole medium.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ScanSummary {
     pub files: u64,
@@ -135,14 +63,15 @@ pub async fn scan_tree(addr: &ClamdAddr, root: &Path, cancel: &CancellationToken
                         continue;
                     }
                 };
-                match scan_stream(addr, f).await {
-                    Ok((v, n)) => {
+                let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                match scan_at(addr, f).await {
+                    Ok(v) => {
                         s.files += 1;
-                        s.bytes += n;
+                        s.bytes += size;
                         match v {
-                            Verdict::Clean => {}
-                            Verdict::Infected(name) => s.detections.push(name),
-                            Verdict::Error(msg) => s.errors.push(msg),
+                            ScanResult::Clean => {}
+                            ScanResult::Found(names) => s.detections.extend(names),
+                            ScanResult::Error(msg) => s.errors.push(msg),
                         }
                     }
                     Err(err) => {
@@ -166,20 +95,6 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) use super::test_clamd::{TestClamd, eicar};
-
-    #[test]
-    fn replies() {
-        assert_eq!(parse_reply("stream: OK\0"), Verdict::Clean);
-        assert_eq!(
-            parse_reply("stream: Win.Test.EICAR_HDB-1 FOUND\0"),
-            Verdict::Infected("Win.Test.EICAR_HDB-1".into())
-        );
-        assert!(matches!(
-            parse_reply("INSTREAM size limit exceeded. ERROR\0"),
-            Verdict::Error(_)
-        ));
-        assert!(matches!(parse_reply(""), Verdict::Error(_)));
-    }
 
     #[tokio::test]
     async fn real_clamd_finds_eicar_in_a_tree() {
