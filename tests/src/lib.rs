@@ -265,6 +265,36 @@ pub fn start_agent(state: &Path, config_toml: &str) -> Proc {
     }
 }
 
+/// Stops an agent cleanly and waits until its `agent.stopping` is stored.
+pub fn stop_agent_and_wait_for_stopping(agent: Proc, api: &Api, device: &str) {
+    assert!(agent.stop().success(), "the agent did not exit cleanly");
+    wait_for(Duration::from_secs(10), "agent.stopping", || {
+        api.all_events(device)
+            .iter()
+            .any(|e| e["kind"] == "agent.stopping")
+            .then_some(())
+    });
+}
+
+/// An enrolled agent with only the software probe on (home folders under `home`), after its
+/// start-up inventory has reached the collector. Returns (device id, agent).
+pub fn start_software_agent(collector: &Collector, state: &Path, home: &Path) -> (String, Proc) {
+    let device = collector.enroll(state);
+    std::fs::create_dir_all(home).unwrap();
+    let config = format!(
+        "[antivirus]\nenabled = false\n[screen_lock]\nenabled = false\n[usb]\nenabled = false\n[software]\nhome_root = {home:?}\n"
+    );
+    let agent = start_agent(state, &config);
+    let api = collector.api();
+    wait_for(Duration::from_secs(30), "the start-up inventory", || {
+        api.all_events(&device)
+            .iter()
+            .any(|e| e["kind"] == "software.inventory")
+            .then_some(())
+    });
+    (device, agent)
+}
+
 /// A blocking client for the collector's JSON API.
 pub struct Api {
     base: String,

@@ -56,13 +56,7 @@ fn collector_down_for_a_while_then_every_event_arrives_once() {
     );
     collector.serve();
     wait_drained(&state, Duration::from_secs(30));
-    assert!(agent.stop().success());
-    wait_for(Duration::from_secs(10), "agent.stopping", || {
-        api.all_events(&device)
-            .iter()
-            .any(|e| e["kind"] == "agent.stopping")
-            .then_some(())
-    });
+    stop_agent_and_wait_for_stopping(agent, &api, &device);
     let s = assert_contiguous_and_complete(&api, &device);
     assert!(s.len() as u64 > waiting);
 }
@@ -91,13 +85,7 @@ fn collector_kill9_mid_stream_loses_no_acknowledged_event_and_duplicates_none() 
         );
     }
     wait_drained(&state, Duration::from_secs(30));
-    assert!(agent.stop().success());
-    wait_for(Duration::from_secs(10), "agent.stopping", || {
-        api.all_events(&device)
-            .iter()
-            .any(|e| e["kind"] == "agent.stopping")
-            .then_some(())
-    });
+    stop_agent_and_wait_for_stopping(agent, &api, &device);
     assert_contiguous_and_complete(&api, &device);
 }
 
@@ -128,13 +116,7 @@ fn agent_kill9_mid_stream_then_every_spooled_event_arrives_once() {
 
     let agent = start_agent(&state, FAST);
     wait_drained(&state, Duration::from_secs(30));
-    assert!(agent.stop().success());
-    wait_for(Duration::from_secs(10), "agent.stopping", || {
-        api.all_events(&device)
-            .iter()
-            .any(|e| e["kind"] == "agent.stopping")
-            .then_some(())
-    });
+    stop_agent_and_wait_for_stopping(agent, &api, &device);
     let events = api.all_events(&device);
     let all: BTreeSet<u64> = seqs(&events).into_iter().collect(); // seqs() fails on any duplicate
     assert!(

@@ -92,13 +92,7 @@ fn enrolled_agent_streams_its_lifecycle_and_follows_policy() {
     assert_eq!(s["status"]["policy_version"], 2, "{s}");
 
     // A clean stop is recorded.
-    assert!(agent.stop().success());
-    wait_for(Duration::from_secs(10), "agent.stopping", || {
-        api.all_events(&device)
-            .iter()
-            .any(|e| e["kind"] == "agent.stopping")
-            .then_some(())
-    });
+    stop_agent_and_wait_for_stopping(agent, &api, &device);
 }
 
 #[test]

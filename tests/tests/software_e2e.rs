@@ -22,21 +22,10 @@ fn installs_and_removals_reach_the_collector_classified() {
     let _purge = Purge(vec![PLAIN.into(), BYPASS.into()]);
     let collector = Collector::start(&tmp.path().join("collector"));
     let state = tmp.path().join("agent");
-    let device = collector.enroll(&state);
     // Home folders are a temp dir: this test is about dpkg.
     let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let agent = start_agent(
-        &state,
-        &format!("[antivirus]\nenabled = false\n[software]\nhome_root = {home:?}\n"),
-    );
+    let (device, agent) = start_software_agent(&collector, &state, &home);
     let api = collector.api();
-    wait_for(Duration::from_secs(30), "the start-up inventory", || {
-        api.all_events(&device)
-            .iter()
-            .any(|e| e["kind"] == "software.inventory")
-            .then_some(())
-    });
 
     let plain = deb::build(tmp.path(), PLAIN, "1.0");
     let started = Instant::now();
@@ -104,20 +93,10 @@ fn an_executable_dropped_in_a_home_folder_is_reported_with_its_hash() {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Collector::start(&tmp.path().join("collector"));
     let state = tmp.path().join("agent");
-    let device = collector.enroll(&state);
     let home = tmp.path().join("home");
     std::fs::create_dir_all(home.join("pupil1/Downloads")).unwrap();
-    let agent = start_agent(
-        &state,
-        &format!("[antivirus]\nenabled = false\n[software]\nhome_root = {home:?}\n"),
-    );
+    let (device, agent) = start_software_agent(&collector, &state, &home);
     let api = collector.api();
-    wait_for(Duration::from_secs(30), "the start-up inventory", || {
-        api.all_events(&device)
-            .iter()
-            .any(|e| e["kind"] == "software.inventory")
-            .then_some(())
-    });
     std::fs::copy("/bin/true", home.join("pupil1/Downloads/game")).unwrap();
     let ev = wait_for(Duration::from_secs(20), "executable.in_user_area", || {
         api.all_events(&device)

@@ -66,20 +66,9 @@ fn software_latency(runs: usize) {
     let _purge = Purge(names.clone());
     let collector = Collector::start(&tmp.path().join("collector"));
     let state = tmp.path().join("agent");
-    let device = collector.enroll(&state);
     let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let agent = start_agent(
-        &state,
-        &format!("[antivirus]\nenabled = false\n[software]\nhome_root = {home:?}\n"),
-    );
+    let (device, agent) = start_software_agent(&collector, &state, &home);
     let api = collector.api();
-    wait_for(Duration::from_secs(30), "inventory", || {
-        api.all_events(&device)
-            .iter()
-            .any(|e| e["kind"] == "software.inventory")
-            .then_some(())
-    });
     let mut samples = Vec::new();
     for name in &names {
         let pkg = deb::build(tmp.path(), name, "1.0");
