@@ -160,7 +160,7 @@ impl UsbWorld {
             .put("/api/v1/policy", &serde_json::json!({ "policy": policy }));
         assert_eq!(st, 200, "{v}");
         let applied = format!("version={}", v["version"]);
-        let ok = wait_for(
+        wait_for(
             Duration::from_secs(60),
             "the guest to apply the policy",
             || {
@@ -171,7 +171,6 @@ impl UsbWorld {
                     .then_some(())
             },
         );
-        let _ = ok;
     }
 
     /// True once the guest's console showed the stick's `authorized` as `value`.

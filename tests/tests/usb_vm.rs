@@ -2,8 +2,6 @@
 //! agent, which reports to a real collector on this machine and scans through a real clamd.
 //! Run on its own: `cargo test -p caretaker-tests --test usb_vm` (as root, after scripts/install-test-deps.sh).
 
-use std::time::Duration;
-
 use caretaker_tests::clamd_rig::{EICAR_SIGNATURE, eicar};
 use caretaker_tests::usb_vm::UsbWorld;
 use serde_json::json;
@@ -82,5 +80,4 @@ fn a_real_stick_is_seen_blocked_permitted_and_scanned() {
         "the infected stick is detached:\n{}",
         w.vm.serial_output()
     );
-    let _ = Duration::ZERO;
 }
