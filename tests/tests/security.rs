@@ -50,7 +50,6 @@ fn clients_without_a_school_certificate_are_refused_at_the_handshake() {
     let other_key = rcgen::KeyPair::generate().unwrap();
     let mut other_params = rcgen::CertificateParams::default();
     other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let other_ca = other_params.self_signed(&other_key).unwrap();
     let issuer = rcgen::Issuer::new(other_params, other_key);
     let dev_key = rcgen::KeyPair::generate().unwrap();
     let mut dev_params = rcgen::CertificateParams::new(vec![]).unwrap();
@@ -59,7 +58,6 @@ fn clients_without_a_school_certificate_are_refused_at_the_handshake() {
         "00000000-0000-0000-0000-000000000000",
     );
     let dev = dev_params.signed_by(&dev_key, &issuer).unwrap();
-    let _ = other_ca;
     let foreign = rt.block_on(tls_refusal(
         collector.grpc,
         client_config(&ca, Some((dev.pem(), dev_key.serialize_pem()))),
