@@ -14,10 +14,17 @@ bin="$PWD/target/release"
 if [ ! -e "$data/collector/ca.pem" ]; then
     "$bin/caretaker-collector" init --data-dir "$data/collector" --school "Demo School"
 fi
-"$bin/caretaker-collector" serve --data-dir "$data/collector" --grpc-listen "$grpc" --web-listen "$web" &
+"$bin/caretaker-collector" serve --data-dir "$data/collector" --grpc-listen "$grpc" --web-listen "$web" > "$data/collector.out" &
 collector=$!
 trap 'kill $collector ${agent:-} 2>/dev/null; wait' EXIT INT TERM
-for _ in $(seq 100); do [ -S "$data/collector/admin.sock" ] && break; sleep 0.1; done
+# Wait until it says it is listening; stop here if it could not start (port in use, ...).
+until grep -q "grpc=" "$data/collector.out" 2>/dev/null; do
+    if ! kill -0 "$collector" 2>/dev/null; then
+        echo "The collector did not start (see its message above)." >&2
+        exit 1
+    fi
+    sleep 0.1
+done
 
 if [ ! -e "$data/agent/enrollment.json" ]; then
     json=$("$bin/caretaker-collector" token create --data-dir "$data/collector" --json --label demo)
