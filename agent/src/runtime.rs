@@ -107,9 +107,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     })];
     probes.extend(config.antivirus.clone().map(ProbeConfig::Antivirus));
     probes.extend(config.software.clone().map(ProbeConfig::Software));
-    probes.extend(config.screen_lock.clone().map(ProbeConfig::ScreenLock));
+    // The USB probe applies the logged-in user's rules; the screen-lock probe, which
+    // watches the sessions anyway, says who that is.
+    let (user_tx, user_rx) = tokio::sync::watch::channel(None);
+    if let Some(mut lock) = config.screen_lock.clone() {
+        lock.session_user = Some(Arc::new(user_tx));
+        probes.push(ProbeConfig::ScreenLock(lock));
+    }
     if let Some(mut usb) = config.usb.clone() {
         usb.inputs.antivirus_problem = antivirus_problem;
+        usb.inputs.user = user_rx;
         probes.push(ProbeConfig::Usb(usb));
     }
     probe::spawn(

@@ -52,6 +52,9 @@ pub struct ScreenLockConfig {
     /// Retry interval while logind cannot be reached.
     pub reconnect_after: Duration,
     /// Local wall-clock time, for school hours.
+    /// Where to publish the user of the most recently active graphical session (the
+    /// USB probe applies that user's rules); `None` to publish nothing.
+    pub session_user: Option<Arc<watch::Sender<Option<String>>>>,
     pub local_clock: fn() -> NaiveDateTime,
 }
 
@@ -69,6 +72,7 @@ impl Default for ScreenLockConfig {
             runtime_dir_root: PathBuf::from("/run/user"),
             max_sleep: Duration::from_secs(15 * 60),
             reconnect_after: Duration::from_secs(60),
+            session_user: None,
             local_clock: || chrono::Local::now().naive_local(),
         }
     }
@@ -144,6 +148,14 @@ pub async fn run(
     run_with(os, config, policy, sink, shutdown).await;
 }
 
+/// The user of the session with the least idle time (the one at the keyboard), if any.
+fn active_user(sessions: &[SessionObservation]) -> Option<String> {
+    sessions
+        .iter()
+        .min_by_key(|s| s.idle.unwrap_or(Duration::MAX))
+        .map(|s| s.user.clone())
+}
+
 /// The probe loop over any `DesktopOs`.
 pub async fn run_with<O: DesktopOs>(
     mut os: O,
@@ -170,6 +182,14 @@ pub async fn run_with<O: DesktopOs>(
             s.locked |= alive.contains(&s.id);
         }
         unanswered.retain(|id| observed.sessions.iter().any(|s| &s.id == id));
+        if let Some(tx) = &cfg.session_user {
+            tx.send_if_modified(|u| {
+                let now = active_user(&observed.sessions);
+                let changed = *u != now;
+                *u = now;
+                changed
+            });
+        }
 
         let mut pending = decider.decide(&clock(&cfg), &observed.sessions, &observed.host, &policy);
         while !pending.is_empty() {
@@ -432,6 +452,26 @@ mod tests {
 
     #[derive(Clone)]
     struct FakeOs(Arc<Mutex<Fake>>);
+
+    #[test]
+    fn the_active_user_is_the_least_idle_session() {
+        let session = |user: &str, idle: Option<u64>| SessionObservation {
+            id: user.into(),
+            user: user.into(),
+            kind: "x11".into(),
+            idle: idle.map(Duration::from_secs),
+            idle_source: IdleSource::X11ScreenSaver,
+            locked: false,
+            idle_inhibited: false,
+        };
+        assert_eq!(active_user(&[]), None);
+        let s = [
+            session("teacher", Some(900)),
+            session("pupil", Some(5)),
+            session("other", None),
+        ];
+        assert_eq!(active_user(&s).as_deref(), Some("pupil"));
+    }
 
     impl DesktopOs for FakeOs {
         async fn observe(&mut self, _policy: &ScreenLockPolicy) -> Observed {
