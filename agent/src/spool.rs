@@ -50,6 +50,14 @@ pub enum OpenNote {
     MovedAside { reason: String, moved_to: PathBuf },
 }
 
+/// What an existing spool holds, counted when it is opened.
+#[derive(Default)]
+struct Tally {
+    bytes: u64,
+    count: u64,
+    last: u64,
+}
+
 pub struct Spool {
     events: sled::Tree,
     db: sled::Db,
@@ -104,8 +112,8 @@ impl Spool {
         max_bytes: u64,
     ) -> Result<(Self, Option<OpenNote>), SpoolError> {
         let mut note = None;
-        let db = match open_db(dir).and_then(|db| Self::check(&db).map(|()| db)) {
-            Ok(db) => db,
+        let (db, tally) = match open_db(dir).and_then(|db| Self::check(&db).map(|t| (db, t))) {
+            Ok(opened) => opened,
             Err(reason) => {
                 let moved_to = dir.with_file_name(format!(
                     "{}.corrupt-{}",
@@ -115,21 +123,15 @@ impl Spool {
                 fs::rename(dir, &moved_to).map_err(io_err(dir))?;
                 tracing::error!(%reason, moved_to = %moved_to.display(), "Spool was unreadable; moved it aside and started a new one");
                 note = Some(OpenNote::MovedAside { reason, moved_to });
-                open_db(dir).map_err(|e| SpoolError::Io {
+                let fresh = open_db(dir).map_err(|e| SpoolError::Io {
                     path: dir.display().to_string(),
                     source: std::io::Error::other(e),
-                })?
+                })?;
+                (fresh, Tally::default())
             }
         };
         let events = db.open_tree("events")?;
-        let (mut bytes, mut count) = (0u64, 0u64);
-        let mut last = 0u64;
-        for item in events.iter() {
-            let (k, v) = item?;
-            bytes += (k.len() + v.len()) as u64;
-            count += 1;
-            last = last.max(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
-        }
+        let Tally { bytes, count, last } = tally;
         // Skip past every number that might have been handed out before.
         let next_seq = read_floor(seq_file).max(last + 1);
         let mut spool = Self {
@@ -146,15 +148,22 @@ impl Spool {
         Ok((spool, note))
     }
 
-    /// Reads every entry once, so damage shows at open time rather than mid-stream.
-    fn check(db: &sled::Db) -> Result<(), String> {
+    /// Reads every entry once, so damage shows at open time rather than mid-stream, and
+    /// counts what is there in the same pass.
+    fn check(db: &sled::Db) -> Result<Tally, String> {
         let tree = db.open_tree("events").map_err(|e| e.to_string())?;
+        let mut t = Tally::default();
         for item in tree.iter() {
-            let (_, v) = item.map_err(|e| e.to_string())?;
+            let (k, v) = item.map_err(|e| e.to_string())?;
             serde_json::from_slice::<SpooledEvent>(&v)
                 .map_err(|e| format!("an entry is unreadable: {e}"))?;
+            t.bytes += (k.len() + v.len()) as u64;
+            t.count += 1;
+            t.last = t
+                .last
+                .max(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
         }
-        Ok(())
+        Ok(t)
     }
 
     fn reserve(&mut self) -> Result<(), SpoolError> {
