@@ -111,21 +111,24 @@ impl Logind {
         }
     }
 
-    /// All sessions with their properties, plus warnings about sessions that could not be read.
-    pub async fn sessions(&self) -> Result<(Vec<LogindSession>, Vec<String>), String> {
+    /// Calls a method of logind's Manager and decodes its reply.
+    async fn manager<B, R>(&self, method: &str, body: &B) -> Result<R, String>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+        R: serde::de::DeserializeOwned + zbus::zvariant::Type,
+    {
         let reply = self
             .conn
-            .call_method(
-                Some(DEST),
-                MANAGER_PATH,
-                Some(MANAGER_IFACE),
-                "ListSessions",
-                &(),
-            )
+            .call_method(Some(DEST), MANAGER_PATH, Some(MANAGER_IFACE), method, body)
             .await
             .map_err(err)?;
+        reply.body().deserialize().map_err(err)
+    }
+
+    /// All sessions with their properties, plus warnings about sessions that could not be read.
+    pub async fn sessions(&self) -> Result<(Vec<LogindSession>, Vec<String>), String> {
         let list: Vec<(String, u32, String, String, OwnedObjectPath)> =
-            reply.body().deserialize().map_err(err)?;
+            self.manager("ListSessions", &()).await?;
         let mut out = Vec::new();
         let mut warnings = Vec::new();
         for (id, _uid, _name, _seat, path) in list {
@@ -183,36 +186,14 @@ impl Logind {
 
     /// Users holding an "idle" block inhibitor.
     pub async fn idle_inhibitor_uids(&self) -> Result<HashSet<u32>, String> {
-        let reply = self
-            .conn
-            .call_method(
-                Some(DEST),
-                MANAGER_PATH,
-                Some(MANAGER_IFACE),
-                "ListInhibitors",
-                &(),
-            )
-            .await
-            .map_err(err)?;
         let list: Vec<(String, String, String, String, u32, u32)> =
-            reply.body().deserialize().map_err(err)?;
+            self.manager("ListInhibitors", &()).await?;
         Ok(idle_inhibitor_uids(&list))
     }
 
     /// The primary group of a logged-in user, from logind's User object.
     pub async fn user_gid(&self, uid: u32) -> Result<u32, String> {
-        let reply = self
-            .conn
-            .call_method(
-                Some(DEST),
-                MANAGER_PATH,
-                Some(MANAGER_IFACE),
-                "GetUser",
-                &(uid,),
-            )
-            .await
-            .map_err(err)?;
-        let path: OwnedObjectPath = reply.body().deserialize().map_err(err)?;
+        let path: OwnedObjectPath = self.manager("GetUser", &(uid,)).await?;
         let props = self
             .get_all(path.as_str(), "org.freedesktop.login1.User")
             .await?;
