@@ -73,15 +73,39 @@ fn matches(q: &EventQuery, e: &StoredEvent) -> bool {
     q.kind.as_ref().is_none_or(|k| &e.kind == k) && q.since.is_none_or(|s| e.occurred_at >= s)
 }
 
+/// sled reports a held directory lock only as text (an `Other` I/O error wrapping EWOULDBLOCK).
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
 impl SledStore {
     /// Opens (or creates) the store at `path`.
+    ///
+    /// sled locks the directory for one process. A store dropped a moment ago in this process
+    /// still holds the lock until sled's flush thread wakes (up to its 1 s interval), so a held
+    /// lock is retried for a few seconds before being reported as another process's.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             // The flush thread is not our durability: append() fsyncs itself.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(engine)?;
+            .flush_every_ms(Some(1000));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if lock_held(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) if lock_held(&e) => {
+                    return Err(StoreError::Engine(format!(
+                        "the store in {} is in use by another process \
+                         (is `caretaker-collector serve` running?)",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(engine(e)),
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(engine);
         Ok(Self {
             devices: tree("devices")?,
@@ -537,6 +561,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.use_token("old", now).unwrap(), Err(TokenRefusal::Expired));
+    }
+
+    #[test]
+    fn a_store_held_elsewhere_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = SledStore::open(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).err().expect("the lock is held");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
     }
 
     #[test]
