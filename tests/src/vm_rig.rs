@@ -287,6 +287,21 @@ echo RIG-BOOTED
   fi
   sleep 0.2
 done) &
+# A stand-in for a desktop's automounter (udisks): sticks whose serial starts DESKTOP- are
+# mounted read-only at /media/<serial> soon after their disk appears.
+mkdir -p /media
+(while true; do
+  for b in /sys/block/sd*; do
+    [ -e "$b" ] || continue
+    s=$(cat "$b/device/../../../../serial" 2>/dev/null) || continue
+    case "$s" in DESKTOP-*) ;; *) continue ;; esac
+    dev=/dev/${{b##*/}}
+    grep -q "^$dev " /proc/mounts && continue
+    mkdir -p "/media/$s"
+    mount -t vfat -o ro,iocharset=iso8859-1 "$dev" "/media/$s" && echo "AUTOMOUNT $s $dev"
+  done
+  sleep 0.2
+done) &
 /testbin {}
 echo RIG-EXIT $?
 poweroff -f

@@ -11,14 +11,24 @@ fn a_real_stick_is_seen_blocked_permitted_and_scanned() {
     let mut w = UsbWorld::start();
     let serial_is = |s: &'static str| move |e: &serde_json::Value| e["details"]["serial"] == s;
 
-    // Report only (the default policy): the insert and the removal reach the collector.
-    let plugged = w.plug("SN-TEST-0001", &[("notes.txt", b"homework")]);
-    let ins = w.expect_event("usb.inserted", serial_is("SN-TEST-0001"));
+    // Report only (the default policy): the insert, the desktop's mount (seen through the kernel's
+    // mount-table notification), the scan on mount and the removal reach the collector.
+    let plugged = w.plug("DESKTOP-0001", &[("notes.txt", b"homework")]);
+    let ins = w.expect_event("usb.inserted", serial_is("DESKTOP-0001"));
     eprintln!("plug to stored usb.inserted: {:?}", plugged.elapsed());
     assert_eq!(ins["details"]["mass_storage"], true, "{ins}");
     assert_eq!(ins["details"]["vendor_id"], "46f4", "{ins}");
+    let mounted = w.expect_event("media.mounted", serial_is("DESKTOP-0001"));
+    assert_eq!(
+        mounted["details"]["mount_point"], "/media/DESKTOP-0001",
+        "{mounted}"
+    );
+    assert_eq!(mounted["details"]["label"], "CARETAKER", "{mounted}");
+    assert_eq!(mounted["details"]["by_agent"], false, "{mounted}");
+    let scanned = w.expect_event("media.scanned", serial_is("DESKTOP-0001"));
+    assert_eq!(scanned["details"]["result"], "clean", "{scanned}");
     w.vm.unplug();
-    w.expect_event("usb.removed", serial_is("SN-TEST-0001"));
+    w.expect_event("usb.removed", serial_is("DESKTOP-0001"));
 
     // Enforced block for pupils (nobody logged in counts as a pupil).
     w.set_removable_media(
@@ -60,7 +70,7 @@ fn a_real_stick_is_seen_blocked_permitted_and_scanned() {
             ("more.txt", b"more homework".as_slice()),
         ],
     );
-    let scanned = w.expect_event("media.scanned", |_| true);
+    let scanned = w.expect_event("media.scanned", serial_is("SN-TEST-0003"));
     assert_eq!(scanned["details"]["result"], "clean", "{scanned}");
     assert!(
         scanned["details"]["files_scanned"].as_u64().unwrap() >= 2,
@@ -68,7 +78,7 @@ fn a_real_stick_is_seen_blocked_permitted_and_scanned() {
     );
     let bad = eicar();
     w.plug("SN-TEST-0004", &[("eicar.com", bad.as_slice())]);
-    let infected = w.expect_event("media.infected", |_| true);
+    let infected = w.expect_event("media.infected", serial_is("SN-TEST-0004"));
     assert_eq!(
         infected["details"]["detections"],
         json!([EICAR_SIGNATURE]),

@@ -2,6 +2,7 @@
 
 pub mod locker;
 pub mod logind;
+pub mod mountwatch;
 pub mod uevent;
 pub mod x11;
 

@@ -70,7 +70,8 @@ pub struct UsbProbeConfig {
     pub scan_mount_dir: PathBuf,
     /// Extra mount options for the agent's mounts, e.g. "iocharset=iso8859-1" without nls_utf8.
     pub mount_options: String,
-    /// How often mountinfo is re-read.
+    /// How often mountinfo is re-read when the kernel cannot signal changes to it (a plain file
+    /// in tests); the real `/proc/self/mountinfo` signals POLLPRI and is read only on change.
     pub mount_poll: Duration,
     /// Live inputs from the rest of the agent.
     pub inputs: UsbProbeInputs,
@@ -240,7 +241,8 @@ pub async fn run_with_events(
         st.block_added(&dp).await;
     }
     st.poll_mounts(&pol).await;
-    let mut tick = tokio::time::interval(st.cfg.mount_poll);
+    let mut mounts_changed =
+        crate::os::linux::mountwatch::MountWatch::new(&st.cfg.mountinfo, st.cfg.mount_poll);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -261,7 +263,7 @@ pub async fn run_with_events(
                 st.reevaluate(&pol, &inputs).await;
             }
             Some(done) = scan_rx.recv() => st.scan_finished(done).await,
-            _ = tick.tick() => {
+            _ = mounts_changed.changed() => {
                 let pol = policy.borrow().removable_media.clone();
                 st.poll_mounts(&pol).await;
             }
@@ -510,6 +512,12 @@ impl State {
     }
 
     async fn poll_mounts(&mut self, pol: &RemovableMediaPolicy) {
+        // Only USB block devices are reported: with none attached there is nothing to read. Forget
+        // what was mounted, so a stick that comes back at the same mount point is reported again.
+        if self.blocks.is_empty() {
+            self.mounts.clear();
+            return;
+        }
         let Ok(text) = tokio::fs::read_to_string(&self.cfg.mountinfo).await else {
             return;
         };
