@@ -17,7 +17,7 @@ if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 packages=(clamav clamav-daemon faketime dpkg-dev xvfb xdotool i3lock dbus python3-dbusmock x11-utils
-          busybox-static kmod dosfstools mtools xz-utils binutils)
+          busybox-static kmod dosfstools mtools xz-utils binutils systemd)
 backported=(qemu-system-x86 qemu-utils seabios)
 missing=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

@@ -121,6 +121,12 @@ async fn idle_x11_session_is_locked_by_a_real_locker() {
     );
     assert!(!probe.drain().contains(&"screen.lock_failed".to_string()));
     probe.stop().await;
+    // An agent restart must not unlock the session: the locker outlives the probe (and, under
+    // systemd, the unit's KillMode=process leaves it running).
+    assert!(
+        rig.display_locked(),
+        "stopping the agent released the display"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

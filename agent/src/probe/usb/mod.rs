@@ -7,16 +7,11 @@
 //! - Clean stop: `authorized_default` is put back to 1 on every root hub we changed.
 //! - Crash/kill -9: `authorized_default` stays 0, so a USB keyboard plugged in before the agent
 //!   restarts stays dead (already-attached ones keep working; laptop keyboards are not USB).
-//!   The unit file therefore has `Restart=always` and an `ExecStopPost=` that writes 1 to every
+//!   The shipped unit (`installer/systemd/caretaker-agent.service`) therefore has
+//!   `Restart=always` and an `ExecStopPost=` that writes 1 to every
 //!   `/sys/bus/usb/devices/usb*/authorized_default` (systemd runs ExecStopPost after crashes too).
 //!   At start the agent re-enumerates and re-decides every attached device, so storage that slipped
-//!   through during the gap is detached again. Unit file excerpt:
-//!   ```text
-//!   [Service]
-//!   Restart=always
-//!   RestartSec=1
-//!   ExecStopPost=/bin/sh -c 'for f in /sys/bus/usb/devices/usb*/authorized_default; do echo 1 > "$f"; done'
-//!   ```
+//!   through during the gap is detached again.
 //!   (A hung, not dead, agent would need `WatchdogSec=` plus sd_notify keep-alives; not done here.)
 //! - Composite devices (e.g. keyboard + storage in one, "BadUSB") fall under the storage rule as a
 //!   whole: authorisation is per device, not per interface.
