@@ -19,6 +19,10 @@ struct Submission {
     done: oneshot::Sender<StoreResult<()>>,
 }
 
+/// Called with every group once it is durable, in the order it was stored (on a blocking
+/// thread, before any submitter hears back): derived state folds events here, in store order.
+pub type OnStored = Arc<dyn Fn(&[DeviceBatch]) + Send + Sync>;
+
 /// A handle to the writer task; cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -27,9 +31,9 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the writer. It stops when every handle is dropped.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    pub fn start(store: Arc<dyn Store>, on_stored: OnStored) -> Self {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(writer(store, rx));
+        tokio::spawn(writer(store, on_stored, rx));
         Self { tx }
     }
 
@@ -45,7 +49,18 @@ impl Ingest {
     }
 }
 
-async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Submission>) {
+/// Stores a group and, once it is durable, hands it to `on_stored`.
+fn append_then(
+    store: &dyn Store,
+    on_stored: &OnStored,
+    batches: &[DeviceBatch],
+) -> StoreResult<u64> {
+    let n = store.append(batches)?;
+    on_stored(batches);
+    Ok(n)
+}
+
+async fn writer(store: Arc<dyn Store>, on_stored: OnStored, mut rx: mpsc::Receiver<Submission>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut events = group[0].batch.events.len();
@@ -60,9 +75,9 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Submission>) {
         }
         let (batches, dones): (Vec<DeviceBatch>, Vec<_>) =
             group.into_iter().map(|s| (s.batch, s.done)).unzip();
-        let store2 = store.clone();
+        let (store2, hook) = (store.clone(), on_stored.clone());
         let joined = tokio::task::spawn_blocking(move || {
-            let r = store2.append(&batches);
+            let r = append_then(store2.as_ref(), &hook, &batches);
             (batches, r)
         })
         .await;
@@ -79,11 +94,13 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Submission>) {
         // One bad batch (say, a device deleted meanwhile) must not fail the
         // others: write them one by one so each gets its own answer.
         for (b, done) in batches.into_iter().zip(dones) {
-            let store2 = store.clone();
-            let r = tokio::task::spawn_blocking(move || store2.append(std::slice::from_ref(&b)))
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string())))
-                .map(|_| ());
+            let (store2, hook) = (store.clone(), on_stored.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                append_then(store2.as_ref(), &hook, std::slice::from_ref(&b))
+            })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string())))
+            .map(|_| ());
             if let Err(e) = &r {
                 error!(error = %e, "Events could not be stored; the agent keeps them and will resend");
             }

@@ -77,8 +77,9 @@ pub struct Collector {
     admin_token_hash: String,
     /// The judgement of the current policy version.
     rules: std::sync::RwLock<Arc<Rules>>,
-    /// Installations per product across the fleet (licence reconciliation), kept current as events arrive.
-    software: std::sync::Mutex<FleetCounts>,
+    /// Installations per product across the fleet (licence reconciliation), folded by the store
+    /// writer as events become durable.
+    software: Arc<std::sync::Mutex<FleetCounts>>,
 }
 
 const MAX_KIND: usize = 64;
@@ -94,6 +95,63 @@ fn valid_kind(kind: &str) -> bool {
                 && p.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         })
+}
+
+/// The name under which each device's folded software state is saved in the store.
+const SOFTWARE_STATE: &str = "software";
+
+/// Installation counts at start-up: each device's saved state, plus whatever events arrived
+/// after it was saved. A device without a saved state (or with a damaged one) is rebuilt from
+/// all its events once, and saved, so the next start reads only new events.
+fn load_software_counts(store: &dyn Store) -> Result<FleetCounts, StoreError> {
+    let mut counts = FleetCounts::default();
+    for (device, _, state) in store.derived(SOFTWARE_STATE)? {
+        if let Err(why) = counts.import_device(&device, state) {
+            tracing::warn!(%device, %why, "Saved software state unreadable; rebuilding it from events");
+        }
+    }
+    for d in store.devices()? {
+        let from = counts.through_seq(&d.id);
+        let highest = store.device_events_after(&d.id, from, "software.", &mut |e| {
+            if let Err(why) = counts.fold(&e.device_id, e.seq, &e.kind, &e.details) {
+                tracing::debug!(%why, "Software event not counted");
+            }
+        })?;
+        if highest > from {
+            counts.mark_through(&d.id, highest);
+            save_software_state(&counts, store, &d.id);
+        }
+    }
+    Ok(counts)
+}
+
+fn save_software_state(counts: &FleetCounts, store: &dyn Store, device: &str) {
+    let Some(state) = counts.export_device(device) else {
+        return;
+    };
+    let through = counts.through_seq(device);
+    if let Err(e) = store.put_derived(SOFTWARE_STATE, device, through, &state) {
+        // Only costs a longer start-up: the events are stored and will be folded again.
+        tracing::warn!(%device, error = %e, "Software state not saved");
+    }
+}
+
+/// Folds a durable group's software events, in store order, and saves the devices it changed.
+fn fold_software(counts: &std::sync::Mutex<FleetCounts>, store: &dyn Store, group: &[DeviceBatch]) {
+    let mut counts = counts.lock().expect("software counts lock");
+    let mut touched = std::collections::BTreeSet::new();
+    for b in group {
+        for e in b.events.iter().filter(|e| e.kind.starts_with("software.")) {
+            // A resent event (seq already folded) is skipped inside fold.
+            if let Err(why) = counts.fold(&b.device_id, e.seq, &e.kind, &e.details) {
+                tracing::debug!(%why, "Software event not counted");
+            }
+            touched.insert(b.device_id.as_str());
+        }
+    }
+    for device in touched {
+        save_software_state(&counts, store, device);
+    }
 }
 
 impl Collector {
@@ -119,15 +177,15 @@ impl Collector {
         }
         drop(r);
         let doc = PolicyDocument::parse_lenient(&current.policy.to_string()).unwrap_or_default();
-        // Rebuild installation counts from the record (one pass at start-up).
-        let mut software = FleetCounts::default();
-        store.scan_kind_prefix("software.", &mut |e| {
-            let _ = software.apply(&e.device_id, &e.kind, &e.details);
-        })?;
+        let software = Arc::new(std::sync::Mutex::new(load_software_counts(store.as_ref())?));
+        let on_stored = {
+            let (software, store) = (software.clone(), store.clone());
+            Arc::new(move |group: &[DeviceBatch]| fold_software(&software, store.as_ref(), group))
+        };
         Ok(Self {
             rules: std::sync::RwLock::new(Arc::new(Rules::new(&doc))),
-            software: std::sync::Mutex::new(software),
-            ingest: Ingest::start(store.clone()),
+            software,
+            ingest: Ingest::start(store.clone(), on_stored),
             store,
             ca,
             revoked,
@@ -283,25 +341,10 @@ impl Collector {
         })
     }
 
-    /// Stores a prepared batch durably.
+    /// Stores a prepared batch durably (the writer also folds its software events into the
+    /// installation counts).
     pub async fn commit(&self, batch: DeviceBatch) -> Result<(), StoreError> {
-        let software: Vec<StoredEvent> = batch
-            .events
-            .iter()
-            .filter(|e| e.kind.starts_with("software."))
-            .cloned()
-            .collect();
-        self.ingest.commit(batch).await?;
-        if !software.is_empty() {
-            let mut counts = self.software.lock().expect("software counts lock");
-            for e in &software {
-                // A resent event re-applies the same state: the fold is idempotent.
-                if let Err(why) = counts.apply(&e.device_id, &e.kind, &e.details) {
-                    tracing::debug!(%why, "Software event not counted");
-                }
-            }
-        }
-        Ok(())
+        self.ingest.commit(batch).await
     }
 
     /// Devices with each product installed: `(source, name, devices)`.
@@ -373,7 +416,191 @@ pub async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use super::valid_kind;
+    use super::*;
+    use crate::store::SledStore;
+    use crate::store::StoreResult;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The real store, counting the events start-up reads back.
+    struct Counting {
+        inner: SledStore,
+        read: AtomicU64,
+    }
+
+    impl Store for Counting {
+        fn insert_device(&self, d: &crate::store::Device) -> StoreResult<()> {
+            self.inner.insert_device(d)
+        }
+        fn device(&self, id: &str) -> StoreResult<Option<crate::store::Device>> {
+            self.inner.device(id)
+        }
+        fn devices(&self) -> StoreResult<Vec<crate::store::Device>> {
+            self.inner.devices()
+        }
+        fn revoke_device(&self, id: &str, at: DateTime<Utc>) -> StoreResult<crate::store::Device> {
+            self.inner.revoke_device(id, at)
+        }
+        fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64> {
+            self.inner.append(group)
+        }
+        fn events(&self, q: &crate::store::EventQuery) -> StoreResult<crate::store::EventPage> {
+            self.inner.events(q)
+        }
+        fn device_events_after(
+            &self,
+            device: &str,
+            after_seq: u64,
+            kind_prefix: &str,
+            visit: &mut dyn FnMut(&StoredEvent),
+        ) -> StoreResult<u64> {
+            self.inner
+                .device_events_after(device, after_seq, kind_prefix, &mut |e| {
+                    self.read.fetch_add(1, Ordering::Relaxed);
+                    visit(e)
+                })
+        }
+        fn put_derived(&self, n: &str, d: &str, t: u64, s: &Value) -> StoreResult<()> {
+            self.inner.put_derived(n, d, t, s)
+        }
+        fn derived(&self, n: &str) -> StoreResult<Vec<(String, u64, Value)>> {
+            self.inner.derived(n)
+        }
+        fn insert_token(&self, t: &crate::store::TokenRecord) -> StoreResult<()> {
+            self.inner.insert_token(t)
+        }
+        fn use_token(
+            &self,
+            h: &str,
+            now: DateTime<Utc>,
+        ) -> StoreResult<Result<crate::store::TokenRecord, crate::store::TokenRefusal>> {
+            self.inner.use_token(h, now)
+        }
+        fn current_policy(&self) -> StoreResult<Option<PolicyVersion>> {
+            self.inner.current_policy()
+        }
+        fn put_policy(&self, p: Value, by: &str, at: DateTime<Utc>) -> StoreResult<PolicyVersion> {
+            self.inner.put_policy(p, by, at)
+        }
+        fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>> {
+            self.inner.policy_history()
+        }
+    }
+
+    fn software_event(device: &str, seq: u64, kind: &str, name: &str) -> StoredEvent {
+        StoredEvent {
+            device_id: device.into(),
+            seq,
+            kind: kind.into(),
+            occurred_at: Utc::now(),
+            received_at: Utc::now(),
+            user: None,
+            details: json!({"source": "dpkg", "name": name, "version": "1"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            severity: "info".into(),
+            audience: vec![],
+            assessment: None,
+        }
+    }
+
+    fn group(device: &str, events: Vec<StoredEvent>) -> DeviceBatch {
+        DeviceBatch {
+            device_id: device.into(),
+            events,
+            facts: None,
+            state: Default::default(),
+            seen_at: Utc::now(),
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> Counting {
+        Counting {
+            inner: SledStore::open(dir).unwrap(),
+            read: AtomicU64::new(0),
+        }
+    }
+
+    fn count(c: &FleetCounts, name: &str) -> usize {
+        c.count("dpkg", name)
+    }
+
+    /// Start-up reads each device's events once; after that only what arrived since.
+    #[test]
+    fn software_counts_restart_from_the_saved_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            s.insert_device(&crate::store::Device {
+                id: "a".into(),
+                hostname: "laptop".into(),
+                os: "linux".into(),
+                agent_version: "0".into(),
+                enrolled_at: Utc::now(),
+                last_seen: None,
+                enrolled_with: "t".into(),
+                revoked_at: None,
+                event_count: 0,
+                highest_seq: 0,
+                state: Default::default(),
+            })
+            .unwrap();
+            // A store written before states were saved: events only.
+            s.append(&[group(
+                "a",
+                vec![
+                    software_event("a", 1, "software.installed", "gimp"),
+                    software_event("a", 2, "software.installed", "steam"),
+                    software_event("a", 3, "agent.heartbeat", ""),
+                ],
+            )])
+            .unwrap();
+        }
+        let s = open(dir.path());
+        let c = load_software_counts(&s).unwrap();
+        assert_eq!((count(&c, "gimp"), count(&c, "steam")), (1, 1));
+        assert_eq!(
+            s.read.load(Ordering::Relaxed),
+            2,
+            "first start reads the software events"
+        );
+        assert_eq!(c.through_seq("a"), 3);
+
+        // Second start: the saved state, nothing read.
+        let s = {
+            drop(s);
+            open(dir.path())
+        };
+        let c = Arc::new(std::sync::Mutex::new(load_software_counts(&s).unwrap()));
+        assert_eq!(s.read.load(Ordering::Relaxed), 0);
+        assert_eq!(count(&c.lock().unwrap(), "gimp"), 1);
+
+        // Live events fold in as the writer stores them; a resend is not folded twice.
+        let g = group(
+            "a",
+            vec![software_event("a", 4, "software.removed", "gimp")],
+        );
+        s.append(std::slice::from_ref(&g)).unwrap();
+        fold_software(&c, &s, std::slice::from_ref(&g));
+        let resend = group(
+            "a",
+            vec![software_event("a", 2, "software.installed", "gimp")],
+        );
+        fold_software(&c, &s, std::slice::from_ref(&resend));
+        assert_eq!(
+            count(&c.lock().unwrap(), "gimp"),
+            0,
+            "the resend must not resurrect it"
+        );
+
+        // Third start: the state saved by the writer, still nothing read.
+        drop(s);
+        let s = open(dir.path());
+        let c = load_software_counts(&s).unwrap();
+        assert_eq!(s.read.load(Ordering::Relaxed), 0);
+        assert_eq!((count(&c, "gimp"), count(&c, "steam")), (0, 1));
+    }
 
     #[test]
     fn kinds_are_dotted_lowercase() {

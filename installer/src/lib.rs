@@ -17,10 +17,11 @@ pub fn unit_values<'a>(unit: &'a str, section: &str, key: &str) -> Vec<&'a str> 
     for line in unit.lines().map(str::trim) {
         if line.starts_with('[') {
             inside = line == header;
-        } else if inside && let Some((k, v)) = line.split_once('=') {
-            if k.trim() == key {
-                out.push(v.trim());
-            }
+        } else if inside
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            out.push(v.trim());
         }
     }
     out

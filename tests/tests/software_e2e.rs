@@ -20,7 +20,7 @@ fn find(api: &Api, device: &str, kind: &str, name: &str) -> Option<Value> {
 fn installs_and_removals_reach_the_collector_classified() {
     let tmp = tempfile::tempdir().unwrap();
     let _purge = Purge(vec![PLAIN.into(), BYPASS.into()]);
-    let collector = Collector::start(&tmp.path().join("collector"));
+    let mut collector = Collector::start(&tmp.path().join("collector"));
     let state = tmp.path().join("agent");
     // Home folders are a temp dir: this test is about dpkg.
     let home = tmp.path().join("home");
@@ -71,20 +71,33 @@ fn installs_and_removals_reach_the_collector_classified() {
         "{ev}"
     );
 
-    // Licence counts follow installs.
-    let (_, sw) = api.get("/api/v1/software");
-    let count = sw["products"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == PLAIN)
-        .map(|p| p["devices"].clone());
-    assert_eq!(count, Some(Value::from(1)), "{sw}");
+    // Licence counts follow installs, and survive a collector restart (from the saved state).
+    let devices_with = |api: &Api| {
+        let (_, sw) = api.get("/api/v1/software");
+        sw["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == PLAIN)
+            .map(|p| p["devices"].clone())
+    };
+    wait_for(Duration::from_secs(5), "the install to be counted", || {
+        (devices_with(&api) == Some(Value::from(1))).then_some(())
+    });
+    collector.stop();
+    collector.serve();
+    assert_eq!(devices_with(&api), Some(Value::from(1)), "after a restart");
 
     assert!(deb::dpkg(&["-r", PLAIN]).status.success());
-    wait_for(Duration::from_secs(20), "software.removed", || {
+    wait_for(Duration::from_secs(30), "software.removed", || {
         find(&api, &device, "software.removed", PLAIN)
     });
+    // The count is folded just after the event is stored: allow for that moment.
+    wait_for(
+        Duration::from_secs(5),
+        "the removal to uncount the device",
+        || devices_with(&api).is_none().then_some(()),
+    );
     assert!(agent.stop().success());
 }
 

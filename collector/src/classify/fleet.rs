@@ -1,10 +1,13 @@
 //! Collector side: installation counts per product across the fleet, for licence
-//! reconciliation. A fold over each device's `software.inventory` and change events.
+//! reconciliation. A fold over each device's `software.inventory` and change events, in sequence
+//! order; each device's folded state can be saved and restored, so a restart need not re-read
+//! every event.
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A product as counted for licences: where it came from and its name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProductKey {
     pub source: String,
     pub name: String,
@@ -12,7 +15,7 @@ pub struct ProductKey {
 
 /// One installation on a device: the same product can be installed more than once
 /// (two architectures, two users' Flatpaks), and removing one must not uncount the device.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct Instance {
     product: ProductKey,
     arch: Option<String>,
@@ -20,14 +23,17 @@ struct Instance {
     path: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Device {
     installed: BTreeSet<Instance>,
     /// A multi-part inventory being received: applied only once complete.
     pending: Option<Pending>,
+    /// Every event of this device up to this sequence has been folded in.
+    #[serde(default)]
+    through_seq: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Pending {
     batch: String,
     parts: u64,
@@ -42,6 +48,52 @@ pub struct FleetCounts {
 }
 
 impl FleetCounts {
+    /// Folds in event `seq` of `device` unless it was folded already (a resend), and records
+    /// that the device is folded through `seq`. Events must come in each device's sequence
+    /// order, as the store's writer commits them.
+    pub fn fold(
+        &mut self,
+        device: &str,
+        seq: u64,
+        kind: &str,
+        details: &Map<String, Value>,
+    ) -> Result<(), String> {
+        let through = self.devices.get(device).map_or(0, |d| d.through_seq);
+        if seq <= through {
+            return Ok(());
+        }
+        let r = self.apply(device, kind, details);
+        self.mark_through(device, seq);
+        r
+    }
+
+    /// Records that `device` has been folded through `seq` (events in between, if any, did not
+    /// concern software).
+    pub fn mark_through(&mut self, device: &str, seq: u64) {
+        let dev = self.devices.entry(device.to_string()).or_default();
+        dev.through_seq = dev.through_seq.max(seq);
+    }
+
+    /// How far `device` has been folded (0: nothing yet).
+    pub fn through_seq(&self, device: &str) -> u64 {
+        self.devices.get(device).map_or(0, |d| d.through_seq)
+    }
+
+    /// `device`'s folded state, to save.
+    pub fn export_device(&self, device: &str) -> Option<Value> {
+        self.devices
+            .get(device)
+            .map(|d| serde_json::to_value(d).expect("fleet state serialises"))
+    }
+
+    /// Restores a saved state of `device`; a state that does not parse is refused (and the
+    /// device's events are then re-read instead).
+    pub fn import_device(&mut self, device: &str, state: Value) -> Result<(), String> {
+        let d: Device = serde_json::from_value(state).map_err(|e| e.to_string())?;
+        self.devices.insert(device.to_string(), d);
+        Ok(())
+    }
+
     /// Applies one event from `device`. Events of other kinds are ignored; malformed ones
     /// change nothing and return a reason.
     pub fn apply(

@@ -279,3 +279,28 @@ fn fleet_counts_devices_per_product() {
     f.remove_device("laptop-2");
     assert_eq!(f.count("dpkg", "libreoffice-writer"), 0);
 }
+
+#[test]
+fn a_device_state_round_trips_and_a_damaged_one_is_refused() {
+    let mut f = FleetCounts::default();
+    let d = details(json!({"source": "dpkg", "name": "gimp", "version": "2"}));
+    f.fold("laptop-1", 5, "software.installed", &d).unwrap();
+    // Already folded through 5: a resend of 4 changes nothing.
+    let removed = details(json!({"source": "dpkg", "name": "gimp", "version": "2"}));
+    f.fold("laptop-1", 4, "software.removed", &removed).unwrap();
+    assert_eq!(f.count("dpkg", "gimp"), 1);
+
+    let saved = f.export_device("laptop-1").unwrap();
+    let mut g = FleetCounts::default();
+    g.import_device("laptop-1", saved).unwrap();
+    assert_eq!((g.count("dpkg", "gimp"), g.through_seq("laptop-1")), (1, 5));
+    assert!(
+        g.import_device("laptop-2", json!({"installed": 3}))
+            .is_err()
+    );
+    assert_eq!(
+        g.through_seq("laptop-2"),
+        0,
+        "nothing imported: rebuilt from events"
+    );
+}

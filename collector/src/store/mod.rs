@@ -141,12 +141,29 @@ pub trait Store: Send + Sync + 'static {
     /// (same device and seq) are skipped. Returns how many were new.
     fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64>;
     fn events(&self, query: &EventQuery) -> StoreResult<EventPage>;
-    /// Visits every stored event whose kind starts with `prefix`, each device's in sequence order.
-    fn scan_kind_prefix(
+    /// Visits `device`'s stored events with a sequence above `after_seq`, in sequence order, and
+    /// returns the highest sequence visited (or `after_seq` if none). `kind_prefix` filters
+    /// (cheaply, before decoding) which events are decoded and handed to `visit`.
+    fn device_events_after(
         &self,
-        prefix: &str,
+        device: &str,
+        after_seq: u64,
+        kind_prefix: &str,
         visit: &mut dyn FnMut(&StoredEvent),
+    ) -> StoreResult<u64>;
+
+    /// Saves a derived per-device state (for example the device's software installations)
+    /// computed from its events up to `through_seq`. Not flushed on its own: losing it only
+    /// means replaying those events again at the next start.
+    fn put_derived(
+        &self,
+        name: &str,
+        device: &str,
+        through_seq: u64,
+        state: &Value,
     ) -> StoreResult<()>;
+    /// Every saved derived state called `name`: `(device, through_seq, state)`.
+    fn derived(&self, name: &str) -> StoreResult<Vec<(String, u64, Value)>>;
 
     fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
     /// Uses a token once if it is valid at `now`; atomic against concurrent use.

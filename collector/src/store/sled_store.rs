@@ -30,6 +30,9 @@ pub struct SledStore {
     timeline: sled::Tree,
     tokens: sled::Tree,
     policies: sled::Tree,
+    /// States folded from events (`name/device` → through_seq and state), rebuilt from events
+    /// when missing.
+    derived: sled::Tree,
 }
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
@@ -50,6 +53,10 @@ fn event_key(device: &str, seq: u64) -> Vec<u8> {
     k.push(b'/');
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn derived_key(name: &str, device: &str) -> Vec<u8> {
+    format!("{name}/{device}").into_bytes()
 }
 
 fn device_prefix(device: &str) -> Vec<u8> {
@@ -113,6 +120,7 @@ impl SledStore {
             timeline: tree("timeline")?,
             tokens: tree("tokens")?,
             policies: tree("policies")?,
+            derived: tree("derived")?,
             db,
         })
     }
@@ -296,23 +304,65 @@ impl Store for SledStore {
         }
     }
 
-    fn scan_kind_prefix(
+    fn device_events_after(
         &self,
-        prefix: &str,
+        device: &str,
+        after_seq: u64,
+        kind_prefix: &str,
         visit: &mut dyn FnMut(&StoredEvent),
-    ) -> StoreResult<()> {
+    ) -> StoreResult<u64> {
         // The kind is inside the JSON; a cheap byte search skips most events undecoded.
-        let needle = format!("\"kind\":\"{prefix}");
-        for item in self.events.iter() {
-            let (_, v) = item.map_err(engine)?;
+        if after_seq == u64::MAX {
+            return Ok(after_seq);
+        }
+        let needle = format!("\"kind\":\"{kind_prefix}");
+        let mut end = device_prefix(device);
+        *end.last_mut().expect("prefix is not empty") += 1;
+        let start = event_key(device, after_seq + 1);
+        let mut highest = after_seq;
+        for item in self.events.range(start..end) {
+            let (k, v) = item.map_err(engine)?;
+            highest = highest.max(seq_of_key(&k));
             if memchr_find(&v, needle.as_bytes()) {
                 let e: StoredEvent = decode("event", &v)?;
-                if e.kind.starts_with(prefix) {
+                if e.kind.starts_with(kind_prefix) {
                     visit(&e);
                 }
             }
         }
+        Ok(highest)
+    }
+
+    fn put_derived(
+        &self,
+        name: &str,
+        device: &str,
+        through_seq: u64,
+        state: &Value,
+    ) -> StoreResult<()> {
+        let record = serde_json::json!({"through_seq": through_seq, "state": state});
+        self.derived
+            .insert(derived_key(name, device), encode(&record))
+            .map_err(engine)?;
         Ok(())
+    }
+
+    fn derived(&self, name: &str) -> StoreResult<Vec<(String, u64, Value)>> {
+        let prefix = derived_key(name, "");
+        let mut out = Vec::new();
+        for item in self.derived.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(engine)?;
+            let device = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            // A damaged record is skipped, not fatal: the caller rebuilds it from the events.
+            let record: Option<Value> = serde_json::from_slice(&v).ok();
+            match record.and_then(|mut r| Some((r["through_seq"].as_u64()?, r["state"].take()))) {
+                Some((through, state)) => out.push((device, through, state)),
+                None => {
+                    tracing::warn!(%name, %device, "Derived state unreadable; it will be rebuilt")
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn insert_token(&self, token: &TokenRecord) -> StoreResult<()> {
@@ -587,5 +637,51 @@ mod tests {
         let cur = s.current_policy().unwrap().unwrap();
         assert_eq!((cur.version, cur.changed_by.as_str()), (2, "admin"));
         assert_eq!(s.policy_history().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn device_events_after_reads_one_device_from_a_sequence_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for d in ["a", "b"] {
+            s.insert_device(&device(d)).unwrap();
+            s.append(&[batch(d, 1..=6)]).unwrap();
+        }
+        let mut seen = Vec::new();
+        let highest = s
+            .device_events_after("a", 2, "even", &mut |e| {
+                seen.push((e.device_id.clone(), e.seq))
+            })
+            .unwrap();
+        assert_eq!(seen, [("a".to_string(), 4), ("a".to_string(), 6)]);
+        assert_eq!(highest, 6, "the highest read, whatever its kind");
+        let none = s
+            .device_events_after("a", 6, "", &mut |_| panic!("nothing after 6"))
+            .unwrap();
+        assert_eq!(none, 6);
+        assert_eq!(
+            s.device_events_after("nobody", 0, "", &mut |_| {}).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn derived_states_round_trip_and_a_damaged_one_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.put_derived("software", "a", 7, &json!({"x": 1})).unwrap();
+        s.put_derived("software", "b", 9, &json!({"x": 2})).unwrap();
+        s.put_derived("other", "a", 1, &json!(null)).unwrap();
+        s.derived
+            .insert(derived_key("software", "c"), b"{not json".as_slice())
+            .unwrap();
+        let got = s.derived("software").unwrap();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), 7, json!({"x": 1})),
+                ("b".to_string(), 9, json!({"x": 2}))
+            ]
+        );
     }
 }
