@@ -129,9 +129,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &probe_tasks,
     );
     info!(device = %enrollment.device_id, "Agent running");
+    let systemd = crate::os::sdnotify::Notifier::from_env().map(Arc::new);
+    if let Some(n) = &systemd {
+        n.notify("READY=1");
+        // Keep-alives come from the runtime itself: an agent whose runtime is wedged stops
+        // sending them, and systemd restarts it (releasing the USB hold on the way).
+        if let Some(every) = crate::os::sdnotify::watchdog_interval() {
+            let (n, stop) = (n.clone(), background.clone());
+            tracker.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => n.notify("WATCHDOG=1"),
+                    }
+                }
+            });
+        }
+    }
 
     shutdown.cancelled().await;
     info!("Agent stopping");
+    if let Some(n) = &systemd {
+        n.notify("STOPPING=1");
+    }
     // Order matters: probes record their last events, the writer makes them
     // durable, then the uplink gets a short grace to deliver them.
     probes_stop.cancel();

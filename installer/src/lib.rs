@@ -68,9 +68,12 @@ mod tests {
     }
 
     #[test]
-    fn the_agent_unit_keeps_lockers_and_restarts() {
+    fn the_agent_unit_keeps_lockers_and_restarts_a_hung_agent() {
         assert_eq!(unit_values(AGENT_UNIT, "Service", "KillMode"), ["process"]);
         assert_eq!(unit_values(AGENT_UNIT, "Service", "Restart"), ["always"]);
+        // The agent's side of this (READY=1, keep-alives) is tested in tests/tests/pipeline.rs.
+        assert_eq!(unit_values(AGENT_UNIT, "Service", "Type"), ["notify"]);
+        assert_eq!(unit_values(AGENT_UNIT, "Service", "WatchdogSec"), ["30"]);
     }
 
     /// The shipped ExecStopPost line, run the way systemd runs it, over a stand-in for

@@ -247,6 +247,11 @@ impl Collector {
 
 /// Starts `caretaker-agent run` with a config file written from `config_toml`.
 pub fn start_agent(state: &Path, config_toml: &str) -> Proc {
+    start_agent_with_env(state, config_toml, &[])
+}
+
+/// As `start_agent`, with extra environment variables (as systemd would set).
+pub fn start_agent_with_env(state: &Path, config_toml: &str, env: &[(&str, &str)]) -> Proc {
     let cfg = state.with_extension("toml");
     std::fs::write(&cfg, config_toml).unwrap();
     let child = Command::new(bin("caretaker-agent"))
@@ -254,6 +259,7 @@ pub fn start_agent(state: &Path, config_toml: &str) -> Proc {
         .arg(state)
         .arg("--config")
         .arg(&cfg)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

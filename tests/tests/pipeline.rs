@@ -162,3 +162,48 @@ fn bad_agent_config_is_a_clear_error() {
     assert!(!ok);
     assert!(err.contains("not enrolled"), "{err}");
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): the real agent says it is ready, sends
+/// keep-alives at half the watchdog period, and says it is stopping.
+#[test]
+fn the_agent_speaks_systemds_notify_protocol() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state);
+    let sock_path = tmp.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let agent = start_agent_with_env(
+        &state,
+        "[antivirus]\nenabled = false\n[software]\nenabled = false\n[screen_lock]\nenabled = false\n[usb]\nenabled = false\n",
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    // Five keep-alives at 100 ms (half of 200 ms): about 0.4 s, certainly under 5.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(agent.stop().success());
+    let mut last = next();
+    while last == "WATCHDOG=1" {
+        last = next();
+    }
+    assert_eq!(last, "STOPPING=1");
+}

@@ -3,6 +3,7 @@
 pub mod locker;
 pub mod logind;
 pub mod mountwatch;
+pub mod sdnotify;
 pub mod uevent;
 pub mod x11;
 

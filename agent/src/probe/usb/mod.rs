@@ -12,7 +12,8 @@
 //!   `/sys/bus/usb/devices/usb*/authorized_default` (systemd runs ExecStopPost after crashes too).
 //!   At start the agent re-enumerates and re-decides every attached device, so storage that slipped
 //!   through during the gap is detached again.
-//!   (A hung, not dead, agent would need `WatchdogSec=` plus sd_notify keep-alives; not done here.)
+//!   A hung, not dead, agent stops sending systemd's watchdog keep-alives (`os::sdnotify`);
+//!   the unit's `WatchdogSec=30` then kills it, and the same ExecStopPost and restart follow.
 //! - Composite devices (e.g. keyboard + storage in one, "BadUSB") fall under the storage rule as a
 //!   whole: authorisation is per device, not per interface.
 //! - A controller that appears later (a dock) gets authorized_default=0 when its root hub arrives.
