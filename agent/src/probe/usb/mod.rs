@@ -698,18 +698,46 @@ async fn private_mount(cfg: &UsbProbeConfig, block: &str, dir: &Path) -> Result<
         opts.push(',');
         opts.push_str(&cfg.mount_options);
     }
-    let out = tokio::process::Command::new("mount")
-        .arg("-o")
-        .arg(&opts)
-        .arg(cfg.dev_root.join(block))
-        .arg(dir)
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    let dev = cfg.dev_root.join(block);
+    retry_while_busy(MOUNT_ATTEMPTS, MOUNT_RETRY, || async {
+        let out = tokio::process::Command::new("mount")
+            .arg("-o")
+            .arg(&opts)
+            .arg(&dev)
+            .arg(dir)
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    })
+    .await
+}
+
+/// A disk that has just appeared can be briefly busy: the kernel may rescan its partitions
+/// (holding it exclusively) just after announcing it, and the mount then fails with EBUSY.
+/// Seen once in three runs of the VM test. Such failures are retried; others are not.
+const MOUNT_ATTEMPTS: u32 = 8;
+const MOUNT_RETRY: Duration = Duration::from_millis(250);
+
+async fn retry_while_busy<F, Fut>(attempts: u32, delay: Duration, mut op: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut tried = 1;
+    loop {
+        match op().await {
+            Err(e) if tried < attempts && e.contains("busy") => {
+                tracing::debug!("usb probe: {e}; trying again");
+                tried += 1;
+                tokio::time::sleep(delay).await;
+            }
+            r => return r,
+        }
     }
 }
 
@@ -725,6 +753,47 @@ async fn unmount(dir: &Path) {
 mod tests {
     use super::*;
     use caretaker_proto::policy::removable_media::{StorageMode, TemporaryPermission};
+
+    #[tokio::test]
+    async fn a_busy_mount_is_retried_and_other_failures_are_not() {
+        let calls = std::cell::Cell::new(0);
+        let busy_twice = || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n <= 2 {
+                    Err("mount: mounting /dev/sdc failed: Device or resource busy".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        assert_eq!(
+            retry_while_busy(5, Duration::ZERO, busy_twice).await,
+            Ok(())
+        );
+        assert_eq!(calls.get(), 3);
+
+        calls.set(0);
+        let invalid = || {
+            calls.set(calls.get() + 1);
+            async { Err("mount: invalid argument".to_string()) }
+        };
+        assert!(retry_while_busy(5, Duration::ZERO, invalid).await.is_err());
+        assert_eq!(calls.get(), 1, "only busy is retried");
+
+        calls.set(0);
+        let always_busy = || {
+            calls.set(calls.get() + 1);
+            async { Err("Device or resource busy".to_string()) }
+        };
+        assert!(
+            retry_while_busy(3, Duration::ZERO, always_busy)
+                .await
+                .is_err()
+        );
+        assert_eq!(calls.get(), 3, "gives up after the attempts");
+    }
     use parse::tests::{KEYBOARD, NO_SERIAL, STICK, recorded};
     use std::fs;
 
