@@ -103,14 +103,17 @@ const SOFTWARE_STATE: &str = "software";
 /// Installation counts at start-up: each device's saved state, plus whatever events arrived
 /// after it was saved. A device without a saved state (or with a damaged one) is rebuilt from
 /// all its events once, and saved, so the next start reads only new events.
-fn load_software_counts(store: &dyn Store) -> Result<FleetCounts, StoreError> {
+fn load_software_counts(
+    store: &dyn Store,
+    devices: &[crate::store::Device],
+) -> Result<FleetCounts, StoreError> {
     let mut counts = FleetCounts::default();
-    for (device, _, state) in store.derived(SOFTWARE_STATE)? {
-        if let Err(why) = counts.import_device(&device, state) {
+    for (device, through_seq, state) in store.derived(SOFTWARE_STATE)? {
+        if let Err(why) = counts.import_device(&device, through_seq, state) {
             tracing::warn!(%device, %why, "Saved software state unreadable; rebuilding it from events");
         }
     }
-    for d in store.devices()? {
+    for d in devices {
         let from = counts.through_seq(&d.id);
         let highest = store.device_events_after(&d.id, from, "software.", &mut |e| {
             if let Err(why) = counts.fold(&e.device_id, e.seq, &e.kind, &e.details) {
@@ -169,15 +172,18 @@ impl Collector {
                 Utc::now(),
             )?,
         };
-        let mut r = revoked.write().expect("revocation lock");
-        for d in store.devices()? {
-            if d.revoked_at.is_some() {
-                r.insert(d.id);
-            }
-        }
-        drop(r);
+        let devices = store.devices()?;
+        revoked.write().expect("revocation lock").extend(
+            devices
+                .iter()
+                .filter(|d| d.revoked_at.is_some())
+                .map(|d| d.id.clone()),
+        );
         let doc = PolicyDocument::parse_lenient(&current.policy.to_string()).unwrap_or_default();
-        let software = Arc::new(std::sync::Mutex::new(load_software_counts(store.as_ref())?));
+        let software = Arc::new(std::sync::Mutex::new(load_software_counts(
+            store.as_ref(),
+            &devices,
+        )?));
         let on_stored = {
             let (software, store) = (software.clone(), store.clone());
             Arc::new(move |group: &[DeviceBatch]| fold_software(&software, store.as_ref(), group))
@@ -532,20 +538,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path());
-            s.insert_device(&crate::store::Device {
-                id: "a".into(),
-                hostname: "laptop".into(),
-                os: "linux".into(),
-                agent_version: "0".into(),
-                enrolled_at: Utc::now(),
-                last_seen: None,
-                enrolled_with: "t".into(),
-                revoked_at: None,
-                event_count: 0,
-                highest_seq: 0,
-                state: Default::default(),
-            })
-            .unwrap();
+            s.insert_device(&crate::store::test_device("a")).unwrap();
             // A store written before states were saved: events only.
             s.append(&[group(
                 "a",
@@ -558,7 +551,7 @@ mod tests {
             .unwrap();
         }
         let s = open(dir.path());
-        let c = load_software_counts(&s).unwrap();
+        let c = load_software_counts(&s, &s.devices().unwrap()).unwrap();
         assert_eq!((count(&c, "gimp"), count(&c, "steam")), (1, 1));
         assert_eq!(
             s.read.load(Ordering::Relaxed),
@@ -572,7 +565,9 @@ mod tests {
             drop(s);
             open(dir.path())
         };
-        let c = Arc::new(std::sync::Mutex::new(load_software_counts(&s).unwrap()));
+        let c = Arc::new(std::sync::Mutex::new(
+            load_software_counts(&s, &s.devices().unwrap()).unwrap(),
+        ));
         assert_eq!(s.read.load(Ordering::Relaxed), 0);
         assert_eq!(count(&c.lock().unwrap(), "gimp"), 1);
 
@@ -597,7 +592,7 @@ mod tests {
         // Third start: the state saved by the writer, still nothing read.
         drop(s);
         let s = open(dir.path());
-        let c = load_software_counts(&s).unwrap();
+        let c = load_software_counts(&s, &s.devices().unwrap()).unwrap();
         assert_eq!(s.read.load(Ordering::Relaxed), 0);
         assert_eq!((count(&c, "gimp"), count(&c, "steam")), (0, 1));
     }

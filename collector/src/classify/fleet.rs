@@ -28,8 +28,9 @@ struct Device {
     installed: BTreeSet<Instance>,
     /// A multi-part inventory being received: applied only once complete.
     pending: Option<Pending>,
-    /// Every event of this device up to this sequence has been folded in.
-    #[serde(default)]
+    /// Every event of this device up to this sequence has been folded in. Saved beside the
+    /// state (the store keeps it with every derived record), not inside it.
+    #[serde(skip)]
     through_seq: u64,
 }
 
@@ -79,17 +80,23 @@ impl FleetCounts {
         self.devices.get(device).map_or(0, |d| d.through_seq)
     }
 
-    /// `device`'s folded state, to save.
+    /// `device`'s folded state, to save with `through_seq(device)`.
     pub fn export_device(&self, device: &str) -> Option<Value> {
         self.devices
             .get(device)
             .map(|d| serde_json::to_value(d).expect("fleet state serialises"))
     }
 
-    /// Restores a saved state of `device`; a state that does not parse is refused (and the
-    /// device's events are then re-read instead).
-    pub fn import_device(&mut self, device: &str, state: Value) -> Result<(), String> {
-        let d: Device = serde_json::from_value(state).map_err(|e| e.to_string())?;
+    /// Restores a saved state of `device`, folded through `through_seq`; a state that does not
+    /// parse is refused (and the device's events are then re-read instead).
+    pub fn import_device(
+        &mut self,
+        device: &str,
+        through_seq: u64,
+        state: Value,
+    ) -> Result<(), String> {
+        let mut d: Device = serde_json::from_value(state).map_err(|e| e.to_string())?;
+        d.through_seq = through_seq;
         self.devices.insert(device.to_string(), d);
         Ok(())
     }

@@ -292,10 +292,11 @@ fn a_device_state_round_trips_and_a_damaged_one_is_refused() {
 
     let saved = f.export_device("laptop-1").unwrap();
     let mut g = FleetCounts::default();
-    g.import_device("laptop-1", saved).unwrap();
+    g.import_device("laptop-1", f.through_seq("laptop-1"), saved)
+        .unwrap();
     assert_eq!((g.count("dpkg", "gimp"), g.through_seq("laptop-1")), (1, 5));
     assert!(
-        g.import_device("laptop-2", json!({"installed": 3}))
+        g.import_device("laptop-2", 9, json!({"installed": 3}))
             .is_err()
     );
     assert_eq!(

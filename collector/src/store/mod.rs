@@ -129,6 +129,24 @@ pub struct PolicyVersion {
     pub changed_at: DateTime<Utc>,
 }
 
+/// A freshly enrolled device, for tests.
+#[cfg(test)]
+pub(crate) fn test_device(id: &str) -> Device {
+    Device {
+        id: id.into(),
+        hostname: "h".into(),
+        os: "linux".into(),
+        agent_version: "0".into(),
+        enrolled_at: Utc::now(),
+        last_seen: None,
+        enrolled_with: "t".into(),
+        revoked_at: None,
+        event_count: 0,
+        highest_seq: 0,
+        state: Default::default(),
+    }
+}
+
 /// The durable record. Implementations must be safe to share between tasks.
 pub trait Store: Send + Sync + 'static {
     fn insert_device(&self, device: &Device) -> StoreResult<()>;

@@ -452,21 +452,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn device(id: &str) -> Device {
-        Device {
-            id: id.into(),
-            hostname: "h".into(),
-            os: "linux".into(),
-            agent_version: "0".into(),
-            enrolled_at: Utc::now(),
-            last_seen: None,
-            enrolled_with: "t".into(),
-            revoked_at: None,
-            event_count: 0,
-            highest_seq: 0,
-            state: Default::default(),
-        }
-    }
+    use crate::store::test_device as device;
 
     fn event(device: &str, seq: u64) -> StoredEvent {
         StoredEvent {
