@@ -23,16 +23,11 @@ pub enum MountWatch {
 impl MountWatch {
     /// Watches `mountinfo`, or re-reads every `fallback` if the kernel will not notify for it.
     pub fn new(mountinfo: &Path, fallback: Duration) -> Self {
-        let timer = || {
-            let mut t = tokio::time::interval(fallback);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            MountWatch::Timer(t)
-        };
         let file = match File::open(mountinfo) {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!("mount watch: {}: {e}; polling", mountinfo.display());
-                return timer();
+                return Self::timer(fallback);
             }
         };
         // epoll refuses regular files (EPERM); procfs's mountinfo accepts and signals POLLPRI.
@@ -48,9 +43,15 @@ impl MountWatch {
                     "mount watch: {} not pollable ({e}); polling",
                     mountinfo.display()
                 );
-                timer()
+                Self::timer(fallback)
             }
         }
+    }
+
+    fn timer(every: Duration) -> Self {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        MountWatch::Timer(t)
     }
 
     /// True when the kernel notifies; false when this watch is a timer.
@@ -66,7 +67,7 @@ impl MountWatch {
                 Ok(mut guard) => guard.clear_ready(),
                 Err(e) => {
                     tracing::warn!("mount watch: {e}; polling every second from now on");
-                    *self = MountWatch::Timer(tokio::time::interval(Duration::from_secs(1)));
+                    *self = Self::timer(Duration::from_secs(1));
                 }
             },
             MountWatch::Timer(t) => {
