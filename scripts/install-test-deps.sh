@@ -5,6 +5,7 @@
 #   xvfb, xdotool, i3lock, dbus, python3-dbusmock   a real X server, input, screen locker and logind mock (screen-lock tests)
 #   qemu-system-x86 (bookworm-backports), busybox-static, kmod, dosfstools, mtools, xz-utils, binutils
 #                                    a VM with Debian's kernel and a hot-plugged USB stick (removable-media tests)
+#   chromium, chromium-driver, fonts-dejavu-core   a real headless browser over WebDriver, with fonts for screenshots (dashboard tests)
 set -euo pipefail
 
 sudo=""
@@ -17,7 +18,8 @@ if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 packages=(clamav clamav-daemon faketime dpkg-dev xvfb xdotool i3lock dbus python3-dbusmock x11-utils
-          busybox-static kmod dosfstools mtools xz-utils binutils systemd)
+          busybox-static kmod dosfstools mtools xz-utils binutils systemd
+          chromium chromium-driver fonts-dejavu-core)
 backported=(qemu-system-x86 qemu-utils seabios)
 missing=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
