@@ -1,8 +1,10 @@
-//! The wire contract shared by agent and collector: generated gRPC types and the policy document.
+//! The contracts shared by agent, collector and installer: generated gRPC types, the policy document
+//! and the enrolment bundle.
 //!
 //! Only this crate knows protobuf types; `convert` turns them into plain Rust
 //! values at the edge.
 
+pub mod bundle;
 pub mod convert;
 pub mod policy;
 
