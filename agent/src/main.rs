@@ -28,7 +28,8 @@ enum Command {
         /// The collector's gRPC address, HOST:PORT.
         #[arg(long)]
         collector: String,
-        #[arg(long)]
+        /// The enrolment token; from the environment it stays out of the process list.
+        #[arg(long, env = "CARETAKER_ENROLL_TOKEN", hide_env_values = true)]
         token: String,
         /// The CA fingerprint printed by `caretaker-collector token create` (sha256:...).
         #[arg(long)]
