@@ -3,6 +3,7 @@
 //! Every process is killed when its handle drops, so a failing test leaves
 //! nothing running.
 
+pub mod browser_rig;
 pub mod clamd_rig;
 pub mod deb;
 pub mod desktop_rig;
