@@ -41,9 +41,10 @@ fn chromium_reaches_the_collector_over_https_and_takes_screenshots() {
     );
     let desktop = browser.screenshot("browser-smoke-home");
     let png = std::fs::read(&desktop).unwrap();
-    // A blank or text-free 1280-wide page compresses to a few KB; rendered text makes it larger.
+    // Measured with Chromium 156 at this size: a blank page is 4.5 KB, a bare sign-in form
+    // 7.5 KB, today's home page 42 KB. Over 5 KB means something was drawn.
     assert!(
-        png.len() > 10_000,
+        png.len() > 5_000,
         "{} is only {} bytes",
         desktop.display(),
         png.len()
