@@ -29,6 +29,8 @@ pub enum AdminRequest {
     RevokeDevice {
         id: String,
     },
+    /// Users and API tokens (`user ...`, `token create-api`).
+    Account(crate::accounts::AccountOp),
 }
 
 /// The collector's answer.
@@ -42,6 +44,7 @@ pub enum AdminResponse {
     Revoked {
         id: String,
     },
+    Account(crate::accounts::AccountOutcome),
     Error {
         message: String,
     },
@@ -113,6 +116,22 @@ async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
                     message: e.to_string(),
                 },
             },
+            Ok(AdminRequest::Account(op)) => {
+                let store = c.store.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    crate::accounts::apply_op(store.as_ref(), &op)
+                })
+                .await;
+                match result {
+                    Ok(Ok(outcome)) => AdminResponse::Account(outcome),
+                    Ok(Err(e)) => AdminResponse::Error {
+                        message: e.to_string(),
+                    },
+                    Err(e) => AdminResponse::Error {
+                        message: e.to_string(),
+                    },
+                }
+            }
         };
         let mut out = serde_json::to_vec(&resp).expect("responses serialise");
         out.push(b'\n');

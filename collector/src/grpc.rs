@@ -127,13 +127,12 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
         let device = device_of(&req, &self.collector)?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH * 2);
-        tokio::spawn(pump(
-            self.collector.clone(),
-            device,
-            inbound,
-            tx,
-            self.shutdown.clone(),
-        ));
+        let connected = self.collector.stream_opened(&device);
+        let (collector, shutdown) = (self.collector.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            pump(collector, device, inbound, tx, shutdown).await;
+            drop(connected);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

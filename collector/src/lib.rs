@@ -2,16 +2,22 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod admin;
+pub mod auth;
+pub mod bundle;
 pub mod ca;
 pub mod classify;
 pub mod datadir;
+pub mod desk;
 pub mod grpc;
+pub mod incidents;
 pub mod ingest;
 pub mod rules;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod timefmt;
 pub mod tls;
 pub mod tokens;
 pub mod web;

@@ -1,10 +1,12 @@
-//! `caretaker-collector`: command-line wiring for init, serve, token and device commands.
+//! `caretaker-collector`: command-line wiring for init, serve, user, token, bundle and device commands.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use caretaker_collector::accounts::{self, AccountOp};
 use caretaker_collector::admin::{self, AdminRequest, AdminResponse};
+use caretaker_collector::bundle;
 use caretaker_collector::ca::SchoolCa;
 use caretaker_collector::datadir::{self, DataDir};
 use caretaker_collector::server::{self, ServeOptions};
@@ -40,7 +42,7 @@ enum Command {
         #[arg(long, default_value = "School")]
         school: String,
     },
-    /// Run the collector: gRPC for agents (mutual TLS) and the HTTPS JSON API.
+    /// Run the collector: gRPC for agents (mutual TLS), the dashboard and the HTTPS JSON API.
     Serve {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
@@ -48,11 +50,32 @@ enum Command {
         grpc_listen: SocketAddr,
         #[arg(long, default_value = "0.0.0.0:8443")]
         web_listen: SocketAddr,
+        /// The school's own certificate chain (PEM) for the dashboard, so browsers trust it
+        /// without importing the collector's CA. Needs --web-key.
+        #[arg(long, requires = "web_key")]
+        web_cert: Option<PathBuf>,
+        /// The private key (PEM) of --web-cert.
+        #[arg(long, requires = "web_cert")]
+        web_key: Option<PathBuf>,
+        /// The school's time zone for the dashboard (an IANA name).
+        #[arg(long, default_value = "Europe/London")]
+        time_zone: chrono_tz::Tz,
+    },
+    /// Dashboard accounts (works whether or not `serve` runs).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Enrolment tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Enrolment bundles: a token, the CA fingerprint and the collector's addresses in one file
+    /// for `caretaker-installer install --bundle` and `rollout`.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
     },
     /// Enrolled devices.
     Device {
@@ -78,6 +101,82 @@ enum TokenCommand {
         /// Print one JSON line {"token", "ca_fingerprint"}.
         #[arg(long)]
         json: bool,
+    },
+    /// Make an API token with a role, for scripts (`Authorization: Bearer <token>`).
+    CreateApi {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// network_manager, technician, dsl or governor.
+        #[arg(long)]
+        role: String,
+        /// Who or what uses it, e.g. "MIS export script".
+        #[arg(long)]
+        label: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a dashboard account. Prints a one-time password, which must be changed at first
+    /// sign-in, unless --password-stdin gives the password.
+    Add {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// network_manager, technician, dsl or governor.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        username: String,
+        /// Read the password from standard input (one line) instead of making a one-time one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Stop an account signing in, and end its sessions.
+    Disable {
+        username: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Let a disabled account sign in again.
+    Enable {
+        username: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Give an account a new one-time password and end its sessions.
+    Reset {
+        username: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// List the accounts.
+    List {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Write an enrolment bundle (JSON, mode 0600: it holds a token) for the technician.
+    Create {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// How many devices may enrol with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it stays valid, e.g. 14d, 12h.
+        #[arg(long, default_value = "14d")]
+        expires: humantime::Duration,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// The collector's gRPC address as laptops reach it, HOST:PORT (repeatable, tried in
+        /// order). Default: the names in the server certificate, port 7443.
+        #[arg(long = "collector")]
+        collectors: Vec<String>,
+        /// The file to write, e.g. school.caretaker. It must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -134,6 +233,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             grpc_listen,
             web_listen,
+            web_cert,
+            web_key,
+            time_zone,
         } => {
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
@@ -144,8 +246,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server::serve(
                 &DataDir::new(data_dir),
                 ServeOptions {
-                    grpc_listen,
-                    web_listen,
+                    web_cert,
+                    web_key,
+                    time_zone,
+                    ..ServeOptions::new(grpc_listen, web_listen)
                 },
                 shutdown,
                 |b| println!("caretaker-collector: grpc={} web=https://{}", b.grpc, b.web),
@@ -208,6 +312,91 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bundle {
+            command:
+                BundleCommand::Create {
+                    data_dir,
+                    uses,
+                    expires,
+                    label,
+                    collectors,
+                    out,
+                },
+        } => {
+            let expires_at = Utc::now()
+                + chrono::Duration::from_std(*expires).context("--expires is too long")?;
+            let req = bundle::BundleRequest {
+                uses,
+                expires_at,
+                label,
+                collectors,
+            };
+            let b = bundle::create_file(&DataDir::new(data_dir), req, &out).await?;
+            println!(
+                "Wrote {} (\"{}\"): {} enrolment(s) until {}, collector {}",
+                out.display(),
+                b.label,
+                b.uses,
+                b.expires_at,
+                b.collectors.join(", ")
+            );
+            println!(
+                "On a laptop:  caretaker-installer install --bundle {} --package caretaker-agent_VERSION_amd64.deb",
+                out.display()
+            );
+            println!(
+                "On many:      caretaker-installer rollout --hosts hosts.txt --bundle {} --package caretaker-agent_VERSION_amd64.deb",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::CreateApi {
+                    data_dir,
+                    role,
+                    label,
+                },
+        } => account(&data_dir, AccountOp::CreateApiToken { label, role }).await,
+        Command::User { command } => {
+            let (data_dir, op) = match command {
+                UserCommand::Add {
+                    data_dir,
+                    role,
+                    username,
+                    password_stdin,
+                } => {
+                    let password = if password_stdin {
+                        let mut line = String::new();
+                        std::io::stdin()
+                            .read_line(&mut line)
+                            .context("cannot read the password from standard input")?;
+                        Some(line.trim_end_matches(['\r', '\n']).to_string())
+                    } else {
+                        None
+                    };
+                    (
+                        data_dir,
+                        AccountOp::Add {
+                            username,
+                            role,
+                            password,
+                        },
+                    )
+                }
+                UserCommand::Disable { username, data_dir } => {
+                    (data_dir, AccountOp::Disable { username })
+                }
+                UserCommand::Enable { username, data_dir } => {
+                    (data_dir, AccountOp::Enable { username })
+                }
+                UserCommand::Reset { username, data_dir } => {
+                    (data_dir, AccountOp::Reset { username })
+                }
+                UserCommand::List { data_dir } => (data_dir, AccountOp::List),
+            };
+            account(&data_dir, op).await
+        }
         Command::Device {
             command: DeviceCommand::Revoke { id, data_dir },
         } => {
@@ -231,6 +420,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs an account operation on the running collector, or on the store if none runs, and
+/// prints the outcome.
+async fn account(data_dir: &std::path::Path, op: AccountOp) -> anyhow::Result<()> {
+    let dir = DataDir::new(data_dir);
+    dir.check()?;
+    let outcome = match admin::ask(&dir.admin_socket(), &AdminRequest::Account(op.clone())).await? {
+        Some(AdminResponse::Account(o)) => o,
+        Some(AdminResponse::Error { message }) => bail!("{message}"),
+        Some(other) => bail!("unexpected answer from the collector: {other:?}"),
+        None => {
+            let store = open_store_offline(&dir)?;
+            accounts::apply_op(&store, &op)?
+        }
+    };
+    if matches!(op, AccountOp::List) {
+        if outcome.users.is_empty() {
+            println!(
+                "No accounts yet. Add one with `caretaker-collector user add --role network_manager --username NAME`."
+            );
+        }
+        for (name, role, state) in &outcome.users {
+            println!("{name:<24} {role:<16} {state}");
+        }
+        return Ok(());
+    }
+    println!("{}", outcome.message);
+    if let Some(secret) = outcome.secret {
+        match op {
+            AccountOp::CreateApiToken { .. } => println!("Token (shown once):\n  {secret}"),
+            _ => println!(
+                "One-time password (shown once; it must be changed at first sign-in):\n  {secret}"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn open_store_offline(dir: &DataDir) -> anyhow::Result<SledStore> {

@@ -1,6 +1,7 @@
 //! `serve`: opens the data directory, binds the listeners and runs gRPC, web and admin until shutdown.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
@@ -16,11 +17,30 @@ use crate::service::Collector;
 use crate::store::SledStore;
 use crate::tls::{GrpcTls, certs_from_pem, key_from_pem, web_config};
 
-/// Where to listen.
+/// Where to listen, and how the web side presents itself.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub grpc_listen: SocketAddr,
     pub web_listen: SocketAddr,
+    /// The school's own certificate chain and key for the web listener (PEM); the collector's
+    /// own (issued by its CA) when not given.
+    pub web_cert: Option<PathBuf>,
+    pub web_key: Option<PathBuf>,
+    /// The school's time zone for the dashboard.
+    pub time_zone: chrono_tz::Tz,
+}
+
+impl ServeOptions {
+    /// Listen on these addresses with the collector's own certificate, in the default zone.
+    pub fn new(grpc_listen: SocketAddr, web_listen: SocketAddr) -> Self {
+        Self {
+            grpc_listen,
+            web_listen,
+            web_cert: None,
+            web_key: None,
+            time_zone: crate::timefmt::DEFAULT_TZ,
+        }
+    }
 }
 
 /// The addresses actually bound (useful when asked for port 0).
@@ -58,7 +78,20 @@ pub async fn serve(
         ca.cert_der().to_vec().into(),
         revoked.clone(),
     )?;
-    let web_tls = web_config(chain, key)?;
+    let web_tls = match (&opts.web_cert, &opts.web_key) {
+        (Some(cert), Some(key)) => {
+            let chain = certs_from_pem(&read(cert.clone())?)
+                .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
+            if chain.is_empty() {
+                anyhow::bail!("{} holds no certificate", cert.display());
+            }
+            let key = key_from_pem(&read(key.clone())?)
+                .with_context(|| format!("{} holds no usable private key", key.display()))?;
+            web_config(chain, key).context("the web certificate and key do not match")?
+        }
+        (None, None) => web_config(chain, key)?,
+        _ => anyhow::bail!("--web-cert and --web-key go together: give both or neither"),
+    };
     let collector = Arc::new(Collector::new(Arc::new(store), ca, revoked, &admin_token)?);
 
     let grpc_listener = TcpListener::bind(opts.grpc_listen)
@@ -90,7 +123,13 @@ pub async fn serve(
     let web = crate::web::serve(
         web_listener,
         web_tls,
-        crate::web::router(collector),
+        crate::web::router(
+            collector,
+            crate::web::WebOptions {
+                grpc_port: bound.grpc.port(),
+                time_zone: opts.time_zone,
+            },
+        ),
         shutdown.clone(),
     );
     info!(grpc = %bound.grpc, web = %bound.web, "Collector serving");

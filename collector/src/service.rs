@@ -80,6 +80,76 @@ pub struct Collector {
     /// Installations per product across the fleet (licence reconciliation), folded by the store
     /// writer as events become durable.
     software: Arc<std::sync::Mutex<FleetCounts>>,
+    /// Every device as last stored, so the dashboard's fleet and device lists never decode the
+    /// whole devices tree per request. Refreshed by the writer after each durable group.
+    devices: Arc<DeviceCache>,
+    /// Devices with an event stream open now, and how many (a reconnect may overlap).
+    connected: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Slows down password guessing on the dashboard.
+    pub sign_in_limiter: crate::auth::SignInLimiter,
+}
+
+/// The devices as last stored.
+#[derive(Default)]
+pub struct DeviceCache {
+    map: std::sync::RwLock<std::collections::HashMap<String, Device>>,
+}
+
+impl DeviceCache {
+    fn put(&self, d: Device) {
+        self.map
+            .write()
+            .expect("device cache lock")
+            .insert(d.id.clone(), d);
+    }
+
+    /// Re-reads the devices a stored group touched.
+    fn refresh(&self, store: &dyn Store, group: &[DeviceBatch]) {
+        let mut ids: Vec<&str> = group.iter().map(|b| b.device_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            match store.device(id) {
+                Ok(Some(d)) => self.put(d),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(device = %id, error = %e, "Device not re-read after store")
+                }
+            }
+        }
+    }
+
+    /// A copy of every device.
+    pub fn all(&self) -> Vec<Device> {
+        self.map
+            .read()
+            .expect("device cache lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Device> {
+        self.map.read().expect("device cache lock").get(id).cloned()
+    }
+}
+
+/// Marks a device connected while it lives.
+pub struct StreamGuard {
+    collector: Arc<Collector>,
+    device: String,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut c = self.collector.connected.lock().expect("connected lock");
+        if let Some(n) = c.get_mut(&self.device) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.device);
+            }
+        }
+    }
 }
 
 const MAX_KIND: usize = 64;
@@ -184,9 +254,16 @@ impl Collector {
             store.as_ref(),
             &devices,
         )?));
+        let cache = Arc::new(DeviceCache::default());
+        for d in &devices {
+            cache.put(d.clone());
+        }
         let on_stored = {
-            let (software, store) = (software.clone(), store.clone());
-            Arc::new(move |group: &[DeviceBatch]| fold_software(&software, store.as_ref(), group))
+            let (software, store, cache) = (software.clone(), store.clone(), cache.clone());
+            Arc::new(move |group: &[DeviceBatch]| {
+                fold_software(&software, store.as_ref(), group);
+                cache.refresh(store.as_ref(), group);
+            })
         };
         Ok(Self {
             rules: std::sync::RwLock::new(Arc::new(Rules::new(&doc))),
@@ -198,7 +275,36 @@ impl Collector {
             policy: watch::Sender::new(Arc::new(current)),
             limiter: FailureLimiter::default(),
             admin_token_hash: tokens::hash(admin_token.trim()),
+            devices: cache,
+            connected: Default::default(),
+            sign_in_limiter: Default::default(),
         })
+    }
+
+    /// Every device as last stored (from memory).
+    pub fn device_cache(&self) -> &DeviceCache {
+        &self.devices
+    }
+
+    /// Records that `device` has an event stream open until the guard drops.
+    pub fn stream_opened(self: &Arc<Self>, device: &str) -> StreamGuard {
+        *self
+            .connected
+            .lock()
+            .expect("connected lock")
+            .entry(device.to_string())
+            .or_default() += 1;
+        StreamGuard {
+            collector: self.clone(),
+            device: device.to_string(),
+        }
+    }
+
+    pub fn is_connected(&self, device: &str) -> bool {
+        self.connected
+            .lock()
+            .expect("connected lock")
+            .contains_key(device)
     }
 
     pub fn ca_fingerprint(&self) -> String {
@@ -264,7 +370,9 @@ impl Collector {
             state: Map::new(),
         };
         let store = self.store.clone();
-        blocking(move || store.insert_device(&device)).await?;
+        let stored = device.clone();
+        blocking(move || store.insert_device(&stored)).await?;
+        self.devices.put(device);
         tracing::info!(device = %device_id, "Device enrolled");
         Ok(Enrolled {
             device_id,
@@ -285,6 +393,7 @@ impl Collector {
         let store = self.store.clone();
         let id = device_id.to_string();
         let device = blocking(move || store.revoke_device(&id, Utc::now())).await?;
+        self.devices.put(device.clone());
         self.revoked
             .write()
             .expect("revocation lock")
@@ -490,6 +599,76 @@ mod tests {
         }
         fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>> {
             self.inner.policy_history()
+        }
+    }
+
+    impl crate::store::AccountStore for Counting {
+        fn user(&self, u: &str) -> StoreResult<Option<crate::store::UserRecord>> {
+            self.inner.user(u)
+        }
+        fn users(&self) -> StoreResult<Vec<crate::store::UserRecord>> {
+            self.inner.users()
+        }
+        fn insert_user(&self, u: &crate::store::UserRecord) -> StoreResult<()> {
+            self.inner.insert_user(u)
+        }
+        fn update_user(&self, u: &crate::store::UserRecord) -> StoreResult<()> {
+            self.inner.update_user(u)
+        }
+        fn insert_session(&self, h: &str, s: &crate::store::SessionRecord) -> StoreResult<()> {
+            self.inner.insert_session(h, s)
+        }
+        fn session(&self, h: &str) -> StoreResult<Option<crate::store::SessionRecord>> {
+            self.inner.session(h)
+        }
+        fn delete_session(&self, h: &str) -> StoreResult<()> {
+            self.inner.delete_session(h)
+        }
+        fn delete_sessions_of(&self, u: &str) -> StoreResult<usize> {
+            self.inner.delete_sessions_of(u)
+        }
+        fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<usize> {
+            self.inner.purge_sessions(now)
+        }
+        fn insert_api_token(&self, t: &crate::store::ApiTokenRecord) -> StoreResult<()> {
+            self.inner.insert_api_token(t)
+        }
+        fn api_token(&self, h: &str) -> StoreResult<Option<crate::store::ApiTokenRecord>> {
+            self.inner.api_token(h)
+        }
+        fn enrolment_tokens(&self) -> StoreResult<Vec<crate::store::TokenRecord>> {
+            self.inner.enrolment_tokens()
+        }
+        fn audit(&self, e: &crate::store::AuditEntry) -> StoreResult<u64> {
+            self.inner.audit(e)
+        }
+        fn audit_log(&self, b: Option<u64>, l: usize) -> StoreResult<crate::store::AuditPage> {
+            self.inner.audit_log(b, l)
+        }
+    }
+
+    impl crate::store::IncidentStore for Counting {
+        fn incident(&self, id: u64) -> StoreResult<Option<crate::store::Incident>> {
+            self.inner.incident(id)
+        }
+        fn incidents(
+            &self,
+            q: &crate::store::IncidentQuery,
+        ) -> StoreResult<(Vec<crate::store::Incident>, Option<u64>)> {
+            self.inner.incidents(q)
+        }
+        fn add_incident_entry(
+            &self,
+            i: u64,
+            at: DateTime<Utc>,
+            by: &str,
+            a: crate::store::EntryAction,
+            t: &str,
+        ) -> StoreResult<crate::store::IncidentEntry> {
+            self.inner.add_incident_entry(i, at, by, a, t)
+        }
+        fn incident_entries(&self, i: u64) -> StoreResult<Vec<crate::store::IncidentEntry>> {
+            self.inner.incident_entries(i)
         }
     }
 

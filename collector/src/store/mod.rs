@@ -5,8 +5,18 @@
 //! one machine. Invariant: `append_events` returns only once the events are
 //! durable, and a (device, seq) pair is stored at most once.
 
+mod accounts;
+mod incidents;
+mod sled_accounts;
+mod sled_incidents;
 mod sled_store;
 
+pub use accounts::{
+    AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, UserRecord,
+};
+pub use incidents::{
+    Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
+};
 pub use sled_store::SledStore;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +32,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("no device with id {0}")]
     NoSuchDevice(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -84,12 +96,23 @@ pub struct DeviceBatch {
     pub seen_at: DateTime<Utc>,
 }
 
-/// What to list, newest first.
+/// What to list, newest first. Filters combine (all must hold).
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
     pub device: Option<String>,
     pub kind: Option<String>,
+    /// The user the event names (a pupil's or member of staff's login).
+    pub user: Option<String>,
+    pub severity: Option<String>,
+    /// Only events whose audience includes this role (`dsl`, `network_manager`).
+    pub audience: Option<String>,
+    /// Only events whose audience does not include this role (a technician's view leaves out
+    /// the DSL's).
+    pub exclude_audience: Option<String>,
+    /// Occurred at or after.
     pub since: Option<DateTime<Utc>>,
+    /// Occurred before.
+    pub until: Option<DateTime<Utc>>,
     pub limit: usize,
     pub cursor: Option<String>,
 }
@@ -148,7 +171,10 @@ pub(crate) fn test_device(id: &str) -> Device {
 }
 
 /// The durable record. Implementations must be safe to share between tasks.
-pub trait Store: Send + Sync + 'static {
+///
+/// Accounts (users, sessions, API tokens, the audit log) and incidents are separate traits so
+/// each stays readable; a store implements all three.
+pub trait Store: AccountStore + IncidentStore + Send + Sync + 'static {
     fn insert_device(&self, device: &Device) -> StoreResult<()>;
     fn device(&self, id: &str) -> StoreResult<Option<Device>>;
     fn devices(&self) -> StoreResult<Vec<Device>>;

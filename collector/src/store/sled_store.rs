@@ -2,8 +2,12 @@
 //!
 //! Trees: `devices` (id → JSON), `events` (id '/' seq BE → JSON),
 //! `timeline` (ingest id BE → events key, the newest-first order),
-//! `tokens` (hash → JSON), `policies` (version BE → JSON). A group commit is
-//! one transaction over devices, events and timeline, then one fsync.
+//! `tokens` (hash → JSON), `policies` (version BE → JSON), `idx` (secondary indexes:
+//! audience, user and kind, each `tag len value tid` → events key, so the dashboard's filters
+//! walk only matching events), `incidents` (id BE → JSON) with `incident_open` (group key →
+//! latest incident id) and `incident_log` (id BE, n BE → entry), and the account trees
+//! (`sled_accounts.rs`). A group commit is one transaction over devices, events, timeline,
+//! indexes and incidents, then one fsync.
 
 use std::path::Path;
 
@@ -33,17 +37,30 @@ pub struct SledStore {
     /// States folded from events (`name/device` → through_seq and state), rebuilt from events
     /// when missing.
     derived: sled::Tree,
+    pub(super) idx: sled::Tree,
+    pub(super) incidents: sled::Tree,
+    pub(super) incident_open: sled::Tree,
+    pub(super) incident_log: sled::Tree,
+    pub(super) users: sled::Tree,
+    pub(super) sessions: sled::Tree,
+    pub(super) api_tokens: sled::Tree,
+    pub(super) audit: sled::Tree,
+    meta: sled::Tree,
 }
 
-fn engine(e: impl std::fmt::Display) -> StoreError {
+/// The layout version this code writes; older stores are brought up to it at open.
+/// 2: secondary indexes and incidents.
+const LAYOUT: u64 = 2;
+
+pub(super) fn engine(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("store records always serialise")
 }
 
-fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
+pub(super) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
@@ -77,7 +94,65 @@ fn memchr_find(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn matches(q: &EventQuery, e: &StoredEvent) -> bool {
-    q.kind.as_ref().is_none_or(|k| &e.kind == k) && q.since.is_none_or(|s| e.occurred_at >= s)
+    q.kind.as_ref().is_none_or(|k| &e.kind == k)
+        && q.since.is_none_or(|s| e.occurred_at >= s)
+        && q.until.is_none_or(|u| e.occurred_at < u)
+        && q.user.as_ref().is_none_or(|u| e.user.as_ref() == Some(u))
+        && q.severity.as_ref().is_none_or(|s| &e.severity == s)
+        && q.audience.as_ref().is_none_or(|a| e.audience.contains(a))
+        && q.exclude_audience
+            .as_ref()
+            .is_none_or(|a| !e.audience.contains(a))
+}
+
+/// A secondary index key: `tag`, the value's length and bytes, then the timeline id, so one
+/// value's entries are contiguous and in arrival order.
+fn idx_key(tag: u8, value: &str, tid: u64) -> Vec<u8> {
+    let mut k = idx_prefix(tag, value);
+    k.extend_from_slice(&tid.to_be_bytes());
+    k
+}
+
+fn idx_prefix(tag: u8, value: &str) -> Vec<u8> {
+    let v = &value.as_bytes()[..value.len().min(u16::MAX as usize)];
+    let mut k = Vec::with_capacity(v.len() + 11);
+    k.push(tag);
+    k.extend_from_slice(&(v.len() as u16).to_be_bytes());
+    k.extend_from_slice(v);
+    k
+}
+
+const IDX_AUDIENCE: u8 = b'a';
+const IDX_USER: u8 = b'u';
+const IDX_KIND: u8 = b'k';
+
+/// The index entries one stored event gets.
+fn index_keys(e: &StoredEvent, tid: u64) -> Vec<Vec<u8>> {
+    let mut keys = vec![idx_key(IDX_KIND, &e.kind, tid)];
+    keys.extend(e.audience.iter().map(|a| idx_key(IDX_AUDIENCE, a, tid)));
+    if let Some(u) = &e.user {
+        keys.push(idx_key(IDX_USER, u, tid));
+    }
+    keys
+}
+
+type Tx = sled::transaction::TransactionalTree;
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Indexes one newly stored event and opens or extends its incident, inside the transaction
+/// that stores it.
+fn index_and_fold(
+    idx: &Tx,
+    incidents: &Tx,
+    open: &Tx,
+    e: &StoredEvent,
+    key: &[u8],
+    tid: u64,
+) -> TxResult<()> {
+    for k in index_keys(e, tid) {
+        idx.insert(k, key)?;
+    }
+    super::sled_incidents::fold_event(incidents, open, e)
 }
 
 /// sled reports a held directory lock only as text (an `Other` I/O error wrapping EWOULDBLOCK).
@@ -114,18 +189,144 @@ impl SledStore {
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(engine);
-        Ok(Self {
+        let store = Self {
             devices: tree("devices")?,
             events: tree("events")?,
             timeline: tree("timeline")?,
             tokens: tree("tokens")?,
             policies: tree("policies")?,
             derived: tree("derived")?,
+            idx: tree("idx")?,
+            incidents: tree("incidents")?,
+            incident_open: tree("incident_open")?,
+            incident_log: tree("incident_log")?,
+            users: tree("users")?,
+            sessions: tree("sessions")?,
+            api_tokens: tree("api_tokens")?,
+            audit: tree("audit")?,
+            meta: tree("meta")?,
             db,
+        };
+        store.upgrade()?;
+        Ok(store)
+    }
+
+    /// Brings a store written by an older collector up to `LAYOUT`: indexes and incidents for
+    /// the events it already holds, in arrival order, a bounded transaction at a time.
+    fn upgrade(&self) -> StoreResult<()> {
+        let layout = self
+            .meta
+            .get("layout")
+            .map_err(engine)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes));
+        if layout.is_some_and(|l| l >= LAYOUT) {
+            return Ok(());
+        }
+        let mut from = 0u64;
+        let mut done = 0u64;
+        loop {
+            let chunk: Vec<(u64, sled::IVec)> = self
+                .timeline
+                .range(from.to_be_bytes()..)
+                .take(1000)
+                .map(|r| {
+                    let (k, v) = r.map_err(engine)?;
+                    let tid = u64::from_be_bytes(
+                        k.as_ref()
+                            .try_into()
+                            .map_err(|_| StoreError::Corrupt("timeline key".into()))?,
+                    );
+                    Ok((tid, v))
+                })
+                .collect::<StoreResult<_>>()?;
+            let Some(&(last, _)) = chunk.last() else {
+                break;
+            };
+            let mut items = Vec::with_capacity(chunk.len());
+            for (tid, key) in chunk {
+                if let Some(v) = self.events.get(&key).map_err(engine)? {
+                    items.push((tid, key, decode::<StoredEvent>("event", &v)?));
+                }
+            }
+            (&self.idx, &self.incidents, &self.incident_open)
+                .transaction(|(idx, incidents, open)| {
+                    for (tid, key, e) in &items {
+                        index_and_fold(idx, incidents, open, e, key, *tid)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e: TransactionError<StoreError>| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => engine(e),
+                })?;
+            done += items.len() as u64;
+            from = last + 1;
+        }
+        self.meta
+            .insert("layout", &LAYOUT.to_be_bytes())
+            .map_err(engine)?;
+        self.flush()?;
+        if done > 0 {
+            tracing::info!(
+                events = done,
+                "Store upgraded: events indexed and incidents built"
+            );
+        }
+        Ok(())
+    }
+
+    /// Walks an index newest first from the cursor, returning the page.
+    fn page_from_index(&self, q: &EventQuery, tag: u8, value: &str) -> StoreResult<EventPage> {
+        let prefix = idx_prefix(tag, value);
+        let upper = match q.cursor.as_deref().and_then(|c| c.strip_prefix('t')) {
+            Some(t) => idx_key(tag, value, t.parse().unwrap_or(0)),
+            None => idx_key(tag, value, u64::MAX),
+        };
+        let mut out = Vec::new();
+        let mut last_tid = None;
+        for (scanned, item) in self.idx.range(prefix.clone()..upper).rev().enumerate() {
+            let (k, ev_key) = item.map_err(engine)?;
+            last_tid = Some(seq_of_key(&k));
+            let Some(v) = self.events.get(&ev_key).map_err(engine)? else {
+                continue;
+            };
+            let e: StoredEvent = decode("event", &v)?;
+            if matches(q, &e) {
+                out.push(e);
+                if out.len() == q.limit {
+                    break;
+                }
+            }
+            if scanned + 1 >= MAX_SCAN {
+                break;
+            }
+        }
+        let more = last_tid.is_some_and(|t| {
+            self.idx
+                .range(prefix..idx_key(tag, value, t))
+                .next_back()
+                .is_some()
+        });
+        Ok(EventPage {
+            next: if more {
+                last_tid.map(|t| format!("t{t}"))
+            } else {
+                None
+            },
+            events: out,
         })
     }
 
-    fn flush(&self) -> StoreResult<()> {
+    pub(super) fn tokens_tree(&self) -> &sled::Tree {
+        &self.tokens
+    }
+
+    /// A new, increasing id for an audit entry (sled persists the counter).
+    pub(super) fn audit_id(&self) -> StoreResult<u64> {
+        self.db.generate_id().map_err(engine)
+    }
+
+    pub(super) fn flush(&self) -> StoreResult<()> {
         self.db.flush().map(|_| ()).map_err(engine)
     }
 
@@ -251,8 +452,15 @@ impl Store for SledStore {
     }
 
     fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64> {
-        let result = (&self.devices, &self.events, &self.timeline).transaction(
-            |(devices, events, timeline)| {
+        let result = (
+            &self.devices,
+            &self.events,
+            &self.timeline,
+            &self.idx,
+            &self.incidents,
+            &self.incident_open,
+        )
+            .transaction(|(devices, events, timeline, idx, incidents, open)| {
                 let mut new_total = 0u64;
                 for batch in group {
                     let Some(raw) = devices.get(batch.device_id.as_bytes())? else {
@@ -269,7 +477,8 @@ impl Store for SledStore {
                         }
                         let id = timeline.generate_id()?;
                         events.insert(key.as_slice(), encode(e))?;
-                        timeline.insert(&id.to_be_bytes(), key)?;
+                        timeline.insert(&id.to_be_bytes(), key.as_slice())?;
+                        index_and_fold(idx, incidents, open, e, &key, id)?;
                         device.event_count += 1;
                         device.highest_seq = device.highest_seq.max(e.seq);
                         new_total += 1;
@@ -286,8 +495,7 @@ impl Store for SledStore {
                     devices.insert(batch.device_id.as_bytes(), encode(&device))?;
                 }
                 Ok(new_total)
-            },
-        );
+            });
         let new = match result {
             Ok(n) => n,
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -298,9 +506,17 @@ impl Store for SledStore {
     }
 
     fn events(&self, query: &EventQuery) -> StoreResult<EventPage> {
-        match &query.device {
-            Some(d) => self.page_for_device(query, d),
-            None => self.page_for_fleet(query),
+        // The most selective access path first; `matches` applies the rest.
+        if let Some(a) = &query.audience {
+            self.page_from_index(query, IDX_AUDIENCE, a)
+        } else if let Some(u) = &query.user {
+            self.page_from_index(query, IDX_USER, u)
+        } else if let Some(d) = &query.device {
+            self.page_for_device(query, d)
+        } else if let Some(k) = &query.kind {
+            self.page_from_index(query, IDX_KIND, k)
+        } else {
+            self.page_for_fleet(query)
         }
     }
 

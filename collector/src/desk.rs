@@ -1,0 +1,734 @@
+//! The service layer between the web and the store that knows who is asking: every dashboard and API operation goes through a `Desk`, which checks the role first.
+//!
+//! Web handlers never touch the store; they get a `Desk` for the signed-in person and call
+//! its methods, each of which checks `Role::may` before reading anything. A role check cannot
+//! be forgotten on one route because there is no other way in.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use caretaker_proto::policy::PolicyDocument;
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::accounts::{self, AccountError, Actor};
+use crate::auth::{Permission, Role};
+use crate::rules::DSL;
+use crate::service::{Collector, SetPolicyError, blocking};
+use crate::store::{
+    AuditPage, Category, Device, EntryAction, EventPage, EventQuery, Incident, IncidentEntry,
+    IncidentQuery, PolicyVersion, StoreError, TokenRecord, UserRecord,
+};
+
+/// Why a desk operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    #[error("Your role ({0}) does not allow this.")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<AccountError> for DeskError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::Invalid(m) => DeskError::Invalid(m),
+            AccountError::NoSuchUser(u) => {
+                DeskError::NotFound(format!("There is no account called {u}."))
+            }
+            AccountError::Store(e) => DeskError::Store(e),
+        }
+    }
+}
+
+pub type DeskResult<T> = Result<T, DeskError>;
+
+/// A device is "online" when it has a stream open, or was heard from this recently.
+pub const ONLINE_WITHIN: Duration = Duration::minutes(10);
+/// A device not heard from for this long during school hours is "silent".
+pub const SILENT_AFTER: Duration = Duration::hours(1);
+
+/// The fleet at a glance.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetView {
+    pub devices: usize,
+    pub online: usize,
+    pub screen_lock_enforced: usize,
+    pub antivirus_current: usize,
+    pub no_unapproved_software: usize,
+    /// Whether the policy enforces removable media (else report-only), and on how many
+    /// devices that are reporting.
+    pub removable_media_enforced: bool,
+    pub in_school_hours: bool,
+    /// Devices not heard from for an hour, longest silent first.
+    pub silent: Vec<Device>,
+    /// Open incidents the asker may see, most serious first.
+    pub attention: Vec<Incident>,
+}
+
+/// Which devices to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    /// Matches hostname or id, any case.
+    pub search: String,
+    /// `online`, `offline`, `revoked`, `attention` (antivirus or screen lock not compliant).
+    pub status: String,
+    /// Hostname to continue after (paging that survives new arrivals).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// One page of devices.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceList {
+    pub devices: Vec<Device>,
+    pub total: usize,
+    pub next: Option<String>,
+}
+
+/// A person's desk: the operations their role allows.
+pub struct Desk {
+    c: Arc<Collector>,
+    pub actor: Actor,
+}
+
+fn facet_status<'a>(d: &'a Device, facet: &str) -> &'a str {
+    d.state
+        .get(facet)
+        .and_then(|v| v.get("status"))
+        .and_then(Value::as_str)
+        .unwrap_or("not_reported")
+}
+
+fn severity_rank(s: &str) -> u8 {
+    match s {
+        "critical" => 5,
+        "high" => 4,
+        "warning" => 3,
+        "notice" => 2,
+        _ => 1,
+    }
+}
+
+impl Desk {
+    pub fn new(c: Arc<Collector>, actor: Actor) -> Self {
+        Self { c, actor }
+    }
+
+    pub fn role(&self) -> Role {
+        self.actor.role
+    }
+
+    pub fn may(&self, p: Permission) -> bool {
+        self.actor.role.may(p)
+    }
+
+    fn require(&self, p: Permission) -> DeskResult<()> {
+        if self.may(p) {
+            Ok(())
+        } else {
+            Err(DeskError::Forbidden(self.actor.role.label()))
+        }
+    }
+
+    /// Runs store work off the async threads with the store in hand.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn crate::store::Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> DeskResult<T> {
+        let store = self.c.store.clone();
+        Ok(blocking(move || f(store.as_ref())).await?)
+    }
+
+    fn audit(&self, action: &str, target: &str, detail: &str) {
+        accounts::audit(self.c.store.as_ref(), &self.actor, action, target, detail);
+    }
+
+    /// The incident categories this person may see.
+    fn categories(&self) -> Vec<Category> {
+        let mut c = Vec::new();
+        if self.may(Permission::Safeguarding) {
+            c.push(Category::Safeguarding);
+        }
+        if self.may(Permission::TechnicalIncidents) {
+            c.push(Category::Technical);
+        }
+        c
+    }
+
+    fn online(&self, d: &Device, now: DateTime<Utc>) -> bool {
+        d.revoked_at.is_none()
+            && (self.c.is_connected(&d.id) || d.last_seen.is_some_and(|t| now - t < ONLINE_WITHIN))
+    }
+
+    pub fn is_online(&self, d: &Device) -> bool {
+        self.online(d, Utc::now())
+    }
+
+    /// A device's name for lists (its id if it has none); only what the asker already sees.
+    pub fn device_hostname(&self, id: &str) -> String {
+        self.c
+            .device_cache()
+            .get(id)
+            .map(|d| d.hostname)
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| id.chars().take(8).collect())
+    }
+
+    pub fn ca_fingerprint(&self) -> String {
+        self.c.ca_fingerprint()
+    }
+
+    /// The fleet overview.
+    pub async fn fleet(&self) -> DeskResult<FleetView> {
+        self.require(Permission::ViewFleet)?;
+        let now = Utc::now();
+        let devices: Vec<Device> = self
+            .c
+            .device_cache()
+            .all()
+            .into_iter()
+            .filter(|d| d.revoked_at.is_none())
+            .collect();
+        let policy = self.policy_document();
+        let in_school_hours =
+            crate::timefmt::in_school_hours(&policy.screen_lock.school_hours, now);
+        // Devices with an open technical incident about software (denied or unapproved).
+        let categories = self.categories();
+        let open = self
+            .with_store(move |s| {
+                Ok(s.incidents(&IncidentQuery {
+                    open_only: true,
+                    limit: 5000,
+                    ..Default::default()
+                })?
+                .0)
+            })
+            .await?;
+        let software_flagged: std::collections::HashSet<&str> = open
+            .iter()
+            .filter(|i| i.kind.starts_with("software.") || i.kind == "executable.in_user_area")
+            .map(|i| i.device_id.as_str())
+            .collect();
+        let mut silent: Vec<Device> = devices
+            .iter()
+            .filter(|d| !self.c.is_connected(&d.id))
+            .filter(|d| d.last_seen.is_none_or(|t| now - t > SILENT_AFTER))
+            .cloned()
+            .collect();
+        silent.sort_by_key(|d| d.last_seen);
+        silent.truncate(20);
+        let mut attention: Vec<Incident> = open
+            .iter()
+            .filter(|i| categories.contains(&i.category))
+            .cloned()
+            .collect();
+        attention.sort_by(|a, b| {
+            severity_rank(&b.severity)
+                .cmp(&severity_rank(&a.severity))
+                .then(b.last_at.cmp(&a.last_at))
+        });
+        attention.truncate(10);
+        Ok(FleetView {
+            devices: devices.len(),
+            online: devices.iter().filter(|d| self.online(d, now)).count(),
+            screen_lock_enforced: devices
+                .iter()
+                .filter(|d| facet_status(d, "screen_lock") == "enforced")
+                .count(),
+            antivirus_current: devices
+                .iter()
+                .filter(|d| facet_status(d, "antivirus") == "current")
+                .count(),
+            no_unapproved_software: devices
+                .iter()
+                .filter(|d| !software_flagged.contains(d.id.as_str()))
+                .count(),
+            removable_media_enforced: policy.removable_media.enforce,
+            in_school_hours,
+            silent,
+            attention,
+        })
+    }
+
+    /// Searches and filters the device list, sorted by hostname.
+    pub fn devices(&self, f: &DeviceFilter) -> DeskResult<DeviceList> {
+        self.require(Permission::ViewDevices)?;
+        let now = Utc::now();
+        let needle = f.search.trim().to_lowercase();
+        let mut all: Vec<Device> = self
+            .c
+            .device_cache()
+            .all()
+            .into_iter()
+            .filter(|d| {
+                needle.is_empty()
+                    || d.hostname.to_lowercase().contains(&needle)
+                    || d.id.starts_with(&needle)
+            })
+            .filter(|d| match f.status.as_str() {
+                "online" => self.online(d, now),
+                "offline" => d.revoked_at.is_none() && !self.online(d, now),
+                "revoked" => d.revoked_at.is_some(),
+                "attention" => {
+                    d.revoked_at.is_none()
+                        && (facet_status(d, "antivirus") != "current"
+                            || facet_status(d, "screen_lock") != "enforced")
+                }
+                _ => true,
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+        let total = all.len();
+        let start = match &f.after {
+            Some(after) => {
+                all.partition_point(|d| format!("{}\u{1f}{}", d.hostname, d.id) <= *after)
+            }
+            None => 0,
+        };
+        let page: Vec<Device> = all.into_iter().skip(start).take(f.limit + 1).collect();
+        let more = page.len() > f.limit;
+        let devices: Vec<Device> = page.into_iter().take(f.limit).collect();
+        let next = if more {
+            devices
+                .last()
+                .map(|d| format!("{}\u{1f}{}", d.hostname, d.id))
+        } else {
+            None
+        };
+        Ok(DeviceList {
+            devices,
+            total,
+            next,
+        })
+    }
+
+    /// One device. The DSL may open only devices a safeguarding incident concerns.
+    pub async fn device(&self, id: &str) -> DeskResult<Device> {
+        let d = self
+            .c
+            .device_cache()
+            .get(id)
+            .ok_or_else(|| DeskError::NotFound(format!("There is no device {id}.")))?;
+        if self.may(Permission::ViewDevices) {
+            return Ok(d);
+        }
+        self.require(Permission::Safeguarding)?;
+        let id = id.to_string();
+        let concerned = self
+            .with_store(move |s| {
+                Ok(!s
+                    .incidents(&IncidentQuery {
+                        category: Some(Category::Safeguarding),
+                        device: Some(id),
+                        limit: 1,
+                        ..Default::default()
+                    })?
+                    .0
+                    .is_empty())
+            })
+            .await?;
+        if concerned {
+            Ok(d)
+        } else {
+            Err(DeskError::Forbidden(self.actor.role.label()))
+        }
+    }
+
+    /// Events, scoped by role: the DSL sees the DSL's, a technician everything else, the
+    /// network manager all.
+    pub async fn events(&self, mut q: EventQuery) -> DeskResult<EventPage> {
+        match (
+            self.may(Permission::ViewTechnicalEvents),
+            self.may(Permission::Safeguarding),
+        ) {
+            (true, true) => {}
+            (true, false) => {
+                if q.audience.as_deref() == Some(DSL) {
+                    return Err(DeskError::Forbidden(self.actor.role.label()));
+                }
+                q.exclude_audience = Some(DSL.into());
+            }
+            (false, true) => {
+                q.audience = Some(DSL.into());
+                q.exclude_audience = None;
+            }
+            (false, false) => return Err(DeskError::Forbidden(self.actor.role.label())),
+        }
+        self.with_store(move |s| s.events(&q)).await
+    }
+
+    /// Incidents this person may see.
+    pub async fn incidents(
+        &self,
+        mut q: IncidentQuery,
+    ) -> DeskResult<(Vec<Incident>, Option<u64>)> {
+        let categories = self.categories();
+        if categories.is_empty() {
+            return Err(DeskError::Forbidden(self.actor.role.label()));
+        }
+        match q.category {
+            Some(c) if !categories.contains(&c) => {
+                return Err(DeskError::Forbidden(self.actor.role.label()));
+            }
+            Some(_) => {}
+            None if categories.len() == 1 => q.category = Some(categories[0]),
+            None => {}
+        }
+        self.with_store(move |s| s.incidents(&q)).await
+    }
+
+    fn may_see(&self, i: &Incident) -> bool {
+        self.categories().contains(&i.category)
+    }
+
+    /// One incident and its record; the view is audited.
+    pub async fn incident(&self, id: u64) -> DeskResult<(Incident, Vec<IncidentEntry>)> {
+        if self.categories().is_empty() {
+            return Err(DeskError::Forbidden(self.actor.role.label()));
+        }
+        let (inc, entries) = self
+            .with_store(move |s| Ok((s.incident(id)?, s.incident_entries(id)?)))
+            .await?;
+        let inc = inc.ok_or_else(|| DeskError::NotFound(format!("There is no incident {id}.")))?;
+        if !self.may_see(&inc) {
+            return Err(DeskError::Forbidden(self.actor.role.label()));
+        }
+        self.audit(
+            "incident_viewed",
+            &format!("incident {id}"),
+            inc.category.as_str(),
+        );
+        Ok((inc, entries))
+    }
+
+    /// Adds an entry to an incident's record. Entries are never edited: a correction is a new
+    /// note.
+    pub async fn add_incident_entry(
+        &self,
+        id: u64,
+        action: &str,
+        text: &str,
+    ) -> DeskResult<IncidentEntry> {
+        let action = EntryAction::parse(action)
+            .ok_or_else(|| DeskError::Invalid(format!("{action:?} is not an action")))?;
+        let text = text.trim().to_string();
+        if matches!(action, EntryAction::Note | EntryAction::ActionTaken) && text.is_empty() {
+            return Err(DeskError::Invalid(
+                "Write what was noted or done; an empty entry says nothing.".into(),
+            ));
+        }
+        if text.len() > 10_000 {
+            return Err(DeskError::Invalid(
+                "An entry is at most 10,000 characters; split a longer account over several."
+                    .into(),
+            ));
+        }
+        let inc = self
+            .with_store(move |s| s.incident(id))
+            .await?
+            .ok_or_else(|| DeskError::NotFound(format!("There is no incident {id}.")))?;
+        if !self.may_see(&inc) {
+            return Err(DeskError::Forbidden(self.actor.role.label()));
+        }
+        let by = self.actor.name.clone();
+        let entry = self
+            .with_store(move |s| s.add_incident_entry(id, Utc::now(), &by, action, &text))
+            .await?;
+        self.audit(
+            "incident_recorded",
+            &format!("incident {id}"),
+            action.as_str(),
+        );
+        Ok(entry)
+    }
+
+    /// An incident's record as CSV for the school's safeguarding system; audited.
+    pub async fn incident_csv(&self, id: u64, tz: chrono_tz::Tz) -> DeskResult<String> {
+        let (inc, entries) = self.incident(id).await?;
+        let hostname = self
+            .c
+            .device_cache()
+            .get(&inc.device_id)
+            .map(|d| d.hostname)
+            .unwrap_or_default();
+        self.audit("incident_exported", &format!("incident {id}"), "csv");
+        Ok(crate::timefmt::incident_csv(&inc, &hostname, &entries, tz))
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> DeskResult<Arc<PolicyVersion>> {
+        self.require(Permission::ViewPolicy)?;
+        Ok(self.c.policy())
+    }
+
+    fn policy_document(&self) -> PolicyDocument {
+        PolicyDocument::parse_lenient(&self.c.policy().policy.to_string()).unwrap_or_default()
+    }
+
+    pub async fn policy_history(&self) -> DeskResult<Vec<PolicyVersion>> {
+        self.require(Permission::ViewPolicy)?;
+        self.with_store(|s| s.policy_history()).await
+    }
+
+    /// Validates and stores a new policy version; audited with who made it.
+    pub async fn set_policy(&self, doc: Value) -> Result<PolicyVersion, DeskError> {
+        self.require(Permission::EditPolicy)?;
+        match self.c.set_policy(doc, &self.actor.name).await {
+            Ok(pv) => {
+                self.audit("policy_changed", &format!("version {}", pv.version), "");
+                Ok(pv)
+            }
+            Err(SetPolicyError::Invalid(e)) => Err(DeskError::Invalid(e.to_string())),
+            Err(SetPolicyError::Store(e)) => Err(e.into()),
+        }
+    }
+
+    pub async fn enrolment_tokens(&self) -> DeskResult<Vec<TokenRecord>> {
+        self.require(Permission::Enrol)?;
+        self.with_store(|s| s.enrolment_tokens()).await
+    }
+
+    /// Creates an enrolment token; returns it (shown once).
+    pub async fn create_enrolment_token(
+        &self,
+        uses: u32,
+        expires_at: DateTime<Utc>,
+        label: String,
+    ) -> DeskResult<String> {
+        self.require(Permission::Enrol)?;
+        if uses == 0 || uses > 10_000 {
+            return Err(DeskError::Invalid(
+                "A token can enrol between 1 and 10,000 devices.".into(),
+            ));
+        }
+        if expires_at <= Utc::now() {
+            return Err(DeskError::Invalid("Choose an expiry in the future.".into()));
+        }
+        let token = self.c.create_token(uses, expires_at, label.clone()).await?;
+        self.audit(
+            "enrolment_token_created",
+            &label,
+            &format!("{uses} use(s) until {expires_at}"),
+        );
+        Ok(token)
+    }
+
+    /// Devices enrolled most recently, newest first.
+    pub fn recent_enrolments(&self, limit: usize) -> DeskResult<Vec<Device>> {
+        self.require(Permission::Enrol)?;
+        let mut all = self.c.device_cache().all();
+        all.sort_by_key(|d| std::cmp::Reverse(d.enrolled_at));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    pub async fn revoke(&self, id: &str) -> DeskResult<Device> {
+        self.require(Permission::RevokeDevice)?;
+        let d = self.c.revoke(id).await.map_err(|e| match e {
+            StoreError::NoSuchDevice(id) => {
+                DeskError::NotFound(format!("There is no device {id}."))
+            }
+            e => e.into(),
+        })?;
+        self.audit("device_revoked", id, &d.hostname);
+        Ok(d)
+    }
+
+    pub async fn users(&self) -> DeskResult<Vec<UserRecord>> {
+        self.require(Permission::ManageUsers)?;
+        let mut u = self.with_store(|s| s.users()).await?;
+        u.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(u)
+    }
+
+    async fn accounts<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn crate::store::Store, &Actor) -> Result<T, AccountError> + Send + 'static,
+    ) -> DeskResult<T> {
+        self.require(Permission::ManageUsers)?;
+        self.own_account(f).await
+    }
+
+    /// Account work any signed-in person may do on their own account.
+    async fn own_account<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn crate::store::Store, &Actor) -> Result<T, AccountError> + Send + 'static,
+    ) -> DeskResult<T> {
+        let (store, actor) = (self.c.store.clone(), self.actor.clone());
+        tokio::task::spawn_blocking(move || f(store.as_ref(), &actor))
+            .await
+            .map_err(|e| DeskError::Store(StoreError::Engine(e.to_string())))?
+            .map_err(DeskError::from)
+    }
+
+    /// Adds an account; returns its one-time password.
+    pub async fn add_user(&self, username: String, role: Role) -> DeskResult<String> {
+        self.accounts(move |s, a| {
+            accounts::add_user(s, a, &username, role, None).map(|p| p.unwrap_or_default())
+        })
+        .await
+    }
+
+    pub async fn set_user_disabled(&self, username: String, disabled: bool) -> DeskResult<()> {
+        self.accounts(move |s, a| accounts::set_disabled(s, a, &username, disabled))
+            .await
+    }
+
+    /// Gives an account a new one-time password; returns it.
+    pub async fn reset_password(&self, username: String) -> DeskResult<String> {
+        self.accounts(move |s, a| accounts::reset_password(s, a, &username))
+            .await
+    }
+
+    pub async fn change_role(&self, username: String, role: Role) -> DeskResult<()> {
+        self.accounts(move |s, a| accounts::change_role(s, a, &username, role))
+            .await
+    }
+
+    pub async fn create_api_token(&self, label: String, role: Role) -> DeskResult<String> {
+        self.accounts(move |s, a| accounts::create_api_token(s, a, &label, role))
+            .await
+    }
+
+    pub async fn change_own_password(&self, current: String, new: String) -> DeskResult<()> {
+        if self.actor.session.is_none() {
+            return Err(DeskError::Invalid(
+                "Only a signed-in person can change their password.".into(),
+            ));
+        }
+        self.own_account(move |s, a| accounts::change_own_password(s, a, &current, &new))
+            .await
+    }
+
+    pub async fn sign_out(&self) -> DeskResult<()> {
+        let (store, actor) = (self.c.store.clone(), self.actor.clone());
+        Ok(blocking(move || accounts::sign_out(store.as_ref(), &actor)).await?)
+    }
+
+    pub async fn audit_log(&self, before: Option<u64>, limit: usize) -> DeskResult<AuditPage> {
+        self.require(Permission::ViewAudit)?;
+        self.with_store(move |s| s.audit_log(before, limit)).await
+    }
+
+    /// Installations per product: `(source, name, devices)`.
+    pub fn software(&self) -> DeskResult<Vec<(String, String, usize)>> {
+        self.require(Permission::ViewSoftware)?;
+        Ok(self.c.software_installations())
+    }
+
+    /// Fleet counts per state facet, as the JSON API has always served them.
+    pub fn fleet_counts(&self) -> DeskResult<Value> {
+        self.require(Permission::ViewFleet)?;
+        Ok(crate::rules::fleet_counts(&self.c.device_cache().all()))
+    }
+
+    /// All devices, for the JSON API.
+    pub fn all_devices(&self) -> DeskResult<Vec<Device>> {
+        self.require(Permission::ViewDevices)?;
+        let mut all = self.c.device_cache().all();
+        all.sort_by_key(|d| d.enrolled_at);
+        Ok(all)
+    }
+
+    /// The governors' summary: counts only, never a name or a device.
+    pub async fn governors_summary(&self) -> DeskResult<GovernorsSummary> {
+        self.require(Permission::GovernorsReport)?;
+        let devices: Vec<Device> = self
+            .c
+            .device_cache()
+            .all()
+            .into_iter()
+            .filter(|d| d.revoked_at.is_none())
+            .collect();
+        let since = Utc::now() - Duration::days(30);
+        let all = self
+            .with_store(|s| {
+                Ok(s.incidents(&IncidentQuery {
+                    limit: 100_000,
+                    ..Default::default()
+                })?
+                .0)
+            })
+            .await?;
+        let recent: Vec<&Incident> = all.iter().filter(|i| i.last_at >= since).collect();
+        let count = |c: Category| recent.iter().filter(|i| i.category == c).count();
+        let mut by_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+        for i in &recent {
+            let e = by_kind
+                .entry(crate::incidents::kind_label(&i.kind).to_string())
+                .or_default();
+            e.0 += 1;
+            if i.status == crate::store::IncidentStatus::Closed {
+                e.1 += 1;
+            }
+        }
+        Ok(GovernorsSummary {
+            devices: devices.len(),
+            screen_lock_enforced: devices
+                .iter()
+                .filter(|d| facet_status(d, "screen_lock") == "enforced")
+                .count(),
+            antivirus_current: devices
+                .iter()
+                .filter(|d| facet_status(d, "antivirus") == "current")
+                .count(),
+            safeguarding_incidents: count(Category::Safeguarding),
+            technical_incidents: count(Category::Technical),
+            by_kind: by_kind
+                .into_iter()
+                .map(|(k, (n, closed))| (k, n, closed))
+                .collect(),
+            since,
+        })
+    }
+}
+
+/// What governors see: counts for the last 30 days.
+#[derive(Debug, Clone, Serialize)]
+pub struct GovernorsSummary {
+    pub devices: usize,
+    pub screen_lock_enforced: usize,
+    pub antivirus_current: usize,
+    pub safeguarding_incidents: usize,
+    pub technical_incidents: usize,
+    /// (what, incidents, of which closed)
+    pub by_kind: Vec<(String, usize, usize)>,
+    pub since: DateTime<Utc>,
+}
+
+/// Who is asking, from a request's credentials: a session cookie, a role API token, or the
+/// administrator token in the data directory (the network manager's).
+pub async fn identify(
+    c: &Arc<Collector>,
+    cookie: Option<String>,
+    bearer: Option<String>,
+    from: Option<IpAddr>,
+) -> DeskResult<Option<Actor>> {
+    if let Some(token) = bearer {
+        if c.is_admin(&token) {
+            return Ok(Some(Actor {
+                name: "administrator (admin.token)".into(),
+                role: Role::NetworkManager,
+                address: from,
+                session: None,
+                must_change_password: false,
+            }));
+        }
+        let store = c.store.clone();
+        return Ok(blocking(move || accounts::token_actor(store.as_ref(), &token, from)).await?);
+    }
+    if let Some(cookie) = cookie {
+        let store = c.store.clone();
+        return Ok(blocking(move || {
+            accounts::session_actor(store.as_ref(), &cookie, from, Utc::now())
+        })
+        .await?);
+    }
+    Ok(None)
+}

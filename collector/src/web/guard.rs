@@ -1,0 +1,200 @@
+//! The check before every handler: who is asking, may they, and did this form come from our own page.
+//!
+//! Pages are signed in by a session cookie only, the API by a bearer token only, so a page
+//! can never be driven by a token and the API never by a cookie another site could make a
+//! browser send. Every non-GET request that a cookie authenticates must carry the session's
+//! anti-forgery token in its form body; the sign-in form carries a double-submit token.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde_json::json;
+
+use super::{Access, AppState, ClientAddr, RouteRule, views};
+use crate::accounts::Actor;
+use crate::desk::{self, Desk};
+
+/// The session cookie. `__Host-` makes browsers insist on Secure, Path=/ and no Domain.
+pub const SESSION_COOKIE: &str = "__Host-caretaker";
+/// The sign-in form's double-submit cookie.
+pub const SIGNIN_COOKIE: &str = "__Host-caretaker-signin";
+/// The form field every form carries.
+pub const CSRF_FIELD: &str = "_csrf";
+
+/// Largest form body accepted (policy lists are the biggest).
+const MAX_FORM: usize = 256 * 1024;
+
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+}
+
+fn api_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// Reads a form body, returning the bytes (to hand on) and its anti-forgery field.
+async fn form_token(req: Request) -> Result<(Request, Option<String>), Response> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_FORM).await.map_err(|_| {
+        views::error_page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Too much to save at once",
+            "The form was larger than the collector accepts. Shorten the lists and try again.",
+        )
+    })?;
+    let token = form_urlencoded::parse(&bytes)
+        .find(|(k, _)| k == CSRF_FIELD)
+        .map(|(_, v)| v.into_owned());
+    Ok((Request::from_parts(parts, Body::from(bytes)), token))
+}
+
+fn same_secret(a: &str, b: &str) -> bool {
+    // Compare hashes so the time taken says nothing about how much matched.
+    crate::tokens::hash(a) == crate::tokens::hash(b)
+}
+
+fn forgery_refused() -> Response {
+    views::error_page(
+        StatusCode::FORBIDDEN,
+        "This form has expired",
+        "The page was open too long, or came from somewhere else. Go back, reload the page and try again.",
+    )
+}
+
+/// The middleware in front of every route.
+pub async fn guard(
+    State((state, rule)): State<(AppState, RouteRule)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let is_api = rule.path.starts_with("/api/");
+    let from = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    let (cookie, token) = if is_api {
+        (None, bearer(req.headers()))
+    } else {
+        (cookie_value(req.headers(), SESSION_COOKIE), None)
+    };
+    let had_credentials = cookie.is_some() || token.is_some();
+    let actor = match desk::identify(&state.collector, cookie, token, from).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not check who is asking");
+            return if is_api {
+                api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+            } else {
+                views::error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The collector cannot read its store",
+                    "Try again in a minute; if it persists, the network manager should check the collector's log.",
+                )
+            };
+        }
+    };
+    let unsafe_method = req.method() != Method::GET && req.method() != Method::HEAD;
+    if rule.access == Access::Public {
+        if unsafe_method {
+            let signin_cookie = cookie_value(req.headers(), SIGNIN_COOKIE);
+            let (r, field) = match form_token(req).await {
+                Ok(x) => x,
+                Err(resp) => return resp,
+            };
+            req = r;
+            match (signin_cookie, field) {
+                (Some(c), Some(f)) if same_secret(&c, &f) => {}
+                _ => return forgery_refused(),
+            }
+        }
+        if let Some(actor) = actor {
+            req.extensions_mut()
+                .insert(Arc::new(Desk::new(state.collector.clone(), actor)));
+        }
+        return next.run(req).await;
+    }
+    let Some(actor) = actor else {
+        if is_api {
+            return api_error(
+                StatusCode::UNAUTHORIZED,
+                if had_credentials {
+                    "the API token is not valid"
+                } else {
+                    "an `Authorization: Bearer <token>` header is required"
+                },
+            );
+        }
+        let next_url = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let target = if req.method() == Method::GET {
+            format!("/signin?next={}", urlencode(&next_url))
+        } else {
+            "/signin".to_string()
+        };
+        return Redirect::to(&target).into_response();
+    };
+    if actor.must_change_password
+        && !matches!(
+            rule.path,
+            "/account/password" | "/signout" | "/static/app.css"
+        )
+    {
+        return Redirect::to("/account/password").into_response();
+    }
+    if let Access::AnyOf(perms) = rule.access
+        && !perms.iter().any(|p| actor.role.may(*p))
+    {
+        return forbidden(&actor, is_api);
+    }
+    if unsafe_method && !is_api {
+        let (r, field) = match form_token(req).await {
+            Ok(x) => x,
+            Err(resp) => return resp,
+        };
+        req = r;
+        let expected = actor.session.as_ref().map(|(_, csrf)| csrf.as_str());
+        match (expected, field) {
+            (Some(e), Some(f)) if same_secret(e, &f) => {}
+            _ => return forgery_refused(),
+        }
+    }
+    req.extensions_mut()
+        .insert(Arc::new(Desk::new(state.collector.clone(), actor)));
+    next.run(req).await
+}
+
+pub fn forbidden(actor: &Actor, is_api: bool) -> Response {
+    let message = format!(
+        "Your role ({}) does not include this. Ask the network manager if you need it.",
+        actor.role.label()
+    );
+    if is_api {
+        api_error(StatusCode::FORBIDDEN, &message)
+    } else {
+        views::error_page(StatusCode::FORBIDDEN, "Not part of your role", &message)
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

@@ -1,0 +1,370 @@
+//! The web listener: the dashboard's pages and the JSON API under `/api/v1`, over TLS, every route behind one access table.
+//!
+//! `routes()` is the whole table: each route's method, path and the access it needs. The
+//! router is built from it, so a route cannot exist without a rule, and the route × role test
+//! walks the same table. `guard` runs before every handler: it finds who is asking (session
+//! cookie or bearer token), applies the rule, checks the anti-forgery token on every form post,
+//! and hands the handler a `Desk` for that person.
+
+mod api;
+mod guard;
+mod pages;
+mod policy_form;
+mod views;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware;
+use axum::routing::{MethodRouter, get, post, put};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tracing::debug;
+
+use crate::auth::Permission::{self, *};
+use crate::service::Collector;
+
+pub use guard::{CSRF_FIELD, SESSION_COOKIE, SIGNIN_COOKIE};
+
+/// What a route needs from whoever asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, signed in or not (sign-in page, assets, health).
+    Public,
+    /// Anyone signed in, whatever the role (their own account, sign-out).
+    SignedIn,
+    /// A role with any of these permissions. The desk checks again, more finely.
+    AnyOf(&'static [Permission]),
+}
+
+/// One row of the access table.
+#[derive(Debug, Clone)]
+pub struct RouteRule {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// Settings of the web side.
+#[derive(Debug, Clone)]
+pub struct WebOptions {
+    /// Where agents reach the collector's gRPC port, for the enrolment command shown.
+    pub grpc_port: u16,
+    pub time_zone: chrono_tz::Tz,
+}
+
+impl Default for WebOptions {
+    fn default() -> Self {
+        Self {
+            grpc_port: 7443,
+            time_zone: crate::timefmt::DEFAULT_TZ,
+        }
+    }
+}
+
+/// The state every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub collector: Arc<Collector>,
+    pub options: Arc<WebOptions>,
+}
+
+/// The client's address, attached to each request by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+const FLEET: &[Permission] = &[ViewFleet];
+const DEVICES: &[Permission] = &[ViewDevices];
+/// Device pages: the DSL may open those a safeguarding incident concerns (the desk decides).
+const DEVICE_PAGE: &[Permission] = &[ViewDevices, Safeguarding];
+const EVENTS: &[Permission] = &[ViewTechnicalEvents, Safeguarding];
+const INCIDENTS: &[Permission] = &[Safeguarding, TechnicalIncidents];
+const SAFEGUARDING: &[Permission] = &[Safeguarding];
+const POLICY: &[Permission] = &[ViewPolicy];
+const EDIT_POLICY: &[Permission] = &[EditPolicy];
+const ENROL: &[Permission] = &[Enrol];
+const REVOKE: &[Permission] = &[RevokeDevice];
+const USERS: &[Permission] = &[ManageUsers];
+const AUDIT: &[Permission] = &[ViewAudit];
+const REPORT: &[Permission] = &[GovernorsReport];
+const SOFTWARE: &[Permission] = &[ViewSoftware];
+
+type Handler = MethodRouter<AppState>;
+
+/// The access table and each route's handler.
+fn table() -> Vec<(RouteRule, Handler)> {
+    use Access::*;
+    let r = |method: Method, path: &'static str, access: Access, h: Handler| {
+        (
+            RouteRule {
+                method,
+                path,
+                access,
+            },
+            h,
+        )
+    };
+    vec![
+        r(Method::GET, "/", SignedIn, get(pages::home)),
+        r(Method::GET, "/healthz", Public, get(|| async { "ok" })),
+        r(Method::GET, "/static/app.css", Public, get(pages::css)),
+        r(Method::GET, "/static/app.js", Public, get(pages::js)),
+        r(Method::GET, "/signin", Public, get(pages::signin_page)),
+        r(Method::POST, "/signin", Public, post(pages::signin)),
+        r(Method::POST, "/signout", SignedIn, post(pages::signout)),
+        r(
+            Method::GET,
+            "/account/password",
+            SignedIn,
+            get(pages::password_page),
+        ),
+        r(
+            Method::POST,
+            "/account/password",
+            SignedIn,
+            post(pages::change_password),
+        ),
+        r(Method::GET, "/fleet", AnyOf(FLEET), get(pages::fleet)),
+        r(Method::GET, "/devices", AnyOf(DEVICES), get(pages::devices)),
+        r(
+            Method::GET,
+            "/devices/{id}",
+            AnyOf(DEVICE_PAGE),
+            get(pages::device),
+        ),
+        r(
+            Method::POST,
+            "/devices/{id}/revoke",
+            AnyOf(REVOKE),
+            post(pages::revoke),
+        ),
+        r(Method::GET, "/events", AnyOf(EVENTS), get(pages::events)),
+        r(
+            Method::GET,
+            "/incidents",
+            AnyOf(INCIDENTS),
+            get(pages::incidents),
+        ),
+        r(
+            Method::GET,
+            "/incidents/{id}",
+            AnyOf(INCIDENTS),
+            get(pages::incident),
+        ),
+        r(
+            Method::POST,
+            "/incidents/{id}/entries",
+            AnyOf(INCIDENTS),
+            post(pages::add_entry),
+        ),
+        r(
+            Method::GET,
+            "/incidents/{id}/record.csv",
+            AnyOf(INCIDENTS),
+            get(pages::incident_csv),
+        ),
+        r(
+            Method::GET,
+            "/pupils/{user}",
+            AnyOf(SAFEGUARDING),
+            get(pages::pupil),
+        ),
+        r(Method::GET, "/policy", AnyOf(POLICY), get(pages::policy)),
+        r(
+            Method::POST,
+            "/policy/{section}",
+            AnyOf(EDIT_POLICY),
+            post(pages::set_policy_section),
+        ),
+        r(
+            Method::GET,
+            "/policy/history",
+            AnyOf(POLICY),
+            get(pages::policy_history),
+        ),
+        r(Method::GET, "/enrol", AnyOf(ENROL), get(pages::enrol)),
+        r(
+            Method::POST,
+            "/enrol",
+            AnyOf(ENROL),
+            post(pages::create_token),
+        ),
+        r(
+            Method::GET,
+            "/enrol/arrivals",
+            AnyOf(ENROL),
+            get(pages::arrivals),
+        ),
+        r(Method::GET, "/users", AnyOf(USERS), get(pages::users)),
+        r(Method::POST, "/users", AnyOf(USERS), post(pages::add_user)),
+        r(
+            Method::POST,
+            "/users/{name}/{action}",
+            AnyOf(USERS),
+            post(pages::user_action),
+        ),
+        r(
+            Method::POST,
+            "/api-tokens",
+            AnyOf(USERS),
+            post(pages::create_api_token),
+        ),
+        r(Method::GET, "/audit", AnyOf(AUDIT), get(pages::audit)),
+        r(Method::GET, "/report", AnyOf(REPORT), get(pages::report)),
+        r(
+            Method::GET,
+            "/api/v1/devices",
+            AnyOf(DEVICES),
+            get(api::devices),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/events",
+            AnyOf(EVENTS),
+            get(api::events),
+        ),
+        r(Method::GET, "/api/v1/fleet", AnyOf(FLEET), get(api::fleet)),
+        r(
+            Method::GET,
+            "/api/v1/software",
+            AnyOf(SOFTWARE),
+            get(api::software),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/policy",
+            AnyOf(POLICY),
+            get(api::get_policy),
+        ),
+        r(
+            Method::PUT,
+            "/api/v1/policy",
+            AnyOf(EDIT_POLICY),
+            put(api::put_policy),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/policy/history",
+            AnyOf(POLICY),
+            get(api::policy_history),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/incidents",
+            AnyOf(INCIDENTS),
+            get(api::incidents),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/incidents/{id}",
+            AnyOf(INCIDENTS),
+            get(api::incident),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/incidents/{id}/entries",
+            AnyOf(INCIDENTS),
+            post(api::add_entry),
+        ),
+    ]
+}
+
+/// The access table alone (for tests and documentation).
+pub fn routes() -> Vec<RouteRule> {
+    table().into_iter().map(|(r, _)| r).collect()
+}
+
+/// The dashboard and API router.
+pub fn router(collector: Arc<Collector>, options: WebOptions) -> Router {
+    let state = AppState {
+        collector,
+        options: Arc::new(options),
+    };
+    let mut router = Router::new();
+    for (rule, handler) in table() {
+        let path = rule.path;
+        let guarded = handler.route_layer(middleware::from_fn_with_state(
+            (state.clone(), rule),
+            guard::guard,
+        ));
+        router = router.route(path, guarded);
+    }
+    router
+        .fallback(pages::not_found)
+        .layer(middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// Headers on every response: no framing, no inline script, no sniffing, no caching of pages
+/// that carry names.
+async fn security_headers(mut res: axum::response::Response) -> axum::response::Response {
+    let h = res.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, k: header::HeaderName, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "same-origin");
+    set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
+    if !h.contains_key(header::CACHE_CONTROL) {
+        set(h, header::CACHE_CONTROL, "no-store");
+    }
+    res
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { debug!(error = %e, "Accept failed"); continue; }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let svc = TowerToHyperService::new(
+            axum::Extension(ClientAddr(remote.ip())).layer(router.clone()),
+        );
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        debug!(%remote, "Web TLS handshake failed");
+                        return;
+                    }
+                };
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::select! {
+                r = conn => if let Err(e) = r { debug!(%remote, error = %e, "Web connection ended with an error") },
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
