@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs Caretaker on this machine with embedded defaults: a collector (API on https://localhost:8443)
-# and an agent enrolled with it. State lives in ./demo-data (or $CARETAKER_DEMO_DIR). Ctrl-C stops both.
+# Runs Caretaker on this machine with embedded defaults: a collector (dashboard and API on
+# https://localhost:8443, with a first network manager account) and an agent enrolled with it. State lives in ./demo-data (or $CARETAKER_DEMO_DIR). Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,12 @@ bin="$PWD/target/release"
 
 if [ ! -e "$data/collector/ca.pem" ]; then
     "$bin/caretaker-collector" init --data-dir "$data/collector" --school "Demo School"
+fi
+# A first network manager for the dashboard; the password is kept beside the data (0600).
+if [ ! -e "$data/manager.password" ]; then
+    ( umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' > "$data/manager.password" )
+    "$bin/caretaker-collector" user add --data-dir "$data/collector" --role network_manager \
+        --username manager --password-stdin < "$data/manager.password"
 fi
 "$bin/caretaker-collector" serve --data-dir "$data/collector" --grpc-listen "$grpc" --web-listen "$web" > "$data/collector.out" &
 collector=$!
@@ -39,9 +45,11 @@ agent=$!
 cat <<MSG
 
 Caretaker is running.
-  API:          https://localhost:${web##*:}/  (CA: $data/collector/ca.pem)
-  Admin token:  $data/collector/admin.token
-  Try:          curl --cacert $data/collector/ca.pem -H "Authorization: Bearer \$(cat $data/collector/admin.token)" https://localhost:${web##*:}/api/v1/events
+  Dashboard:    https://localhost:${web##*:}/
+                sign in as: manager   password: $(cat "$data/manager.password")
+                (the certificate is the demo school's own CA: $data/collector/ca.pem;
+                 accept the browser's warning, or import that CA, see README "Trusting the dashboard")
+  API:          curl --cacert $data/collector/ca.pem -H "Authorization: Bearer \$(cat $data/collector/admin.token)" https://localhost:${web##*:}/api/v1/events
   Agent status: $bin/caretaker-agent status --state-dir $data/agent
 Ctrl-C stops both.
 

@@ -214,6 +214,41 @@ impl Collector {
         )
     }
 
+    /// Adds a dashboard account with `user add --password-stdin`; returns its password.
+    pub fn add_user(&self, role: &str, username: &str) -> String {
+        use std::io::Write;
+        let password = format!("{username}-pass-0123456789");
+        let mut child = Command::new(bin("caretaker-collector"))
+            .args(["user", "add", "--role", role, "--username", username, "--password-stdin", "--data-dir"])
+            .arg(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "user add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        password
+    }
+
+    /// Creates an API token with a role (`token create-api`); returns the token.
+    pub fn api_token(&self, role: &str) -> String {
+        let (ok, out, err) = run(Command::new(bin("caretaker-collector"))
+            .args(["token", "create-api", "--role", role, "--label", &format!("test {role}"), "--data-dir"])
+            .arg(&self.dir));
+        assert!(ok, "token create-api failed: {err}");
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("cta_"))
+            .expect("the token line")
+            .to_string()
+    }
+
     pub fn api(&self) -> Api {
         Api::new(
             &format!("https://localhost:{}", self.web.port()),
@@ -348,6 +383,35 @@ impl Api {
                 .bearer_auth(&self.token)
                 .json(body),
         )
+    }
+
+    /// GET `path` as a signed-in browser would (its session cookie, no token); returns
+    /// (status, body text).
+    pub fn get_with_cookie(&self, path: &str, cookie: &str) -> (u16, String) {
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .get(format!("{}{path}", self.base))
+                .header(reqwest::header::COOKIE, cookie)
+                .send()
+                .await
+                .expect("page request");
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        })
+    }
+
+    /// The same API as another token holder (a role's API token).
+    pub fn with_token(&self, token: &str) -> Api {
+        Api {
+            base: self.base.clone(),
+            token: token.to_string(),
+            client: self.client.clone(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
     }
 
     fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {

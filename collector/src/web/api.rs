@@ -229,3 +229,25 @@ pub async fn add_entry(Extension(desk): D, Path(id): Path<u64>, body: Bytes) -> 
     let entry = desk.add_incident_entry(id, &b.action, &b.text).await?;
     Ok(Json(json!({"entry": entry})))
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    pub before: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// The audit log, newest first; follow `next` as `before`.
+pub async fn audit(
+    Extension(desk): D,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(p) = params.map_err(|e| bad(e.body_text()))?;
+    let page = desk
+        .audit_log(
+            p.before,
+            p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        )
+        .await?;
+    Ok(Json(serde_json::to_value(page).expect("pages serialise")))
+}

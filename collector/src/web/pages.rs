@@ -960,7 +960,10 @@ fn policy_page(
 ) -> PageResult {
     use caretaker_proto::policy::PolicyDocument;
     let current = desk.policy()?;
-    let doc = PolicyDocument::parse_lenient(&doc_value.to_string()).unwrap_or_default();
+    // Shape only, no validation: a refused proposal is shown as typed, to be corrected.
+    let doc: PolicyDocument = serde_json::from_value(doc_value.clone())
+        .or_else(|_| serde_json::from_value(current.policy.clone()))
+        .unwrap_or_default();
     let tz = tz(st);
     let now = Utc::now();
     let mode = |m: caretaker_proto::policy::removable_media::StorageMode| {
@@ -1245,7 +1248,11 @@ pub struct TokenForm {
 }
 
 /// The host name the browser used, which laptops on the same network can usually reach too.
-fn request_host(headers: &HeaderMap) -> String {
+/// HTTP/2 carries it in the request's authority, HTTP/1.1 in `Host`.
+fn request_host(uri: &axum::http::Uri, headers: &HeaderMap) -> String {
+    if let Some(host) = uri.host() {
+        return host.to_string();
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -1262,6 +1269,7 @@ fn request_host(headers: &HeaderMap) -> String {
 pub async fn create_token(
     State(st): State<AppState>,
     Extension(desk): D,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Form(f): Form<TokenForm>,
 ) -> PageResult {
@@ -1284,7 +1292,7 @@ pub async fn create_token(
         Ok(token) => {
             let command = format!(
                 "caretaker-agent enroll --collector {}:{} --token {} --ca-fingerprint {}",
-                request_host(&headers),
+                request_host(&uri, &headers),
                 st.options.grpc_port,
                 token,
                 desk.ca_fingerprint()

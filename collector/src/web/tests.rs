@@ -78,6 +78,7 @@ const EXPECTED: &[(&str, &str, [bool; 4])] = &[
     ("GET", "/api/v1/policy", [true, false, false, false]),
     ("PUT", "/api/v1/policy", [true, false, false, false]),
     ("GET", "/api/v1/policy/history", [true, false, false, false]),
+    ("GET", "/api/v1/audit", [true, false, false, false]),
     ("GET", "/api/v1/incidents", [true, true, true, false]),
     ("GET", "/api/v1/incidents/{id}", [true, false, true, false]),
     (

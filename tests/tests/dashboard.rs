@@ -1,0 +1,407 @@
+//! The dashboard in a real browser: each role signs in to a real collector and sees its part, a real agent enrols from the page and applies a policy changed in the form, the DSL keeps an incident record that only grows, and password guessing is slowed.
+//!
+//! Headless Chromium from Debian, driven over WebDriver (see `browser_rig`). Screenshots of
+//! the main pages land in `target/screenshots/dashboard-*.png`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use caretaker_proto::pb;
+use caretaker_tests::browser_rig::Browser;
+use caretaker_tests::{Collector, bin, device_channel, pb_event, run, start_agent, wait_for};
+use serde_json::{Map, Value, json};
+
+const QUIET_AGENT: &str = "heartbeat_interval = \"1s\"\n[antivirus]\nenabled = false\n[software]\nenabled = false\n[screen_lock]\nenabled = false\n[usb]\nenabled = false\n";
+
+fn base(c: &Collector) -> String {
+    format!("https://127.0.0.1:{}", c.web.port())
+}
+
+fn sign_in(b: &Browser, base: &str, user: &str, password: &str) {
+    b.goto(&format!("{base}/signin"));
+    b.fill("#username", user);
+    b.fill("#password", password);
+    b.click("form[action='/signin'] button[type=submit]");
+}
+
+fn sign_out(b: &Browser) {
+    b.click("form[action='/signout'] button");
+    b.wait_for_text("h1", "Sign in", Duration::from_secs(10));
+}
+
+/// The browser's session cookie, as a `Cookie:` header value for direct requests.
+fn session_cookie(b: &Browser) -> String {
+    let c = b
+        .cookies()
+        .into_iter()
+        .find(|c| c.name == "__Host-caretaker")
+        .expect("signed in: a session cookie");
+    assert!(
+        c.secure && c.http_only,
+        "the session cookie is Secure and HttpOnly"
+    );
+    format!("{}={}", c.name, c.value)
+}
+
+/// Sends `events` as the enrolled device in `state`, as its agent would.
+fn send_as_device(collector: &Collector, state: &Path, events: Vec<pb::Event>) {
+    let addr = collector.grpc_addr();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = events.iter().map(|e| e.seq).max().unwrap();
+    rt.block_on(async {
+        let mut client =
+            pb::telemetry_client::TelemetryClient::new(device_channel(state, &addr).await);
+        let batch = pb::EventBatch {
+            events,
+            agent: Some(pb::AgentInfo {
+                hostname: "y5-laptop-07".into(),
+                os: "Debian GNU/Linux 12".into(),
+                agent_version: "test".into(),
+            }),
+        };
+        let mut acks = client
+            .stream_events(tokio_stream::iter(vec![batch]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(acks.message().await.unwrap().unwrap().through_seq, n);
+    });
+}
+
+/// A pupil's USB stick, blocked by the policy: a safeguarding matter.
+fn blocked_stick(seq: u64) -> pb::Event {
+    let d: Map<String, Value> =
+        json!({"mass_storage": true, "account": "pupil", "decision": "block",
+        "antivirus_current": true, "serial": "SN-CRUZER-1", "product": "Cruzer Blade"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let mut e = pb_event(seq, "usb.inserted", d);
+    e.user = "pupil7".into();
+    e
+}
+
+#[test]
+fn a_network_manager_enrols_a_real_agent_from_the_page_and_changes_its_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let base = base(&collector);
+    let password = collector.add_user("network_manager", "manager");
+    let b = Browser::start();
+
+    // A newcomer opens the address and is asked to sign in, then lands on the overview.
+    b.goto(&format!("{base}/"));
+    assert!(b.current_url().contains("/signin"), "{}", b.current_url());
+    b.screenshot("dashboard-signin");
+    sign_in(&b, &base, "manager", &password);
+    b.wait_for_text("h1", "Overview", Duration::from_secs(10));
+    assert!(
+        b.text("main").contains("No devices yet"),
+        "the empty overview teaches"
+    );
+    b.screenshot("dashboard-overview-empty");
+
+    // Create a token in the page and run the command it shows, exactly.
+    b.goto(&format!("{base}/enrol"));
+    b.fill("#label", "Year 5 trolley");
+    b.fill("#uses", "3");
+    b.click("form[action='/enrol'] button[type=submit]");
+    let command = b.wait_for_text(
+        "#enrol-command",
+        "caretaker-agent enroll",
+        Duration::from_secs(10),
+    );
+    let args: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(&args[..2], ["caretaker-agent", "enroll"], "{command}");
+    assert_eq!(
+        args[3],
+        collector.grpc.to_string(),
+        "the command names the host the browser used and the agents' port"
+    );
+    let state = tmp.path().join("agent");
+    let (ok, out, err) = run(std::process::Command::new(bin("caretaker-agent"))
+        .args(&args[1..])
+        .arg("--state-dir")
+        .arg(&state));
+    assert!(ok, "the page's command did not enrol: {out}{err}");
+    let _agent = start_agent(&state, QUIET_AGENT);
+    let device: Value =
+        serde_json::from_slice(&std::fs::read(state.join("enrollment.json")).unwrap()).unwrap();
+    let device_id = device["device_id"].as_str().unwrap().to_string();
+
+    // The device appears in the page by itself (the list polls).
+    let api = collector.api();
+    let hostname = wait_for(Duration::from_secs(20), "the device in the API", || {
+        api.device(&device_id)?["hostname"]
+            .as_str()
+            .map(str::to_string)
+    });
+    b.wait_for_text("#arrivals", &hostname, Duration::from_secs(15));
+    assert!(
+        b.text("main").contains("Year 5 trolley"),
+        "the token is listed with its label"
+    );
+    b.screenshot("dashboard-enrolment");
+
+    b.goto(&format!("{base}/devices"));
+    b.wait_for_text("main", &hostname, Duration::from_secs(5));
+    b.screenshot("dashboard-devices");
+    b.goto(&format!("{base}/devices/{device_id}"));
+    b.wait_for_text("h1", &hostname, Duration::from_secs(5));
+    assert!(b.text("main").contains("Timeline"));
+    b.screenshot("dashboard-device");
+
+    // Change the idle timeout in the form; the running agent applies the new version.
+    b.goto(&format!("{base}/policy"));
+    b.fill("#idle_minutes", "7");
+    b.click("form[action='/policy/screen-lock'] button[type=submit]");
+    let saved = b.wait_for_text("main", "Saved as version 2", Duration::from_secs(10));
+    assert!(
+        saved.contains("screen_lock.idle_timeout_secs: 300 → 420"),
+        "{saved}"
+    );
+    b.screenshot("dashboard-policy");
+    wait_for(
+        Duration::from_secs(20),
+        "the agent to apply policy version 2",
+        || {
+            let s: Value =
+                serde_json::from_slice(&std::fs::read(state.join("status.json")).ok()?).ok()?;
+            (s["policy_version"] == 2).then_some(())
+        },
+    );
+    let cached: Value =
+        serde_json::from_slice(&std::fs::read(state.join("policy.json")).unwrap()).unwrap();
+    assert_eq!(
+        cached["document"]["screen_lock"]["idle_timeout_secs"], 420,
+        "{cached}"
+    );
+
+    // A bad value is refused with the reason and the old version kept.
+    // (The number fields carry the schema's limits, so the browser itself stops those; a
+    // malformed pattern gets through to the collector.)
+    b.goto(&format!("{base}/policy"));
+    b.fill("#denied", "steam*\n[unclosed");
+    b.click("form[action='/policy/software'] button[type=submit]");
+    let refused = b.wait_for_text("#software .alert", "Not saved", Duration::from_secs(10));
+    assert!(refused.contains("software.denied"), "{refused}");
+    assert_eq!(
+        b.text("#denied"),
+        "steam*\n[unclosed",
+        "what was typed is kept to correct"
+    );
+    assert_eq!(api.get("/api/v1/policy").1["version"], 2);
+
+    // The change log and the audit log say who did it.
+    b.goto(&format!("{base}/policy/history"));
+    assert!(b.text("main").contains("by manager"));
+    b.goto(&format!("{base}/audit"));
+    let audit = b.text("main");
+    for what in ["sign in", "enrolment token created", "policy changed"] {
+        assert!(
+            audit.contains(what),
+            "the audit log lacks {what:?}: {audit}"
+        );
+    }
+    b.screenshot("dashboard-audit");
+
+    // On a phone the overview is one column and still readable.
+    b.goto(&format!("{base}/fleet"));
+    b.wait_for_text("main", "devices", Duration::from_secs(5));
+    b.screenshot("dashboard-overview");
+    b.set_window_size(390, 900);
+    b.screenshot("dashboard-overview-phone");
+    b.close();
+}
+
+#[test]
+fn each_role_sees_its_part_and_the_dsl_keeps_a_record_that_only_grows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let base = base(&collector);
+    let state = tmp.path().join("device");
+    let device_id = collector.enroll(&state);
+    // Three attempts with the same stick: one incident, counted three times.
+    send_as_device(&collector, &state, (1..=3).map(blocked_stick).collect());
+
+    let pw: Vec<(&str, &str, String)> = [
+        ("network_manager", "manager"),
+        ("technician", "tech"),
+        ("dsl", "dsl"),
+        ("governor", "governor"),
+    ]
+    .into_iter()
+    .map(|(role, name)| (role, name, collector.add_user(role, name)))
+    .collect();
+    let password = |name: &str| pw.iter().find(|p| p.1 == name).unwrap().2.clone();
+    let api = collector.api();
+    let b = Browser::start();
+
+    // The DSL starts at the incidents, opens the pupil's one, and records what was done.
+    sign_in(&b, &base, "dsl", &password("dsl"));
+    b.wait_for_text("h1", "Incidents", Duration::from_secs(10));
+    let list = b.text("main");
+    assert!(list.contains("USB storage blocked: Cruzer Blade"), "{list}");
+    assert!(list.contains("pupil7"), "{list}");
+    b.screenshot("dashboard-incidents");
+    b.click("main table a");
+    b.wait_for_text("h1", "USB storage blocked", Duration::from_secs(5));
+    assert!(b.text("main").contains("3 time(s)"), "{}", b.text("main"));
+    b.fill(
+        "#text",
+        "Spoke to the pupil with the form tutor; stick returned to parent.",
+    );
+    b.click("form[action$='/entries'] button[type=submit]");
+    let record = b.wait_for_text("#record ol", "Spoke to the pupil", Duration::from_secs(10));
+    assert!(record.contains("Acknowledged by dsl"), "{record}");
+    b.screenshot("dashboard-incident");
+
+    // Nothing in the record can be edited: the only form adds, and no route changes an entry.
+    assert_eq!(
+        b.count("#record ol input, #record ol textarea, #record ol button"),
+        0
+    );
+    assert_eq!(b.count("form[action$='/entries']"), 1);
+    let dsl_cookie = session_cookie(&b);
+    let incident_url = b.current_url();
+    let id = incident_url
+        .trim_end_matches("#record")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    for attempt in [
+        format!("/incidents/{id}/entries/1"),
+        format!("/api/v1/incidents/{id}/entries/1"),
+    ] {
+        let (status, _) = api.get_with_cookie(&attempt, &dsl_cookie);
+        assert_eq!(status, 404, "{attempt} must not exist");
+    }
+    // The record exports as CSV for the school's safeguarding system, with the zone named.
+    let (status, csv) = api.get_with_cookie(&format!("/incidents/{id}/record.csv"), &dsl_cookie);
+    assert_eq!(status, 200);
+    assert!(
+        csv.starts_with("incident,row,time (Europe/London)"),
+        "{csv}"
+    );
+    assert!(csv.contains("acknowledged,Spoke to the pupil"), "{csv}");
+
+    // The pupil's chronology, and the device the incident concerns, are open to the DSL.
+    b.goto(&format!("{base}/pupils/pupil7"));
+    assert!(b.text("main").contains("USB storage blocked"));
+    b.goto(&format!("{base}/devices/{device_id}"));
+    b.wait_for_text("h1", "y5-laptop-07", Duration::from_secs(5));
+    // ...but not the policy, users, tokens or the fleet: by link and by typed address.
+    for path in [
+        "/policy", "/users", "/enrol", "/fleet", "/audit", "/devices",
+    ] {
+        let (status, body) = api.get_with_cookie(path, &dsl_cookie);
+        assert_eq!(status, 403, "DSL {path}");
+        assert!(body.contains("Not part of your role"), "{body}");
+    }
+    b.goto(&format!("{base}/policy"));
+    assert!(b.text("main").contains("Not part of your role"));
+    b.goto(&format!("{base}/incidents"));
+    let nav = b.text("header nav");
+    assert!(!nav.contains("Policy") && !nav.contains("Users"), "{nav}");
+    sign_out(&b);
+
+    // The technician sees devices and technical incidents, not the safeguarding one.
+    sign_in(&b, &base, "tech", &password("tech"));
+    b.wait_for_text("h1", "Overview", Duration::from_secs(10));
+    b.goto(&format!("{base}/incidents"));
+    assert!(!b.text("main").contains("pupil7"), "{}", b.text("main"));
+    let tech_cookie = session_cookie(&b);
+    for (path, want) in [
+        (format!("/incidents/{id}"), 403),
+        ("/policy".into(), 403),
+        ("/users".into(), 403),
+        ("/enrol".into(), 200),
+        (format!("/devices/{device_id}"), 200),
+    ] {
+        assert_eq!(
+            api.get_with_cookie(&path, &tech_cookie).0,
+            want,
+            "technician {path}"
+        );
+    }
+    sign_out(&b);
+
+    // Governors get counts and no names.
+    sign_in(&b, &base, "governor", &password("governor"));
+    b.wait_for_text("h1", "Governors", Duration::from_secs(10));
+    let report = b.page_source();
+    assert!(report.contains("safeguarding incidents"), "{report}");
+    for name in ["pupil7", "y5-laptop-07", &device_id] {
+        assert!(!report.contains(name), "the governors' page names {name}");
+    }
+    b.screenshot("dashboard-report");
+    let gov_cookie = session_cookie(&b);
+    for path in ["/fleet", "/incidents", "/devices", "/events"] {
+        assert_eq!(
+            api.get_with_cookie(path, &gov_cookie).0,
+            403,
+            "governor {path}"
+        );
+    }
+    sign_out(&b);
+
+    // API tokens carry their role too.
+    let governor = api.with_token(&collector.api_token("governor"));
+    assert_eq!(governor.get("/api/v1/devices").0, 403);
+    let dsl = api.with_token(&collector.api_token("dsl"));
+    let (status, v) = dsl.get("/api/v1/events");
+    assert_eq!(status, 200);
+    let events = v["events"].as_array().unwrap();
+    assert_eq!(
+        events.len(),
+        3,
+        "the DSL's view holds the pupil's three attempts: {v}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["audience"].as_array().unwrap().contains(&json!("dsl")))
+    );
+    assert_eq!(dsl.put("/api/v1/policy", &json!({"policy": {}})).0, 403);
+    b.close();
+}
+
+#[test]
+fn wrong_passwords_are_slowed_down_and_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let base = base(&collector);
+    let password = collector.add_user("network_manager", "manager");
+    let b = Browser::start();
+    for _ in 1..=5 {
+        sign_in(&b, &base, "manager", "not-the-password");
+        b.wait_for_text(".alert", "not right", Duration::from_secs(10));
+    }
+    // The fifth failure makes the next try wait, even with the right password.
+    sign_in(&b, &base, "manager", &password);
+    let alert = b.wait_for_text(".alert", "Too many", Duration::from_secs(10));
+    assert!(alert.contains("Too many failed sign-ins. Wait"), "{alert}");
+    assert!(b.current_url().contains("/signin"));
+    b.screenshot("dashboard-signin-slowed");
+    b.close();
+
+    // Every failure and the refusal are in the audit log, with the address they came from.
+    let (status, log) = collector.api().get("/api/v1/audit");
+    assert_eq!(status, 200, "{log}");
+    let entries = log["entries"].as_array().unwrap();
+    let count = |action: &str| entries.iter().filter(|e| e["action"] == action).count();
+    assert_eq!(count("sign_in_failed"), 5, "{log}");
+    assert_eq!(count("sign_in_refused"), 1, "{log}");
+    assert_eq!(count("sign_in"), 0, "{log}");
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e["action"].as_str().unwrap().starts_with("sign_in"))
+            .all(|e| e["address"] == "127.0.0.1"),
+        "{log}"
+    );
+}
