@@ -277,6 +277,7 @@ pub fn create_api_token(
 }
 
 /// A new browser session: the cookie value and its record.
+#[derive(Debug)]
 pub struct NewSession {
     pub cookie: String,
     pub record: SessionRecord,
@@ -522,4 +523,129 @@ pub fn apply_op(store: &dyn Store, op: &AccountOp) -> Result<AccountOutcome, Acc
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AccountStore, SledStore};
+
+    const PW: &str = "twelve chars or more";
+
+    fn store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn sessions_end_when_idle_expired_disabled_or_signed_out() {
+        let (_d, s) = store();
+        let by = Actor::local_cli();
+        add_user(&s, &by, "dsl", Role::Dsl, Some(PW)).unwrap();
+        let limiter = SignInLimiter::default();
+        let new = sign_in(&s, &limiter, "dsl", PW, None).unwrap();
+        let now = Utc::now();
+        let who = session_actor(&s, &new.cookie, None, now).unwrap().unwrap();
+        assert_eq!((who.name.as_str(), who.role), ("dsl", Role::Dsl));
+        assert!(
+            session_actor(
+                &s,
+                &new.cookie,
+                None,
+                now + SESSION_IDLE + Duration::minutes(1)
+            )
+            .unwrap()
+            .is_none(),
+            "idle too long"
+        );
+        assert!(
+            session_actor(&s, &new.cookie, None, now).unwrap().is_none(),
+            "an ended session stays ended"
+        );
+
+        let second = sign_in(&s, &limiter, "dsl", PW, None).unwrap();
+        set_disabled(&s, &by, "dsl", true).unwrap();
+        assert!(
+            session_actor(&s, &second.cookie, None, now)
+                .unwrap()
+                .is_none()
+        );
+        set_disabled(&s, &by, "dsl", false).unwrap();
+
+        let third = sign_in(&s, &limiter, "dsl", PW, None).unwrap();
+        let who = session_actor(&s, &third.cookie, None, now)
+            .unwrap()
+            .unwrap();
+        sign_out(&s, &who).unwrap();
+        assert!(
+            session_actor(&s, &third.cookie, None, now)
+                .unwrap()
+                .is_none()
+        );
+
+        sign_in(&s, &limiter, "dsl", PW, None).unwrap();
+        assert_eq!(s.purge_sessions(now).unwrap(), 0);
+        assert_eq!(
+            s.purge_sessions(now + SESSION_LIFETIME + Duration::minutes(1))
+                .unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn one_time_passwords_must_be_changed_and_wrong_ones_do_not_tell_who_exists() {
+        let (_d, s) = store();
+        let by = Actor::local_cli();
+        let otp = add_user(&s, &by, "tech", Role::Technician, None)
+            .unwrap()
+            .expect("a one-time password");
+        let limiter = SignInLimiter::default();
+        let new = sign_in(&s, &limiter, "tech", &otp, None).unwrap();
+        assert!(new.must_change_password);
+        let who = session_actor(&s, &new.cookie, None, Utc::now())
+            .unwrap()
+            .unwrap();
+        assert!(who.must_change_password);
+        assert!(change_own_password(&s, &who, &otp, "short").is_err());
+        change_own_password(&s, &who, &otp, "a much better password").unwrap();
+        let again = sign_in(&s, &limiter, "tech", "a much better password", None).unwrap();
+        assert!(!again.must_change_password);
+        let unknown = sign_in(&s, &limiter, "nobody", PW, None).unwrap_err();
+        let wrong = sign_in(&s, &limiter, "tech", PW, None).unwrap_err();
+        assert_eq!(unknown.to_string(), wrong.to_string());
+        let log = s.audit_log(None, 100).unwrap();
+        assert!(log.entries.iter().any(|e| e.action == "password_changed"));
+        assert_eq!(
+            log.entries
+                .iter()
+                .filter(|e| e.action == "sign_in_failed")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn usernames_and_roles_are_checked() {
+        let (_d, s) = store();
+        let by = Actor::local_cli();
+        assert!(add_user(&s, &by, "a b", Role::Dsl, None).is_err());
+        assert!(add_user(&s, &by, "", Role::Dsl, None).is_err());
+        add_user(&s, &by, "ok.name", Role::Dsl, None).unwrap();
+        assert!(
+            add_user(&s, &by, "ok.name", Role::Dsl, None).is_err(),
+            "taken"
+        );
+        assert!(
+            apply_op(
+                &s,
+                &AccountOp::Add {
+                    username: "x".into(),
+                    role: "admin".into(),
+                    password: None
+                }
+            )
+            .is_err()
+        );
+    }
 }

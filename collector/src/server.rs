@@ -108,6 +108,27 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot create {}", dir.admin_socket().display()))?;
 
+    // Expired sign-in sessions are refused when used; this removes the ones never used again.
+    {
+        let (store, shutdown) = (collector.store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(15 * 60));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let store = store.clone();
+                match crate::service::blocking(move || store.purge_sessions(chrono::Utc::now()))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(sessions = n, "Expired sessions removed"),
+                    Err(e) => tracing::warn!(error = %e, "Expired sessions not removed"),
+                }
+            }
+        });
+    }
     let api = GrpcApi::new(collector.clone(), shutdown.clone());
     let max = caretaker_proto::MAX_MESSAGE_BYTES;
     let grpc = tonic::transport::Server::builder()

@@ -192,3 +192,168 @@ impl IncidentStore for SledStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{
+        Category, DeviceBatch, EventQuery, IncidentQuery, IncidentStore, Store, test_device,
+    };
+    use chrono::Duration;
+    use serde_json::json;
+
+    fn flagged(device: &str, seq: u64, serial: &str, at: DateTime<Utc>) -> StoredEvent {
+        StoredEvent {
+            device_id: device.into(),
+            seq,
+            kind: "usb.inserted".into(),
+            occurred_at: at,
+            received_at: at,
+            user: Some("pupil1".into()),
+            details: json!({"serial": serial, "product": "Stick", "decision": "block"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            severity: "warning".into(),
+            audience: vec!["network_manager".into(), "dsl".into()],
+            assessment: None,
+        }
+    }
+
+    fn routine(device: &str, seq: u64) -> StoredEvent {
+        StoredEvent {
+            kind: "agent.heartbeat".into(),
+            audience: vec![],
+            user: None,
+            details: Default::default(),
+            severity: "info".into(),
+            ..flagged(device, seq, "", Utc::now())
+        }
+    }
+
+    fn batch(device: &str, events: Vec<StoredEvent>) -> DeviceBatch {
+        DeviceBatch {
+            device_id: device.into(),
+            events,
+            facts: None,
+            state: Default::default(),
+            seen_at: Utc::now(),
+        }
+    }
+
+    fn all(s: &SledStore) -> Vec<Incident> {
+        s.incidents(&IncidentQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn repeats_group_resends_do_not_count_and_a_closed_incident_stays_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.insert_device(&test_device("d")).unwrap();
+        let t0 = Utc::now();
+        s.append(&[batch(
+            "d",
+            (1..=3).map(|i| flagged("d", i, "A", t0)).collect(),
+        )])
+        .unwrap();
+        s.append(&[batch("d", vec![flagged("d", 2, "A", t0)])])
+            .unwrap();
+        let inc = all(&s);
+        assert_eq!(inc.len(), 1);
+        assert_eq!((inc[0].count, inc[0].category), (3, Category::Safeguarding));
+
+        s.append(&[batch("d", vec![flagged("d", 4, "B", t0), routine("d", 5)])])
+            .unwrap();
+        assert_eq!(
+            all(&s).len(),
+            2,
+            "another stick is another incident; routine is none"
+        );
+
+        s.add_incident_entry(1, t0, "dsl", EntryAction::Closed, "done")
+            .unwrap();
+        s.append(&[batch("d", vec![flagged("d", 6, "A", t0)])])
+            .unwrap();
+        let later = t0 + crate::incidents::GROUP_WINDOW + Duration::hours(1);
+        s.append(&[batch("d", vec![flagged("d", 7, "B", later)])])
+            .unwrap();
+        let inc = all(&s);
+        assert_eq!(
+            inc.len(),
+            4,
+            "after closing, and after the window, a new incident"
+        );
+        assert_eq!(
+            s.incident(1).unwrap().unwrap().count,
+            3,
+            "the closed one is untouched"
+        );
+        assert_eq!(s.incident_entries(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_audience_index_pages_only_matching_events_and_an_old_store_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.insert_device(&test_device("d")).unwrap();
+            let events: Vec<StoredEvent> = (1..=50)
+                .map(|i| {
+                    if i % 10 == 0 {
+                        flagged("d", i, &format!("S{i}"), Utc::now())
+                    } else {
+                        routine("d", i)
+                    }
+                })
+                .collect();
+            s.append(&[batch("d", events)]).unwrap();
+            // Make it look like a store from before indexes and incidents.
+            s.idx.clear().unwrap();
+            s.incidents.clear().unwrap();
+            s.incident_open.clear().unwrap();
+            s.meta.clear().unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(all(&s).len(), 5, "incidents rebuilt at open");
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = s
+                .events(&EventQuery {
+                    audience: Some("dsl".into()),
+                    limit: 2,
+                    cursor: cursor.clone(),
+                    ..Default::default()
+                })
+                .unwrap();
+            seen.extend(page.events.iter().map(|e| e.seq));
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(seen, [50, 40, 30, 20, 10], "newest first, only the DSL's");
+        let pupil = s
+            .events(&EventQuery {
+                user: Some("pupil1".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(pupil.events.len(), 5);
+        let technical = s
+            .events(&EventQuery {
+                exclude_audience: Some("dsl".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(technical.events.len(), 45);
+    }
+}

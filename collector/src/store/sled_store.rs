@@ -45,7 +45,7 @@ pub struct SledStore {
     pub(super) sessions: sled::Tree,
     pub(super) api_tokens: sled::Tree,
     pub(super) audit: sled::Tree,
-    meta: sled::Tree,
+    pub(super) meta: sled::Tree,
 }
 
 /// The layout version this code writes; older stores are brought up to it at open.
