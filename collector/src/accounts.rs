@@ -126,6 +126,7 @@ pub fn add_user(
             role: role.as_str().into(),
             password_hash: auth::hash_password(&password),
             disabled: false,
+            email: String::new(),
             must_change_password: one_time.is_some(),
             created_at: now,
             created_by: by.name.clone(),

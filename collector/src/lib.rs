@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod rules;
 pub mod server;
 pub mod service;
+pub mod settings;
 pub mod store;
 pub mod timefmt;
 pub mod tls;

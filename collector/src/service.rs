@@ -603,6 +603,17 @@ mod tests {
     }
 
     impl crate::store::AccountStore for Counting {
+        fn current_settings(&self) -> StoreResult<Option<crate::store::SettingsVersion>> {
+            self.inner.current_settings()
+        }
+        fn put_settings(
+            &self,
+            s: Value,
+            by: &str,
+            at: DateTime<Utc>,
+        ) -> StoreResult<crate::store::SettingsVersion> {
+            self.inner.put_settings(s, by, at)
+        }
         fn user(&self, u: &str) -> StoreResult<Option<crate::store::UserRecord>> {
             self.inner.user(u)
         }

@@ -17,6 +17,9 @@ pub struct UserRecord {
     /// argon2id, PHC string format.
     pub password_hash: String,
     pub disabled: bool,
+    /// Where digests and reports are e-mailed (empty: none).
+    #[serde(default)]
+    pub email: String,
     /// Set for a one-time password: the next sign-in must choose a new one.
     pub must_change_password: bool,
     pub created_at: DateTime<Utc>,
@@ -71,8 +74,26 @@ pub struct AuditPage {
     pub next: Option<u64>,
 }
 
-/// Accounts, sessions, API tokens and the audit log.
+/// A stored version of the settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingsVersion {
+    pub version: u64,
+    pub settings: serde_json::Value,
+    pub changed_by: String,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// Accounts, sessions, API tokens, settings and the audit log.
 pub trait AccountStore {
+    fn current_settings(&self) -> StoreResult<Option<SettingsVersion>>;
+    /// Stores `settings` as the next version and returns it.
+    fn put_settings(
+        &self,
+        settings: serde_json::Value,
+        changed_by: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<SettingsVersion>;
+
     fn user(&self, username: &str) -> StoreResult<Option<UserRecord>>;
     fn users(&self) -> StoreResult<Vec<UserRecord>>;
     /// Inserts a new account; `Conflict` if the name is taken.

@@ -12,7 +12,7 @@ mod sled_incidents;
 mod sled_store;
 
 pub use accounts::{
-    AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, UserRecord,
+    AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, SettingsVersion, UserRecord,
 };
 pub use incidents::{
     Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,

@@ -2,13 +2,52 @@
 
 use chrono::{DateTime, Utc};
 
+use super::SettingsVersion;
 use super::sled_store::{decode, encode, engine};
+
+/// The key holding the latest settings version; sorts before every version key (u64 BE
+/// starts at 1), so `last()` is always a version.
+const LATEST: &[u8] = b"\x00";
 use super::{
     AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, SledStore, StoreError,
     StoreResult, TokenRecord, UserRecord,
 };
 
 impl AccountStore for SledStore {
+    fn current_settings(&self) -> StoreResult<Option<SettingsVersion>> {
+        self.settings
+            .last()
+            .map_err(engine)?
+            .map(|(_, v)| decode("settings", &v))
+            .transpose()
+    }
+
+    fn put_settings(
+        &self,
+        settings: serde_json::Value,
+        changed_by: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<SettingsVersion> {
+        let result = self.settings.transaction(|t| {
+            let version = match t.get(LATEST)? {
+                Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
+                None => 1,
+            };
+            let sv = SettingsVersion {
+                version,
+                settings: settings.clone(),
+                changed_by: changed_by.to_string(),
+                changed_at: at,
+            };
+            t.insert(&version.to_be_bytes(), encode(&sv))?;
+            t.insert(LATEST, &version.to_be_bytes())?;
+            Ok(sv)
+        });
+        let sv = result.map_err(|e: sled::transaction::TransactionError<StoreError>| engine(e))?;
+        self.flush()?;
+        Ok(sv)
+    }
+
     fn user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
         self.users
             .get(username.as_bytes())

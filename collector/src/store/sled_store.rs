@@ -45,6 +45,7 @@ pub struct SledStore {
     pub(super) sessions: sled::Tree,
     pub(super) api_tokens: sled::Tree,
     pub(super) audit: sled::Tree,
+    pub(super) settings: sled::Tree,
     pub(super) meta: sled::Tree,
 }
 
@@ -204,6 +205,7 @@ impl SledStore {
             sessions: tree("sessions")?,
             api_tokens: tree("api_tokens")?,
             audit: tree("audit")?,
+            settings: tree("settings")?,
             meta: tree("meta")?,
             db,
         };
