@@ -1,7 +1,10 @@
-//! Roll-out pieces for the Caretaker services: the systemd units a technician installs with the
-//! binaries. Packaging (a `.deb`, fleet roll-out) is the roll-out issue's; the units come first
-//! because they carry safety decisions (releasing the USB hold after a crash, keeping screen
-//! lockers alive across an agent restart).
+//! Roll-out for the Caretaker services: the systemd units (which carry safety decisions: releasing
+//! the USB hold after a crash, keeping screen lockers alive across an agent restart), `install` on
+//! one laptop and `rollout` to many. The `.deb` packages are built by `scripts/build-debs.sh` from
+//! the files in `debian/` beside this crate.
+
+pub mod install;
+pub mod rollout;
 
 /// `caretaker-agent.service`, for `/etc/systemd/system/`.
 pub const AGENT_UNIT: &str = include_str!("../systemd/caretaker-agent.service");
