@@ -6,6 +6,7 @@
 #   qemu-system-x86 (bookworm-backports), busybox-static, kmod, dosfstools, mtools, xz-utils, binutils
 #                                    a VM with Debian's kernel and a hot-plugged USB stick (removable-media tests)
 #   chromium, chromium-driver, fonts-dejavu-core   a real headless browser over WebDriver, with fonts for screenshots (dashboard tests)
+#   openssh-server, openssh-client, iproute2, lintian, curl   sshd per network namespace, the .deb checked as Debian would, the API read inside a namespace (roll-out tests)
 set -euo pipefail
 
 sudo=""
@@ -19,7 +20,8 @@ fi
 
 packages=(clamav clamav-daemon faketime dpkg-dev xvfb xdotool i3lock dbus python3-dbusmock x11-utils
           busybox-static kmod dosfstools mtools xz-utils binutils systemd
-          chromium chromium-driver fonts-dejavu-core)
+          chromium chromium-driver fonts-dejavu-core
+          openssh-server openssh-client iproute2 lintian curl)
 backported=(qemu-system-x86 qemu-utils seabios)
 missing=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

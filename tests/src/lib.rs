@@ -7,6 +7,7 @@ pub mod browser_rig;
 pub mod clamd_rig;
 pub mod deb;
 pub mod desktop_rig;
+pub mod laptop_rig;
 pub mod usb_vm;
 pub mod vm_rig;
 
