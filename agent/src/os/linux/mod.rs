@@ -1,5 +1,6 @@
 //! Linux facts: hostname, distribution name, process liveness, resource usage.
 
+pub mod facts;
 pub mod locker;
 pub mod logind;
 pub mod mountwatch;
