@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::probe::antivirus::AntivirusProbeConfig;
+use crate::probe::facts::FactsProbeConfig;
 use crate::probe::screen_lock::ScreenLockConfig;
 use crate::probe::software::SoftwareProbeConfig;
 use crate::probe::usb::UsbProbeConfig;
@@ -50,6 +51,29 @@ struct RawConfig {
     screen_lock: RawScreenLock,
     #[serde(default)]
     usb: RawUsb,
+    #[serde(default)]
+    facts: RawDeviceFacts,
+}
+
+/// `[facts]`: the device's asset facts (model, OS, CPU, memory, disk, battery health).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDeviceFacts {
+    enabled: bool,
+    /// How often to re-read; an event is sent only when something changed meaningfully.
+    interval: String,
+    /// Where DMI and battery attributes are read (tests, containers).
+    sys_root: PathBuf,
+}
+
+impl Default for RawDeviceFacts {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: "15m".into(),
+            sys_root: FactsProbeConfig::default().sys_root,
+        }
+    }
 }
 
 /// `[usb]`: removable media. The policy decides what is allowed; this says how to act on it.
@@ -166,6 +190,8 @@ pub struct Config {
     pub screen_lock: Option<ScreenLockConfig>,
     /// `None` when the USB probe is turned off.
     pub usb: Option<UsbProbeConfig>,
+    /// `None` when the device-facts probe is turned off.
+    pub facts: Option<FactsProbeConfig>,
 }
 
 impl Config {
@@ -188,26 +214,14 @@ impl Config {
     }
 
     fn validate(raw: RawConfig, state_dir: Option<PathBuf>) -> Result<Self, ConfigError> {
-        let heartbeat_interval: Duration = raw
-            .heartbeat_interval
-            .parse::<humantime::Duration>()
-            .map_err(|e| ConfigError::Invalid {
-                field: "heartbeat_interval",
-                message: format!("{e} (use e.g. 30s, 5m)"),
-            })?
-            .into();
-        if heartbeat_interval < Duration::from_millis(10) {
-            return Err(ConfigError::Invalid {
-                field: "heartbeat_interval",
-                message: "must be at least 10ms".into(),
-            });
-        }
+        let heartbeat_interval = parse_interval("heartbeat_interval", &raw.heartbeat_interval)?;
         if raw.spool_max_bytes < 64 * 1024 {
             return Err(ConfigError::Invalid {
                 field: "spool_max_bytes",
                 message: "must be at least 65536".into(),
             });
         }
+        let facts_interval = parse_interval("facts.interval", &raw.facts.interval)?;
         if let Some(c) = &raw.collector {
             crate::connect::split_addr(c).map_err(|e| ConfigError::Invalid {
                 field: "collector",
@@ -248,8 +262,30 @@ impl Config {
                 mount_options: raw.usb.mount_options,
                 ..Default::default()
             }),
+            facts: raw.facts.enabled.then_some(FactsProbeConfig {
+                sys_root: raw.facts.sys_root,
+                interval: facts_interval,
+            }),
         })
     }
+}
+
+/// A humantime interval of at least 10ms.
+fn parse_interval(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let d: Duration = text
+        .parse::<humantime::Duration>()
+        .map_err(|e| ConfigError::Invalid {
+            field,
+            message: format!("{e} (use e.g. 30s, 5m)"),
+        })?
+        .into();
+    if d < Duration::from_millis(10) {
+        return Err(ConfigError::Invalid {
+            field,
+            message: "must be at least 10ms".into(),
+        });
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -270,6 +306,25 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(300));
         assert_eq!(c.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.facts, Some(FactsProbeConfig::default()));
+        assert_eq!(c.facts.unwrap().interval, Duration::from_secs(15 * 60));
+    }
+
+    #[test]
+    fn facts_can_be_turned_off_or_re_read_more_often() {
+        assert_eq!(parse("[facts]\nenabled = false\n").unwrap().facts, None);
+        let c = parse("[facts]\ninterval = \"200ms\"\nsys_root = \"/tmp/sys\"\n").unwrap();
+        let f = c.facts.unwrap();
+        assert_eq!(f.interval, Duration::from_millis(200));
+        assert_eq!(f.sys_root, PathBuf::from("/tmp/sys"));
+        for bad in [
+            "interval = \"often\"",
+            "interval = \"1ms\"",
+            "intervall = \"1m\"",
+        ] {
+            let err = parse(&format!("[facts]\n{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("interval"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     })];
     probes.extend(config.antivirus.clone().map(ProbeConfig::Antivirus));
     probes.extend(config.software.clone().map(ProbeConfig::Software));
+    probes.extend(config.facts.clone().map(ProbeConfig::Facts));
     // The USB probe applies the logged-in user's rules; the screen-lock probe, which
     // watches the sessions anyway, says who that is.
     let (user_tx, user_rx) = tokio::sync::watch::channel(None);

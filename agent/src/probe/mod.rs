@@ -4,6 +4,7 @@
 //! registry; a new probe is a new variant and a new module.
 
 pub mod antivirus;
+pub mod facts;
 pub mod lifecycle;
 pub mod screen_lock;
 pub mod software;
@@ -34,6 +35,7 @@ pub enum ProbeConfig {
     Software(software::SoftwareProbeConfig),
     ScreenLock(screen_lock::ScreenLockConfig),
     Usb(usb::UsbProbeConfig),
+    Facts(facts::FactsProbeConfig),
 }
 
 /// Starts every probe on `tracker`.
@@ -56,6 +58,7 @@ pub fn spawn(probes: Vec<ProbeConfig>, ctx: ProbeContext, tracker: &TaskTracker)
             ProbeConfig::Software(cfg) => {
                 tracker.spawn(software::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
             }
+            ProbeConfig::Facts(cfg) => tracker.spawn(facts::run(cfg, ctx.sink, ctx.shutdown)),
         };
     }
 }
