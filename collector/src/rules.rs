@@ -166,6 +166,8 @@ pub fn state_facet(kind: &str, details: &Map<String, Value>) -> Option<(String, 
     match kind {
         "agent.started" => Some(("agent".into(), Value::Object(details.clone()))),
         "antivirus.status" => Some(("antivirus".into(), Value::Object(details.clone()))),
+        // The asset facts (model, OS, disk, battery health ...): the latest report replaces the last.
+        "device.facts" => Some(("facts".into(), Value::Object(details.clone()))),
         // Kept as {status, reason} so the fleet view counts it like antivirus.
         "screen.compliance" => Some((
             "screen_lock".into(),
@@ -248,6 +250,17 @@ mod tests {
                 .severity,
             "critical"
         );
+    }
+
+    #[test]
+    fn device_facts_are_kept_whole_as_the_facts_facet_and_are_routine() {
+        let d = json!({"kernel": "6.1.0-26-amd64", "memory_bytes": 8589934592u64});
+        let d = d.as_object().unwrap();
+        assert_eq!(
+            state_facet("device.facts", d),
+            Some(("facts".to_string(), Value::Object(d.clone())))
+        );
+        assert_eq!(rules().classify("device.facts", d), Verdict::routine());
     }
 
     #[test]
