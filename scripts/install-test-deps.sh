@@ -3,9 +3,11 @@
 #   clamav, clamav-daemon, faketime  real clamd and sigtool-built databases (antivirus tests)
 #   dpkg-dev                         dpkg-deb for building tiny real packages (software tests)
 #   xvfb, xdotool, i3lock, dbus, python3-dbusmock   a real X server, input, screen locker and logind mock (screen-lock tests)
+#   python3-aiosmtpd                 a real SMTP server with STARTTLS and AUTH (digest tests)
 #   qemu-system-x86 (bookworm-backports), busybox-static, kmod, dosfstools, mtools, xz-utils, binutils
 #                                    a VM with Debian's kernel and a hot-plugged USB stick (removable-media tests)
 #   chromium, chromium-driver, fonts-dejavu-core   a real headless browser over WebDriver, with fonts for screenshots (dashboard tests)
+#   poppler-utils                    pdftotext and pdftoppm read the monitoring report's PDF (report tests)
 #   openssh-server, openssh-client, iproute2, lintian, curl   sshd per network namespace, the .deb checked as Debian would, the API read inside a namespace (roll-out tests)
 set -euo pipefail
 
@@ -20,8 +22,8 @@ fi
 
 packages=(clamav clamav-daemon faketime dpkg-dev xvfb xdotool i3lock dbus python3-dbusmock x11-utils
           busybox-static kmod dosfstools mtools xz-utils binutils systemd
-          chromium chromium-driver fonts-dejavu-core
-          openssh-server openssh-client iproute2 lintian curl)
+          chromium chromium-driver fonts-dejavu-core poppler-utils
+          openssh-server openssh-client iproute2 lintian curl python3-aiosmtpd)
 backported=(qemu-system-x86 qemu-utils seabios)
 missing=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

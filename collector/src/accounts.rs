@@ -196,6 +196,32 @@ pub fn reset_password(
     Ok(p)
 }
 
+/// Sets where an account's digests and reports are e-mailed (empty: nowhere).
+pub fn set_email(
+    store: &dyn Store,
+    by: &Actor,
+    username: &str,
+    email: &str,
+) -> Result<(), AccountError> {
+    let email = email.trim();
+    let plausible = email.is_empty()
+        || (email.len() <= 254
+            && email.split_once('@').is_some_and(|(l, d)| {
+                !l.is_empty() && d.contains('.') && !email.contains(char::is_whitespace)
+            }));
+    if !plausible {
+        return Err(AccountError::Invalid(format!(
+            "{email:?} is not an e-mail address."
+        )));
+    }
+    let mut u = existing(store, username)?;
+    u.email = email.to_string();
+    u.updated_at = Utc::now();
+    store.update_user(&u)?;
+    audit(store, by, "email_changed", username, email);
+    Ok(())
+}
+
 pub fn change_role(
     store: &dyn Store,
     by: &Actor,
@@ -432,6 +458,20 @@ pub enum AccountOp {
         username: String,
     },
     List,
+    SetEmail {
+        username: String,
+        email: String,
+    },
+    /// Record a digest of what is new for a DSL now, whatever the schedule.
+    DigestNow {
+        username: String,
+    },
+    /// Print the settings document.
+    SettingsShow,
+    /// Replace the settings document (checked strictly).
+    SettingsSet {
+        document: serde_json::Value,
+    },
     CreateApiToken {
         label: String,
         role: String,
@@ -512,6 +552,75 @@ pub fn apply_op(store: &dyn Store, op: &AccountOp) -> Result<AccountOutcome, Acc
                 })
                 .collect(),
         },
+        AccountOp::SetEmail { username, email } => {
+            set_email(store, &by, username, email)?;
+            done(
+                format!("{username}'s e-mail address is now {email:?}."),
+                None,
+            )
+        }
+        AccountOp::DigestNow { username } => {
+            let settings = store
+                .current_settings()?
+                .map(|v| crate::settings::Settings::parse_lenient(&v.settings))
+                .unwrap_or_default();
+            let n = crate::digest::digest_now(
+                &|id| crate::digest::store_hostname(store, id),
+                store,
+                username,
+                &settings,
+                crate::timefmt::DEFAULT_TZ,
+                Utc::now(),
+            )?;
+            audit(
+                store,
+                &by,
+                "digest_requested",
+                username,
+                &format!("{n} recorded"),
+            );
+            done(
+                match n {
+                    0 => format!(
+                        "Nothing to send to {username}: nothing new, or the account is not a DSL with an e-mail address (and mail set up) or a webhook."
+                    ),
+                    n => format!(
+                        "Recorded {n} digest(s) for {username}; the running collector sends them within seconds."
+                    ),
+                },
+                None,
+            )
+        }
+        AccountOp::SettingsShow => {
+            let doc = store
+                .current_settings()?
+                .map(|v| v.settings)
+                .unwrap_or_else(|| {
+                    serde_json::to_value(crate::settings::Settings::default())
+                        .expect("settings serialise")
+                });
+            done(
+                serde_json::to_string_pretty(&doc).expect("settings serialise"),
+                None,
+            )
+        }
+        AccountOp::SettingsSet { document } => {
+            let parsed = crate::settings::Settings::parse_strict(document)
+                .map_err(|e| AccountError::Invalid(e.to_string()))?;
+            let v = store.put_settings(
+                serde_json::to_value(&parsed).expect("settings serialise"),
+                &by.name,
+                Utc::now(),
+            )?;
+            audit(
+                store,
+                &by,
+                "settings_changed",
+                &format!("version {}", v.version),
+                "",
+            );
+            done(format!("Settings saved as version {}.", v.version), None)
+        }
         AccountOp::CreateApiToken { label, role } => {
             let role = role_of(role)?;
             let t = create_api_token(store, &by, label, role)?;

@@ -45,6 +45,8 @@ pub enum Permission {
     GovernorsReport,
     /// Installations per product (licence reconciliation).
     ViewSoftware,
+    /// The school's settings: terms, licences, mail, digest schedules.
+    ManageSettings,
 }
 
 impl Role {

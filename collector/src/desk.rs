@@ -540,6 +540,20 @@ impl Desk {
         Ok(d)
     }
 
+    /// A device's uninstall code, for removing the agent from it (network manager and
+    /// technician, as for revoking); each viewing is audited.
+    pub fn uninstall_code(&self, id: &str) -> DeskResult<(Device, String)> {
+        self.require(Permission::RevokeDevice)?;
+        let (d, code) = self.c.uninstall_code(id).map_err(|e| match e {
+            StoreError::NoSuchDevice(id) => {
+                DeskError::NotFound(format!("There is no device {id}."))
+            }
+            e => e.into(),
+        })?;
+        self.audit("uninstall_code_viewed", id, &d.hostname);
+        Ok((d, code))
+    }
+
     pub async fn users(&self) -> DeskResult<Vec<UserRecord>> {
         self.require(Permission::ManageUsers)?;
         let mut u = self.with_store(|s| s.users()).await?;
@@ -565,6 +579,58 @@ impl Desk {
             .await
             .map_err(|e| DeskError::Store(StoreError::Engine(e.to_string())))?
             .map_err(DeskError::from)
+    }
+
+    pub async fn set_user_email(&self, username: String, email: String) -> DeskResult<()> {
+        self.accounts(move |s, a| accounts::set_email(s, a, &username, &email))
+            .await
+    }
+
+    /// The settings as stored (the document, for the forms) and parsed, with its version.
+    pub async fn settings(
+        &self,
+    ) -> DeskResult<(
+        crate::settings::Settings,
+        Value,
+        Option<crate::store::SettingsVersion>,
+    )> {
+        self.require(Permission::ManageSettings)?;
+        let v = self.with_store(|s| s.current_settings()).await?;
+        let doc = v.as_ref().map(|v| v.settings.clone()).unwrap_or_else(|| {
+            serde_json::to_value(crate::settings::Settings::default()).expect("serialises")
+        });
+        Ok((crate::settings::Settings::parse_lenient(&doc), doc, v))
+    }
+
+    pub async fn set_settings(&self, doc: Value) -> DeskResult<crate::store::SettingsVersion> {
+        self.require(Permission::ManageSettings)?;
+        match self.c.set_settings(doc, &self.actor.name).await {
+            Ok(v) => {
+                self.audit("settings_changed", &format!("version {}", v.version), "");
+                Ok(v)
+            }
+            Err(crate::service::SetSettingsError::Invalid(e)) => {
+                Err(DeskError::Invalid(e.to_string()))
+            }
+            Err(crate::service::SetSettingsError::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// Digests and their delivery: all for the network manager, a DSL's own for a DSL.
+    pub async fn digests(&self, limit: usize) -> DeskResult<Vec<crate::store::DigestRecord>> {
+        let all = self.may(Permission::ManageSettings);
+        if !all && !self.may(Permission::Safeguarding) {
+            return Err(DeskError::Forbidden(self.actor.role.label()));
+        }
+        let me = self.actor.name.clone();
+        self.with_store(move |s| {
+            Ok(s.digests(None, 10_000)?
+                .into_iter()
+                .filter(|d| all || d.recipient == me)
+                .take(limit)
+                .collect())
+        })
+        .await
     }
 
     /// Adds an account; returns its one-time password.
@@ -686,6 +752,50 @@ impl Desk {
                 .collect(),
             since,
         })
+    }
+
+    /// May this person have the report for `audience`? The governors' version needs
+    /// `GovernorsReport`; the version that names pupils and laptops needs `Safeguarding`.
+    fn require_report(&self, audience: crate::report::Audience) -> DeskResult<()> {
+        self.require(match audience {
+            crate::report::Audience::Governors => Permission::GovernorsReport,
+            crate::report::Audience::Dsl => Permission::Safeguarding,
+        })
+    }
+
+    /// The monitoring report as files (PDF, standalone HTML, or one CSV per table).
+    pub async fn report(
+        &self,
+        req: crate::report::ReportRequest,
+        tz: chrono_tz::Tz,
+    ) -> DeskResult<Vec<crate::report::ReportFile>> {
+        self.require_report(req.audience)?;
+        let what = format!("{:?} {:?}", req.format, req.period).to_lowercase();
+        let files = crate::report::render_for(self.c.clone(), req.clone(), tz)
+            .await
+            .map_err(report_error)?;
+        self.audit("report_downloaded", req.audience.as_str(), &what);
+        Ok(files)
+    }
+
+    /// The monitoring report as a dashboard fragment: `(period label, html)`.
+    pub async fn report_fragment(
+        &self,
+        spec: crate::report::PeriodSpec,
+        audience: crate::report::Audience,
+        tz: chrono_tz::Tz,
+    ) -> DeskResult<(String, String)> {
+        self.require_report(audience)?;
+        crate::report::fragment_for(self.c.clone(), spec, audience, tz)
+            .await
+            .map_err(report_error)
+    }
+}
+
+fn report_error(e: crate::report::ReportError) -> DeskError {
+    match e {
+        crate::report::ReportError::Store(e) => DeskError::Store(e),
+        other => DeskError::Invalid(other.to_string()),
     }
 }
 

@@ -66,6 +66,16 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The DSL's digests.
+    Digest {
+        #[command(subcommand)]
+        command: DigestCommand,
+    },
+    /// The school's settings: terms, licences, mail, digests (works whether or not `serve` runs).
+    Settings {
+        #[command(subcommand)]
+        command: SettingsCommand,
+    },
     /// Enrolment tokens.
     Token {
         #[command(subcommand)]
@@ -82,6 +92,9 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// The monitoring report for governors or the DSL, as HTML, PDF or CSV (works whether or
+    /// not `serve` runs).
+    Report(caretaker_collector::report::cli::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -112,6 +125,34 @@ enum TokenCommand {
         /// Who or what uses it, e.g. "MIS export script".
         #[arg(long)]
         label: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DigestCommand {
+    /// Record a digest of what is new for a DSL now, whatever their schedule.
+    SendNow {
+        /// The DSL's username.
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Print the settings as JSON (the defaults until set).
+    Show {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Replace the settings with a JSON file (see README, "Digests and reports").
+    Set {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
     },
 }
 
@@ -154,6 +195,13 @@ enum UserCommand {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Set where an account's digests and reports are e-mailed ("" for none).
+    Email {
+        username: String,
+        email: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,6 +236,12 @@ enum DeviceCommand {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Print the code that lets a technician remove the agent from this device (audited).
+    UninstallCode {
+        id: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -209,6 +263,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Report(args) => caretaker_collector::report::cli::run(args).await,
         Command::Init {
             data_dir,
             hostnames,
@@ -394,9 +449,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     (data_dir, AccountOp::Reset { username })
                 }
                 UserCommand::List { data_dir } => (data_dir, AccountOp::List),
+                UserCommand::Email {
+                    username,
+                    email,
+                    data_dir,
+                } => (data_dir, AccountOp::SetEmail { username, email }),
             };
             account(&data_dir, op).await
         }
+        Command::Digest {
+            command: DigestCommand::SendNow { user, data_dir },
+        } => account(&data_dir, AccountOp::DigestNow { username: user }).await,
+        Command::Settings { command } => match command {
+            SettingsCommand::Show { data_dir } => account(&data_dir, AccountOp::SettingsShow).await,
+            SettingsCommand::Set { data_dir, file } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let document: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", file.display()))?;
+                account(&data_dir, AccountOp::SettingsSet { document }).await
+            }
+        },
         Command::Device {
             command: DeviceCommand::Revoke { id, data_dir },
         } => {
@@ -417,6 +490,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("Revoked device {id}");
                 }
             }
+            Ok(())
+        }
+        Command::Device {
+            command: DeviceCommand::UninstallCode { id, data_dir },
+        } => {
+            let dir = DataDir::new(data_dir);
+            dir.check()?;
+            let (hostname, code) = caretaker_collector::uninstall::for_cli(&dir, &id).await?;
+            println!("{code}");
+            eprintln!(
+                "Uninstall code for {hostname} ({id}). On the laptop: sudo CARETAKER_UNINSTALL_CODE={code} apt remove caretaker-agent"
+            );
             Ok(())
         }
     }

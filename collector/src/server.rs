@@ -93,6 +93,9 @@ pub async fn serve(
         _ => anyhow::bail!("--web-cert and --web-key go together: give both or neither"),
     };
     let collector = Arc::new(Collector::new(Arc::new(store), ca, revoked, &admin_token)?);
+    collector.set_uninstall_key(crate::uninstall::UninstallKey::load_or_create(
+        &dir.uninstall_key(),
+    )?);
 
     let grpc_listener = TcpListener::bind(opts.grpc_listen)
         .await
@@ -129,6 +132,11 @@ pub async fn serve(
             }
         });
     }
+    tokio::spawn(crate::digest::run(
+        collector.clone(),
+        opts.time_zone,
+        shutdown.clone(),
+    ));
     let api = GrpcApi::new(collector.clone(), shutdown.clone());
     let max = caretaker_proto::MAX_MESSAGE_BYTES;
     let grpc = tonic::transport::Server::builder()

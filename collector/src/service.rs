@@ -87,6 +87,8 @@ pub struct Collector {
     connected: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Slows down password guessing on the dashboard.
     pub sign_in_limiter: crate::auth::SignInLimiter,
+    /// The secret uninstall codes are derived from (`crate::uninstall`).
+    pub(crate) uninstall: std::sync::OnceLock<crate::uninstall::UninstallKey>,
 }
 
 /// The devices as last stored.
@@ -278,6 +280,7 @@ impl Collector {
             devices: cache,
             connected: Default::default(),
             sign_in_limiter: Default::default(),
+            uninstall: Default::default(),
         })
     }
 
@@ -434,6 +437,9 @@ impl Collector {
             if let Some((facet, value)) = rules::state_facet(&e.kind, &e.details) {
                 state.insert(facet, value);
             }
+            if let Some(value) = rules::lifecycle(&e.kind, &e.details) {
+                state.insert("lifecycle".into(), value);
+            }
             out.push(StoredEvent {
                 device_id: device_id.to_string(),
                 seq: e.seq,
@@ -499,6 +505,30 @@ impl Collector {
         Ok(pv)
     }
 
+    /// The school's settings (the defaults until someone sets them).
+    pub fn settings(&self) -> Result<crate::settings::Settings, StoreError> {
+        Ok(self
+            .store
+            .current_settings()?
+            .map(|v| crate::settings::Settings::parse_lenient(&v.settings))
+            .unwrap_or_default())
+    }
+
+    /// Validates and stores new settings; returns the version.
+    pub async fn set_settings(
+        &self,
+        doc: Value,
+        changed_by: &str,
+    ) -> Result<crate::store::SettingsVersion, SetSettingsError> {
+        let parsed = crate::settings::Settings::parse_strict(&doc)?;
+        let normalised = serde_json::to_value(&parsed).expect("settings serialise");
+        let store = self.store.clone();
+        let by = changed_by.to_string();
+        let v = blocking(move || store.put_settings(normalised, &by, Utc::now())).await?;
+        tracing::info!(version = v.version, changed_by = %v.changed_by, "Settings changed");
+        Ok(v)
+    }
+
     /// Creates an enrolment token; returns the token (shown once).
     pub async fn create_token(
         &self,
@@ -509,6 +539,15 @@ impl Collector {
         let store = self.store.clone();
         blocking(move || tokens::create(store.as_ref(), uses, expires_at, &label)).await
     }
+}
+
+/// Why a settings change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SetSettingsError {
+    #[error(transparent)]
+    Invalid(#[from] crate::settings::SettingsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why a policy change was refused.
@@ -655,6 +694,53 @@ mod tests {
         }
         fn audit_log(&self, b: Option<u64>, l: usize) -> StoreResult<crate::store::AuditPage> {
             self.inner.audit_log(b, l)
+        }
+    }
+
+    impl crate::store::DigestStore for Counting {
+        fn audience_events_from(
+            &self,
+            a: &str,
+            from: u64,
+            limit: usize,
+        ) -> StoreResult<Vec<(u64, StoredEvent)>> {
+            self.inner.audience_events_from(a, from, limit)
+        }
+        fn next_timeline_id(&self) -> StoreResult<u64> {
+            self.inner.next_timeline_id()
+        }
+        fn incident_for_group(&self, g: &str) -> StoreResult<Option<u64>> {
+            self.inner.incident_for_group(g)
+        }
+        fn digest_cursor(&self, r: &str) -> StoreResult<crate::store::DigestCursor> {
+            self.inner.digest_cursor(r)
+        }
+        fn record_digests(
+            &self,
+            r: &str,
+            c: &crate::store::DigestCursor,
+            d: Vec<crate::store::DigestRecord>,
+        ) -> StoreResult<Vec<crate::store::DigestRecord>> {
+            self.inner.record_digests(r, c, d)
+        }
+        fn put_digest_cursor(&self, r: &str, c: &crate::store::DigestCursor) -> StoreResult<()> {
+            self.inner.put_digest_cursor(r, c)
+        }
+        fn update_digest(&self, d: &crate::store::DigestRecord) -> StoreResult<()> {
+            self.inner.update_digest(d)
+        }
+        fn digest(&self, id: u64) -> StoreResult<Option<crate::store::DigestRecord>> {
+            self.inner.digest(id)
+        }
+        fn digests(
+            &self,
+            b: Option<u64>,
+            l: usize,
+        ) -> StoreResult<Vec<crate::store::DigestRecord>> {
+            self.inner.digests(b, l)
+        }
+        fn pending_digests(&self) -> StoreResult<Vec<crate::store::DigestRecord>> {
+            self.inner.pending_digests()
         }
     }
 

@@ -45,6 +45,10 @@ pub struct Smtp {
     pub password_file: String,
     /// The sender, e.g. "Caretaker <caretaker@school.example>".
     pub from: String,
+    /// A PEM file with the CA that issued the relay's certificate, when it is the school's own
+    /// rather than a public one.
+    #[serde(default)]
+    pub ca_file: String,
 }
 
 fn default_smtp_port() -> u16 {

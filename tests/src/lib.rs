@@ -8,6 +8,7 @@ pub mod clamd_rig;
 pub mod deb;
 pub mod desktop_rig;
 pub mod laptop_rig;
+pub mod smtp_rig;
 pub mod usb_vm;
 pub mod vm_rig;
 
@@ -159,6 +160,11 @@ impl Collector {
 
     /// Starts `serve` and waits until it is listening.
     pub fn serve(&mut self) {
+        self.serve_with_env(&[]);
+    }
+
+    /// Starts `serve` with extra environment variables (test hooks).
+    pub fn serve_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.proc.is_none(), "already serving");
         let mut child = Command::new(bin("caretaker-collector"))
             .args(["serve", "--data-dir"])
@@ -169,6 +175,7 @@ impl Collector {
                 "--web-listen",
                 &self.web.to_string(),
             ])
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -190,6 +197,18 @@ impl Collector {
 
     pub fn kill9(&mut self) {
         self.proc.take().expect("serving").kill9();
+    }
+
+    /// True once the serving process has exited on its own.
+    pub fn has_exited(&mut self) -> bool {
+        self.proc
+            .as_mut()
+            .is_some_and(|p| p.child.try_wait().ok().flatten().is_some())
+    }
+
+    /// Drops the handle of a process that has already exited, so `serve` can start another.
+    pub fn forget_process(&mut self) {
+        self.proc.take();
     }
 
     pub fn stop(&mut self) {
@@ -220,7 +239,16 @@ impl Collector {
         use std::io::Write;
         let password = format!("{username}-pass-0123456789");
         let mut child = Command::new(bin("caretaker-collector"))
-            .args(["user", "add", "--role", role, "--username", username, "--password-stdin", "--data-dir"])
+            .args([
+                "user",
+                "add",
+                "--role",
+                role,
+                "--username",
+                username,
+                "--password-stdin",
+                "--data-dir",
+            ])
             .arg(&self.dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -240,7 +268,15 @@ impl Collector {
     /// Creates an API token with a role (`token create-api`); returns the token.
     pub fn api_token(&self, role: &str) -> String {
         let (ok, out, err) = run(Command::new(bin("caretaker-collector"))
-            .args(["token", "create-api", "--role", role, "--label", &format!("test {role}"), "--data-dir"])
+            .args([
+                "token",
+                "create-api",
+                "--role",
+                role,
+                "--label",
+                &format!("test {role}"),
+                "--data-dir",
+            ])
             .arg(&self.dir));
         assert!(ok, "token create-api failed: {err}");
         out.lines()
@@ -501,6 +537,51 @@ pub async fn device_channel(state: &Path, addr: &str) -> tonic::transport::Chann
     caretaker_agent::connect::channel(addr, cfg)
         .await
         .expect("device channel")
+}
+
+/// Sends `events` in one batch as the enrolled device in `state`, naming itself `hostname` as
+/// its agent would, and waits for the acknowledgement of the last.
+pub fn send_as_device(
+    collector: &Collector,
+    state: &Path,
+    hostname: &str,
+    events: Vec<caretaker_proto::pb::Event>,
+) {
+    use caretaker_proto::pb;
+    let addr = collector.grpc_addr();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = events.iter().map(|e| e.seq).max().unwrap();
+    rt.block_on(async {
+        let mut client =
+            pb::telemetry_client::TelemetryClient::new(device_channel(state, &addr).await);
+        let batch = pb::EventBatch {
+            events,
+            agent: Some(pb::AgentInfo {
+                hostname: hostname.into(),
+                os: "Debian GNU/Linux 12".into(),
+                agent_version: "test".into(),
+            }),
+        };
+        let mut acks = client
+            .stream_events(tokio_stream::iter(vec![batch]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(acks.message().await.unwrap().unwrap().through_seq, n);
+    });
+}
+
+/// A pupil's USB stick refused by the policy (`usb.inserted`, decision `block`): a
+/// safeguarding matter for the DSL.
+pub fn pupil_stick(seq: u64, user: &str, serial: &str) -> caretaker_proto::pb::Event {
+    let d = serde_json::json!({"mass_storage": true, "account": "pupil", "decision": "block",
+        "antivirus_current": true, "serial": serial, "product": "Cruzer Blade"});
+    let mut e = pb_event(seq, "usb.inserted", d.as_object().unwrap().clone());
+    e.user = user.into();
+    e
 }
 
 /// A protobuf event for hand-made batches.

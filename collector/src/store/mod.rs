@@ -6,14 +6,17 @@
 //! durable, and a (device, seq) pair is stored at most once.
 
 mod accounts;
+mod digests;
 mod incidents;
 mod sled_accounts;
+mod sled_digests;
 mod sled_incidents;
 mod sled_store;
 
 pub use accounts::{
     AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, SettingsVersion, UserRecord,
 };
+pub use digests::{Channel, DigestCursor, DigestRecord, DigestStatus, DigestStore};
 pub use incidents::{
     Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
 };
@@ -174,7 +177,7 @@ pub(crate) fn test_device(id: &str) -> Device {
 ///
 /// Accounts (users, sessions, API tokens, the audit log) and incidents are separate traits so
 /// each stays readable; a store implements all three.
-pub trait Store: AccountStore + IncidentStore + Send + Sync + 'static {
+pub trait Store: AccountStore + IncidentStore + DigestStore + Send + Sync + 'static {
     fn insert_device(&self, device: &Device) -> StoreResult<()>;
     fn device(&self, id: &str) -> StoreResult<Option<Device>>;
     fn devices(&self) -> StoreResult<Vec<Device>>;

@@ -46,6 +46,9 @@ pub struct SledStore {
     pub(super) api_tokens: sled::Tree,
     pub(super) audit: sled::Tree,
     pub(super) settings: sled::Tree,
+    pub(super) digests: sled::Tree,
+    pub(super) digest_pending: sled::Tree,
+    pub(super) digest_cursors: sled::Tree,
     pub(super) meta: sled::Tree,
 }
 
@@ -108,7 +111,7 @@ fn matches(q: &EventQuery, e: &StoredEvent) -> bool {
 
 /// A secondary index key: `tag`, the value's length and bytes, then the timeline id, so one
 /// value's entries are contiguous and in arrival order.
-fn idx_key(tag: u8, value: &str, tid: u64) -> Vec<u8> {
+pub(super) fn idx_key(tag: u8, value: &str, tid: u64) -> Vec<u8> {
     let mut k = idx_prefix(tag, value);
     k.extend_from_slice(&tid.to_be_bytes());
     k
@@ -123,7 +126,7 @@ fn idx_prefix(tag: u8, value: &str) -> Vec<u8> {
     k
 }
 
-const IDX_AUDIENCE: u8 = b'a';
+pub(super) const IDX_AUDIENCE: u8 = b'a';
 const IDX_USER: u8 = b'u';
 const IDX_KIND: u8 = b'k';
 
@@ -206,6 +209,9 @@ impl SledStore {
             api_tokens: tree("api_tokens")?,
             audit: tree("audit")?,
             settings: tree("settings")?,
+            digests: tree("digests")?,
+            digest_pending: tree("digest_pending")?,
+            digest_cursors: tree("digest_cursors")?,
             meta: tree("meta")?,
             db,
         };
@@ -317,6 +323,19 @@ impl SledStore {
             },
             events: out,
         })
+    }
+
+    pub(super) fn events_tree(&self) -> &sled::Tree {
+        &self.events
+    }
+
+    pub(super) fn timeline_tree(&self) -> &sled::Tree {
+        &self.timeline
+    }
+
+    /// A new, increasing id (sled persists the counter).
+    pub(super) fn next_id(&self) -> StoreResult<u64> {
+        self.db.generate_id().map_err(engine)
     }
 
     pub(super) fn tokens_tree(&self) -> &sled::Tree {

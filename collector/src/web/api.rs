@@ -251,3 +251,19 @@ pub async fn audit(
         .await?;
     Ok(Json(serde_json::to_value(page).expect("pages serialise")))
 }
+
+/// Digests and their delivery state, newest first (a DSL's token sees only theirs).
+pub async fn digests(Extension(desk): D) -> ApiResult {
+    let list: Vec<Value> = desk
+        .digests(200)
+        .await?
+        .into_iter()
+        .map(|d| {
+            json!({"id": d.id, "recipient": d.recipient, "channel": d.channel, "kind": d.kind,
+                   "created_at": d.created_at, "subject": d.subject, "events": d.events,
+                   "status": d.status, "attempts": d.attempts, "last_error": d.last_error,
+                   "next_attempt": d.next_attempt, "sent_at": d.sent_at})
+        })
+        .collect();
+    Ok(Json(json!({ "digests": list })))
+}

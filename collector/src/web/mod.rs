@@ -10,6 +10,10 @@ mod api;
 mod guard;
 mod pages;
 mod policy_form;
+mod report_pages;
+mod settings_form;
+mod settings_pages;
+mod uninstall;
 mod views;
 
 use std::net::IpAddr;
@@ -96,6 +100,9 @@ const USERS: &[Permission] = &[ManageUsers];
 const AUDIT: &[Permission] = &[ViewAudit];
 const REPORT: &[Permission] = &[GovernorsReport];
 const SOFTWARE: &[Permission] = &[ViewSoftware];
+const SETTINGS: &[Permission] = &[ManageSettings];
+/// The network manager sees every digest; a DSL their own (the desk filters).
+const DIGESTS: &[Permission] = &[ManageSettings, Safeguarding];
 
 type Handler = MethodRouter<AppState>;
 
@@ -127,6 +134,7 @@ fn table() -> Vec<(RouteRule, Handler)> {
         r(Method::GET, "/devices", AnyOf(DEVICES), get(pages::devices)),
         r(Method::GET, "/devices/{id}", AnyOf(DEVICE_PAGE), get(pages::device)),
         r(Method::POST, "/devices/{id}/revoke", AnyOf(REVOKE), post(pages::revoke)),
+        r(Method::GET, "/devices/{id}/uninstall-code", AnyOf(REVOKE), get(uninstall::page)),
         r(Method::GET, "/events", AnyOf(EVENTS), get(pages::events)),
         r(Method::GET, "/incidents", AnyOf(INCIDENTS), get(pages::incidents)),
         r(Method::GET, "/incidents/{id}", AnyOf(INCIDENTS), get(pages::incident)),
@@ -144,7 +152,12 @@ fn table() -> Vec<(RouteRule, Handler)> {
         r(Method::POST, "/users/{name}/{action}", AnyOf(USERS), post(pages::user_action)),
         r(Method::POST, "/api-tokens", AnyOf(USERS), post(pages::create_api_token)),
         r(Method::GET, "/audit", AnyOf(AUDIT), get(pages::audit)),
-        r(Method::GET, "/report", AnyOf(REPORT), get(pages::report)),
+        r(Method::GET, "/settings", AnyOf(SETTINGS), get(settings_pages::settings)),
+        r(Method::POST, "/settings/{section}", AnyOf(SETTINGS), post(settings_pages::set_settings_section)),
+        r(Method::GET, "/digests", AnyOf(DIGESTS), get(settings_pages::digests)),
+        r(Method::GET, "/report", AnyOf(REPORT), get(report_pages::report)),
+        r(Method::GET, "/report/download", AnyOf(REPORT), get(report_pages::download)),
+        r(Method::GET, "/static/report.css", Public, get(report_pages::css)),
         r(Method::GET, "/api/v1/devices", AnyOf(DEVICES), get(api::devices)),
         r(Method::GET, "/api/v1/events", AnyOf(EVENTS), get(api::events)),
         r(Method::GET, "/api/v1/fleet", AnyOf(FLEET), get(api::fleet)),
@@ -153,6 +166,7 @@ fn table() -> Vec<(RouteRule, Handler)> {
         r(Method::PUT, "/api/v1/policy", AnyOf(EDIT_POLICY), put(api::put_policy)),
         r(Method::GET, "/api/v1/policy/history", AnyOf(POLICY), get(api::policy_history)),
         r(Method::GET, "/api/v1/audit", AnyOf(AUDIT), get(api::audit)),
+        r(Method::GET, "/api/v1/digests", AnyOf(DIGESTS), get(api::digests)),
         r(Method::GET, "/api/v1/incidents", AnyOf(INCIDENTS), get(api::incidents)),
         r(Method::GET, "/api/v1/incidents/{id}", AnyOf(INCIDENTS), get(api::incident)),
         r(Method::POST, "/api/v1/incidents/{id}/entries", AnyOf(INCIDENTS), post(api::add_entry)),

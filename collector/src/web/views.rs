@@ -36,7 +36,7 @@ pub struct Chrome {
 impl Chrome {
     pub fn new(desk: &Desk, title: impl Into<String>, section: &str) -> Self {
         use Permission::*;
-        let items: [(&'static str, &'static str, bool); 9] = [
+        let items: [(&'static str, &'static str, bool); 11] = [
             ("/fleet", "Overview", desk.may(ViewFleet)),
             ("/devices", "Devices", desk.may(ViewDevices)),
             (
@@ -53,6 +53,12 @@ impl Chrome {
             ("/enrol", "Enrolment", desk.may(Enrol)),
             ("/users", "Users", desk.may(ManageUsers)),
             ("/audit", "Audit log", desk.may(ViewAudit)),
+            ("/settings", "Settings", desk.may(ManageSettings)),
+            (
+                "/digests",
+                "Digests",
+                desk.may(Safeguarding) && !desk.may(ManageSettings),
+            ),
             ("/report", "Report", desk.may(GovernorsReport)),
         ];
         Self {
@@ -114,11 +120,13 @@ pub struct Badge {
 
 pub fn badge(status: &str) -> Badge {
     let class = match status {
-        "current" | "enforced" | "online" | "closed" | "clean" | "info" | "actioned" => "ok",
+        "current" | "enforced" | "online" | "closed" | "clean" | "info" | "actioned" | "sent" => {
+            "ok"
+        }
         "stale" | "unknown" | "warning" | "notice" | "acknowledged" | "not_reported"
-        | "offline" => "warn",
+        | "offline" | "waiting" => "warn",
         "disabled" | "missing" | "cannot_enforce" | "high" | "critical" | "revoked" | "open"
-        | "infected" => "bad",
+        | "infected" | "retrying" => "bad",
         _ => "neutral",
     };
     Badge {
@@ -157,7 +165,13 @@ impl DeviceRow {
         } else if online {
             "online"
         } else {
-            "offline"
+            // Did the agent say goodbye? "offline" alone means it did not: it crashed, lost
+            // power or was killed (rules::lifecycle).
+            match facet(d, "lifecycle").as_str() {
+                "stopped" => "stopped_cleanly",
+                "uninstalled" => "uninstalled",
+                _ => "offline",
+            }
         };
         Self {
             id: d.id.clone(),

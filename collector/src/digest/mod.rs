@@ -1,0 +1,577 @@
+//! The DSL's digests: scheduled summaries of what is new, urgent alerts that gather a burst into one message, and delivery that retries until it succeeds.
+//!
+//! Each tick: for every DSL with a schedule in the settings, urgent events gathered for
+//! `urgent.gather_secs` become one alert (at most `urgent.max_per_hour`; the rest wait for the
+//! digest); when a scheduled time has passed, the DSL's events since the last digest become
+//! one digest per channel. A digest is recorded, and the recipient's cursor moved past its
+//! events, in one durable transaction before any send: a crash loses nothing, and no event is
+//! summarised twice. Pending digests are then sent, with backoff on failure; the dashboard
+//! shows each one's state.
+
+pub mod build;
+pub mod send;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveTime, Utc};
+use chrono_tz::Tz;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Role;
+use crate::rules::DSL;
+use crate::service::{Collector, blocking};
+use crate::settings::{DigestSchedule, Settings};
+use crate::store::{
+    Channel, DigestCursor, DigestRecord, DigestStatus, Store, StoreError, StoredEvent,
+};
+
+/// How often the engine looks for work.
+pub const TICK: Duration = Duration::from_secs(2);
+/// Most events one digest covers; more wait for the next.
+const MAX_EVENTS: usize = 50_000;
+
+/// The most recent scheduled time at or before `now`, in the school's zone.
+pub fn last_due(s: &DigestSchedule, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+    let at = NaiveTime::parse_from_str(&s.at, "%H:%M").ok()?;
+    let local = now.with_timezone(&tz);
+    for back in 0..8 {
+        let day = local.date_naive() - chrono::Duration::days(back);
+        if s.frequency == "weekly"
+            && caretaker_proto::policy::parse_day(&s.weekday)
+                != Some(day.weekday().num_days_from_monday())
+        {
+            continue;
+        }
+        let Some(t) = day.and_time(at).and_local_timezone(tz).earliest() else {
+            continue;
+        };
+        let t = t.with_timezone(&Utc);
+        if t <= now {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// Whether a DSL event is urgent under the settings: its kind is listed, or it is a
+/// filter-bypass tool.
+pub fn is_urgent(e: &StoredEvent, s: &Settings) -> bool {
+    s.urgent.kinds.contains(&e.kind)
+        || (s.urgent.bypass_tools
+            && e.assessment
+                .as_ref()
+                .is_some_and(|a| a.to_string().contains("\"bypass_tool\"")))
+}
+
+/// Where a DSL's digests go: their e-mail (when mail is set up) and webhooks they own. Only an
+/// enabled DSL account receives anything.
+fn channels(store: &dyn Store, username: &str, s: &Settings) -> Result<Vec<Channel>, StoreError> {
+    let Some(user) = store.user(username)? else {
+        return Ok(vec![]);
+    };
+    if user.disabled || Role::parse(&user.role) != Some(Role::Dsl) {
+        return Ok(vec![]);
+    }
+    let mut out = Vec::new();
+    if s.smtp.is_some() && !user.email.trim().is_empty() {
+        out.push(Channel::Email {
+            address: user.email.trim().to_string(),
+        });
+    }
+    for w in s.webhooks.iter().filter(|w| w.owner == username) {
+        out.push(Channel::Webhook {
+            url: w.url.clone(),
+            kind: w.kind.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// A device's name for a digest, from the running collector's cache or the store.
+pub type Hostnames<'a> = &'a dyn Fn(&str) -> String;
+
+/// Names from the store (for the command line when `serve` is not running).
+pub fn store_hostname(store: &dyn Store, id: &str) -> String {
+    store
+        .device(id)
+        .ok()
+        .flatten()
+        .map(|d| d.hostname)
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| id.chars().take(8).collect())
+}
+
+/// Builds the records for one digest, one per channel.
+#[allow(clippy::too_many_arguments)]
+fn records(
+    hostname: Hostnames,
+    store: &dyn Store,
+    recipient: &str,
+    channels: &[Channel],
+    events: &[StoredEvent],
+    urgent: bool,
+    s: &Settings,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Vec<DigestRecord> {
+    let content = build::group(
+        events,
+        hostname,
+        |e| {
+            let subject = crate::incidents::subject(&e.kind, &e.details);
+            let key = crate::incidents::group_key(&e.device_id, &e.kind, &subject);
+            store.incident_for_group(&key).ok().flatten()
+        },
+        urgent,
+    );
+    let r = build::render(&content, &s.school_name, &s.dashboard_url, tz, now);
+    channels
+        .iter()
+        .map(|ch| DigestRecord {
+            id: 0,
+            recipient: recipient.to_string(),
+            channel: ch.clone(),
+            kind: if urgent { "urgent" } else { "scheduled" }.into(),
+            created_at: now,
+            subject: r.subject.clone(),
+            text: r.text.clone(),
+            html: r.html.clone(),
+            json: json!({"generic": r.json, "teams": r.teams}),
+            events: content.events,
+            status: DigestStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt: Some(now),
+            sent_at: None,
+        })
+        .collect()
+}
+
+/// Records what is due for one recipient. Returns how many digests were recorded.
+pub fn plan_recipient(
+    hostname: Hostnames,
+    store: &dyn Store,
+    sched: &DigestSchedule,
+    s: &Settings,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let who = sched.username.as_str();
+    let chans = channels(store, who, s)?;
+    if chans.is_empty() {
+        return Ok(0);
+    }
+    let Some(due) = last_due(sched, now, tz) else {
+        return Ok(0);
+    };
+    let mut cursor = store.digest_cursor(who)?;
+    if cursor.last_due.is_none() {
+        // A new recipient starts from now: "new since the last digest", not the whole record.
+        let next = store.next_timeline_id()?;
+        cursor = DigestCursor {
+            scheduled_from: next,
+            urgent_from: next,
+            last_due: Some(due),
+            urgent_sent: vec![],
+        };
+        store.put_digest_cursor(who, &cursor)?;
+        return Ok(0);
+    }
+    let mut recorded = 0;
+
+    // Urgent: gather a burst, cap per hour; what the cap holds back waits for the digest.
+    let pending = store.audience_events_from(DSL, cursor.urgent_from, MAX_EVENTS)?;
+    if let Some(&(last_tid, _)) = pending.last() {
+        let urgent: Vec<&(u64, StoredEvent)> =
+            pending.iter().filter(|(_, e)| is_urgent(e, s)).collect();
+        let gathered = urgent.first().is_none_or(|(_, e)| {
+            now - e.received_at >= chrono::Duration::seconds(s.urgent.gather_secs as i64)
+        });
+        if gathered {
+            let mut next = cursor.clone();
+            next.urgent_from = last_tid + 1;
+            next.urgent_sent
+                .retain(|t| now - *t < chrono::Duration::hours(1));
+            if urgent.is_empty() {
+                store.put_digest_cursor(who, &next)?;
+            } else if next.urgent_sent.len() >= s.urgent.max_per_hour as usize {
+                tracing::info!(recipient = %who, events = urgent.len(), "Urgent alerts capped; they wait for the digest");
+                store.put_digest_cursor(who, &next)?;
+            } else {
+                next.urgent_sent.push(now);
+                let events: Vec<StoredEvent> = urgent.iter().map(|(_, e)| e.clone()).collect();
+                let rec = records(hostname, store, who, &chans, &events, true, s, tz, now);
+                recorded += store.record_digests(who, &next, rec)?.len();
+            }
+            cursor = next;
+        }
+    }
+
+    // Scheduled: once per due time, only if there is something to say.
+    if cursor.last_due.is_some_and(|d| d < due) {
+        let events = store.audience_events_from(DSL, cursor.scheduled_from, MAX_EVENTS)?;
+        let mut next = cursor.clone();
+        next.last_due = Some(due);
+        match events.last() {
+            None => store.put_digest_cursor(who, &next)?,
+            Some(&(last_tid, _)) => {
+                next.scheduled_from = last_tid + 1;
+                let events: Vec<StoredEvent> = events.into_iter().map(|(_, e)| e).collect();
+                let rec = records(hostname, store, who, &chans, &events, false, s, tz, now);
+                recorded += store.record_digests(who, &next, rec)?.len();
+            }
+        }
+    }
+    Ok(recorded)
+}
+
+/// Records a digest of what is new for `username` now, whatever the schedule ("send my digest
+/// now"). With no digest before, it covers everything stored. Returns how many were recorded
+/// (none when there is nothing new, or the account is not a DSL with somewhere to send to).
+pub fn digest_now(
+    hostname: Hostnames,
+    store: &dyn Store,
+    username: &str,
+    s: &Settings,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let chans = channels(store, username, s)?;
+    if chans.is_empty() {
+        return Ok(0);
+    }
+    let mut cursor = store.digest_cursor(username)?;
+    let events = store.audience_events_from(DSL, cursor.scheduled_from, MAX_EVENTS)?;
+    let Some(&(last_tid, _)) = events.last() else {
+        return Ok(0);
+    };
+    cursor.scheduled_from = last_tid + 1;
+    if cursor.last_due.is_none() {
+        // From here on the schedule takes over; urgent alerts start from now too.
+        cursor.urgent_from = last_tid + 1;
+        cursor.last_due = s
+            .digests
+            .iter()
+            .find(|d| d.username == username)
+            .and_then(|d| last_due(d, now, tz))
+            .or(Some(now));
+    }
+    let events: Vec<StoredEvent> = events.into_iter().map(|(_, e)| e).collect();
+    let rec = records(
+        hostname, store, username, &chans, &events, false, s, tz, now,
+    );
+    Ok(store.record_digests(username, &cursor, rec)?.len())
+}
+
+/// The wait before the next attempt after `attempts` failures: 15 s doubling, at most an hour.
+pub fn backoff(attempts: u32) -> chrono::Duration {
+    let secs = 15u64.saturating_mul(1 << attempts.min(8)).min(3600);
+    chrono::Duration::seconds(secs as i64)
+}
+
+/// Runs the digest engine until `shutdown`.
+pub async fn run(c: Arc<Collector>, tz: Tz, shutdown: CancellationToken) {
+    // For the crash test only: abort after a send is accepted and before it is recorded.
+    let abort_after_send = std::env::var_os("CARETAKER_TEST_ABORT_AFTER_SEND").is_some();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Utc::now();
+        let (c2, store) = (c.clone(), c.store.clone());
+        let planned = blocking(move || {
+            let s = c2.settings()?;
+            let hostname = |id: &str| {
+                c2.device_cache()
+                    .get(id)
+                    .map(|d| d.hostname)
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| id.chars().take(8).collect())
+            };
+            for sched in &s.digests {
+                if let Err(e) = plan_recipient(&hostname, store.as_ref(), sched, &s, tz, now) {
+                    tracing::warn!(recipient = %sched.username, error = %e, "Digest not recorded");
+                }
+            }
+            Ok((s, store.pending_digests()?))
+        })
+        .await;
+        let (settings, pending) = match planned {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "Digests not planned");
+                continue;
+            }
+        };
+        for mut d in pending
+            .into_iter()
+            .filter(|d| d.next_attempt.is_none_or(|t| t <= now))
+        {
+            let result = send::deliver(&d, settings.smtp.as_ref()).await;
+            if result.is_ok() && abort_after_send {
+                tracing::error!(
+                    digest = d.id,
+                    "Aborting after the send, before recording it (test hook)"
+                );
+                std::process::abort();
+            }
+            d.attempts += 1;
+            match result {
+                Ok(()) => {
+                    d.status = DigestStatus::Sent;
+                    d.sent_at = Some(Utc::now());
+                    d.last_error = None;
+                    d.next_attempt = None;
+                    tracing::info!(digest = d.id, recipient = %d.recipient, kind = %d.kind, "Digest sent");
+                }
+                Err(e) => {
+                    d.last_error = Some(e.to_string());
+                    d.next_attempt = Some(Utc::now() + backoff(d.attempts));
+                    tracing::warn!(digest = d.id, recipient = %d.recipient, error = %e, attempts = d.attempts, "Digest not sent; will retry");
+                }
+            }
+            let store = c.store.clone();
+            if let Err(e) = blocking(move || store.update_digest(&d)).await {
+                tracing::error!(error = %e, "Digest state not recorded");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched(freq: &str, at: &str, day: &str) -> DigestSchedule {
+        DigestSchedule {
+            username: "dsl".into(),
+            frequency: freq.into(),
+            at: at.into(),
+            weekday: day.into(),
+        }
+    }
+
+    #[test]
+    fn due_times_follow_the_local_clock_and_weekday() {
+        let tz = crate::timefmt::DEFAULT_TZ;
+        // Monday 1 June 2026, 15:30 UTC = 16:30 BST.
+        let now = DateTime::parse_from_rfc3339("2026-06-01T15:30:00Z")
+            .unwrap()
+            .to_utc();
+        let daily = last_due(&sched("daily", "16:00", "fri"), now, tz).unwrap();
+        assert_eq!(daily.to_rfc3339(), "2026-06-01T15:00:00+00:00");
+        let before = last_due(&sched("daily", "17:00", "fri"), now, tz).unwrap();
+        assert_eq!(
+            before.to_rfc3339(),
+            "2026-05-31T16:00:00+00:00",
+            "yesterday's"
+        );
+        let weekly = last_due(&sched("weekly", "16:00", "fri"), now, tz).unwrap();
+        assert_eq!(
+            weekly.to_rfc3339(),
+            "2026-05-29T15:00:00+00:00",
+            "last Friday"
+        );
+    }
+
+    use crate::store::{DeviceBatch, DigestStore, SledStore, test_device};
+
+    fn flagged(seq: u64, kind: &str, bypass: bool) -> StoredEvent {
+        let now = Utc::now();
+        StoredEvent {
+            device_id: "d".into(),
+            seq,
+            kind: kind.into(),
+            occurred_at: now,
+            received_at: now - chrono::Duration::seconds(10),
+            user: Some("amy".into()),
+            details: json!({"name": "tor", "serial": "S"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            severity: "high".into(),
+            audience: vec!["network_manager".into(), "dsl".into()],
+            assessment: bypass.then(|| json!({"software": [{"classification": "bypass_tool"}]})),
+        }
+    }
+
+    fn store_with(events: Vec<StoredEvent>) -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.insert_device(&test_device("d")).unwrap();
+        s.append(&[DeviceBatch {
+            device_id: "d".into(),
+            events,
+            facts: None,
+            state: Default::default(),
+            seen_at: Utc::now(),
+        }])
+        .unwrap();
+        (dir, s)
+    }
+
+    fn settings() -> Settings {
+        let mut s = Settings::default();
+        s.webhooks.push(crate::settings::Webhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            kind: "generic".into(),
+            owner: "amy-dsl".into(),
+        });
+        s.digests.push(sched("daily", "16:00", "fri"));
+        s.digests[0].username = "amy-dsl".into();
+        s.urgent.gather_secs = 5;
+        s.urgent.max_per_hour = 1;
+        s
+    }
+
+    #[test]
+    fn a_schedule_counts_from_first_sight_and_sends_only_when_there_is_news() {
+        let (_d, store) = store_with(vec![flagged(1, "usb.inserted", false)]);
+        crate::accounts::add_user(
+            &store,
+            &crate::accounts::Actor::local_cli(),
+            "amy-dsl",
+            Role::Dsl,
+            None,
+        )
+        .unwrap();
+        let s = settings();
+        let tz = crate::timefmt::DEFAULT_TZ;
+        let host = |id: &str| id.to_string();
+        let t0 = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        // First sight: the old event is history, not news.
+        assert_eq!(
+            plan_recipient(&host, &store, &s.digests[0], &s, tz, t0).unwrap(),
+            0
+        );
+        // 16:00 passes with nothing new: nothing recorded.
+        let t1 = t0 + chrono::Duration::hours(5);
+        assert_eq!(
+            plan_recipient(&host, &store, &s.digests[0], &s, tz, t1).unwrap(),
+            0
+        );
+        store
+            .append(&[DeviceBatch {
+                device_id: "d".into(),
+                events: vec![
+                    flagged(2, "usb.inserted", false),
+                    flagged(3, "usb.inserted", false),
+                ],
+                facts: None,
+                state: Default::default(),
+                seen_at: t1,
+            }])
+            .unwrap();
+        // Not due again until tomorrow 16:00; then one digest covering both.
+        assert_eq!(
+            plan_recipient(&host, &store, &s.digests[0], &s, tz, t1).unwrap(),
+            0
+        );
+        let t2 = t1 + chrono::Duration::days(1);
+        assert_eq!(
+            plan_recipient(&host, &store, &s.digests[0], &s, tz, t2).unwrap(),
+            1
+        );
+        let d = &store.pending_digests().unwrap()[0];
+        assert_eq!((d.events, d.kind.as_str()), (2, "scheduled"));
+        assert_eq!(
+            plan_recipient(&host, &store, &s.digests[0], &s, tz, t2).unwrap(),
+            0,
+            "once per due time"
+        );
+    }
+
+    #[test]
+    fn urgent_events_gather_into_one_message_and_the_cap_holds_the_rest() {
+        let (_d, store) = store_with(vec![]);
+        crate::accounts::add_user(
+            &store,
+            &crate::accounts::Actor::local_cli(),
+            "amy-dsl",
+            Role::Dsl,
+            None,
+        )
+        .unwrap();
+        let s = settings();
+        let tz = crate::timefmt::DEFAULT_TZ;
+        let host = |id: &str| id.to_string();
+        let now = Utc::now();
+        plan_recipient(&host, &store, &s.digests[0], &s, tz, now).unwrap();
+        let burst: Vec<StoredEvent> = (1..=5)
+            .map(|i| flagged(i, "software.installed", true))
+            .collect();
+        store
+            .append(&[DeviceBatch {
+                device_id: "d".into(),
+                events: burst,
+                facts: None,
+                state: Default::default(),
+                seen_at: now,
+            }])
+            .unwrap();
+        // Still gathering (received 10 s ago in these events, gather 5 s: ready); one message.
+        assert_eq!(
+            plan_recipient(&host, &store, &s.digests[0], &s, tz, now).unwrap(),
+            1
+        );
+        assert_eq!(store.pending_digests().unwrap()[0].events, 5);
+        assert_eq!(store.pending_digests().unwrap()[0].kind, "urgent");
+        // Another burst within the hour: over the cap of one, it waits for the digest.
+        let more: Vec<StoredEvent> = (6..=7)
+            .map(|i| flagged(i, "software.installed", true))
+            .collect();
+        store
+            .append(&[DeviceBatch {
+                device_id: "d".into(),
+                events: more,
+                facts: None,
+                state: Default::default(),
+                seen_at: now,
+            }])
+            .unwrap();
+        assert_eq!(
+            plan_recipient(&host, &store, &s.digests[0], &s, tz, now).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn only_an_enabled_dsl_account_receives_anything() {
+        let (_d, store) = store_with(vec![flagged(1, "usb.inserted", false)]);
+        let by = crate::accounts::Actor::local_cli();
+        crate::accounts::add_user(&store, &by, "amy-dsl", Role::Technician, None).unwrap();
+        let s = settings();
+        let host = |id: &str| id.to_string();
+        let tz = crate::timefmt::DEFAULT_TZ;
+        assert_eq!(
+            digest_now(&host, &store, "amy-dsl", &s, tz, Utc::now()).unwrap(),
+            0,
+            "a technician"
+        );
+        crate::accounts::change_role(&store, &by, "amy-dsl", Role::Dsl).unwrap();
+        crate::accounts::set_disabled(&store, &by, "amy-dsl", true).unwrap();
+        assert_eq!(
+            digest_now(&host, &store, "amy-dsl", &s, tz, Utc::now()).unwrap(),
+            0,
+            "disabled"
+        );
+        crate::accounts::set_disabled(&store, &by, "amy-dsl", false).unwrap();
+        assert_eq!(
+            digest_now(&host, &store, "amy-dsl", &s, tz, Utc::now()).unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_an_hour() {
+        assert_eq!(backoff(0).num_seconds(), 15);
+        assert_eq!(backoff(1).num_seconds(), 30);
+        assert_eq!(backoff(20).num_seconds(), 3600);
+    }
+}

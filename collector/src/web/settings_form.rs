@@ -1,0 +1,201 @@
+//! The settings page's forms: one per section, turned into the settings document, which is then checked exactly as the command line checks it.
+
+use serde_json::{Value, json};
+
+use super::policy_form::{Fields, lines};
+
+fn one<'a>(f: &'a Fields, name: &str) -> &'a str {
+    f.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.trim())
+        .unwrap_or("")
+}
+
+/// Splits a "a, b, c" line into at most `n` trimmed parts.
+fn parts(line: &str, n: usize) -> Vec<String> {
+    line.splitn(n, ',').map(|p| p.trim().to_string()).collect()
+}
+
+/// Applies one section's form to a copy of the current settings document.
+pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String> {
+    let mut doc = current.clone();
+    if !doc.is_object() {
+        doc = json!({});
+    }
+    let set = |doc: &mut Value, k: &str, v: Value| {
+        doc.as_object_mut().expect("an object").insert(k.into(), v);
+    };
+    match section {
+        "school" => {
+            set(&mut doc, "school_name", json!(one(f, "school_name")));
+            set(&mut doc, "dashboard_url", json!(one(f, "dashboard_url")));
+        }
+        "terms" => {
+            let mut terms = Vec::new();
+            for (i, l) in lines(one(f, "terms")).iter().enumerate() {
+                let p = parts(l, 3);
+                if p.len() != 3 {
+                    return Err(format!(
+                        "Term line {} should read \"Name, first day, last day\" (dates as 2026-09-03).",
+                        i + 1
+                    ));
+                }
+                terms.push(json!({"name": p[0], "start": p[1], "end": p[2]}));
+            }
+            set(&mut doc, "terms", json!(terms));
+        }
+        "licences" => {
+            let mut licences = Vec::new();
+            for (i, l) in lines(one(f, "licences")).iter().enumerate() {
+                let p = parts(l, 2);
+                let count = p.get(1).and_then(|c| c.parse::<u64>().ok());
+                match (p.first(), count) {
+                    (Some(name), Some(count)) if !name.is_empty() => {
+                        licences.push(json!({"product": name, "count": count}))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "Licence line {} should read \"product, number of licences\".",
+                            i + 1
+                        ));
+                    }
+                }
+            }
+            set(&mut doc, "licences", json!(licences));
+        }
+        "mail" => {
+            if one(f, "host").is_empty() {
+                set(&mut doc, "smtp", Value::Null);
+            } else {
+                let port: u16 = one(f, "port")
+                    .parse()
+                    .map_err(|_| "The port must be a number (587 for STARTTLS).".to_string())?;
+                set(
+                    &mut doc,
+                    "smtp",
+                    json!({"host": one(f, "host"), "port": port, "security": one(f, "security"),
+                           "username": one(f, "username"), "password_file": one(f, "password_file"),
+                           "from": one(f, "from"), "ca_file": one(f, "ca_file")}),
+                );
+            }
+        }
+        "digests" => {
+            let mut out = Vec::new();
+            for user in f
+                .iter()
+                .filter(|(k, _)| k == "dsl")
+                .map(|(_, v)| v.as_str())
+            {
+                if one(f, &format!("on.{user}")).is_empty() {
+                    continue;
+                }
+                out.push(json!({
+                    "username": user,
+                    "frequency": one(f, &format!("frequency.{user}")),
+                    "at": one(f, &format!("at.{user}")),
+                    "weekday": one(f, &format!("weekday.{user}")),
+                }));
+            }
+            set(&mut doc, "digests", json!(out));
+        }
+        "webhooks" => {
+            let mut out = Vec::new();
+            for (i, l) in lines(one(f, "webhooks")).iter().enumerate() {
+                let p = parts(l, 3);
+                if p.len() != 3 {
+                    return Err(format!(
+                        "Webhook line {} should read \"generic or teams, address, DSL's username\".",
+                        i + 1
+                    ));
+                }
+                out.push(json!({"kind": p[0], "url": p[1], "owner": p[2]}));
+            }
+            set(&mut doc, "webhooks", json!(out));
+        }
+        "urgent" => {
+            let num = |k: &str, what: &str| {
+                one(f, k)
+                    .parse::<u64>()
+                    .map_err(|_| format!("{what} must be a whole number."))
+            };
+            set(
+                &mut doc,
+                "urgent",
+                json!({"kinds": lines(one(f, "kinds")), "bypass_tools": !one(f, "bypass_tools").is_empty(),
+                       "gather_secs": num("gather_secs", "The gathering time")?,
+                       "max_per_hour": num("max_per_hour", "The hourly cap")?}),
+            );
+        }
+        "reports" => {
+            let mut out = Vec::new();
+            for (i, l) in lines(one(f, "reports")).iter().enumerate() {
+                let p = parts(l, 3);
+                if p.len() != 3 {
+                    return Err(format!(
+                        "Report line {} should read \"governors or dsl, week or month or term, usernames\".",
+                        i + 1
+                    ));
+                }
+                let recipients: Vec<&str> = p[2].split_whitespace().collect();
+                out.push(json!({"audience": p[0], "period": p[1], "recipients": recipients}));
+            }
+            set(&mut doc, "reports", json!(out));
+        }
+        other => return Err(format!("There is no settings section called {other:?}.")),
+    }
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn lines_become_terms_and_licences_and_mistakes_say_which_line() {
+        let doc = apply(
+            &json!({}),
+            "terms",
+            &fields(&[("terms", "Autumn 2026, 2026-09-03, 2026-12-18\n")]),
+        )
+        .unwrap();
+        let s = Settings::parse_strict(&doc).unwrap();
+        assert_eq!(s.terms[0].name, "Autumn 2026");
+        let err = apply(
+            &json!({}),
+            "licences",
+            &fields(&[("licences", "office, 300\nbad line")]),
+        )
+        .unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn digest_rows_for_each_dsl() {
+        let f = fields(&[
+            ("dsl", "amy"),
+            ("on.amy", "1"),
+            ("frequency.amy", "weekly"),
+            ("at.amy", "15:30"),
+            ("weekday.amy", "fri"),
+            ("dsl", "ben"),
+            ("frequency.ben", "daily"),
+            ("at.ben", "08:00"),
+            ("weekday.ben", "mon"),
+        ]);
+        let doc = apply(&json!({}), "digests", &f).unwrap();
+        let s = Settings::parse_strict(&doc).unwrap();
+        assert_eq!(s.digests.len(), 1, "ben's box is not ticked");
+        assert_eq!(
+            (s.digests[0].frequency.as_str(), s.digests[0].at.as_str()),
+            ("weekly", "15:30")
+        );
+    }
+}
