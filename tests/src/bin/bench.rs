@@ -5,6 +5,8 @@
 //! `caretaker-bench agent-idle --seconds 600`: the agent's resident memory and
 //! CPU while idle with every probe on. `caretaker-bench usb-latency --runs 10`:
 //! QMP plug of a real USB stick into the VM to the stored `usb.inserted`.
+//! `caretaker-bench digest-build --events 10000`: time for a running collector to build and
+//! record one DSL digest over that many flagged events (`digest send-now`).
 //! Uses the binaries next to itself.
 
 use std::time::{Duration, Instant};
@@ -36,6 +38,13 @@ enum What {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// Build and record one digest over N flagged events (200 pupils on 20 devices).
+    DigestBuild {
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 fn main() {
@@ -43,6 +52,7 @@ fn main() {
         What::SoftwareLatency { runs } => software_latency(runs),
         What::AgentIdle { seconds } => agent_idle(seconds),
         What::UsbLatency { runs } => usb_latency(runs),
+        What::DigestBuild { events, runs } => digest_build(events, runs),
     }
 }
 
@@ -150,4 +160,53 @@ fn agent_idle(seconds: u64) {
         start.elapsed().as_secs(),
         t1 - t0
     );
+}
+
+fn digest_build(events: u64, runs: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    collector.add_user("dsl", "dsl1");
+    // A webhook nobody answers: the digest is built and recorded; sending is not measured.
+    let settings = tmp.path().join("settings.json");
+    std::fs::write(
+        &settings,
+        serde_json::json!({"webhooks": [{"kind": "generic", "url": "http://127.0.0.1:9/none", "owner": "dsl1"}],
+                           "digests": [{"username": "dsl1", "at": "03:00"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = run(std::process::Command::new(bin("caretaker-collector"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&collector.dir));
+        assert!(ok, "{args:?}: {out}{err}");
+        out
+    };
+    cli(&["settings", "set", "--file", settings.to_str().unwrap()]);
+    let devices: Vec<_> = (0..20)
+        .map(|i| {
+            let state = tmp.path().join(format!("d{i}"));
+            collector.enroll(&state);
+            state
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let per_device = events / 20;
+        for (i, state) in devices.iter().enumerate() {
+            let base = samples.len() as u64 * per_device;
+            let batch: Vec<_> = (1..=per_device)
+                .map(|s| pupil_stick(base + s, &format!("pupil{}", (i as u64 * 10 + s % 10)), "SN"))
+                .collect();
+            for chunk in batch.chunks(500) {
+                send_as_device(&collector, state, &format!("LAPTOP-{i:02}"), chunk.to_vec());
+            }
+        }
+        let t = Instant::now();
+        let out = cli(&["digest", "send-now", "--user", "dsl1"]);
+        samples.push(t.elapsed());
+        assert!(out.contains("Recorded 1 digest"), "{out}");
+    }
+    summary(&format!("digest over {events} flagged events (send-now, incl. CLI start)"), samples);
 }
