@@ -105,6 +105,13 @@ pub async fn enroll(
     write(state.key(), key.serialize_pem().as_bytes(), 0o600)?;
     write(state.cert(), resp.certificate_pem.as_bytes(), 0o644)?;
     write(state.ca(), resp.ca_certificate_pem.as_bytes(), 0o644)?;
+    if !resp.uninstall_code_sha256.is_empty() {
+        write(
+            state.uninstall_hash(),
+            resp.uninstall_code_sha256.as_bytes(),
+            0o600,
+        )?;
+    }
     // Written last: its presence means the identity above is complete.
     write(
         state.enrollment(),

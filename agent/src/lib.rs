@@ -14,4 +14,5 @@ pub mod spool;
 pub mod state;
 pub mod status;
 pub mod tls;
+pub mod uninstall;
 pub mod uplink;

@@ -1,4 +1,4 @@
-//! `caretaker-agent`: command-line wiring for enroll, run and status.
+//! `caretaker-agent`: command-line wiring for enroll, run, status and uninstall-check.
 
 use std::path::PathBuf;
 
@@ -52,6 +52,20 @@ enum Command {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Check this laptop's uninstall code before the agent is removed (the package's prerm
+    /// runs it). Exits 0 if removal may go ahead; otherwise 2, and the attempt is reported to
+    /// the collector. The code comes from the dashboard's device page or
+    /// `caretaker-collector device uninstall-code DEVICE_ID`.
+    UninstallCheck {
+        /// The uninstall code; from the environment, as `CARETAKER_UNINSTALL_CODE=... apt remove caretaker-agent`.
+        #[arg(long, env = "CARETAKER_UNINSTALL_CODE", hide_env_values = true)]
+        code: Option<String>,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// What is being done, for the report (e.g. "package removal").
+        #[arg(long, default_value = "package removal")]
+        action: String,
     },
 }
 
@@ -113,7 +127,77 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             runtime::run(config, shutdown).await
         }
         Command::Status { state_dir, json } => status(&StateDir::new(state_dir), json),
+        Command::UninstallCheck {
+            code,
+            state_dir,
+            action,
+        } => uninstall_check(&StateDir::new(state_dir), code.as_deref(), &action),
     }
+}
+
+fn uninstall_check(state: &StateDir, code: Option<&str>, action: &str) -> anyhow::Result<()> {
+    use caretaker_agent::details;
+    use caretaker_agent::uninstall::{self, Check, Report};
+    let result = uninstall::check(state, code)?;
+    let report = |kind: &str, details| Report {
+        kind: kind.into(),
+        occurred_at: chrono::Utc::now(),
+        user: uninstall::acting_user(),
+        details,
+    };
+    match result {
+        Check::NotEnrolled => println!("This laptop is not enrolled: no uninstall code is needed."),
+        Check::Accepted | Check::NoCodeYet => {
+            let verified = result == Check::Accepted;
+            uninstall::mark_uninstalling(
+                state,
+                &report(
+                    "agent.uninstalled",
+                    details! { "action" => action, "code_verified" => verified },
+                ),
+            )
+            .with_context(|| format!("cannot write {}", state.uninstalling().display()))?;
+            if verified {
+                println!("Uninstall code accepted.");
+            } else {
+                eprintln!(
+                    "caretaker-agent: this laptop has not yet received its uninstall code from the collector; the {action} goes ahead, recorded as unverified."
+                );
+            }
+        }
+        Check::Missing | Check::Wrong => {
+            let reason = if result == Check::Missing {
+                "no code given"
+            } else {
+                "wrong code"
+            };
+            let left = uninstall::leave_report(
+                state,
+                &report(
+                    "agent.uninstall_refused",
+                    details! { "action" => action, "reason" => reason },
+                ),
+            );
+            if let Err(e) = &left {
+                eprintln!("caretaker-agent: could not record this attempt: {e}");
+            }
+            let device = state
+                .load_enrollment()
+                .ok()
+                .flatten()
+                .map(|e| e.device_id)
+                .unwrap_or_default();
+            eprintln!(
+                "caretaker-agent: refused ({reason}). Removing the agent needs this laptop's uninstall code.\n\
+                 The network manager or a technician finds it on the dashboard (this device's page, \"Uninstall code\")\n\
+                 or on the collector with: caretaker-collector device uninstall-code {device}\n\
+                 Then: sudo CARETAKER_UNINSTALL_CODE=XXXX-XXXX-XXXX apt remove caretaker-agent\n\
+                 This attempt has been reported to the collector."
+            );
+            std::process::exit(2);
+        }
+    }
+    Ok(())
 }
 
 fn status(state: &StateDir, json: bool) -> anyhow::Result<()> {

@@ -90,20 +90,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Uplink {
             addr: collector,
             tls,
-            spool,
-            new_events,
+            spool: spool.clone(),
+            new_events: new_events.clone(),
             policy: policy.clone(),
             status: status.clone(),
             facts: facts.clone(),
+            state: state.clone(),
         }
         .run(uplink_stop.clone()),
     );
 
     let probes_stop = CancellationToken::new();
     let probe_tasks = TaskTracker::new();
+    // A removal note left by a removal that did not go ahead is stale.
+    let _ = std::fs::remove_file(state.uninstalling());
+    probe_tasks.spawn(crate::uninstall::watch_reports(
+        state.clone(),
+        spool.clone(),
+        new_events.clone(),
+        probes_stop.clone(),
+    ));
     let mut probes = vec![ProbeConfig::Lifecycle(probe::lifecycle::LifecycleConfig {
         heartbeat_interval: config.heartbeat_interval,
         facts,
+        uninstall_note: Some(state.uninstalling()),
     })];
     probes.extend(config.antivirus.clone().map(ProbeConfig::Antivirus));
     probes.extend(config.software.clone().map(ProbeConfig::Software));

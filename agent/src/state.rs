@@ -1,4 +1,4 @@
-//! The agent's state directory: identity (key, certificate, CA), enrolment record, spool, cached policy, status.
+//! The agent's state directory: identity (key, certificate, CA), enrolment record, spool, cached policy, status, uninstall-code hash.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -54,6 +54,18 @@ impl StateDir {
     }
     pub fn status(&self) -> PathBuf {
         self.root.join("status.json")
+    }
+    /// The hash an uninstall code is checked against (`crate::uninstall`).
+    pub fn uninstall_hash(&self) -> PathBuf {
+        self.root.join("uninstall.sha256")
+    }
+    /// Present while the package is being removed with the code.
+    pub fn uninstalling(&self) -> PathBuf {
+        self.root.join("uninstalling.json")
+    }
+    /// Tamper reports waiting for the agent to spool them.
+    pub fn reports(&self) -> PathBuf {
+        self.root.join("reports")
     }
 
     /// Creates the directory, readable only by the agent's user.

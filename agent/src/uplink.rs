@@ -76,6 +76,8 @@ pub struct Uplink {
     pub policy: PolicyCache,
     pub status: StatusBoard,
     pub facts: HostFacts,
+    /// Where the uninstall-code hash the collector sends is kept.
+    pub state: crate::state::StateDir,
 }
 
 fn to_pb(e: SpooledEvent) -> pb::Event {
@@ -147,6 +149,7 @@ impl Uplink {
             channel.clone(),
             self.policy.clone(),
             self.status.clone(),
+            self.state.clone(),
         ));
         let end = self.stream(channel, stop, deadline).await;
         policy_task.abort();
@@ -246,11 +249,17 @@ fn describe(s: &tonic::Status) -> String {
     msg
 }
 
-async fn watch_policy(channel: Channel, cache: PolicyCache, status: StatusBoard) {
+async fn watch_policy(
+    channel: Channel,
+    cache: PolicyCache,
+    status: StatusBoard,
+    state: crate::state::StateDir,
+) {
     let mut client = TelemetryClient::new(channel);
     let stream = client
         .watch_policy(pb::WatchPolicyRequest {
             known_version: cache.version(),
+            want_uninstall_code: !state.uninstall_hash().exists(),
         })
         .await;
     let mut stream = match stream {
@@ -261,6 +270,11 @@ async fn watch_policy(channel: Channel, cache: PolicyCache, status: StatusBoard)
         }
     };
     while let Ok(Some(p)) = stream.message().await {
+        match crate::uninstall::store_hash(&state, &p.uninstall_code_sha256) {
+            Ok(true) => info!("Received this laptop's uninstall-code check"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "Could not keep the uninstall-code check"),
+        }
         match cache.apply(p.version, &p.document_json) {
             Ok(()) => status.update(|s| s.policy_version = cache.version()),
             Err(e) => {

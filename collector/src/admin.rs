@@ -29,8 +29,18 @@ pub enum AdminRequest {
     RevokeDevice {
         id: String,
     },
+    /// A device's uninstall code (`device uninstall-code`); audited.
+    UninstallCode {
+        id: String,
+    },
     /// Users and API tokens (`user ...`, `token create-api`).
     Account(crate::accounts::AccountOp),
+    /// A monitoring report (`report`), rendered by the running collector.
+    Report {
+        request: crate::report::ReportRequest,
+        /// The IANA zone days are counted in.
+        time_zone: String,
+    },
 }
 
 /// The collector's answer.
@@ -44,7 +54,15 @@ pub enum AdminResponse {
     Revoked {
         id: String,
     },
+    UninstallCode {
+        id: String,
+        hostname: String,
+        code: String,
+    },
     Account(crate::accounts::AccountOutcome),
+    Report {
+        files: Vec<crate::report::ReportFile>,
+    },
     Error {
         message: String,
     },
@@ -116,6 +134,32 @@ async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
                     message: e.to_string(),
                 },
             },
+            Ok(AdminRequest::UninstallCode { id }) => match c.uninstall_code(&id) {
+                Ok((d, code)) => {
+                    crate::uninstall::audit_issued(c.store.as_ref(), &d);
+                    AdminResponse::UninstallCode {
+                        id: d.id,
+                        hostname: d.hostname,
+                        code,
+                    }
+                }
+                Err(e) => AdminResponse::Error {
+                    message: e.to_string(),
+                },
+            },
+            Ok(AdminRequest::Report { request, time_zone }) => {
+                match time_zone.parse::<chrono_tz::Tz>() {
+                    Err(_) => AdminResponse::Error {
+                        message: format!("unknown time zone {time_zone}"),
+                    },
+                    Ok(tz) => match crate::report::render_for(c.clone(), request, tz).await {
+                        Ok(files) => AdminResponse::Report { files },
+                        Err(e) => AdminResponse::Error {
+                            message: e.to_string(),
+                        },
+                    },
+                }
+            }
             Ok(AdminRequest::Account(op)) => {
                 let store = c.store.clone();
                 let result = tokio::task::spawn_blocking(move || {

@@ -46,6 +46,10 @@ impl DataDir {
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("admin.sock")
     }
+    /// The secret uninstall codes are derived from; made on first use.
+    pub fn uninstall_key(&self) -> PathBuf {
+        self.root.join("uninstall.key")
+    }
 
     /// Refuses with a clear message if this is not an initialised data directory.
     pub fn check(&self) -> anyhow::Result<()> {

@@ -98,6 +98,7 @@ impl pb::enrollment_server::Enrollment for GrpcApi {
             )
             .await?;
         Ok(Response::new(pb::EnrollResponse {
+            uninstall_code_sha256: self.collector.uninstall_hash(&enrolled.device_id),
             device_id: enrolled.device_id,
             certificate_pem: enrolled.certificate_pem,
             ca_certificate_pem: enrolled.ca_certificate_pem,
@@ -141,7 +142,11 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
         req: Request<pb::WatchPolicyRequest>,
     ) -> Result<Response<Self::WatchPolicyStream>, Status> {
         let device = device_of(&req, &self.collector)?;
-        let known = req.into_inner().known_version;
+        let req = req.into_inner();
+        let known = req.known_version;
+        // An agent enrolled before uninstall codes gets the current policy once anyway,
+        // carrying its code's hash.
+        let mut send_anyway = req.want_uninstall_code;
         let mut policies = self.collector.watch_policy();
         let collector = self.collector.clone();
         let shutdown = self.shutdown.clone();
@@ -150,11 +155,13 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
             let mut known = known;
             loop {
                 let current = policies.borrow_and_update().clone();
-                if current.version > known {
-                    known = current.version;
+                if current.version > known || send_anyway {
+                    known = known.max(current.version);
+                    send_anyway = false;
                     let msg = pb::Policy {
                         version: current.version,
                         document_json: current.policy.to_string(),
+                        uninstall_code_sha256: collector.uninstall_hash(&device),
                     };
                     if tx.send(Ok(msg)).await.is_err() {
                         return;

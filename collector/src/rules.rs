@@ -59,6 +59,9 @@ impl Rules {
             // The agent lost events (spool bound) or had to set a damaged spool aside:
             // the record has a gap the network manager should know about.
             "agent.events_dropped" | "agent.spool_recovered" => Verdict::technical("warning"),
+            // Someone tried to remove the agent without the uninstall code: tampering, or a
+            // technician without the code; either way the network manager should know.
+            "agent.uninstall_refused" => Verdict::technical("warning"),
             // Anything but `current` is a technical compliance gap.
             "antivirus.status" => match details.get("status").and_then(Value::as_str) {
                 Some("current") => Verdict::routine(),
@@ -177,6 +180,19 @@ pub fn state_facet(kind: &str, details: &Map<String, Value>) -> Option<(String, 
     }
 }
 
+/// How the agent last started or ended (`running`, `stopped` after a goodbye, `uninstalled`
+/// with the code), kept as the `lifecycle` facet: a device that went quiet without one of
+/// these crashed, lost power or was cut off.
+pub fn lifecycle(kind: &str, details: &Map<String, Value>) -> Option<Value> {
+    let status = match kind {
+        "agent.started" => "running",
+        "agent.stopping" => "stopped",
+        "agent.uninstalled" => "uninstalled",
+        _ => return None,
+    };
+    Some(json!({"status": status, "reason": details.get("reason")}))
+}
+
 /// Facets whose status the fleet view counts, and the statuses each can take.
 const COUNTED: &[(&str, &[&str])] = &[
     (
@@ -261,6 +277,24 @@ mod tests {
             Some(("facts".to_string(), Value::Object(d.clone())))
         );
         assert_eq!(rules().classify("device.facts", d), Verdict::routine());
+    }
+
+    #[test]
+    fn the_agent_saying_goodbye_is_its_lifecycle_and_a_refused_removal_is_flagged() {
+        let m = Map::new();
+        let status = |k: &str| lifecycle(k, &m).map(|v| v["status"].clone());
+        assert_eq!(status("agent.started"), Some(json!("running")));
+        assert_eq!(status("agent.stopping"), Some(json!("stopped")));
+        assert_eq!(status("agent.uninstalled"), Some(json!("uninstalled")));
+        assert_eq!(status("agent.heartbeat"), None);
+        assert_eq!(status("agent.uninstall_refused"), None);
+        let refused = rules().classify("agent.uninstall_refused", &m);
+        assert_eq!(refused.severity, "warning");
+        assert_eq!(refused.audience, vec![NETWORK_MANAGER.to_string()]);
+        assert_eq!(
+            rules().classify("agent.uninstalled", &m),
+            Verdict::routine()
+        );
     }
 
     #[test]

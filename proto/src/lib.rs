@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod convert;
 pub mod policy;
+pub mod uninstall;
 
 /// Generated protobuf and gRPC code for package `caretaker.v1`.
 #[allow(clippy::all, missing_docs)]

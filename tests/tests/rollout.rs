@@ -220,7 +220,8 @@ fn the_packages_pass_lintian() {
 
 /// One laptop through a package's life: install (files, owners, modes, conffile), the unit
 /// verified where it is installed, an expired bundle refused, enrol, enrol again (harmless),
-/// upgrade keeping enrolment and an edited conffile, remove keeping state (clean stop
+/// upgrade keeping enrolment and an edited conffile, removal without the uninstall code or
+/// with a wrong one refused and reported, remove with the code keeping state (a clean removal
 /// recorded), purge, and a used-up bundle refused. Then the collector's package.
 #[test]
 fn a_laptop_installs_enrols_upgrades_removes_and_purges_the_agent_package() {
@@ -328,8 +329,69 @@ fn a_laptop_installs_enrols_upgrades_removes_and_purges_the_agent_package() {
         "the old agent stopped"
     );
 
-    // Remove: stops the agent cleanly (the collector hears it say goodbye), keeps state and conffile.
-    l.exec_ok("dpkg -r caretaker-agent");
+    // Removing without the uninstall code: refused by prerm, saying where the code comes from;
+    // the package stays, the agent keeps running, and the collector hears of the attempt.
+    let out = l.exec("dpkg -r caretaker-agent 2>&1");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("refused (no code given)")
+            && said.contains(&format!(
+                "caretaker-collector device uninstall-code {device}"
+            )),
+        "{said}"
+    );
+    assert_eq!(
+        l.exec_ok("dpkg-query -W -f='${db:Status-Status}' caretaker-agent"),
+        "installed"
+    );
+    assert!(l.path("/usr/bin/caretaker-agent").exists());
+    assert_eq!(agent_pid(&l), Some(new_pid), "the agent kept running");
+    wait_heard(&collector, &net, &l, "agent.uninstall_refused", &device);
+    let refused = collector.get(
+        &net,
+        &format!("/events?kind=agent.uninstall_refused&device={device}"),
+    );
+    let refused = &refused["events"][0];
+    assert_eq!(refused["details"]["reason"], "no code given", "{refused}");
+    assert_eq!(refused["severity"], "warning", "{refused}");
+    assert_eq!(
+        refused["audience"],
+        serde_json::json!(["network_manager"]),
+        "{refused}"
+    );
+
+    // The code, from the collector (through its admin socket while it runs; audited).
+    let (ok, code, err) = run(Command::new(bin("caretaker-collector"))
+        .args(["device", "uninstall-code", &device, "--data-dir"])
+        .arg(collector.data()));
+    assert!(ok, "uninstall-code: {code}{err}");
+    let code = code.trim().to_string();
+    assert_eq!(code.len(), 14, "{code:?}");
+    let audit = collector.get(&net, "/audit?limit=20");
+    assert!(
+        audit.to_string().contains("uninstall_code_issued"),
+        "{audit}"
+    );
+
+    // A wrong code (the right one backwards) is refused too.
+    let wrong: String = code.chars().rev().collect();
+    let out = l.exec(&format!(
+        "CARETAKER_UNINSTALL_CODE={wrong} dpkg -r caretaker-agent 2>&1"
+    ));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("refused (wrong code)"),
+        "{said}"
+    );
+    assert_eq!(agent_pid(&l), Some(new_pid), "the agent kept running");
+
+    // Remove with the code (typed loosely): stops the agent cleanly, which says goodbye as an
+    // uninstall, keeps state and conffile.
+    l.exec_ok(&format!(
+        "CARETAKER_UNINSTALL_CODE='{}' dpkg -r caretaker-agent",
+        code.to_lowercase()
+    ));
     assert!(!l.path("/usr/bin/caretaker-agent").exists());
     assert!(l.path("/var/lib/caretaker-agent/enrollment.json").exists());
     assert!(l.path("/etc/caretaker/agent.toml").exists());
@@ -339,7 +401,21 @@ fn a_laptop_installs_enrols_upgrades_removes_and_purges_the_agent_package() {
                 .contains(") Z"),
         "the agent stopped on remove"
     );
-    wait_heard(&collector, &net, &l, "agent.stopping", &device);
+    wait_heard(&collector, &net, &l, "agent.uninstalled", &device);
+    let devices = collector.get(&net, "/devices");
+    let me = devices["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["id"] == device.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        me["state"]["lifecycle"]["status"], "uninstalled",
+        "{devices}"
+    );
+    let refused = collector.devices_with(&net, "agent.uninstall_refused");
+    assert_eq!(refused.len(), 2, "both refusals reported: {refused:?}");
 
     // Purge: state, conffile and the folder go.
     l.exec_ok("dpkg -P caretaker-agent");

@@ -1,4 +1,4 @@
-//! The agent's own lifecycle: `agent.started`, periodic `agent.heartbeat`, `agent.stopping` on a clean stop.
+//! The agent's own lifecycle: `agent.started`, periodic `agent.heartbeat`, and a goodbye on a clean stop: `agent.stopping`, or `agent.uninstalled` when the package is being removed with the uninstall code.
 
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ use crate::os::HostFacts;
 pub struct LifecycleConfig {
     pub heartbeat_interval: Duration,
     pub facts: HostFacts,
+    /// The note `caretaker-agent uninstall-check` leaves when the code was accepted.
+    pub uninstall_note: Option<std::path::PathBuf>,
 }
 
 pub async fn run(cfg: LifecycleConfig, sink: EventSink, shutdown: CancellationToken) {
@@ -38,7 +40,14 @@ pub async fn run(cfg: LifecycleConfig, sink: EventSink, shutdown: CancellationTo
                 }
             }
             _ = shutdown.cancelled() => {
-                sink.emit(NewEvent::now("agent.stopping", None, details! { "reason" => "service stopped" })).await;
+                let goodbye = cfg
+                    .uninstall_note
+                    .as_deref()
+                    .and_then(crate::uninstall::uninstalling)
+                    .unwrap_or_else(|| {
+                        NewEvent::now("agent.stopping", None, details! { "reason" => "service stopped" })
+                    });
+                sink.emit(goodbye).await;
                 return;
             }
         }
@@ -60,6 +69,7 @@ mod tests {
                 hostname: "h".into(),
                 os: "o".into(),
             },
+            uninstall_note: None,
         };
         let task = tokio::spawn(run(cfg, EventSink::new(tx), stop.clone()));
         assert_eq!(rx.recv().await.unwrap().kind, "agent.started");
