@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use caretaker_proto::pb;
 use caretaker_tests::browser_rig::Browser;
-use caretaker_tests::{Collector, bin, device_channel, pb_event, run, start_agent, wait_for};
+use caretaker_tests::{Collector, bin, pb_event, run, send_as_device, start_agent, wait_for};
 use serde_json::{Map, Value, json};
 
 const QUIET_AGENT: &str = "heartbeat_interval = \"1s\"\n[antivirus]\nenabled = false\n[software]\nenabled = false\n[screen_lock]\nenabled = false\n[usb]\nenabled = false\n";
@@ -43,45 +43,9 @@ fn session_cookie(b: &Browser) -> String {
     format!("{}={}", c.name, c.value)
 }
 
-/// Sends `events` as the enrolled device in `state`, as its agent would.
-fn send_as_device(collector: &Collector, state: &Path, events: Vec<pb::Event>) {
-    let addr = collector.grpc_addr();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let n = events.iter().map(|e| e.seq).max().unwrap();
-    rt.block_on(async {
-        let mut client =
-            pb::telemetry_client::TelemetryClient::new(device_channel(state, &addr).await);
-        let batch = pb::EventBatch {
-            events,
-            agent: Some(pb::AgentInfo {
-                hostname: "y5-laptop-07".into(),
-                os: "Debian GNU/Linux 12".into(),
-                agent_version: "test".into(),
-            }),
-        };
-        let mut acks = client
-            .stream_events(tokio_stream::iter(vec![batch]))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(acks.message().await.unwrap().unwrap().through_seq, n);
-    });
-}
-
 /// A pupil's USB stick, blocked by the policy: a safeguarding matter.
 fn blocked_stick(seq: u64) -> pb::Event {
-    let d: Map<String, Value> =
-        json!({"mass_storage": true, "account": "pupil", "decision": "block",
-        "antivirus_current": true, "serial": "SN-CRUZER-1", "product": "Cruzer Blade"})
-        .as_object()
-        .unwrap()
-        .clone();
-    let mut e = pb_event(seq, "usb.inserted", d);
-    e.user = "pupil7".into();
-    e
+    caretaker_tests::pupil_stick(seq, "pupil7", "SN-CRUZER-1")
 }
 
 #[test]
@@ -225,7 +189,12 @@ fn each_role_sees_its_part_and_the_dsl_keeps_a_record_that_only_grows() {
     let state = tmp.path().join("device");
     let device_id = collector.enroll(&state);
     // Three attempts with the same stick: one incident, counted three times.
-    send_as_device(&collector, &state, (1..=3).map(blocked_stick).collect());
+    send_as_device(
+        &collector,
+        &state,
+        "y5-laptop-07",
+        (1..=3).map(blocked_stick).collect(),
+    );
 
     let pw: Vec<(&str, &str, String)> = [
         ("network_manager", "manager"),

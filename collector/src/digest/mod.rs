@@ -145,8 +145,149 @@ fn records(
             last_error: None,
             next_attempt: Some(now),
             sent_at: None,
+            attachment: None,
         })
         .collect()
+}
+
+/// Scheduled reports: after each period ends, the report is made once (PDF) and e-mailed to
+/// its recipients: the governors' version to anyone listed, the DSL's only to DSL accounts.
+/// Recorded like digests (before sending, retried, never lost).
+pub fn plan_reports(
+    c: &Collector,
+    store: &dyn Store,
+    s: &Settings,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    use crate::report::{self, Audience, Format, PeriodKind, PeriodSpec, ReportRequest};
+    use base64::Engine;
+    let mut recorded = 0;
+    if s.smtp.is_none() {
+        return Ok(0);
+    }
+    for r in &s.reports {
+        let (Some(audience), Some(kind)) =
+            (Audience::parse(&r.audience), PeriodKind::parse(&r.period))
+        else {
+            continue;
+        };
+        let key = format!(
+            "report/{}/{}/{}",
+            r.audience,
+            r.period,
+            r.recipients.join(",")
+        );
+        let Ok(src) = report::Sources::from_collector(c, tz) else {
+            continue;
+        };
+        // The latest period that has ended: the one before today's, or (in a holiday, for
+        // terms) the one today falls after.
+        let today = PeriodSpec {
+            kind: Some(kind),
+            from: Some(now.with_timezone(&tz).date_naive()),
+            to: None,
+        };
+        let Ok((current, previous)) = report::resolve(&src, &today) else {
+            continue;
+        };
+        let period = if current.end <= now {
+            current
+        } else {
+            previous
+        };
+        let spec = PeriodSpec {
+            kind: Some(kind),
+            from: Some(period.first_day),
+            to: None,
+        };
+        let mut cursor = store.digest_cursor(&key)?;
+        if period.end > now || cursor.last_due.is_some_and(|d| d >= period.end) {
+            continue;
+        }
+        if cursor.last_due.is_none() {
+            // A new schedule starts with the next period, not a backlog.
+            cursor.last_due = Some(period.end);
+            store.put_digest_cursor(&key, &cursor)?;
+            continue;
+        }
+        let mut addresses = Vec::new();
+        for name in &r.recipients {
+            let Some(u) = store.user(name)? else { continue };
+            let allowed = match audience {
+                Audience::Governors => true,
+                Audience::Dsl => Role::parse(&u.role) == Some(Role::Dsl),
+            };
+            if allowed && !u.disabled && !u.email.trim().is_empty() {
+                addresses.push((u.username.clone(), u.email.trim().to_string()));
+            } else {
+                tracing::warn!(recipient = %name, audience = %r.audience, "Report not sent to this account (not allowed, disabled or no e-mail)");
+            }
+        }
+        let req = ReportRequest {
+            period: spec.clone(),
+            audience,
+            format: Format::Pdf,
+        };
+        let file = match report::render(&src, &req) {
+            Ok(mut files) if !files.is_empty() => files.remove(0),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "Scheduled report not made; it will be tried again");
+                continue;
+            }
+        };
+        cursor.last_due = Some(period.end);
+        let title = format!(
+            "Caretaker {} report ({}), {}",
+            if audience == Audience::Governors {
+                "governors'"
+            } else {
+                "DSL"
+            },
+            s.school_name,
+            period.label
+        );
+        let text = format!(
+            "{title}\n\nThe report for {} is attached as a PDF.{}\n",
+            period.label,
+            if audience == Audience::Dsl {
+                " It names pupils: keep it within the safeguarding team."
+            } else {
+                ""
+            }
+        );
+        let records = addresses
+            .into_iter()
+            .map(|(user, address)| DigestRecord {
+                id: 0,
+                recipient: user,
+                channel: Channel::Email { address },
+                kind: "report".into(),
+                created_at: now,
+                subject: title.clone(),
+                html: format!(
+                    "<p>{}</p>",
+                    text.trim().replace('&', "&amp;").replace('<', "&lt;")
+                ),
+                text: text.clone(),
+                json: json!({"generic": {"type": "report", "period": period.label}}),
+                events: 0,
+                status: DigestStatus::Pending,
+                attempts: 0,
+                last_error: None,
+                next_attempt: Some(now),
+                sent_at: None,
+                attachment: Some(crate::store::Attachment {
+                    name: format!("caretaker-{}-{}.pdf", r.audience, period.first_day),
+                    content_type: file.content_type.clone(),
+                    data_base64: base64::engine::general_purpose::STANDARD.encode(&file.bytes),
+                }),
+            })
+            .collect();
+        recorded += store.record_digests(&key, &cursor, records)?.len();
+    }
+    Ok(recorded)
 }
 
 /// Records what is due for one recipient. Returns how many digests were recorded.
@@ -296,6 +437,9 @@ pub async fn run(c: Arc<Collector>, tz: Tz, shutdown: CancellationToken) {
                 if let Err(e) = plan_recipient(&hostname, store.as_ref(), sched, &s, tz, now) {
                     tracing::warn!(recipient = %sched.username, error = %e, "Digest not recorded");
                 }
+            }
+            if let Err(e) = plan_reports(&c2, store.as_ref(), &s, tz, now) {
+                tracing::warn!(error = %e, "Scheduled report not recorded");
             }
             Ok((s, store.pending_digests()?))
         })
@@ -566,6 +710,87 @@ mod tests {
             digest_now(&host, &store, "amy-dsl", &s, tz, Utc::now()).unwrap(),
             1
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_scheduled_report_goes_once_after_its_period_to_the_right_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let (ca, _) = crate::ca::SchoolCa::generate("Test").unwrap();
+        let c = Collector::new(store.clone(), ca, Default::default(), "t").unwrap();
+        let by = crate::accounts::Actor::local_cli();
+        for (name, role) in [
+            ("gov", Role::Governor),
+            ("dsl", Role::Dsl),
+            ("tech", Role::Technician),
+        ] {
+            crate::accounts::add_user(store.as_ref(), &by, name, role, None).unwrap();
+            crate::accounts::set_email(store.as_ref(), &by, name, &format!("{name}@s.example"))
+                .unwrap();
+        }
+        let mut s = Settings::default();
+        s.smtp = Some(crate::settings::Smtp {
+            host: "localhost".into(),
+            port: 25,
+            security: "none".into(),
+            username: String::new(),
+            password_file: String::new(),
+            from: "c@s.example".into(),
+            ca_file: String::new(),
+        });
+        s.reports = vec![
+            crate::settings::ReportSchedule {
+                audience: "governors".into(),
+                period: "week".into(),
+                recipients: vec!["gov".into(), "tech".into()],
+            },
+            crate::settings::ReportSchedule {
+                audience: "dsl".into(),
+                period: "week".into(),
+                recipients: vec!["dsl".into(), "gov".into()],
+            },
+        ];
+        let tz = crate::timefmt::DEFAULT_TZ;
+        // Wednesday: the schedule starts; nothing for the week in progress or before.
+        let wed = DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let (c2, s2) = (Arc::new(c), s.clone());
+        let run = move |now| {
+            let (c, s) = (c2.clone(), s2.clone());
+            let store = c.store.clone();
+            std::thread::spawn(move || plan_reports(&c, store.as_ref(), &s, tz, now).unwrap())
+                .join()
+                .unwrap()
+        };
+        assert_eq!(run(wed), 0);
+        // The next Tuesday: last week has ended: one PDF each, to whom it may go.
+        let tue = wed + chrono::Duration::days(6);
+        assert_eq!(
+            run(tue),
+            3,
+            "governors' version to gov and tech, DSL's to dsl only"
+        );
+        assert_eq!(run(tue), 0, "once");
+        let pending = store.pending_digests().unwrap();
+        let mut to: Vec<(String, String)> = pending
+            .iter()
+            .map(|d| (d.recipient.clone(), d.kind.clone()))
+            .collect();
+        to.sort();
+        assert_eq!(
+            to,
+            [
+                ("dsl".to_string(), "report".to_string()),
+                ("gov".into(), "report".into()),
+                ("tech".into(), "report".into())
+            ]
+        );
+        use base64::Engine;
+        let pdf = base64::engine::general_purpose::STANDARD
+            .decode(&pending[0].attachment.as_ref().unwrap().data_base64)
+            .unwrap();
+        assert!(pdf.starts_with(b"%PDF"), "a real PDF is attached");
     }
 
     #[test]

@@ -60,12 +60,8 @@ async fn send_mail(d: &DigestRecord, to: &str, smtp: &Smtp) -> Result<(), SendEr
         .to(to)
         .subject(&d.subject)
         .message_id(Some(message_id(d, &smtp.from)))
-        .multipart(MultiPart::alternative_plain_html(
-            d.text.clone(),
-            d.html.clone(),
-        ))
+        .multipart(body(d)?)
         .map_err(|e| config(e.to_string()))?;
-    let _ = ContentType::TEXT_PLAIN;
     let mut tls = TlsParameters::builder(smtp.host.clone());
     if !smtp.ca_file.is_empty() {
         let pem = std::fs::read(&smtp.ca_file)
@@ -103,6 +99,23 @@ async fn send_mail(d: &DigestRecord, to: &str, smtp: &Smtp) -> Result<(), SendEr
         .await
         .map(|_| ())
         .map_err(|e| SendError::Smtp(e.to_string()))
+}
+
+/// The text and HTML alternatives, with the attachment (a report's PDF) when there is one.
+fn body(d: &DigestRecord) -> Result<MultiPart, SendError> {
+    use base64::Engine;
+    let alternative = MultiPart::alternative_plain_html(d.text.clone(), d.html.clone());
+    let Some(a) = &d.attachment else {
+        return Ok(alternative);
+    };
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(&a.data_base64)
+        .map_err(|e| SendError::Config(format!("the recorded attachment is damaged: {e}")))?;
+    let content_type = ContentType::parse(&a.content_type)
+        .map_err(|e| SendError::Config(format!("attachment type: {e}")))?;
+    Ok(MultiPart::mixed()
+        .multipart(alternative)
+        .singlepart(lettre::message::Attachment::new(a.name.clone()).body(data, content_type)))
 }
 
 async fn send_webhook(d: &DigestRecord, url: &str, kind: &str) -> Result<(), SendError> {

@@ -44,6 +44,17 @@ pub struct DigestRecord {
     pub last_error: Option<String>,
     pub next_attempt: Option<DateTime<Utc>>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// A file sent with it (a scheduled report's PDF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+/// A file attached to a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub name: String,
+    pub content_type: String,
+    pub data_base64: String,
 }
 
 /// How far each recipient's digests have got: the first timeline id not yet covered.

@@ -16,7 +16,7 @@ mod sled_store;
 pub use accounts::{
     AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, SettingsVersion, UserRecord,
 };
-pub use digests::{Channel, DigestCursor, DigestRecord, DigestStatus, DigestStore};
+pub use digests::{Attachment, Channel, DigestCursor, DigestRecord, DigestStatus, DigestStore};
 pub use incidents::{
     Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
 };

@@ -29,7 +29,7 @@ use crate::timefmt;
 type D = Extension<Arc<Desk>>;
 
 /// A desk error as a page.
-pub struct PageError(DeskError);
+pub struct PageError(pub(super) DeskError);
 
 impl From<DeskError> for PageError {
     fn from(e: DeskError) -> Self {
@@ -1505,7 +1505,7 @@ pub async fn create_api_token(
     after_user_action(&st, &desk, result).await
 }
 
-// ---- Audit log and report ----
+// ---- Audit log ----
 
 struct AuditView {
     when: String,
@@ -1553,31 +1553,6 @@ pub async fn audit(
                 })
                 .collect(),
             next: page.next,
-        },
-    ))
-}
-
-#[derive(Template)]
-#[template(path = "report.html")]
-struct ReportPage {
-    chrome: Chrome,
-    s: crate::desk::GovernorsSummary,
-    since: String,
-    lock_pct: usize,
-    av_pct: usize,
-}
-
-pub async fn report(State(st): State<AppState>, Extension(desk): D) -> PageResult {
-    let s = desk.governors_summary().await?;
-    let pct = |n: usize| (n * 100).checked_div(s.devices).unwrap_or(0);
-    Ok(render(
-        StatusCode::OK,
-        &ReportPage {
-            chrome: chrome(&desk, &st, "Report", "/report"),
-            since: timefmt::date(s.since, tz(&st)),
-            lock_pct: pct(s.screen_lock_enforced),
-            av_pct: pct(s.antivirus_current),
-            s,
         },
     ))
 }

@@ -1,0 +1,96 @@
+//! `caretaker-collector report`: asks a running collector over the admin socket, or opens the store itself when none runs, and writes the files.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use chrono::NaiveDate;
+
+use super::{Audience, Format, PeriodKind, PeriodSpec, ReportRequest, Sources};
+use crate::admin::{self, AdminRequest, AdminResponse};
+use crate::datadir::DataDir;
+use crate::store::SledStore;
+
+/// The command's arguments.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[arg(long, default_value = "/var/lib/caretaker-collector")]
+    pub data_dir: PathBuf,
+    /// week (Monday to Sunday), month, or term (from the term dates in the settings). The one
+    /// containing --from (or --to, or today); with both --from and --to, the range instead.
+    #[arg(long, value_parser = ["week", "month", "term"])]
+    pub period: Option<String>,
+    /// First day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    pub from: Option<NaiveDate>,
+    /// Last day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    pub to: Option<NaiveDate>,
+    /// governors (counts only, no names) or dsl (names pupils and laptops).
+    #[arg(long, value_parser = ["governors", "dsl"])]
+    pub audience: String,
+    /// html, pdf (needs Chromium), or csv (one file per table, written into the directory --out).
+    #[arg(long, value_parser = ["html", "pdf", "csv"])]
+    pub format: String,
+    /// The file to write (a directory for csv).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The school's time zone, in which days begin and end.
+    #[arg(long, default_value = "Europe/London")]
+    pub time_zone: chrono_tz::Tz,
+}
+
+impl ReportArgs {
+    fn request(&self) -> anyhow::Result<ReportRequest> {
+        let kind = self.period.as_deref().and_then(PeriodKind::parse);
+        if kind.is_none() && (self.from.is_none() || self.to.is_none()) {
+            bail!("say which period: --period week, month or term, or both --from and --to");
+        }
+        Ok(ReportRequest {
+            period: PeriodSpec {
+                kind,
+                from: self.from,
+                to: self.to,
+            },
+            audience: Audience::parse(&self.audience).context("--audience")?,
+            format: Format::parse(&self.format).context("--format")?,
+        })
+    }
+}
+
+/// Runs the command.
+pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
+    let req = args.request()?;
+    let dir = DataDir::new(&args.data_dir);
+    dir.check()?;
+    let ask = AdminRequest::Report {
+        request: req.clone(),
+        time_zone: args.time_zone.name().to_string(),
+    };
+    let files = match admin::ask(&dir.admin_socket(), &ask).await? {
+        Some(AdminResponse::Report { files }) => files,
+        Some(AdminResponse::Error { message }) => bail!("{message}"),
+        Some(other) => bail!("unexpected answer from the collector: {other:?}"),
+        None => {
+            let path = dir.store();
+            let tz = args.time_zone;
+            let req = req.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let store = SledStore::open(&path).with_context(|| {
+                    format!(
+                        "cannot open the store in {}; if a collector is running, its admin socket did not answer",
+                        path.display()
+                    )
+                })?;
+                let src = Sources::offline(&store, tz)?;
+                Ok(super::render(&src, &req)?)
+            })
+            .await??
+        }
+    };
+    let written = super::write_files(&files, req.format, &args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    for p in written {
+        println!("Wrote {}", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! The monitoring report for governors and the DSL: fleet compliance over a period, incidents and their outcomes, trends, silent laptops, licences and policy changes, as HTML, PDF or CSV.
+//!
+//! `period` works out the days; `gather` reads the store into `model` types; `chart` draws
+//! SVG; `output` renders HTML (askama), CSV and PDF (headless Chromium printing the HTML).
+//! `render` is the one entry point the CLI, the admin socket, the dashboard and the scheduled
+//! e-mails share. Invariant: the governors' version is built from `GovernorsReport`, which has
+//! no field that can hold a name, so no format of it can leak one.
+
+pub mod chart;
+pub mod cli;
+mod gather;
+pub mod model;
+pub mod output;
+pub mod period;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+pub use gather::{SILENT_DAYS, Sources};
+pub use model::{DslReport, GovernorsReport};
+pub use period::{Period, PeriodError, PeriodKind, PeriodSpec};
+
+use crate::classify::fleet::FleetCounts;
+use crate::service::Collector;
+use crate::settings::Settings;
+use crate::store::{Store, StoreError};
+
+/// Who a report is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    /// Counts only: no pupil, member of staff, laptop name or serial.
+    Governors,
+    /// May name pupils and laptops.
+    Dsl,
+}
+
+impl Audience {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "governors" => Some(Audience::Governors),
+            "dsl" => Some(Audience::Dsl),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::Governors => "governors",
+            Audience::Dsl => "dsl",
+        }
+    }
+}
+
+/// What shape the report comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One standalone page (styles inline, charts as inline SVG, no script).
+    Html,
+    /// The HTML printed by headless Chromium (A4).
+    Pdf,
+    /// One CSV file per table.
+    Csv,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "html" => Some(Format::Html),
+            "pdf" => Some(Format::Pdf),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+}
+
+/// A report request, as the CLI, the admin socket, the dashboard and schedules make it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportRequest {
+    pub period: PeriodSpec,
+    pub audience: Audience,
+    pub format: Format,
+}
+
+/// One output file: `report.html`, `report.pdf`, or a table's `NAME.csv`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportFile {
+    pub name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Why a report could not be made; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{0}")]
+    Period(#[from] PeriodError),
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Pdf(String),
+}
+
+impl<'a> Sources<'a> {
+    /// From a running collector: devices and installation counts from its memory.
+    pub fn from_collector(c: &'a Collector, tz: Tz) -> Result<Self, StoreError> {
+        Ok(Sources {
+            store: c.store.as_ref(),
+            devices: c.device_cache().all(),
+            software: c.software_installations(),
+            settings: settings(c.store.as_ref())?,
+            tz,
+            now: Utc::now(),
+        })
+    }
+
+    /// From a store no collector holds (the CLI while `serve` is not running): installation
+    /// counts are folded from the saved per-device states and the events after them, as the
+    /// collector does at start-up, without saving anything.
+    pub fn offline(store: &'a dyn Store, tz: Tz) -> Result<Self, StoreError> {
+        let devices = store.devices()?;
+        let mut counts = FleetCounts::default();
+        for (device, through, state) in store.derived("software")? {
+            let _ = counts.import_device(&device, through, state);
+        }
+        for d in &devices {
+            let from = counts.through_seq(&d.id);
+            store.device_events_after(&d.id, from, "software.", &mut |e| {
+                let _ = counts.fold(&e.device_id, e.seq, &e.kind, &e.details);
+            })?;
+        }
+        Ok(Sources {
+            store,
+            devices,
+            software: counts
+                .device_counts()
+                .into_iter()
+                .map(|(k, n)| (k.source, k.name, n))
+                .collect(),
+            settings: settings(store)?,
+            tz,
+            now: Utc::now(),
+        })
+    }
+}
+
+fn settings(store: &dyn Store) -> Result<Settings, StoreError> {
+    Ok(store
+        .current_settings()?
+        .map(|v| Settings::parse_lenient(&v.settings))
+        .unwrap_or_default())
+}
+
+/// The period a request means, and the one before it, in the sources' zone and settings.
+pub fn resolve(src: &Sources, spec: &PeriodSpec) -> Result<(Period, Period), PeriodError> {
+    let today = src.now.with_timezone(&src.tz).date_naive();
+    period::resolve(spec, today, &src.settings.terms, src.tz)
+}
+
+/// The governors' report for a period.
+pub fn governors(src: &Sources, spec: &PeriodSpec) -> Result<GovernorsReport, ReportError> {
+    let (p, prev) = resolve(src, spec)?;
+    Ok(gather::gather(src, &p, &prev)?.into_governors())
+}
+
+/// The DSL's report for a period (names pupils and laptops).
+pub fn dsl(src: &Sources, spec: &PeriodSpec) -> Result<DslReport, ReportError> {
+    let (p, prev) = resolve(src, spec)?;
+    Ok(gather::gather(src, &p, &prev)?.into_dsl())
+}
+
+fn file(name: &str, content_type: &str, bytes: Vec<u8>) -> ReportFile {
+    ReportFile {
+        name: name.into(),
+        content_type: content_type.into(),
+        bytes,
+    }
+}
+
+fn csv_files(files: Vec<output::CsvFile>) -> Vec<ReportFile> {
+    files
+        .into_iter()
+        .map(|(n, b)| file(&n, "text/csv; charset=utf-8", b))
+        .collect()
+}
+
+/// Makes a report: one file for HTML and PDF, one per table for CSV. Blocking (reads the
+/// store, may run Chromium): call it off the async threads.
+pub fn render(src: &Sources, req: &ReportRequest) -> Result<Vec<ReportFile>, ReportError> {
+    let html_type = "text/html; charset=utf-8";
+    Ok(match (req.audience, req.format) {
+        (Audience::Governors, f) => {
+            let r = governors(src, &req.period)?;
+            match f {
+                Format::Html => vec![file(
+                    "report.html",
+                    html_type,
+                    output::governors_html(&r, true).into_bytes(),
+                )],
+                Format::Pdf => vec![file(
+                    "report.pdf",
+                    "application/pdf",
+                    output::pdf(&output::governors_html(&r, true))?,
+                )],
+                Format::Csv => csv_files(output::governors_csv(&r)),
+            }
+        }
+        (Audience::Dsl, f) => {
+            let r = dsl(src, &req.period)?;
+            match f {
+                Format::Html => vec![file(
+                    "report.html",
+                    html_type,
+                    output::dsl_html(&r, true).into_bytes(),
+                )],
+                Format::Pdf => vec![file(
+                    "report.pdf",
+                    "application/pdf",
+                    output::pdf(&output::dsl_html(&r, true))?,
+                )],
+                Format::Csv => csv_files(output::dsl_csv(&r)),
+            }
+        }
+    })
+}
+
+/// `render` against a running collector, off the async threads. For the admin socket, the
+/// dashboard and scheduled e-mails. The caller decides who may ask for which audience.
+pub async fn render_for(
+    c: Arc<Collector>,
+    req: ReportRequest,
+    tz: Tz,
+) -> Result<Vec<ReportFile>, ReportError> {
+    tokio::task::spawn_blocking(move || {
+        let src = Sources::from_collector(&c, tz)?;
+        render(&src, &req)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ReportError::Store(StoreError::Engine(e.to_string()))))
+}
+
+/// A report's dashboard fragment (no `<html>`; links `/static/report.css`).
+pub async fn fragment_for(
+    c: Arc<Collector>,
+    spec: PeriodSpec,
+    audience: Audience,
+    tz: Tz,
+) -> Result<(String, String), ReportError> {
+    tokio::task::spawn_blocking(move || {
+        let src = Sources::from_collector(&c, tz)?;
+        Ok(match audience {
+            Audience::Governors => {
+                let r = governors(&src, &spec)?;
+                (
+                    r.meta.period_label.clone(),
+                    output::governors_html(&r, false),
+                )
+            }
+            Audience::Dsl => {
+                let r = dsl(&src, &spec)?;
+                (r.meta.period_label.clone(), output::dsl_html(&r, false))
+            }
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(ReportError::Store(StoreError::Engine(e.to_string()))))
+}
+
+/// Writes a report's files: HTML and PDF to `out`; CSV tables into the directory `out`
+/// (created if missing), one file per table, replacing files of the same name.
+pub fn write_files(
+    files: &[ReportFile],
+    format: Format,
+    out: &std::path::Path,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    match format {
+        Format::Csv => {
+            std::fs::create_dir_all(out)?;
+            files
+                .iter()
+                .map(|f| {
+                    let p = out.join(&f.name);
+                    std::fs::write(&p, &f.bytes)?;
+                    Ok(p)
+                })
+                .collect()
+        }
+        Format::Html | Format::Pdf => {
+            let f = files
+                .first()
+                .ok_or_else(|| std::io::Error::other("the report produced no file"))?;
+            std::fs::write(out, &f.bytes)?;
+            Ok(vec![out.to_path_buf()])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
