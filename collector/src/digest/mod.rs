@@ -728,28 +728,30 @@ mod tests {
             crate::accounts::set_email(store.as_ref(), &by, name, &format!("{name}@s.example"))
                 .unwrap();
         }
-        let mut s = Settings::default();
-        s.smtp = Some(crate::settings::Smtp {
-            host: "localhost".into(),
-            port: 25,
-            security: "none".into(),
-            username: String::new(),
-            password_file: String::new(),
-            from: "c@s.example".into(),
-            ca_file: String::new(),
-        });
-        s.reports = vec![
-            crate::settings::ReportSchedule {
-                audience: "governors".into(),
-                period: "week".into(),
-                recipients: vec!["gov".into(), "tech".into()],
-            },
-            crate::settings::ReportSchedule {
-                audience: "dsl".into(),
-                period: "week".into(),
-                recipients: vec!["dsl".into(), "gov".into()],
-            },
-        ];
+        let s = Settings {
+            smtp: Some(crate::settings::Smtp {
+                host: "localhost".into(),
+                port: 25,
+                security: "none".into(),
+                username: String::new(),
+                password_file: String::new(),
+                from: "c@s.example".into(),
+                ca_file: String::new(),
+            }),
+            reports: vec![
+                crate::settings::ReportSchedule {
+                    audience: "governors".into(),
+                    period: "week".into(),
+                    recipients: vec!["gov".into(), "tech".into()],
+                },
+                crate::settings::ReportSchedule {
+                    audience: "dsl".into(),
+                    period: "week".into(),
+                    recipients: vec!["dsl".into(), "gov".into()],
+                },
+            ],
+            ..Settings::default()
+        };
         let tz = crate::timefmt::DEFAULT_TZ;
         // Wednesday: the schedule starts; nothing for the week in progress or before.
         let wed = DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
