@@ -61,8 +61,12 @@ enum Command {
         /// The uninstall code; from the environment, as `CARETAKER_UNINSTALL_CODE=... apt remove caretaker-agent`.
         #[arg(long, env = "CARETAKER_UNINSTALL_CODE", hide_env_values = true)]
         code: Option<String>,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        /// The state folder; by default the one `--config` names, else /var/lib/caretaker-agent.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The agent's configuration, read for its `state_dir` (the package passes /etc/caretaker/agent.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// What is being done, for the report (e.g. "package removal").
         #[arg(long, default_value = "package removal")]
         action: String,
@@ -130,8 +134,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::UninstallCheck {
             code,
             state_dir,
+            config,
             action,
-        } => uninstall_check(&StateDir::new(state_dir), code.as_deref(), &action),
+        } => {
+            let state_dir = state_dir.unwrap_or_else(|| {
+                let configured = config.as_deref().map(|c| Config::load(Some(c), None));
+                match configured {
+                    Some(Ok(c)) => c.state_dir,
+                    Some(Err(e)) => {
+                        eprintln!("caretaker-agent: {e}; using {DEFAULT_STATE_DIR}");
+                        DEFAULT_STATE_DIR.into()
+                    }
+                    None => DEFAULT_STATE_DIR.into(),
+                }
+            });
+            uninstall_check(&StateDir::new(state_dir), code.as_deref(), &action)
+        }
     }
 }
 

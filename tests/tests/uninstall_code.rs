@@ -127,6 +127,22 @@ fn codes_are_checked_offline_refusals_are_reported_and_a_removal_says_goodbye() 
         std::fs::read_dir(state.join("reports")).unwrap().count() == 0,
         "reports are deleted once spooled"
     );
+    // As the package runs it: the state folder is the one the agent's configuration names.
+    let cfg = tmp.path().join("agent-config.toml");
+    std::fs::write(
+        &cfg,
+        format!("state_dir = {:?}\n", state.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(bin("caretaker-agent"))
+        .args(["uninstall-check", "--config"])
+        .arg(&cfg)
+        .env_remove("CARETAKER_UNINSTALL_CODE")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("refused (no code given)"), "{said}");
 
     // With the code (typed loosely), then the service stops: the last word is agent.uninstalled.
     let (status, said) = check(&state, Some(&code.to_lowercase().replace('-', " ")));
