@@ -96,6 +96,11 @@ pub fn title(kind: &str, details: &Map<String, Value>) -> String {
         "session.left_logged_on" => "Session left logged on after school hours".to_string(),
         "agent.events_dropped" => "The agent's spool was full: events were lost".to_string(),
         "agent.spool_recovered" => "The agent set a damaged spool aside".to_string(),
+        "agent.uninstall_refused" => format!(
+            "Removing the agent was refused: {}",
+            text(details, "reason").unwrap_or("no uninstall code")
+        ),
+        "agent.uninstalled" => "The agent was removed with the uninstall code".to_string(),
         other => other.replace('.', " "),
     }
 }
@@ -107,6 +112,17 @@ mod tests {
 
     fn d(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_refused_removal_says_why() {
+        assert_eq!(
+            title(
+                "agent.uninstall_refused",
+                &d(json!({"reason": "wrong code"}))
+            ),
+            "Removing the agent was refused: wrong code"
+        );
     }
 
     #[test]
