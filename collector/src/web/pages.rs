@@ -63,9 +63,9 @@ impl IntoResponse for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+pub(super) type PageResult = Result<Response, PageError>;
 
-fn chrome(desk: &Desk, st: &AppState, title: &str, section: &str) -> Chrome {
+pub(super) fn chrome(desk: &Desk, st: &AppState, title: &str, section: &str) -> Chrome {
     let mut c = Chrome::new(desk, title, section);
     c.tz = st.options.time_zone.name().to_string();
     c
