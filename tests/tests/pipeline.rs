@@ -71,7 +71,7 @@ fn enrolled_agent_streams_its_lifecycle_and_follows_policy() {
     );
     assert_eq!(st, 200, "{pv}");
     assert_eq!(pv["version"], 2);
-    assert_eq!(pv["changed_by"], "administrator (API token)");
+    assert_eq!(pv["changed_by"], "administrator (admin.token)");
     wait_for(Duration::from_secs(10), "policy v2 at the agent", || {
         let s = std::fs::read_to_string(state.join("policy.json")).ok()?;
         s.contains("Spring term").then_some(())
