@@ -1,5 +1,11 @@
 //! `caretaker-loadgen`: enrols K simulated agents with real certificates, streams M events each over mTLS, verifies the store.
 //!
+//! `--mix synthetic` (the default) sends `load.synthetic` events; `--mix realistic` sends a
+//! deterministic mix a school fleet produces (heartbeats, screen-lock and antivirus states,
+//! software installs including bypass tools, pupils' USB sticks), so the dashboard's pages
+//! and the incident list have real content. `--concurrency N` caps how many agents stream at
+//! once (each holds one TLS connection while it streams).
+//!
 //! Its last line is `events=N seconds=T rate=R/s p99_ack_ms=L lost=X duplicated=Y`,
 //! where N is the number of events sent, T the time from the first send to the
 //! last acknowledgement, and L the 99th percentile of the time from sending a
@@ -14,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use caretaker_agent::state::StateDir;
 use caretaker_proto::pb;
-use clap::Parser;
-use serde_json::{Map, Value};
+use clap::{Parser, ValueEnum};
+use serde_json::{Map, Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -53,6 +59,21 @@ struct Args {
     /// Where to keep the simulated agents' keys (default: a temporary directory).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Which events the agents send.
+    #[arg(long, value_enum, default_value_t = Mix::Synthetic)]
+    mix: Mix,
+    /// At most this many agents streaming at once (default: all of them). Each streaming
+    /// agent holds a connection, so keep it well under `ulimit -n`.
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mix {
+    /// `load.synthetic` events with a counter: the ingest path alone.
+    Synthetic,
+    /// A school fleet's mix; see `realistic_event`.
+    Realistic,
 }
 
 #[tokio::main]
@@ -94,14 +115,26 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
-    // Stream from all agents at once.
+    // Stream from all agents at once, or from at most --concurrency at a time.
     let start = Instant::now();
+    let streaming = Arc::new(Semaphore::new(
+        args.concurrency
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let mut tasks = Vec::new();
-    for (dir, _) in &agents {
-        let (dir, addr) = (dir.clone(), args.collector.clone());
-        let (m, batch, window) = (args.events, args.batch, args.window);
+    for (index, (dir, _)) in agents.iter().enumerate() {
+        let (dir, addr, streaming) = (dir.clone(), args.collector.clone(), streaming.clone());
+        let load = Load {
+            events: args.events,
+            batch: args.batch,
+            window: args.window,
+            mix: args.mix,
+            agent: index as u64,
+        };
         tasks.push(tokio::spawn(async move {
-            stream_agent(dir, addr, m, batch, window).await
+            let _permit = streaming.acquire_owned().await.expect("semaphore");
+            stream_agent(dir, addr, load).await
         }));
     }
     let mut latencies = Vec::new();
@@ -115,7 +148,9 @@ async fn main() -> anyhow::Result<()> {
         .copied()
         .unwrap_or_default();
 
-    // Verify through the API that the store holds exactly K x M.
+    // Verify through the API that the store holds exactly K x M: one request, the device
+    // list carries each device's stored event count and highest sequence number.
+    let verify = Instant::now();
     let ca = std::fs::read(agents[0].0.join("ca.pem"))?;
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
@@ -152,6 +187,11 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    eprintln!(
+        "verified {} devices through the API in {:.2}s",
+        counts.len(),
+        verify.elapsed().as_secs_f64()
+    );
     let sent = args.agents as u64 * args.events;
     println!(
         "events={sent} seconds={seconds:.2} rate={:.0}/s p99_ack_ms={:.1} lost={lost} duplicated={duplicated}",
@@ -164,14 +204,26 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Streams `m` events as one agent; returns each batch's send-to-ack latency.
-async fn stream_agent(
-    dir: PathBuf,
-    addr: String,
-    m: u64,
+/// What one simulated agent sends.
+#[derive(Clone, Copy)]
+struct Load {
+    events: u64,
     batch: u64,
     window: usize,
-) -> anyhow::Result<Vec<Duration>> {
+    mix: Mix,
+    /// The agent's index, which seeds its realistic mix.
+    agent: u64,
+}
+
+/// Streams `load.events` events as one agent; returns each batch's send-to-ack latency.
+async fn stream_agent(dir: PathBuf, addr: String, load: Load) -> anyhow::Result<Vec<Duration>> {
+    let Load {
+        events: m,
+        batch,
+        window,
+        mix,
+        agent,
+    } = load;
     let channel = caretaker_tests::device_channel(&dir, &addr).await;
     let mut client = pb::telemetry_client::TelemetryClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::EventBatch>(window);
@@ -183,20 +235,34 @@ async fn stream_agent(
     let mut latencies = Vec::with_capacity((m / batch + 1) as usize);
     let mut next = 1u64;
     let mut acked = 0u64;
+    // Realistic events are dated as if sent over the last `m` five-minute heartbeats.
+    let now = chrono::Utc::now();
     while acked < m {
         while next <= m && in_flight.len() < window {
             let last = (next + batch - 1).min(m);
             let events = (next..=last)
-                .map(|seq| {
-                    let mut d = Map::new();
-                    d.insert("i".into(), Value::from(seq));
-                    d.insert("note".into(), Value::from("synthetic load"));
-                    caretaker_tests::pb_event(seq, "load.synthetic", d)
+                .map(|seq| match mix {
+                    Mix::Synthetic => {
+                        let mut d = Map::new();
+                        d.insert("i".into(), Value::from(seq));
+                        d.insert("note".into(), Value::from("synthetic load"));
+                        caretaker_tests::pb_event(seq, "load.synthetic", d)
+                    }
+                    Mix::Realistic => {
+                        let at = now - chrono::Duration::minutes(5 * (m - seq) as i64);
+                        realistic_event(agent, seq, at)
+                    }
                 })
                 .collect();
+            // Real agents name themselves on a stream's first batch.
+            let info = (mix == Mix::Realistic && next == 1).then(|| pb::AgentInfo {
+                hostname: hostname(agent),
+                os: "Debian GNU/Linux 12 (bookworm)".into(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            });
             tx.send(pb::EventBatch {
                 events,
-                agent: None,
+                agent: info,
             })
             .await
             .context("stream closed")?;
@@ -214,4 +280,128 @@ async fn stream_agent(
         }
     }
     Ok(latencies)
+}
+
+fn hostname(agent: u64) -> String {
+    format!("lap-{agent:05}")
+}
+
+/// SplitMix64: a fixed, well-mixed hash, so every run sends the same events.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Packages a pupil might install: bypass tools from the collector's catalogue (they reach
+/// the DSL and the network manager) and ordinary software nobody approved (the network manager).
+const BYPASS: &[&str] = &["tor", "openvpn", "anydesk", "wireguard-tools", "psiphon"];
+const UNAPPROVED: &[&str] = &[
+    "gimp",
+    "vlc",
+    "steam",
+    "discord",
+    "minecraft-launcher",
+    "audacity",
+    "blender",
+    "inkscape",
+];
+
+/// Event `seq` of agent `agent` in the realistic mix. Seq 1 is `agent.started`; after that,
+/// by a hash of (agent, seq): 90 % `agent.heartbeat`, 4 % `screen.compliance` (1 in 10 of them
+/// `cannot_enforce`), 3 % `antivirus.status` (1 in 8 `stale`), 2 % `software.installed` (1 in
+/// 4 a bypass tool), 1 % `usb.inserted` (7 in 10 a pupil's stick refused, which reaches the
+/// DSL; 2 in 10 a member of staff's, allowed; 1 in 10 a keyboard). Each laptop has one pupil,
+/// `pupil<agent>`, named on the events that carry a user.
+fn realistic_event(agent: u64, seq: u64, at: chrono::DateTime<chrono::Utc>) -> pb::Event {
+    let h = mix64((agent << 32) ^ seq);
+    let (roll, sub, pick) = (h % 100, (h >> 8) % 100, (h >> 16) as usize);
+    let pupil = format!("pupil{agent}");
+    let (kind, user, details) = if seq == 1 {
+        (
+            "agent.started",
+            None,
+            json!({"agent_version": env!("CARGO_PKG_VERSION"), "hostname": hostname(agent),
+                   "os": "Debian GNU/Linux 12 (bookworm)"}),
+        )
+    } else if roll < 90 {
+        (
+            "agent.heartbeat",
+            None,
+            json!({"uptime_secs": (seq - 1) * 300}),
+        )
+    } else if roll < 94 {
+        let d = if sub < 90 {
+            json!({"state": "enforced"})
+        } else {
+            json!({"state": "cannot_enforce", "reason": "no_idle_source"})
+        };
+        ("screen.compliance", None, d)
+    } else if roll < 97 {
+        let status = if sub < 88 { "current" } else { "stale" };
+        (
+            "antivirus.status",
+            None,
+            json!({"status": status, "product": "ClamAV", "database_age_hours": if status == "current" { 6 } else { 120 }}),
+        )
+    } else if roll < 99 {
+        let name = if sub < 25 {
+            BYPASS[pick % BYPASS.len()]
+        } else {
+            UNAPPROVED[pick % UNAPPROVED.len()]
+        };
+        (
+            "software.installed",
+            Some(pupil),
+            json!({"source": "dpkg", "name": name, "version": "1"}),
+        )
+    } else {
+        let serial = format!("SN-{agent:05}-{}", pick % 2);
+        let d = if sub < 70 {
+            json!({"mass_storage": true, "account": "pupil", "decision": "block",
+                   "reason": "pupil_storage", "antivirus_current": true,
+                   "serial": serial, "product": "Cruzer", "vendor": "SanDisk"})
+        } else if sub < 90 {
+            json!({"mass_storage": true, "account": "staff", "decision": "allow",
+                   "antivirus_current": true, "serial": serial, "product": "DataTraveler",
+                   "vendor": "Kingston"})
+        } else {
+            json!({"mass_storage": false, "account": "pupil", "decision": "allow",
+                   "antivirus_current": true, "product": "USB Keyboard", "vendor": "Logitech"})
+        };
+        ("usb.inserted", Some(pupil), d)
+    };
+    let Value::Object(details) = details else {
+        unreachable!("details are objects")
+    };
+    pb::Event {
+        seq,
+        occurred_at: Some(caretaker_proto::convert::timestamp_from(at)),
+        user: user.unwrap_or_default(),
+        kind: kind.into(),
+        details: Some(caretaker_proto::convert::struct_from_json(&details)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_realistic_mix_is_deterministic_and_near_its_shares() {
+        let at = chrono::Utc::now();
+        let mut kinds: HashMap<String, u64> = HashMap::new();
+        for agent in 0..200 {
+            for seq in 1..=100 {
+                let e = realistic_event(agent, seq, at);
+                assert_eq!(e, realistic_event(agent, seq, at));
+                *kinds.entry(e.kind).or_default() += 1;
+            }
+        }
+        let share = |k: &str| kinds.get(k).copied().unwrap_or(0) as f64 / 20_000.0;
+        assert!((share("agent.heartbeat") - 0.90).abs() < 0.02, "{kinds:?}");
+        assert!((share("usb.inserted") - 0.01).abs() < 0.005, "{kinds:?}");
+        assert_eq!(kinds["agent.started"], 200);
+    }
 }
