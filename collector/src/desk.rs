@@ -188,10 +188,10 @@ impl Desk {
     pub async fn fleet(&self) -> DeskResult<FleetView> {
         self.require(Permission::ViewFleet)?;
         let now = Utc::now();
-        let devices: Vec<Device> = self
+        let devices: Vec<Arc<Device>> = self
             .c
             .device_cache()
-            .all()
+            .snapshot()
             .into_iter()
             .filter(|d| d.revoked_at.is_none())
             .collect();
@@ -200,29 +200,24 @@ impl Desk {
             crate::timefmt::in_school_hours(&policy.screen_lock.school_hours, now);
         // Devices with an open technical incident about software (denied or unapproved).
         let categories = self.categories();
-        let open = self
-            .with_store(move |s| {
-                Ok(s.incidents(&IncidentQuery {
-                    open_only: true,
-                    limit: 5000,
-                    ..Default::default()
-                })?
-                .0)
-            })
-            .await?;
+        let c = self.c.clone();
+        let open = blocking(move || c.open_incidents()).await?;
         let software_flagged: std::collections::HashSet<&str> = open
             .iter()
             .filter(|i| i.kind.starts_with("software.") || i.kind == "executable.in_user_area")
             .map(|i| i.device_id.as_str())
             .collect();
-        let mut silent: Vec<Device> = devices
+        let mut silent: Vec<&Arc<Device>> = devices
             .iter()
             .filter(|d| !self.c.is_connected(&d.id))
             .filter(|d| d.last_seen.is_none_or(|t| now - t > SILENT_AFTER))
-            .cloned()
             .collect();
         silent.sort_by_key(|d| d.last_seen);
-        silent.truncate(20);
+        let silent: Vec<Device> = silent
+            .into_iter()
+            .take(20)
+            .map(|d| Device::clone(d))
+            .collect();
         let mut attention: Vec<Incident> = open
             .iter()
             .filter(|i| categories.contains(&i.category))
@@ -261,10 +256,10 @@ impl Desk {
         self.require(Permission::ViewDevices)?;
         let now = Utc::now();
         let needle = f.search.trim().to_lowercase();
-        let mut all: Vec<Device> = self
+        let mut all: Vec<Arc<Device>> = self
             .c
             .device_cache()
-            .all()
+            .snapshot()
             .into_iter()
             .filter(|d| {
                 needle.is_empty()
@@ -291,9 +286,13 @@ impl Desk {
             }
             None => 0,
         };
-        let page: Vec<Device> = all.into_iter().skip(start).take(f.limit + 1).collect();
+        let page: Vec<&Arc<Device>> = all.iter().skip(start).take(f.limit + 1).collect();
         let more = page.len() > f.limit;
-        let devices: Vec<Device> = page.into_iter().take(f.limit).collect();
+        let devices: Vec<Device> = page
+            .into_iter()
+            .take(f.limit)
+            .map(|d| Device::clone(d))
+            .collect();
         let next = if more {
             devices
                 .last()
@@ -522,10 +521,9 @@ impl Desk {
     /// Devices enrolled most recently, newest first.
     pub fn recent_enrolments(&self, limit: usize) -> DeskResult<Vec<Device>> {
         self.require(Permission::Enrol)?;
-        let mut all = self.c.device_cache().all();
+        let mut all = self.c.device_cache().snapshot();
         all.sort_by_key(|d| std::cmp::Reverse(d.enrolled_at));
-        all.truncate(limit);
-        Ok(all)
+        Ok(all.iter().take(limit).map(|d| Device::clone(d)).collect())
     }
 
     pub async fn revoke(&self, id: &str) -> DeskResult<Device> {

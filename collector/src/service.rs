@@ -87,14 +87,21 @@ pub struct Collector {
     connected: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Slows down password guessing on the dashboard.
     pub sign_in_limiter: crate::auth::SignInLimiter,
+    /// The open incidents as last read, for the overview (refreshed when older than
+    /// `OPEN_INCIDENTS_MAX_AGE`): reading all of them per request would not scale.
+    open_incidents: std::sync::Mutex<Option<(Instant, Arc<Vec<crate::store::Incident>>)>>,
     /// The secret uninstall codes are derived from (`crate::uninstall`).
     pub(crate) uninstall: std::sync::OnceLock<crate::uninstall::UninstallKey>,
 }
 
+/// How stale the overview's open incidents may be.
+const OPEN_INCIDENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The devices as last stored.
 #[derive(Default)]
 pub struct DeviceCache {
-    map: std::sync::RwLock<std::collections::HashMap<String, Device>>,
+    // Shared, so a request takes a snapshot of 10,000 devices by copying pointers, not maps.
+    map: std::sync::RwLock<std::collections::HashMap<String, Arc<Device>>>,
 }
 
 impl DeviceCache {
@@ -102,7 +109,17 @@ impl DeviceCache {
         self.map
             .write()
             .expect("device cache lock")
-            .insert(d.id.clone(), d);
+            .insert(d.id.clone(), Arc::new(d));
+    }
+
+    /// Every device, shared (cheap: no device is copied).
+    pub fn snapshot(&self) -> Vec<Arc<Device>> {
+        self.map
+            .read()
+            .expect("device cache lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Re-reads the devices a stored group touched.
@@ -121,18 +138,22 @@ impl DeviceCache {
         }
     }
 
-    /// A copy of every device.
+    /// A copy of every device (for callers that need owned records).
     pub fn all(&self) -> Vec<Device> {
         self.map
             .read()
             .expect("device cache lock")
             .values()
-            .cloned()
+            .map(|d| Device::clone(d))
             .collect()
     }
 
     pub fn get(&self, id: &str) -> Option<Device> {
-        self.map.read().expect("device cache lock").get(id).cloned()
+        self.map
+            .read()
+            .expect("device cache lock")
+            .get(id)
+            .map(|d| Device::clone(d))
     }
 }
 
@@ -280,8 +301,27 @@ impl Collector {
             devices: cache,
             connected: Default::default(),
             sign_in_limiter: Default::default(),
+            open_incidents: Default::default(),
             uninstall: Default::default(),
         })
+    }
+
+    /// Every open incident, as read at most `OPEN_INCIDENTS_MAX_AGE` ago (blocking).
+    pub fn open_incidents(&self) -> Result<Arc<Vec<crate::store::Incident>>, StoreError> {
+        let mut cached = self.open_incidents.lock().expect("open incidents lock");
+        if let Some((at, list)) = cached.as_ref()
+            && at.elapsed() < OPEN_INCIDENTS_MAX_AGE
+        {
+            return Ok(list.clone());
+        }
+        let (list, _) = self.store.incidents(&crate::store::IncidentQuery {
+            open_only: true,
+            limit: usize::MAX,
+            ..Default::default()
+        })?;
+        let list = Arc::new(list);
+        *cached = Some((Instant::now(), list.clone()));
+        Ok(list)
     }
 
     /// Every device as last stored (from memory).

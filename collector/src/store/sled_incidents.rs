@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::sled_store::{decode, encode, engine};
+use super::sled_store::{IDX_DEVICE_INCIDENT, decode, encode, engine, idx_key};
 use super::{
     EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore, SledStore,
     StoreError, StoreResult, StoredEvent,
@@ -33,6 +33,7 @@ fn id_of(bytes: &[u8]) -> Option<u64> {
 /// the last one was recent. Runs inside the transaction that stores the event, so it happens
 /// exactly once per stored event.
 pub(super) fn fold_event(
+    idx: &TransactionalTree,
     incidents_tx: &TransactionalTree,
     open: &TransactionalTree,
     e: &StoredEvent,
@@ -92,6 +93,7 @@ pub(super) fn fold_event(
     };
     incidents_tx.insert(&id.to_be_bytes(), encode(&inc))?;
     open.insert(group.as_bytes(), &id.to_be_bytes())?;
+    idx.insert(idx_key(IDX_DEVICE_INCIDENT, &e.device_id, id), &[])?;
     Ok(())
 }
 
@@ -120,6 +122,32 @@ impl IncidentStore for SledStore {
 
     fn incidents(&self, q: &IncidentQuery) -> StoreResult<(Vec<Incident>, Option<u64>)> {
         let upper = q.before.unwrap_or(u64::MAX);
+        if let Some(device) = &q.device {
+            // One device's incidents through the index, not a walk over every incident.
+            let from = idx_key(IDX_DEVICE_INCIDENT, device, 0);
+            let to = idx_key(IDX_DEVICE_INCIDENT, device, upper);
+            let mut out = Vec::new();
+            let mut next = None;
+            for item in self.idx.range(from..to).rev() {
+                let (k, _) = item.map_err(engine)?;
+                let id = u64::from_be_bytes(
+                    k[k.len() - 8..]
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("incident index key".into()))?,
+                );
+                let Some(inc) = self.incident(id)? else {
+                    continue;
+                };
+                if wanted(q, &inc) {
+                    if out.len() == q.limit {
+                        next = out.last().map(|i: &Incident| i.id);
+                        break;
+                    }
+                    out.push(inc);
+                }
+            }
+            return Ok((out, next));
+        }
         let mut out = Vec::new();
         let mut next = None;
         for item in self.incidents.range(..upper.to_be_bytes()).rev() {
@@ -321,6 +349,34 @@ mod tests {
         }
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(all(&s).len(), 5, "incidents rebuilt at open");
+        let by_device = s
+            .incidents(&IncidentQuery {
+                device: Some("d".into()),
+                limit: 3,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(by_device.0.len(), 3, "and indexed by device");
+        assert_eq!(by_device.0[0].id, 5, "newest first");
+        let rest = s
+            .incidents(&IncidentQuery {
+                device: Some("d".into()),
+                limit: 3,
+                before: by_device.1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rest.0.iter().map(|i| i.id).collect::<Vec<_>>(), [2, 1]);
+        assert!(
+            s.incidents(&IncidentQuery {
+                device: Some("other".into()),
+                limit: 3,
+                ..Default::default()
+            })
+            .unwrap()
+            .0
+            .is_empty()
+        );
         let mut seen = Vec::new();
         let mut cursor = None;
         loop {

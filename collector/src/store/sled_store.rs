@@ -53,8 +53,8 @@ pub struct SledStore {
 }
 
 /// The layout version this code writes; older stores are brought up to it at open.
-/// 2: secondary indexes and incidents.
-const LAYOUT: u64 = 2;
+/// 2: secondary indexes and incidents. 3: incidents indexed by device.
+const LAYOUT: u64 = 3;
 
 pub(super) fn engine(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
@@ -127,6 +127,8 @@ fn idx_prefix(tag: u8, value: &str) -> Vec<u8> {
 }
 
 pub(super) const IDX_AUDIENCE: u8 = b'a';
+/// Incidents by device: `i len device incident-id` (the id in place of a timeline id).
+pub(super) const IDX_DEVICE_INCIDENT: u8 = b'i';
 const IDX_USER: u8 = b'u';
 const IDX_KIND: u8 = b'k';
 
@@ -156,7 +158,7 @@ fn index_and_fold(
     for k in index_keys(e, tid) {
         idx.insert(k, key)?;
     }
-    super::sled_incidents::fold_event(incidents, open, e)
+    super::sled_incidents::fold_event(idx, incidents, open, e)
 }
 
 /// sled reports a held directory lock only as text (an `Other` I/O error wrapping EWOULDBLOCK).
@@ -229,6 +231,25 @@ impl SledStore {
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes));
         if layout.is_some_and(|l| l >= LAYOUT) {
             return Ok(());
+        }
+        if layout == Some(2) {
+            // Events are indexed and incidents built: only the device index is new.
+            for item in self.incidents.iter() {
+                let (k, v) = item.map_err(engine)?;
+                let inc: super::Incident = decode("incident", &v)?;
+                let id = u64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("incident key".into()))?,
+                );
+                self.idx
+                    .insert(idx_key(IDX_DEVICE_INCIDENT, &inc.device_id, id), &[])
+                    .map_err(engine)?;
+            }
+            self.meta
+                .insert("layout", &LAYOUT.to_be_bytes())
+                .map_err(engine)?;
+            return self.flush();
         }
         let mut from = 0u64;
         let mut done = 0u64;
