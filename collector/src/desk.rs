@@ -105,14 +105,12 @@ fn facet_status<'a>(d: &'a Device, facet: &str) -> &'a str {
         .unwrap_or("not_reported")
 }
 
-fn severity_rank(s: &str) -> u8 {
-    match s {
-        "critical" => 5,
-        "high" => 4,
-        "warning" => 3,
-        "notice" => 2,
-        _ => 1,
-    }
+/// How many of `devices` report `status` for `facet`.
+fn count_status(devices: &[Arc<Device>], facet: &str, status: &str) -> usize {
+    devices
+        .iter()
+        .filter(|d| facet_status(d, facet) == status)
+        .count()
 }
 
 impl Desk {
@@ -224,22 +222,16 @@ impl Desk {
             .cloned()
             .collect();
         attention.sort_by(|a, b| {
-            severity_rank(&b.severity)
-                .cmp(&severity_rank(&a.severity))
+            crate::incidents::severity_rank(&b.severity)
+                .cmp(&crate::incidents::severity_rank(&a.severity))
                 .then(b.last_at.cmp(&a.last_at))
         });
         attention.truncate(10);
         Ok(FleetView {
             devices: devices.len(),
             online: devices.iter().filter(|d| self.online(d, now)).count(),
-            screen_lock_enforced: devices
-                .iter()
-                .filter(|d| facet_status(d, "screen_lock") == "enforced")
-                .count(),
-            antivirus_current: devices
-                .iter()
-                .filter(|d| facet_status(d, "antivirus") == "current")
-                .count(),
+            screen_lock_enforced: count_status(&devices, "screen_lock", "enforced"),
+            antivirus_current: count_status(&devices, "antivirus", "current"),
             no_unapproved_software: devices
                 .iter()
                 .filter(|d| !software_flagged.contains(d.id.as_str()))
@@ -700,58 +692,6 @@ impl Desk {
         Ok(all)
     }
 
-    /// The governors' summary: counts only, never a name or a device.
-    pub async fn governors_summary(&self) -> DeskResult<GovernorsSummary> {
-        self.require(Permission::GovernorsReport)?;
-        let devices: Vec<Device> = self
-            .c
-            .device_cache()
-            .all()
-            .into_iter()
-            .filter(|d| d.revoked_at.is_none())
-            .collect();
-        let since = Utc::now() - Duration::days(30);
-        let all = self
-            .with_store(|s| {
-                Ok(s.incidents(&IncidentQuery {
-                    limit: 100_000,
-                    ..Default::default()
-                })?
-                .0)
-            })
-            .await?;
-        let recent: Vec<&Incident> = all.iter().filter(|i| i.last_at >= since).collect();
-        let count = |c: Category| recent.iter().filter(|i| i.category == c).count();
-        let mut by_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-        for i in &recent {
-            let e = by_kind
-                .entry(crate::incidents::kind_label(&i.kind).to_string())
-                .or_default();
-            e.0 += 1;
-            if i.status == crate::store::IncidentStatus::Closed {
-                e.1 += 1;
-            }
-        }
-        Ok(GovernorsSummary {
-            devices: devices.len(),
-            screen_lock_enforced: devices
-                .iter()
-                .filter(|d| facet_status(d, "screen_lock") == "enforced")
-                .count(),
-            antivirus_current: devices
-                .iter()
-                .filter(|d| facet_status(d, "antivirus") == "current")
-                .count(),
-            safeguarding_incidents: count(Category::Safeguarding),
-            technical_incidents: count(Category::Technical),
-            by_kind: by_kind
-                .into_iter()
-                .map(|(k, (n, closed))| (k, n, closed))
-                .collect(),
-            since,
-        })
-    }
-
     /// May this person have the report for `audience`? The governors' version needs
     /// `GovernorsReport`; the version that names pupils and laptops needs `Safeguarding`.
     fn require_report(&self, audience: crate::report::Audience) -> DeskResult<()> {
@@ -795,19 +735,6 @@ fn report_error(e: crate::report::ReportError) -> DeskError {
         crate::report::ReportError::Store(e) => DeskError::Store(e),
         other => DeskError::Invalid(other.to_string()),
     }
-}
-
-/// What governors see: counts for the last 30 days.
-#[derive(Debug, Clone, Serialize)]
-pub struct GovernorsSummary {
-    pub devices: usize,
-    pub screen_lock_enforced: usize,
-    pub antivirus_current: usize,
-    pub safeguarding_incidents: usize,
-    pub technical_incidents: usize,
-    /// (what, incidents, of which closed)
-    pub by_kind: Vec<(String, usize, usize)>,
-    pub since: DateTime<Utc>,
 }
 
 /// Who is asking, from a request's credentials: a session cookie, a role API token, or the

@@ -53,6 +53,18 @@ pub fn group_key(device: &str, kind: &str, subject: &str) -> String {
     format!("{device}\u{1f}{kind}\u{1f}{subject}")
 }
 
+/// How serious a severity is, for ordering (unknown ones lowest).
+pub fn severity_rank(s: &str) -> u8 {
+    match s {
+        "critical" => 5,
+        "high" => 4,
+        "warning" => 3,
+        "notice" => 2,
+        "info" => 1,
+        _ => 0,
+    }
+}
+
 /// What kind of concern an event kind is, for counts that must not name anyone.
 pub fn kind_label(kind: &str) -> &'static str {
     match kind {

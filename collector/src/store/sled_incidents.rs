@@ -14,17 +14,6 @@ use crate::incidents;
 /// The key in `incident_open` holding the last incident number given out.
 const NEXT_ID: &[u8] = b"\xff#next";
 
-fn severity_rank(s: &str) -> u8 {
-    match s {
-        "critical" => 5,
-        "high" => 4,
-        "warning" => 3,
-        "notice" => 2,
-        "info" => 1,
-        _ => 0,
-    }
-}
-
 fn id_of(bytes: &[u8]) -> Option<u64> {
     bytes.try_into().ok().map(u64::from_be_bytes)
 }
@@ -58,7 +47,7 @@ pub(super) fn fold_event(
                     inc.user.clone_from(&e.user);
                 }
             }
-            if severity_rank(&e.severity) > severity_rank(&inc.severity) {
+            if incidents::severity_rank(&e.severity) > incidents::severity_rank(&inc.severity) {
                 inc.severity.clone_from(&e.severity);
             }
             for a in &e.audience {
