@@ -153,6 +153,12 @@ fn governors_get_counts_without_names_and_the_dsl_gets_names_in_html_pdf_and_csv
                 "",
                 json!({"state": "cannot_enforce", "reason": "no_idle_source"}),
             ),
+            event(
+                8,
+                "software.installed",
+                PUPIL,
+                json!({"source": "dpkg", "name": "gimp", "version": "2.10"}),
+            ),
         ],
     );
 
@@ -188,6 +194,63 @@ fn governors_get_counts_without_names_and_the_dsl_gets_names_in_html_pdf_and_csv
         err.contains("settings set --file") && err.contains("Settings page"),
         "{err}"
     );
+
+    // Once the school enters its terms and licences (with the settings command), the term's
+    // report reconciles them: one laptop has gimp, for which no licence was bought.
+    let today = chrono::Utc::now().date_naive();
+    let settings = tmp.path().join("settings.json");
+    std::fs::write(
+        &settings,
+        json!({"school_name": "Hillside Primary",
+               "terms": [{"name": "This term", "start": (today - chrono::Duration::days(20)).to_string(),
+                          "end": (today + chrono::Duration::days(20)).to_string()}],
+               "licences": [{"product": "gimp", "count": 0}, {"product": "libreoffice", "count": 30}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, o, e) = run(Command::new(bin("caretaker-collector"))
+        .args(["settings", "set", "--data-dir"])
+        .arg(&dir)
+        .arg("--file")
+        .arg(&settings));
+    assert!(ok, "settings set: {o}{e}");
+    let term = out.join("term.pdf");
+    let (ok, o, e) = report(
+        &dir,
+        &[
+            "--period",
+            "term",
+            "--audience",
+            "governors",
+            "--format",
+            "pdf",
+        ],
+        &term,
+    );
+    assert!(ok, "{o}{e}");
+    let term_text = pdftotext(&term);
+    pdftoppm(&term, "term");
+    assert!(
+        term_text.contains("Monitoring report: This term"),
+        "{term_text}"
+    );
+    assert!(term_text.contains("Hillside Primary"), "{term_text}");
+    let gimp = term_text
+        .lines()
+        .find(|l| l.contains("gimp"))
+        .expect("a gimp line");
+    assert!(gimp.contains("Over by 1"), "{gimp}");
+    let lo = term_text
+        .lines()
+        .find(|l| l.contains("libreoffice"))
+        .expect("a libreoffice line");
+    assert!(lo.contains("30 spare"), "{lo}");
+    for name in [PUPIL, HOST, SERIAL] {
+        assert!(
+            !term_text.contains(name),
+            "the term's governors' PDF names {name}"
+        );
+    }
 
     // The PDF is a real PDF whose text holds the figures.
     let gov_pdf = out.join("governors.pdf");

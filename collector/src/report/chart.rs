@@ -73,7 +73,7 @@ pub fn stacked_bars(title: &str, summary: &str, days: &[NaiveDate], layers: &[La
     let max = nice_max(totals.iter().copied().max().unwrap_or(0));
     // Grid and y labels at 0, half and the top.
     // A half-way line only where it falls on a whole number of devices.
-    let fracs: &[f64] = if max % 2 == 0 {
+    let fracs: &[f64] = if max.is_multiple_of(2) {
         &[0.0, 0.5, 1.0]
     } else {
         &[0.0, 1.0]
@@ -133,9 +133,17 @@ pub fn stacked_bars(title: &str, summary: &str, days: &[NaiveDate], layers: &[La
     shown.dedup();
     for i in shown {
         let x = LEFT + slot * (i as f64 + 0.5);
+        // The first and last labels must not run off the chart's edges.
+        let (x, anchor) = if days.len() > 3 && i == 0 {
+            (LEFT, "start")
+        } else if days.len() > 3 && i == days.len() - 1 {
+            (WIDTH - RIGHT, "end")
+        } else {
+            (x, "middle")
+        };
         let _ = write!(
             s,
-            r##"<text x="{x:.1}" y="{y}" text-anchor="middle" fill="#0b0c0c">{d}</text>"##,
+            r##"<text x="{x:.1}" y="{y}" text-anchor="{anchor}" fill="#0b0c0c">{d}</text>"##,
             y = TOP + plot_h + 14.0,
             d = days[i].format("%-d %b"),
         );

@@ -463,6 +463,7 @@ pub(super) fn gather(src: &Sources, period: &Period, previous: &Period) -> Store
     let end_of = |v: &[DayCount]| v.last().copied();
     let end_pct = |v: &[DayCount]| end_of(v).map_or(0, |c| pct(&c));
     let end_bad = |v: &[DayCount]| end_of(v).map_or(0, |c| i64::from(c.bad));
+    let known = src.devices.iter().any(|d| active_at(d, previous.end));
     let trends = vec![
         Trend {
             measure: "Safeguarding incidents",
@@ -470,6 +471,7 @@ pub(super) fn gather(src: &Sources, period: &Period, previous: &Period) -> Store
             previous: count_category(&prev_lines, "Safeguarding").into(),
             unit: "",
             higher_is_better: false,
+            known,
         },
         Trend {
             measure: "Technical incidents",
@@ -477,6 +479,7 @@ pub(super) fn gather(src: &Sources, period: &Period, previous: &Period) -> Store
             previous: count_category(&prev_lines, "Technical").into(),
             unit: "",
             higher_is_better: false,
+            known,
         },
         Trend {
             measure: "Laptops that lock when left (at the end)",
@@ -484,6 +487,7 @@ pub(super) fn gather(src: &Sources, period: &Period, previous: &Period) -> Store
             previous: end_pct(&lock_prev),
             unit: "%",
             higher_is_better: true,
+            known,
         },
         Trend {
             measure: "Antivirus up to date (at the end)",
@@ -491,6 +495,7 @@ pub(super) fn gather(src: &Sources, period: &Period, previous: &Period) -> Store
             previous: end_pct(&av_prev),
             unit: "%",
             higher_is_better: true,
+            known,
         },
         Trend {
             measure: "Laptops with unapproved software (at the end)",
@@ -498,6 +503,7 @@ pub(super) fn gather(src: &Sources, period: &Period, previous: &Period) -> Store
             previous: end_bad(&sw_prev),
             unit: "",
             higher_is_better: false,
+            known,
         },
         Trend {
             measure: "Pupils' USB sticks refused",
@@ -505,6 +511,7 @@ pub(super) fn gather(src: &Sources, period: &Period, previous: &Period) -> Store
             previous: media_prev(|m| m.refused),
             unit: "",
             higher_is_better: false,
+            known,
         },
         Trend {
             measure: "Infected USB sticks",
@@ -512,6 +519,7 @@ pub(super) fn gather(src: &Sources, period: &Period, previous: &Period) -> Store
             previous: media_prev(|m| m.infected),
             unit: "",
             higher_is_better: false,
+            known,
         },
     ];
 

@@ -105,10 +105,15 @@ pub struct Trend {
     pub unit: &'static str,
     /// Whether a rise is good news (compliance) or bad (incidents).
     pub higher_is_better: bool,
+    /// False when no laptop was enrolled by the end of the previous period: nothing to compare.
+    pub known: bool,
 }
 
 impl Trend {
     pub fn change(&self) -> String {
+        if !self.known {
+            return "no earlier figures".into();
+        }
         let d = self.this - self.previous;
         match d.cmp(&0) {
             std::cmp::Ordering::Equal => "no change".into(),
@@ -120,7 +125,7 @@ impl Trend {
     /// "better", "worse" or "same", for the text beside the arrow (not colour alone).
     pub fn verdict(&self) -> &'static str {
         let d = self.this - self.previous;
-        if d == 0 {
+        if d == 0 || !self.known {
             "same"
         } else if (d > 0) == self.higher_is_better {
             "better"

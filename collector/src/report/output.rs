@@ -47,10 +47,16 @@ struct GovernorsHtml<'a> {
     css: &'static str,
 }
 
+/// At most this many named rows per table in the DSL's HTML and PDF (the most recent
+/// incidents, the longest-silent laptops); the CSV has them all. A 7,000-row table is neither
+/// readable on paper nor quick to print.
+pub const NAMED_ROWS: usize = 200;
+
 #[derive(Template)]
 #[template(path = "report_dsl.html")]
 struct DslHtml<'a> {
     r: &'a DslReport,
+    named_rows: usize,
     charts: Vec<(&'static str, String)>,
     media_chart: String,
     media_totals: (u32, u32, u32, u32),
@@ -79,6 +85,7 @@ pub fn governors_html(r: &GovernorsReport, standalone: bool) -> String {
 pub fn dsl_html(r: &DslReport, standalone: bool) -> String {
     DslHtml {
         r,
+        named_rows: NAMED_ROWS,
         charts: charts(&r.counts),
         media_chart: chart::media(&r.counts.media),
         media_totals: media_totals(&r.counts),
@@ -231,7 +238,11 @@ fn common_csv(meta: &Meta, c: &Counts) -> Vec<CsvFile> {
                 vec![
                     t.measure.to_string(),
                     t.this.to_string(),
-                    t.previous.to_string(),
+                    if t.known {
+                        t.previous.to_string()
+                    } else {
+                        String::new()
+                    },
                     t.unit.to_string(),
                     t.change(),
                 ]

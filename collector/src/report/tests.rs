@@ -128,6 +128,13 @@ fn store_with_a_week(dir: &std::path::Path) -> SledStore {
         .unwrap();
     store
         .put_policy(
+            json!({}),
+            "caretaker-collector (default)",
+            monday - Duration::days(20),
+        )
+        .unwrap();
+    store
+        .put_policy(
             json!({"screen_lock": {"idle_timeout_secs": 300}}),
             "staff.quillon",
             monday + Duration::days(1),
