@@ -210,6 +210,35 @@ impl Browser {
         self.rt.block_on(f)
     }
 
+    /// Signs in on the dashboard at `base` (does not wait for the next page).
+    pub fn sign_in(&self, base: &str, user: &str, password: &str) {
+        self.goto(&format!("{base}/signin"));
+        self.fill("#username", user);
+        self.fill("#password", password);
+        self.click("form[action='/signin'] button[type=submit]");
+    }
+
+    /// Signs out and waits for the sign-in page.
+    pub fn sign_out(&self) {
+        self.click("form[action='/signout'] button");
+        self.wait_for_text("h1", "Sign in", Duration::from_secs(10));
+    }
+
+    /// The dashboard session cookie, as a `Cookie:` header value for direct requests; checks
+    /// it is Secure and HttpOnly.
+    pub fn session_cookie(&self) -> String {
+        let c = self
+            .cookies()
+            .into_iter()
+            .find(|c| c.name == "__Host-caretaker")
+            .expect("signed in: a session cookie");
+        assert!(
+            c.secure && c.http_only,
+            "the session cookie is Secure and HttpOnly"
+        );
+        format!("{}={}", c.name, c.value)
+    }
+
     /// Navigates to `url` and waits for the page to load.
     pub fn goto(&self, url: &str) {
         self.rt

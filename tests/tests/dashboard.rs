@@ -16,32 +16,6 @@ fn base(c: &Collector) -> String {
     format!("https://127.0.0.1:{}", c.web.port())
 }
 
-fn sign_in(b: &Browser, base: &str, user: &str, password: &str) {
-    b.goto(&format!("{base}/signin"));
-    b.fill("#username", user);
-    b.fill("#password", password);
-    b.click("form[action='/signin'] button[type=submit]");
-}
-
-fn sign_out(b: &Browser) {
-    b.click("form[action='/signout'] button");
-    b.wait_for_text("h1", "Sign in", Duration::from_secs(10));
-}
-
-/// The browser's session cookie, as a `Cookie:` header value for direct requests.
-fn session_cookie(b: &Browser) -> String {
-    let c = b
-        .cookies()
-        .into_iter()
-        .find(|c| c.name == "__Host-caretaker")
-        .expect("signed in: a session cookie");
-    assert!(
-        c.secure && c.http_only,
-        "the session cookie is Secure and HttpOnly"
-    );
-    format!("{}={}", c.name, c.value)
-}
-
 /// A pupil's USB stick, blocked by the policy: a safeguarding matter.
 fn blocked_stick(seq: u64) -> pb::Event {
     caretaker_tests::pupil_stick(seq, "pupil7", "SN-CRUZER-1")
@@ -59,7 +33,7 @@ fn a_network_manager_enrols_a_real_agent_from_the_page_and_changes_its_policy() 
     b.goto(&format!("{base}/"));
     assert!(b.current_url().contains("/signin"), "{}", b.current_url());
     b.screenshot("dashboard-signin");
-    sign_in(&b, &base, "manager", &password);
+    b.sign_in(&base, "manager", &password);
     b.wait_for_text("h1", "Overview", Duration::from_secs(10));
     assert!(
         b.text("main").contains("No devices yet"),
@@ -209,7 +183,7 @@ fn each_role_sees_its_part_and_the_dsl_keeps_a_record_that_only_grows() {
     let b = Browser::start();
 
     // The DSL starts at the incidents, opens the pupil's one, and records what was done.
-    sign_in(&b, &base, "dsl", &password("dsl"));
+    b.sign_in(&base, "dsl", &password("dsl"));
     b.wait_for_text("h1", "Incidents", Duration::from_secs(10));
     let list = b.text("main");
     assert!(list.contains("USB storage blocked: Cruzer Blade"), "{list}");
@@ -233,7 +207,7 @@ fn each_role_sees_its_part_and_the_dsl_keeps_a_record_that_only_grows() {
         0
     );
     assert_eq!(b.count("form[action$='/entries']"), 1);
-    let dsl_cookie = session_cookie(&b);
+    let dsl_cookie = b.session_cookie();
     let incident_url = b.current_url();
     let id = incident_url
         .trim_end_matches("#record")
@@ -275,14 +249,14 @@ fn each_role_sees_its_part_and_the_dsl_keeps_a_record_that_only_grows() {
     b.goto(&format!("{base}/incidents"));
     let nav = b.text("header nav");
     assert!(!nav.contains("Policy") && !nav.contains("Users"), "{nav}");
-    sign_out(&b);
+    b.sign_out();
 
     // The technician sees devices and technical incidents, not the safeguarding one.
-    sign_in(&b, &base, "tech", &password("tech"));
+    b.sign_in(&base, "tech", &password("tech"));
     b.wait_for_text("h1", "Overview", Duration::from_secs(10));
     b.goto(&format!("{base}/incidents"));
     assert!(!b.text("main").contains("pupil7"), "{}", b.text("main"));
-    let tech_cookie = session_cookie(&b);
+    let tech_cookie = b.session_cookie();
     for (path, want) in [
         (format!("/incidents/{id}"), 403),
         ("/policy".into(), 403),
@@ -296,10 +270,10 @@ fn each_role_sees_its_part_and_the_dsl_keeps_a_record_that_only_grows() {
             "technician {path}"
         );
     }
-    sign_out(&b);
+    b.sign_out();
 
     // Governors get counts and no names.
-    sign_in(&b, &base, "governor", &password("governor"));
+    b.sign_in(&base, "governor", &password("governor"));
     b.wait_for_text("h1", "Monitoring report", Duration::from_secs(10));
     let report = b.page_source();
     assert!(report.to_lowercase().contains("safeguarding"), "{report}");
@@ -307,7 +281,7 @@ fn each_role_sees_its_part_and_the_dsl_keeps_a_record_that_only_grows() {
         assert!(!report.contains(name), "the governors' page names {name}");
     }
     b.screenshot("dashboard-report");
-    let gov_cookie = session_cookie(&b);
+    let gov_cookie = b.session_cookie();
     for path in ["/fleet", "/incidents", "/devices", "/events"] {
         assert_eq!(
             api.get_with_cookie(path, &gov_cookie).0,
@@ -315,7 +289,7 @@ fn each_role_sees_its_part_and_the_dsl_keeps_a_record_that_only_grows() {
             "governor {path}"
         );
     }
-    sign_out(&b);
+    b.sign_out();
 
     // API tokens carry their role too.
     let governor = api.with_token(&collector.api_token("governor"));
@@ -346,11 +320,11 @@ fn wrong_passwords_are_slowed_down_and_audited() {
     let password = collector.add_user("network_manager", "manager");
     let b = Browser::start();
     for _ in 1..=5 {
-        sign_in(&b, &base, "manager", "not-the-password");
+        b.sign_in(&base, "manager", "not-the-password");
         b.wait_for_text(".alert", "not right", Duration::from_secs(10));
     }
     // The fifth failure makes the next try wait, even with the right password.
-    sign_in(&b, &base, "manager", &password);
+    b.sign_in(&base, "manager", &password);
     let alert = b.wait_for_text(".alert", "Too many", Duration::from_secs(10));
     assert!(alert.contains("Too many failed sign-ins. Wait"), "{alert}");
     assert!(b.current_url().contains("/signin"));

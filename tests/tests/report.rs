@@ -2,12 +2,13 @@
 //!
 //! The PDF is read back with poppler's `pdftotext` and drawn with `pdftoppm`; the page images
 //! land in `target/screenshots/report-*.png`. Needs (Debian): chromium, poppler-utils
-//! (`scripts/install-test-deps.sh`).
+//! (`scripts/install-test-deps.sh`). The dashboard's report page is checked in headless
+//! Chromium over WebDriver (chromium-driver), as a governor and as the DSL.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use caretaker_tests::browser_rig::screenshot_dir;
+use caretaker_tests::browser_rig::{Browser, screenshot_dir};
 use caretaker_tests::{Collector, bin, pb_event, pupil_stick, run, send_as_device};
 use serde_json::{Value, json};
 
@@ -323,6 +324,58 @@ fn governors_get_counts_without_names_and_the_dsl_gets_names_in_html_pdf_and_csv
         html.contains("<svg") && !html.contains("<script"),
         "inline SVG, no script"
     );
+
+    // The dashboard: a governor gets the governors' version whatever the address asks for;
+    // the DSL may choose the named one. Downloads go through the same role check.
+    let base = format!("https://127.0.0.1:{}", collector.web.port());
+    let gov_password = collector.add_user("governor", "chair.of.governors");
+    let dsl_password = collector.add_user("dsl", "dsl.lead");
+    let api = collector.api();
+    let wait = std::time::Duration::from_secs(10);
+    let b = Browser::start();
+    b.sign_in(&base, "chair.of.governors", &gov_password);
+    b.wait_for_text("h1", "Monitoring report", wait);
+    b.goto(&format!("{base}/report?period=week&audience=dsl"));
+    b.wait_for_text("h1", "Monitoring report: Week of", wait);
+    let page = b.page_source();
+    assert!(page.contains("Counts only"), "{page}");
+    for name in [PUPIL, HOST, SERIAL] {
+        assert!(!page.contains(name), "the governor's page names {name}");
+    }
+    b.screenshot("report-dashboard-governor");
+    let cookie = b.session_cookie();
+    let q = "/report/download?period=week&audience=dsl";
+    let (status, pdf) = api.get_with_cookie(&format!("{q}&format=pdf"), &cookie);
+    assert!(status == 200 && pdf.starts_with("%PDF"), "{status}");
+    let (status, csv) = api.get_with_cookie(&format!("{q}&format=csv&table=incidents"), &cookie);
+    assert_eq!(status, 200);
+    assert!(
+        csv.contains("Safeguarding,USB devices") && !csv.contains(PUPIL),
+        "{csv}"
+    );
+    let (status, _) = api.get_with_cookie(
+        &format!("{q}&format=csv&table=safeguarding_incidents"),
+        &cookie,
+    );
+    assert_eq!(status, 404, "the governors' version has no named table");
+    b.sign_out();
+    b.sign_in(&base, "dsl.lead", &dsl_password);
+    b.wait_for_text("h1", "Incidents", wait);
+    b.goto(&format!("{base}/report?period=week&audience=dsl"));
+    b.wait_for_text("h1", "Monitoring report: Week of", wait);
+    let page = b.page_source();
+    assert!(
+        page.contains(PUPIL) && page.contains(HOST),
+        "the DSL's page names them"
+    );
+    b.screenshot("report-dashboard-dsl");
+    let (status, csv) = api.get_with_cookie(
+        &format!("{q}&format=csv&table=safeguarding_incidents"),
+        &b.session_cookie(),
+    );
+    assert_eq!(status, 200);
+    assert!(csv.contains(PUPIL) && csv.contains(HOST), "{csv}");
+    b.close();
 
     // With the collector stopped, the CLI opens the store itself and finds the same figures.
     collector.stop();
