@@ -724,9 +724,15 @@ impl Desk {
         tz: chrono_tz::Tz,
     ) -> DeskResult<(String, String)> {
         self.require_report(audience)?;
-        crate::report::fragment_for(self.c.clone(), spec, audience, tz)
+        let what = format!("{spec:?}").to_lowercase();
+        let page = crate::report::fragment_for(self.c.clone(), spec, audience, tz)
             .await
-            .map_err(report_error)
+            .map_err(report_error)?;
+        // Opening the version that names pupils is recorded, like opening an incident.
+        if audience == crate::report::Audience::Dsl {
+            self.audit("report_viewed", audience.as_str(), &what);
+        }
+        Ok(page)
     }
 }
 

@@ -275,6 +275,9 @@ fn governors_get_counts_without_names_and_the_dsl_gets_names_in_html_pdf_and_csv
             .any(|l| l.contains("Safeguarding") && l.contains("Software")),
         "{text}"
     );
+    // The laptop was enrolled today: there is nothing earlier to compare with, and the report
+    // says so rather than showing a rise from zero.
+    assert!(text.contains("no earlier figures"), "{text}");
     assert!(
         text.contains("Technical"),
         "the lock that cannot be enforced: {text}"
@@ -376,6 +379,18 @@ fn governors_get_counts_without_names_and_the_dsl_gets_names_in_html_pdf_and_csv
     assert_eq!(status, 200);
     assert!(csv.contains(PUPIL) && csv.contains(HOST), "{csv}");
     b.close();
+    // Opening the named version and every download are in the audit log.
+    let (status, audit) = api.get("/api/v1/audit");
+    assert_eq!(status, 200);
+    let logged = |actor: &str, action: &str| {
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"].as_str().unwrap_or("").contains(actor) && e["action"] == action)
+    };
+    assert!(logged("dsl.lead", "report_viewed"), "{audit}");
+    assert!(logged("chair.of.governors", "report_downloaded"), "{audit}");
 
     // With the collector stopped, the CLI opens the store itself and finds the same figures.
     collector.stop();
