@@ -95,6 +95,14 @@ fn store_with_a_week(dir: &std::path::Path) -> SledStore {
             json!({"status": "current"}),
             &[],
         ),
+        ev(
+            6,
+            monday,
+            "software.installed",
+            Some(PUPIL),
+            json!({"source": "dpkg", "name": "gimp", "version": "2.10"}),
+            &["network_manager"],
+        ),
     ];
     store
         .append(&[DeviceBatch {
@@ -113,8 +121,8 @@ fn store_with_a_week(dir: &std::path::Path) -> SledStore {
         .unwrap();
     assert_eq!(
         incidents.len(),
-        2,
-        "the stick (twice) and the lock: {incidents:?}"
+        3,
+        "the stick (twice), the lock and the software: {incidents:?}"
     );
     let stick = incidents.iter().find(|i| i.kind == "usb.inserted").unwrap();
     store
@@ -190,7 +198,9 @@ fn the_week_replays_compliance_day_by_day_and_counts_incidents_by_their_record()
     assert_eq!(r.counts.media.iter().map(|m| m.refused).sum::<u32>(), 2);
     assert_eq!(r.counts.policy_changes.len(), 1);
     assert_eq!(r.counts.policy_changes[0].sections, vec!["Screen lock"]);
-    assert_eq!(r.counts.licences[0].installed, 0);
+    // Offline, installations are folded from the store's events: one laptop has gimp.
+    assert_eq!(r.counts.licences[0].installed, 1);
+    assert_eq!(r.counts.licences[0].status(), "29 spare");
     let trend = r
         .counts
         .trends
