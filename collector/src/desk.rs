@@ -216,17 +216,22 @@ impl Desk {
             .take(20)
             .map(|d| Device::clone(d))
             .collect();
-        let mut attention: Vec<Incident> = open
+        // Rank by reference and copy only the ten shown: there may be tens of thousands open.
+        let mut ranked: Vec<(std::cmp::Reverse<(u8, DateTime<Utc>)>, &Incident)> = open
             .iter()
             .filter(|i| categories.contains(&i.category))
-            .cloned()
+            .map(|i| {
+                let rank = crate::incidents::severity_rank(&i.severity);
+                (std::cmp::Reverse((rank, i.last_at)), i)
+            })
             .collect();
-        attention.sort_by(|a, b| {
-            crate::incidents::severity_rank(&b.severity)
-                .cmp(&crate::incidents::severity_rank(&a.severity))
-                .then(b.last_at.cmp(&a.last_at))
-        });
-        attention.truncate(10);
+        const SHOWN: usize = 10;
+        if ranked.len() > SHOWN {
+            ranked.select_nth_unstable_by_key(SHOWN, |(k, _)| *k);
+            ranked.truncate(SHOWN);
+        }
+        ranked.sort_unstable_by_key(|(k, _)| *k);
+        let attention: Vec<Incident> = ranked.into_iter().map(|(_, i)| i.clone()).collect();
         Ok(FleetView {
             devices: devices.len(),
             online: devices.iter().filter(|d| self.online(d, now)).count(),
