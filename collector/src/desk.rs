@@ -217,7 +217,9 @@ impl Desk {
             .map(|d| Device::clone(d))
             .collect();
         // Rank by reference and copy only the ten shown: there may be tens of thousands open.
-        let mut ranked: Vec<(std::cmp::Reverse<(u8, DateTime<Utc>)>, &Incident)> = open
+        // Most serious first, then the most recent.
+        type Rank = std::cmp::Reverse<(u8, DateTime<Utc>)>;
+        let mut ranked: Vec<(Rank, &Incident)> = open
             .iter()
             .filter(|i| categories.contains(&i.category))
             .map(|i| {

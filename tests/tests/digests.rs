@@ -215,8 +215,11 @@ fn two_pupils_on_three_devices_make_one_message_per_dsl_with_the_right_counts() 
     assert_eq!(smtp.messages().len(), 4, "nothing sent a third time");
 }
 
+/// What the receiver got: (headers, body) per request.
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
 /// A minimal HTTP receiver: answers 200 to every POST and keeps (headers, body).
-fn webhook_receiver() -> (u16, Arc<Mutex<Vec<(String, Value)>>>) {
+fn webhook_receiver() -> (u16, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));

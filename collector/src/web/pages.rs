@@ -1324,6 +1324,7 @@ pub async fn arrivals(State(st): State<AppState>, Extension(desk): D) -> PageRes
 struct UserView {
     username: String,
     role: String,
+    email: String,
     disabled: bool,
     state: Badge,
 }
@@ -1361,6 +1362,7 @@ async fn users_page(
             }),
             username: u.username,
             role: u.role,
+            email: u.email,
             disabled: u.disabled,
         })
         .collect();
@@ -1435,6 +1437,8 @@ pub async fn add_user(
 pub struct RoleForm {
     #[serde(default)]
     role: String,
+    #[serde(default)]
+    email: String,
 }
 
 pub async fn user_action(
@@ -1458,6 +1462,17 @@ pub async fn user_action(
                 Ok((
                     format!("{name} is signed out. Their new one-time password:"),
                     Some(p),
+                ))
+            }
+            "email" => {
+                desk.set_user_email(name.clone(), f.email.clone()).await?;
+                Ok((
+                    if f.email.trim().is_empty() {
+                        format!("{name} has no e-mail address now.")
+                    } else {
+                        format!("{name}'s e-mail address is {}.", f.email.trim())
+                    },
+                    None,
                 ))
             }
             "role" => {

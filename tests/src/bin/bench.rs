@@ -197,7 +197,13 @@ fn digest_build(events: u64, runs: usize) {
         for (i, state) in devices.iter().enumerate() {
             let base = samples.len() as u64 * per_device;
             let batch: Vec<_> = (1..=per_device)
-                .map(|s| pupil_stick(base + s, &format!("pupil{}", (i as u64 * 10 + s % 10)), "SN"))
+                .map(|s| {
+                    pupil_stick(
+                        base + s,
+                        &format!("pupil{}", (i as u64 * 10 + s % 10)),
+                        "SN",
+                    )
+                })
                 .collect();
             for chunk in batch.chunks(500) {
                 send_as_device(&collector, state, &format!("LAPTOP-{i:02}"), chunk.to_vec());
@@ -208,5 +214,8 @@ fn digest_build(events: u64, runs: usize) {
         samples.push(t.elapsed());
         assert!(out.contains("Recorded 1 digest"), "{out}");
     }
-    summary(&format!("digest over {events} flagged events (send-now, incl. CLI start)"), samples);
+    summary(
+        &format!("digest over {events} flagged events (send-now, incl. CLI start)"),
+        samples,
+    );
 }
