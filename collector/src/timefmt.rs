@@ -50,7 +50,7 @@ pub fn in_school_hours_tz(hours: &SchoolHours, now: DateTime<Utc>, tz: Tz) -> bo
 
 /// Quotes a CSV field when it needs it (RFC 4180), and defuses spreadsheet formulas: a field
 /// starting with `=`, `+`, `-` or `@` gets a leading apostrophe.
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     let s = if s.starts_with(['=', '+', '-', '@']) {
         format!("'{s}")
     } else {

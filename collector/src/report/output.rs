@@ -98,18 +98,9 @@ pub fn dsl_html(r: &DslReport, standalone: bool) -> String {
 }
 
 /// One CSV field: quoted when needed, and a leading `= + - @` defused so a spreadsheet never
-/// runs it as a formula.
+/// runs it as a formula (the same rule as the incident export).
 fn field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
+    crate::timefmt::csv_field(s)
 }
 
 fn csv(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Vec<u8> {
