@@ -132,6 +132,23 @@ pub async fn serve(
             }
         });
     }
+    // Keep the overview's open incidents fresh off the request path.
+    {
+        let (c, shutdown) = (collector.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::service::OPEN_INCIDENTS_REFRESH);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let c = c.clone();
+                if let Err(e) = crate::service::blocking(move || c.refresh_open_incidents()).await {
+                    tracing::warn!(error = %e, "Open incidents not re-read for the overview");
+                }
+            }
+        });
+    }
     tokio::spawn(crate::digest::run(
         collector.clone(),
         opts.time_zone,

@@ -94,8 +94,11 @@ pub struct Collector {
     pub(crate) uninstall: std::sync::OnceLock<crate::uninstall::UninstallKey>,
 }
 
-/// How stale the overview's open incidents may be.
-const OPEN_INCIDENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(15);
+/// How stale the overview's open incidents may be before a request re-reads them itself. A
+/// background task (`server.rs`) re-reads them every `OPEN_INCIDENTS_REFRESH`, so requests
+/// normally never pay for it.
+const OPEN_INCIDENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
+pub const OPEN_INCIDENTS_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The devices as last stored.
 #[derive(Default)]
@@ -308,19 +311,28 @@ impl Collector {
 
     /// Every open incident, as read at most `OPEN_INCIDENTS_MAX_AGE` ago (blocking).
     pub fn open_incidents(&self) -> Result<Arc<Vec<crate::store::Incident>>, StoreError> {
-        let mut cached = self.open_incidents.lock().expect("open incidents lock");
-        if let Some((at, list)) = cached.as_ref()
+        if let Some((at, list)) = self
+            .open_incidents
+            .lock()
+            .expect("open incidents lock")
+            .as_ref()
             && at.elapsed() < OPEN_INCIDENTS_MAX_AGE
         {
             return Ok(list.clone());
         }
+        self.refresh_open_incidents()
+    }
+
+    /// Re-reads every open incident (blocking); the lock is not held while reading.
+    pub fn refresh_open_incidents(&self) -> Result<Arc<Vec<crate::store::Incident>>, StoreError> {
         let (list, _) = self.store.incidents(&crate::store::IncidentQuery {
             open_only: true,
             limit: usize::MAX,
             ..Default::default()
         })?;
         let list = Arc::new(list);
-        *cached = Some((Instant::now(), list.clone()));
+        *self.open_incidents.lock().expect("open incidents lock") =
+            Some((Instant::now(), list.clone()));
         Ok(list)
     }
 

@@ -552,3 +552,44 @@ async fn an_incident_record_only_grows() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_overview_puts_the_most_serious_first_and_counts_every_flagged_device() {
+    let rig = rig().await;
+    let events = vec![
+        ("antivirus.status", json!({"status": "stale"})),
+        (
+            "antivirus.detection",
+            json!({"name": "Eicar-Test-Signature"}),
+        ),
+        (
+            "software.installed",
+            json!({"source": "dpkg", "name": "steam", "version": "1"}),
+        ),
+    ];
+    for (seq, (kind, details)) in events.into_iter().enumerate() {
+        let batch = rig
+            .collector
+            .prepare_batch(
+                "laptop-2",
+                vec![IncomingEvent {
+                    seq: seq as u64 + 1,
+                    occurred_at: Some(chrono::Utc::now()),
+                    user: String::new(),
+                    kind: kind.into(),
+                    details: details.as_object().unwrap().clone(),
+                }],
+                None,
+            )
+            .unwrap();
+        rig.collector.commit(batch).await.unwrap();
+    }
+    rig.collector.refresh_open_incidents().unwrap();
+    let desk = crate::desk::Desk::new(rig.collector.clone(), Actor::local_cli());
+    let fleet = desk.fleet().await.unwrap();
+    let kinds: Vec<&str> = fleet.attention.iter().map(|i| i.kind.as_str()).collect();
+    assert_eq!(kinds[0], "antivirus.detection", "critical first: {kinds:?}");
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    assert_eq!(fleet.devices, 2);
+    assert_eq!(fleet.no_unapproved_software, 1, "laptop-2 has steam");
+}
