@@ -184,6 +184,37 @@ async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes an enrolment token through the running collector, or in the store when none runs;
+/// returns the token and the CA fingerprint (`token create` and `bundle create`).
+pub async fn create_token(
+    dir: &crate::datadir::DataDir,
+    uses: u32,
+    expires_at: DateTime<Utc>,
+    label: &str,
+) -> anyhow::Result<(String, String)> {
+    let req = AdminRequest::CreateToken {
+        uses,
+        expires_at,
+        label: label.to_string(),
+    };
+    match ask(&dir.admin_socket(), &req).await? {
+        Some(AdminResponse::Token {
+            token,
+            ca_fingerprint,
+        }) => Ok((token, ca_fingerprint)),
+        Some(AdminResponse::Error { message }) => {
+            anyhow::bail!("the running collector refused: {message}")
+        }
+        Some(other) => anyhow::bail!("unexpected answer from the collector: {other:?}"),
+        None => {
+            let store = dir.open_store_offline()?;
+            let token = crate::tokens::create(&store, uses, expires_at, label)?;
+            let ca = crate::ca::SchoolCa::load(&dir.ca_cert(), &dir.ca_key())?;
+            Ok((token, ca.fingerprint()))
+        }
+    }
+}
+
 /// Sends one request to a running collector. `Ok(None)` if none is listening.
 pub async fn ask(path: &Path, req: &AdminRequest) -> std::io::Result<Option<AdminResponse>> {
     let stream = match UnixStream::connect(path).await {

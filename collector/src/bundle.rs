@@ -8,11 +8,9 @@ use caretaker_proto::bundle::{BUNDLE_VERSION, Bundle};
 use chrono::{DateTime, Utc};
 use x509_parser::extensions::GeneralName;
 
-use crate::admin::{self, AdminRequest, AdminResponse};
-use crate::ca::{SchoolCa, pem_to_der};
+use crate::admin;
+use crate::ca::pem_to_der;
 use crate::datadir::{DataDir, write_private};
-use crate::store::SledStore;
-use crate::tokens;
 
 /// The gRPC port agents use when `--collector` does not say otherwise (`serve`'s default).
 pub const DEFAULT_GRPC_PORT: u16 = 7443;
@@ -42,35 +40,8 @@ pub async fn create(dir: &DataDir, req: BundleRequest) -> anyhow::Result<Bundle>
         }
         req.collectors.clone()
     };
-    let ask = AdminRequest::CreateToken {
-        uses: req.uses,
-        expires_at: req.expires_at,
-        label: req.label.clone(),
-    };
-    let (token, ca_fingerprint) = match admin::ask(&dir.admin_socket(), &ask).await? {
-        Some(AdminResponse::Token {
-            token,
-            ca_fingerprint,
-        }) => (token, ca_fingerprint),
-        Some(AdminResponse::Error { message }) => {
-            bail!("the running collector refused: {message}")
-        }
-        Some(other) => bail!("unexpected answer from the collector: {other:?}"),
-        None => {
-            let store = SledStore::open(&dir.store()).with_context(|| {
-                format!(
-                    "cannot open the store in {}; if a collector is running, its admin socket {} did not answer",
-                    dir.root().display(),
-                    dir.admin_socket().display()
-                )
-            })?;
-            let token = tokens::create(&store, req.uses, req.expires_at, &req.label)?;
-            (
-                token,
-                SchoolCa::load(&dir.ca_cert(), &dir.ca_key())?.fingerprint(),
-            )
-        }
-    };
+    let (token, ca_fingerprint) =
+        admin::create_token(dir, req.uses, req.expires_at, &req.label).await?;
     Ok(Bundle {
         caretaker_bundle: BUNDLE_VERSION,
         label: req.label,
@@ -173,6 +144,9 @@ fn check_address(addr: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::SchoolCa;
+    use crate::store::SledStore;
+    use crate::tokens;
     use caretaker_proto::bundle::Bundle;
 
     fn init(names: &[&str]) -> (tempfile::TempDir, DataDir) {

@@ -51,6 +51,18 @@ impl DataDir {
         self.root.join("uninstall.key")
     }
 
+    /// Opens the store directly, for a command run while no collector serves (a running one
+    /// holds sled's lock; the caller asked its admin socket first).
+    pub fn open_store_offline(&self) -> anyhow::Result<SledStore> {
+        SledStore::open(&self.store()).with_context(|| {
+            format!(
+                "cannot open the store in {}; if a collector is running, its admin socket {} did not answer",
+                self.root.display(),
+                self.admin_socket().display()
+            )
+        })
+    }
+
     /// Refuses with a clear message if this is not an initialised data directory.
     pub fn check(&self) -> anyhow::Result<()> {
         for p in [

@@ -7,11 +7,9 @@ use anyhow::{Context, bail};
 use caretaker_collector::accounts::{self, AccountOp};
 use caretaker_collector::admin::{self, AdminRequest, AdminResponse};
 use caretaker_collector::bundle;
-use caretaker_collector::ca::SchoolCa;
 use caretaker_collector::datadir::{self, DataDir};
 use caretaker_collector::server::{self, ServeOptions};
-use caretaker_collector::store::{SledStore, Store};
-use caretaker_collector::tokens;
+use caretaker_collector::store::Store;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -328,29 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 + chrono::Duration::from_std(*expires).context("--expires is too long")?;
             let dir = DataDir::new(data_dir);
             dir.check()?;
-            let req = AdminRequest::CreateToken {
-                uses,
-                expires_at,
-                label: label.clone(),
-            };
-            let (token, fingerprint) = match admin::ask(&dir.admin_socket(), &req).await? {
-                Some(AdminResponse::Token {
-                    token,
-                    ca_fingerprint,
-                }) => (token, ca_fingerprint),
-                Some(AdminResponse::Error { message }) => {
-                    bail!("the running collector refused: {message}")
-                }
-                Some(other) => bail!("unexpected answer from the collector: {other:?}"),
-                None => {
-                    let store = open_store_offline(&dir)?;
-                    let token = tokens::create(&store, uses, expires_at, &label)?;
-                    (
-                        token,
-                        SchoolCa::load(&dir.ca_cert(), &dir.ca_key())?.fingerprint(),
-                    )
-                }
-            };
+            let (token, fingerprint) = admin::create_token(&dir, uses, expires_at, &label).await?;
             if json {
                 println!(
                     "{}",
@@ -485,7 +461,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(AdminResponse::Error { message }) => bail!("{message}"),
                 Some(other) => bail!("unexpected answer from the collector: {other:?}"),
                 None => {
-                    let store = open_store_offline(&dir)?;
+                    let store = dir.open_store_offline()?;
                     store.revoke_device(&id, Utc::now())?;
                     println!("Revoked device {id}");
                 }
@@ -517,7 +493,7 @@ async fn account(data_dir: &std::path::Path, op: AccountOp) -> anyhow::Result<()
         Some(AdminResponse::Error { message }) => bail!("{message}"),
         Some(other) => bail!("unexpected answer from the collector: {other:?}"),
         None => {
-            let store = open_store_offline(&dir)?;
+            let store = dir.open_store_offline()?;
             accounts::apply_op(&store, &op)?
         }
     };
@@ -542,16 +518,6 @@ async fn account(data_dir: &std::path::Path, op: AccountOp) -> anyhow::Result<()
         }
     }
     Ok(())
-}
-
-fn open_store_offline(dir: &DataDir) -> anyhow::Result<SledStore> {
-    SledStore::open(&dir.store()).with_context(|| {
-        format!(
-            "cannot open the store in {}; if a collector is running, its admin socket {} did not answer",
-            dir.root().display(),
-            dir.admin_socket().display()
-        )
-    })
 }
 
 async fn wait_for_signal() {

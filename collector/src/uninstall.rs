@@ -17,7 +17,7 @@ use crate::accounts::{self, Actor};
 use crate::admin::{self, AdminRequest, AdminResponse};
 use crate::datadir::DataDir;
 use crate::service::Collector;
-use crate::store::{Device, SledStore, Store, StoreError};
+use crate::store::{Device, Store, StoreError};
 
 /// The collector's uninstall secret.
 #[derive(Clone)]
@@ -131,13 +131,7 @@ pub async fn for_cli(dir: &DataDir, id: &str) -> anyhow::Result<(String, String)
         Some(AdminResponse::Error { message }) => bail!("{message}"),
         Some(other) => bail!("unexpected answer from the collector: {other:?}"),
         None => {
-            let store = SledStore::open(&dir.store()).with_context(|| {
-                format!(
-                    "cannot open the store in {}; if a collector is running, its admin socket {} did not answer",
-                    dir.root().display(),
-                    dir.admin_socket().display()
-                )
-            })?;
+            let store = dir.open_store_offline()?;
             let device = store
                 .device(id)?
                 .ok_or_else(|| StoreError::NoSuchDevice(id.to_string()))?;

@@ -8,7 +8,6 @@ use chrono::NaiveDate;
 use super::{Audience, Format, PeriodKind, PeriodSpec, ReportRequest, Sources};
 use crate::admin::{self, AdminRequest, AdminResponse};
 use crate::datadir::DataDir;
-use crate::store::SledStore;
 
 /// The command's arguments.
 #[derive(Debug, clap::Args)]
@@ -71,16 +70,11 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
         Some(AdminResponse::Error { message }) => bail!("{message}"),
         Some(other) => bail!("unexpected answer from the collector: {other:?}"),
         None => {
-            let path = dir.store();
+            let dir = dir.clone();
             let tz = args.time_zone;
             let req = req.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let store = SledStore::open(&path).with_context(|| {
-                    format!(
-                        "cannot open the store in {}; if a collector is running, its admin socket did not answer",
-                        path.display()
-                    )
-                })?;
+                let store = dir.open_store_offline()?;
                 let src = Sources::offline(&store, tz)?;
                 Ok(super::render(&src, &req)?)
             })
