@@ -131,13 +131,21 @@ impl DeviceCache {
         ids.sort_unstable();
         ids.dedup();
         for id in ids {
-            match store.device(id) {
-                Ok(Some(d)) => self.put(d),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(device = %id, error = %e, "Device not re-read after store")
-                }
+            self.reload(store, id);
+        }
+    }
+
+    /// Re-reads one device from the store. The read happens under the cache's write lock, so
+    /// two reloads racing (the writer's and a revocation's) land in the order they read, and
+    /// an older record never replaces a newer one.
+    fn reload(&self, store: &dyn Store, id: &str) {
+        let mut map = self.map.write().expect("device cache lock");
+        match store.device(id) {
+            Ok(Some(d)) => {
+                map.insert(d.id.clone(), Arc::new(d));
             }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(device = %id, error = %e, "Device not re-read after store"),
         }
     }
 
@@ -448,7 +456,7 @@ impl Collector {
         let store = self.store.clone();
         let id = device_id.to_string();
         let device = blocking(move || store.revoke_device(&id, Utc::now())).await?;
-        self.devices.put(device.clone());
+        self.devices.reload(self.store.as_ref(), &device.id);
         self.revoked
             .write()
             .expect("revocation lock")

@@ -483,13 +483,27 @@ impl Store for SledStore {
     }
 
     fn revoke_device(&self, id: &str, at: DateTime<Utc>) -> StoreResult<Device> {
-        let mut device = self
-            .device(id)?
-            .ok_or_else(|| StoreError::NoSuchDevice(id.to_string()))?;
-        if device.revoked_at.is_none() {
-            device.revoked_at = Some(at);
-            self.insert_device(&device)?;
-        }
+        // In a transaction: a group commit for this device may be updating its record (counts,
+        // state) at the same moment, and a plain read-then-write would undo that update.
+        let result = self.devices.transaction(|devices| {
+            let Some(raw) = devices.get(id.as_bytes())? else {
+                return Err(ConflictableTransactionError::Abort(
+                    StoreError::NoSuchDevice(id.to_string()),
+                ));
+            };
+            let mut device: Device =
+                decode("device", &raw).map_err(ConflictableTransactionError::Abort)?;
+            if device.revoked_at.is_none() {
+                device.revoked_at = Some(at);
+                devices.insert(id.as_bytes(), encode(&device))?;
+            }
+            Ok(device)
+        });
+        let device = result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => engine(e),
+        })?;
+        self.flush()?;
         Ok(device)
     }
 
