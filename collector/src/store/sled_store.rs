@@ -311,11 +311,34 @@ impl SledStore {
             Some(t) => idx_key(tag, value, t.parse().unwrap_or(0)),
             None => idx_key(tag, value, u64::MAX),
         };
+        self.page_walk(q, self.idx.range(prefix.clone()..upper).rev(), |t| {
+            self.idx
+                .range(prefix.clone()..idx_key(tag, value, t))
+                .next_back()
+                .is_some()
+        })
+    }
+
+    /// Reads entries whose keys end in a timeline id and whose values are event keys, newest
+    /// first, keeping the events `q` matches until the page is full or `MAX_SCAN` entries were
+    /// read (a selective filter then returns a short page with a cursor). `older(tid)` says
+    /// whether any entry remains below that timeline id. Serves the timeline and every index.
+    fn page_walk(
+        &self,
+        q: &EventQuery,
+        entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        older: impl Fn(u64) -> bool,
+    ) -> StoreResult<EventPage> {
         let mut out = Vec::new();
         let mut last_tid = None;
-        for (scanned, item) in self.idx.range(prefix.clone()..upper).rev().enumerate() {
+        for (scanned, item) in entries.enumerate() {
             let (k, ev_key) = item.map_err(engine)?;
-            last_tid = Some(seq_of_key(&k));
+            let tail: [u8; 8] = k
+                .len()
+                .checked_sub(8)
+                .and_then(|at| k[at..].try_into().ok())
+                .ok_or_else(|| StoreError::Corrupt("timeline or index key".into()))?;
+            last_tid = Some(u64::from_be_bytes(tail));
             let Some(v) = self.events.get(&ev_key).map_err(engine)? else {
                 continue;
             };
@@ -330,18 +353,8 @@ impl SledStore {
                 break;
             }
         }
-        let more = last_tid.is_some_and(|t| {
-            self.idx
-                .range(prefix..idx_key(tag, value, t))
-                .next_back()
-                .is_some()
-        });
         Ok(EventPage {
-            next: if more {
-                last_tid.map(|t| format!("t{t}"))
-            } else {
-                None
-            },
+            next: last_tid.filter(|&t| older(t)).map(|t| format!("t{t}")),
             events: out,
         })
     }
@@ -419,42 +432,11 @@ impl SledStore {
             Some(t) => t.parse().unwrap_or(0),
             None => u64::MAX,
         };
-        let mut out = Vec::new();
-        let mut last_id = None;
-        for (scanned, item) in self.timeline.range(..upper.to_be_bytes()).rev().enumerate() {
-            let (k, ev_key) = item.map_err(engine)?;
-            last_id = Some(u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("timeline key".into()))?,
-            ));
-            let Some(v) = self.events.get(&ev_key).map_err(engine)? else {
-                continue;
-            };
-            let e: StoredEvent = decode("event", &v)?;
-            if matches(q, &e) {
-                out.push(e);
-                if out.len() == q.limit {
-                    break;
-                }
-            }
-            if scanned + 1 >= MAX_SCAN {
-                break;
-            }
-        }
-        let more = last_id.is_some_and(|id| {
+        self.page_walk(q, self.timeline.range(..upper.to_be_bytes()).rev(), |id| {
             self.timeline
                 .range(..id.to_be_bytes())
                 .next_back()
                 .is_some()
-        });
-        Ok(EventPage {
-            next: if more {
-                last_id.map(|t| format!("t{t}"))
-            } else {
-                None
-            },
-            events: out,
         })
     }
 }
