@@ -178,17 +178,16 @@ pub fn plan_reports(
             r.period,
             r.recipients.join(",")
         );
-        let Ok(src) = report::Sources::from_collector(c, tz) else {
-            continue;
-        };
         // The latest period that has ended: the one before today's, or (in a holiday, for
-        // terms) the one today falls after.
+        // terms) the one today falls after. Worked out from the settings alone: the report's
+        // sources (every device) are gathered only once a report is due.
         let today = PeriodSpec {
             kind: Some(kind),
             from: Some(now.with_timezone(&tz).date_naive()),
             to: None,
         };
-        let Ok((current, previous)) = report::resolve(&src, &today) else {
+        let day = now.with_timezone(&tz).date_naive();
+        let Ok((current, previous)) = report::period::resolve(&today, day, &s.terms, tz) else {
             continue;
         };
         let period = if current.end <= now {
@@ -224,6 +223,9 @@ pub fn plan_reports(
                 tracing::warn!(recipient = %name, audience = %r.audience, "Report not sent to this account (not allowed, disabled or no e-mail)");
             }
         }
+        let Ok(src) = report::Sources::from_collector(c, tz) else {
+            continue;
+        };
         let req = ReportRequest {
             period: spec.clone(),
             audience,
