@@ -182,8 +182,8 @@ impl Desk {
         self.c.ca_fingerprint()
     }
 
-    /// The fleet overview.
-    pub async fn fleet(&self) -> DeskResult<FleetView> {
+    /// The fleet overview; school hours are judged in the school's zone `tz`.
+    pub async fn fleet(&self, tz: chrono_tz::Tz) -> DeskResult<FleetView> {
         self.require(Permission::ViewFleet)?;
         let now = Utc::now();
         let devices: Vec<Arc<Device>> = self
@@ -195,7 +195,7 @@ impl Desk {
             .collect();
         let policy = self.policy_document();
         let in_school_hours =
-            crate::timefmt::in_school_hours(&policy.screen_lock.school_hours, now);
+            crate::timefmt::in_school_hours(&policy.screen_lock.school_hours, now, tz);
         // Devices with an open technical incident about software (denied or unapproved).
         let categories = self.categories();
         let c = self.c.clone();

@@ -31,12 +31,8 @@ pub fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// Whether `now` falls within the policy's school hours in the school's time zone.
-pub fn in_school_hours(hours: &SchoolHours, now: DateTime<Utc>) -> bool {
-    in_school_hours_tz(hours, now, DEFAULT_TZ)
-}
-
-pub fn in_school_hours_tz(hours: &SchoolHours, now: DateTime<Utc>, tz: Tz) -> bool {
+/// Whether `now` falls within the policy's school hours in the school's time zone `tz`.
+pub fn in_school_hours(hours: &SchoolHours, now: DateTime<Utc>, tz: Tz) -> bool {
     let local = now.with_timezone(&tz);
     let day = local.weekday().to_string().to_lowercase();
     let parse = |s: &str| NaiveTime::parse_from_str(s, "%H:%M").ok();
@@ -128,17 +124,20 @@ mod tests {
         // 07:30 UTC in June is 08:30 BST: in hours on a Monday.
         assert!(in_school_hours(
             &h,
-            Utc.with_ymd_and_hms(2026, 6, 1, 7, 30, 0).unwrap()
+            Utc.with_ymd_and_hms(2026, 6, 1, 7, 30, 0).unwrap(),
+            DEFAULT_TZ
         ));
         // ...but not on a Saturday.
         assert!(!in_school_hours(
             &h,
-            Utc.with_ymd_and_hms(2026, 6, 6, 7, 30, 0).unwrap()
+            Utc.with_ymd_and_hms(2026, 6, 6, 7, 30, 0).unwrap(),
+            DEFAULT_TZ
         ));
         // 07:30 UTC in December is 07:30 GMT: before school.
         assert!(!in_school_hours(
             &h,
-            Utc.with_ymd_and_hms(2026, 11, 30, 7, 30, 0).unwrap()
+            Utc.with_ymd_and_hms(2026, 11, 30, 7, 30, 0).unwrap(),
+            DEFAULT_TZ
         ));
     }
 

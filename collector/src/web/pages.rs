@@ -355,7 +355,7 @@ fn hostname(desk: &Desk, id: &str) -> String {
 }
 
 pub async fn fleet(State(st): State<AppState>, Extension(desk): D) -> PageResult {
-    let f = desk.fleet().await?;
+    let f = desk.fleet(tz(&st)).await?;
     let now = Utc::now();
     let tz = tz(&st);
     let attention = f

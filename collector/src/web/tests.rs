@@ -586,7 +586,7 @@ async fn the_overview_puts_the_most_serious_first_and_counts_every_flagged_devic
     }
     rig.collector.refresh_open_incidents().unwrap();
     let desk = crate::desk::Desk::new(rig.collector.clone(), Actor::local_cli());
-    let fleet = desk.fleet().await.unwrap();
+    let fleet = desk.fleet(crate::timefmt::DEFAULT_TZ).await.unwrap();
     let kinds: Vec<&str> = fleet.attention.iter().map(|i| i.kind.as_str()).collect();
     assert_eq!(kinds[0], "antivirus.detection", "critical first: {kinds:?}");
     assert_eq!(kinds.len(), 4, "{kinds:?}");
