@@ -523,7 +523,12 @@ pub fn detect_executable(
 /// `Obsidian-1.4.16-x86_64.AppImage` → (`Obsidian`, `1.4.16`).
 pub fn appimage_name_version(file_name: &str) -> (String, Option<String>) {
     let mut stem = file_name;
-    if stem.len() > 9 && stem[stem.len() - 9..].eq_ignore_ascii_case(".appimage") {
+    // `get`, not a slice: the last nine bytes of a user's file name may begin inside a character.
+    if stem.len() > 9
+        && stem
+            .get(stem.len() - 9..)
+            .is_some_and(|ext| ext.eq_ignore_ascii_case(".appimage"))
+    {
         stem = &stem[..stem.len() - 9];
     }
     for arch in [

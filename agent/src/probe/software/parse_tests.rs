@@ -350,3 +350,17 @@ fn powershell_json_array_and_single_object() {
     let bad = parse_uninstall_json(b"[1, {\"DisplayName\": 5}");
     assert!(bad.value.is_empty() && bad.warnings[0].starts_with("not JSON"));
 }
+
+/// Found by fuzzing (`agent/tests/fuzz.rs`): a file in a pupil's home whose name's last nine
+/// bytes begin inside a character crashed the software probe.
+#[test]
+fn appimage_name_cut_inside_a_character() {
+    assert_eq!(
+        appimage_name_version("ࠀaA 0aA "),
+        ("ࠀaA 0aA ".to_string(), None)
+    );
+    assert_eq!(
+        appimage_name_version("Ωmega-2.1.AppImage"),
+        ("Ωmega".to_string(), Some("2.1".to_string()))
+    );
+}
