@@ -742,7 +742,8 @@ pub fn parse_defender_status(json_text: &str, observed_at: DateTime<Utc>) -> Par
         Some(d) => i64::try_from(d)
             .ok()
             .and_then(Duration::try_days)
-            .map(|age| observed_at - age),
+            // Checked: an age of millions of days reaches before any date chrono can hold.
+            .and_then(|age| observed_at.checked_sub_signed(age)),
         None => None,
     };
     // LastUpdated is when signatures were installed; the day-granular age is how old they are.
@@ -1520,6 +1521,20 @@ mod tests {
                 "signature build time unknown (signatures never updated)".into()
             )
         );
+    }
+
+    /// Found by fuzzing (`agent/tests/fuzz.rs`): an age of 100,000,000 days put the build time
+    /// before any date chrono can hold, and the subtraction panicked.
+    #[test]
+    fn defender_signature_age_beyond_the_calendar() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
+        let p = parse_defender_status(
+            r#"{"AMServiceEnabled": true, "AntivirusSignatureAge": 100000000}"#,
+            now,
+        );
+        let p = p.value.unwrap();
+        assert_eq!(p.signatures_built_at, None);
+        assert_eq!(assess_product(&p, 72, now).0, AvStatus::Unknown);
     }
 
     // --- Security Center ---
