@@ -10,11 +10,17 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 /// `cases` per property in the suite; `PROPTEST_CASES` (a longer run) wins when set.
+/// Failures found are kept in the crate's `proptest-regressions/fuzz.txt` (tests run from the
+/// crate's folder) and replayed first on every run; proptest's default cannot place them for
+/// a test outside `src/`.
 pub fn config(cases: u32) -> ProptestConfig {
     let mut c = ProptestConfig::default();
     if std::env::var_os("PROPTEST_CASES").is_none() {
         c.cases = cases;
     }
+    c.failure_persistence = Some(Box::new(
+        proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/fuzz.txt"),
+    ));
     c
 }
 
