@@ -6,6 +6,7 @@ pub mod config;
 pub mod connect;
 pub mod enroll;
 pub mod event;
+pub mod instance;
 pub mod os;
 pub mod policy;
 pub mod probe;

@@ -42,6 +42,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .clone()
         .unwrap_or(enrollment.collector.clone());
 
+    // Before the spool: a second agent on this folder would move the live spool aside.
+    let _instance = crate::instance::lock(state.root())?;
     let (spool, note) = Spool::open(&state.spool(), &state.seq_floor(), config.spool_max_bytes)?;
     let policy = PolicyCache::load(state.policy());
     let status = StatusBoard::new(Status {
