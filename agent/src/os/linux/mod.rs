@@ -6,6 +6,7 @@ pub mod logind;
 pub mod mountwatch;
 pub mod sdnotify;
 pub mod uevent;
+pub mod untrusted;
 pub mod x11;
 
 use super::HostFacts;

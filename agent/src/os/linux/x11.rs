@@ -28,7 +28,13 @@ pub fn connect(display: &str, xauthority: Option<&Path>) -> Result<Display, Stri
     let parsed = x11rb::reexports::x11rb_protocol::parse_display::parse_display(Some(display))
         .map_err(|e| format!("display name {display:?}: {e}"))?;
     let (name, data) = xauthority
-        .and_then(|p| std::fs::read(p).ok())
+        // In the user's home, so opened as an untrusted file (a FIFO there must not hang us).
+        .and_then(|p| {
+            let (mut f, _) = super::untrusted::open_regular(p).ok()?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes).ok()?;
+            Some(bytes)
+        })
         .and_then(|bytes| {
             let (entries, _warnings) = parse_xauthority(&bytes);
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -3,11 +3,12 @@
 //! `mod.rs`. Linux-only (owners and inode numbers come from `std::os::unix`).
 use super::parse::{self, ExecutableType};
 use super::{Inventory, SoftwareItem, SoftwareKey, Source};
+use crate::os::untrusted::open_regular;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -173,9 +174,12 @@ fn read_flatpak_apps(
     }
 }
 
+/// The first `max` bytes of a file under a home folder (see `open_regular` for why not
+/// `File::open`).
 fn read_prefix(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let (f, _) = open_regular(path)?;
     let mut buf = Vec::new();
-    fs::File::open(path)?.take(max).read_to_end(&mut buf)?;
+    f.take(max).read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -248,10 +252,9 @@ pub fn modified_within(meta: &fs::Metadata, quiet: Duration) -> bool {
     })
 }
 
-/// SHA-256 of a file's content, streamed; `None` when larger than `max_bytes`.
-pub fn hash_file(path: &Path, max_bytes: u64) -> io::Result<Option<String>> {
-    let mut f = fs::File::open(path)?;
-    if f.metadata()?.len() > max_bytes {
+/// SHA-256 of an opened regular file's content, streamed; `None` when larger than `max_bytes`.
+fn hash_open(f: &mut fs::File, meta: &fs::Metadata, max_bytes: u64) -> io::Result<Option<String>> {
+    if meta.len() > max_bytes {
         return Ok(None);
     }
     let mut hasher = Sha256::new();
@@ -399,14 +402,32 @@ impl HomeIndex {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let head = read_prefix(&path, parse::MAGIC_LEN as u64).unwrap_or_default();
+        // One open for the magic bytes and the hash, of the file `fstat` vouched for: the
+        // pupil may have swapped the path for a symlink or a FIFO since the walk's stat.
+        // A different file than the one stat'ed (swapped for a hard link) is not read either.
+        let mut opened = open_regular(&path)
+            .ok()
+            .filter(|(_, m)| (m.dev(), m.ino()) == (meta.dev(), ino));
+        let head = opened
+            .as_mut()
+            .and_then(|(f, _)| {
+                let mut head = Vec::new();
+                f.take(parse::MAGIC_LEN as u64)
+                    .read_to_end(&mut head)
+                    .ok()
+                    .map(|_| head)
+            })
+            .unwrap_or_default();
         let executable_bit = mode & 0o111 != 0;
         let kind = parse::detect_executable(&head, &name, executable_bit);
         let had_kind = previous.and_then(|p| p.kind).is_some();
         let old_hash = previous.and_then(|p| p.sha256.clone());
-        let sha256 = match kind {
-            Some(_) => hash_file(&path, rules.max_hash_bytes).ok().flatten(),
-            None => None,
+        let sha256 = match (kind, opened.as_mut()) {
+            (Some(_), Some((f, meta))) => f
+                .rewind()
+                .ok()
+                .and_then(|()| hash_open(f, meta, rules.max_hash_bytes).ok().flatten()),
+            _ => None,
         };
         self.files.insert(
             path.clone(),
@@ -472,5 +493,101 @@ impl HomeIndex {
             );
         }
         inv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn rules() -> WalkRules {
+        WalkRules {
+            exclude: Vec::new(),
+            max_hash_bytes: 1 << 20,
+            max_dirs: 100,
+        }
+    }
+
+    /// A home with `tool`, a regular file, and its metadata as the walk's stat saw it.
+    fn home_with_tool(d: &Path) -> (Home, PathBuf) {
+        let dir = d.join("pupil");
+        fs::create_dir(&dir).unwrap();
+        let tool = dir.join("tool");
+        fs::write(&tool, b"just notes, not a program").unwrap();
+        (
+            Home {
+                user: "pupil".into(),
+                dir,
+            },
+            tool,
+        )
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_symlink_after_the_stat_is_not_read_or_hashed() {
+        let d = tempfile::tempdir().unwrap();
+        let (home, tool) = home_with_tool(d.path());
+        // A root-only executable outside the home, which the pupil cannot read.
+        let secret = d.path().join("root-only");
+        fs::write(&secret, b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0secret").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+        // The worst case for the agent: the stat it acts on describes the target itself
+        // (same inode), so only refusing to follow the link protects it.
+        let meta = fs::metadata(&secret).unwrap();
+        fs::remove_file(&tool).unwrap();
+        std::os::unix::fs::symlink(&secret, &tool).unwrap();
+
+        let mut index = HomeIndex::default();
+        let found = index.check_with(&home, tool.clone(), &meta, &rules());
+        assert_eq!(
+            found, None,
+            "the root-only target was read through the link"
+        );
+        let facts = &index.files[&tool];
+        assert_eq!((facts.kind, facts.sha256.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_fifo_after_the_stat_neither_hangs_nor_counts() {
+        let d = tempfile::tempdir().unwrap();
+        let (home, tool) = home_with_tool(d.path());
+        let meta = fs::symlink_metadata(&tool).unwrap();
+        fs::remove_file(&tool).unwrap();
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&tool)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkfifo failed");
+
+        // On another thread, so a regression fails this test instead of hanging the suite:
+        // a blocking open of a FIFO with no writer never returns.
+        let (tx, rx) = mpsc::channel();
+        let path = tool.clone();
+        std::thread::spawn(move || {
+            let mut index = HomeIndex::default();
+            let found = index.check_with(&home, path, &meta, &rules());
+            let _ = tx.send(found);
+        });
+        let found = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("checking a FIFO hung");
+        assert_eq!(found, None);
+    }
+
+    #[test]
+    fn a_regular_executable_is_still_found_and_hashed() {
+        let d = tempfile::tempdir().unwrap();
+        let (home, tool) = home_with_tool(d.path());
+        fs::write(&tool, b"#!/bin/sh\necho hi\n").unwrap();
+        fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+        let meta = fs::symlink_metadata(&tool).unwrap();
+        let found = HomeIndex::default()
+            .check_with(&home, tool, &meta, &rules())
+            .expect("found");
+        assert_eq!(found.kind, ExecutableType::Script);
+        let want = hex::encode(Sha256::digest(b"#!/bin/sh\necho hi\n"));
+        assert_eq!(found.sha256.as_deref(), Some(want.as_str()));
     }
 }
