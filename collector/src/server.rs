@@ -13,9 +13,14 @@ use tracing::info;
 use crate::ca::SchoolCa;
 use crate::datadir::DataDir;
 use crate::grpc::GrpcApi;
+use crate::listen::{Gate, ListenLimits, Timeouts};
+use crate::metrics::Listener;
 use crate::service::Collector;
 use crate::store::SledStore;
 use crate::tls::{GrpcTls, certs_from_pem, key_from_pem, web_config};
+
+/// How often the store's state and free space are looked at.
+const STORE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where to listen, and how the web side presents itself.
 #[derive(Debug, Clone)]
@@ -28,6 +33,13 @@ pub struct ServeOptions {
     pub web_key: Option<PathBuf>,
     /// The school's time zone for the dashboard.
     pub time_zone: chrono_tz::Tz,
+    /// Free space the store's filesystem must keep; below it new events are refused (agents
+    /// keep them and retry).
+    pub min_free_space: crate::store::space::SpaceFloor,
+    /// Handshake, header-read and idle timeouts of both listeners.
+    pub timeouts: Timeouts,
+    /// Connection caps; derived from the open-file limit when not given.
+    pub limits: Option<ListenLimits>,
 }
 
 impl ServeOptions {
@@ -39,6 +51,9 @@ impl ServeOptions {
             web_cert: None,
             web_key: None,
             time_zone: crate::timefmt::DEFAULT_TZ,
+            min_free_space: crate::store::space::DEFAULT_FLOOR,
+            timeouts: Timeouts::default(),
+            limits: None,
         }
     }
 }
@@ -97,6 +112,16 @@ pub async fn serve(
         &dir.uninstall_key(),
     )?);
 
+    let nofile = crate::listen::raise_fd_limit();
+    let limits = opts
+        .limits
+        .unwrap_or_else(|| ListenLimits::for_fd_limit(nofile, opts.timeouts));
+    info!(
+        open_files = nofile,
+        grpc_connections = limits.grpc.max_connections,
+        web_connections = limits.web.max_connections,
+        "Connection caps set"
+    );
     let grpc_listener = TcpListener::bind(opts.grpc_listen)
         .await
         .with_context(|| format!("cannot listen for agents on {}", opts.grpc_listen))?;
@@ -132,6 +157,24 @@ pub async fn serve(
             }
         });
     }
+    // Once a second: reopen the store if a failed write closed it, and refuse new events while
+    // it is closed or its disk is below the floor (one statvfs, so cheap).
+    {
+        let (c, shutdown, path) = (collector.clone(), shutdown.clone(), dir.store());
+        let floor = opts.min_free_space;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(STORE_CHECK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let (c, path) = (c.clone(), path.clone());
+                let _ = tokio::task::spawn_blocking(move || c.check_store(&path, floor)).await;
+            }
+        });
+    }
     // Keep the overview's open incidents fresh off the request path.
     {
         let (c, shutdown) = (collector.clone(), shutdown.clone());
@@ -156,14 +199,23 @@ pub async fn serve(
     ));
     let api = GrpcApi::new(collector.clone(), shutdown.clone());
     let max = caretaker_proto::MAX_MESSAGE_BYTES;
+    let keepalive = &limits.grpc.timeouts;
     let grpc = tonic::transport::Server::builder()
+        // Pings keep a live agent's quiet stream inside the idle timeout, and find dead ones.
+        .http2_keepalive_interval(Some(keepalive.keepalive_interval()))
+        .http2_keepalive_timeout(Some(keepalive.keepalive_timeout()))
         .add_service(
             pb::enrollment_server::EnrollmentServer::new(api.clone())
                 .max_decoding_message_size(max),
         )
         .add_service(pb::telemetry_server::TelemetryServer::new(api).max_decoding_message_size(max))
         .serve_with_incoming_shutdown(
-            crate::tls::grpc_incoming(grpc_listener, grpc_tls, shutdown.clone()),
+            crate::tls::grpc_incoming(
+                grpc_listener,
+                grpc_tls,
+                Gate::new(Listener::Grpc, limits.grpc),
+                shutdown.clone(),
+            ),
             shutdown.clone().cancelled_owned(),
         );
     let web = crate::web::serve(
@@ -176,6 +228,7 @@ pub async fn serve(
                 time_zone: opts.time_zone,
             },
         ),
+        Gate::new(Listener::Web, limits.web),
         shutdown.clone(),
     );
     info!(grpc = %bound.grpc, web = %bound.web, "Collector serving");

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -27,12 +26,11 @@ use tokio::sync::mpsc;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use crate::ca::common_name;
-
-/// A handshake that takes longer than this is dropped (slowloris guard).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::listen::{self, Gate, Guarded, accept_loop};
+use crate::metrics::AuthKind;
+use crate::security;
 
 /// Device ids whose certificates must no longer be accepted.
 pub type Revoked = Arc<RwLock<HashSet<String>>>;
@@ -171,7 +169,7 @@ pub struct PeerInfo {
 
 /// A TLS connection ready for tonic, carrying its `PeerInfo`.
 pub struct GrpcConn {
-    stream: TlsStream<TcpStream>,
+    stream: Guarded<TlsStream<TcpStream>>,
     info: PeerInfo,
 }
 
@@ -218,7 +216,7 @@ impl AsyncWrite for GrpcConn {
     }
 }
 
-async fn handshake(tcp: TcpStream, remote: SocketAddr, tls: GrpcTls) -> io::Result<GrpcConn> {
+async fn handshake(tcp: TcpStream, tls: GrpcTls) -> io::Result<TlsStream<TcpStream>> {
     tcp.set_nodelay(true)?;
     let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
     let enrolling = start
@@ -226,52 +224,75 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, tls: GrpcTls) -> io::Resu
         .alpn()
         .is_some_and(|mut ids| ids.any(|id| id == caretaker_proto::ENROLL_ALPN));
     let config = if enrolling { tls.enroll } else { tls.devices };
-    let stream = start.into_stream(config).await?;
-    let device_id = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| common_name(c));
-    Ok(GrpcConn {
-        stream,
-        info: PeerInfo { remote, device_id },
-    })
+    start.into_stream(config).await
 }
 
-/// Accepts connections and completes handshakes concurrently, yielding ready connections.
+/// What the security log should say about a refused handshake, if it was a certificate the
+/// school did not issue or has revoked (scanners and dropped connections are not worth a line).
+pub fn certificate_refusal(e: &io::Error) -> Option<&'static str> {
+    use rustls::CertificateError as C;
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(C::Revoked) => {
+            Some("TLS handshake refused: the device's certificate has been revoked")
+        }
+        rustls::Error::InvalidCertificate(_) => {
+            Some("TLS handshake refused: a certificate this school's CA did not issue")
+        }
+        _ => None,
+    }
+}
+
+/// Accepts connections within `gate`'s caps and completes handshakes concurrently, yielding
+/// ready connections.
 pub fn grpc_incoming(
     listener: TcpListener,
     tls: GrpcTls,
+    gate: Arc<Gate>,
     shutdown: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<GrpcConn>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        debug!(error = %e, "Accept failed");
-                        continue;
-                    }
-                },
-            };
+    tokio::spawn(accept_loop(
+        listener,
+        gate,
+        shutdown,
+        move |tcp, remote, slot| {
             let tls = tls.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, remote, tls)).await {
-                    Ok(Ok(conn)) => {
-                        let _ = tx.send(Ok(conn)).await;
+                let hs = async {
+                    let r = handshake(tcp, tls).await;
+                    if let Err(e) = &r
+                        && let Some(detail) = certificate_refusal(e)
+                    {
+                        security::auth_failed(
+                            AuthKind::DeviceCertificate,
+                            Some(remote.ip()),
+                            detail,
+                        );
                     }
-                    // Refused handshakes are normal (wrong CA, revoked, scanners):
-                    // log quietly and keep serving everyone else.
-                    Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake refused"),
-                    Err(_) => debug!(%remote, "TLS handshake timed out"),
+                    r
+                };
+                // Refused handshakes are normal (wrong CA, revoked, scanners): counted,
+                // and the rest are served as usual.
+                let Ok(stream) = listen::handshake(&slot, remote, hs).await else {
+                    return;
+                };
+                let device_id = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| common_name(c));
+                if device_id.is_some() {
+                    slot.prove();
                 }
+                let conn = GrpcConn {
+                    stream: Guarded::new(stream, slot),
+                    info: PeerInfo { remote, device_id },
+                };
+                let _ = tx.send(Ok(conn)).await;
             });
-        }
-    });
+        },
+    ));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }

@@ -18,19 +18,17 @@ mod views;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware;
 use axum::routing::{MethodRouter, get, post, put};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::Layer;
 use tracing::debug;
 
 use crate::auth::Permission::{self, *};
@@ -79,6 +77,18 @@ impl Default for WebOptions {
 pub struct AppState {
     pub collector: Arc<Collector>,
     pub options: Arc<WebOptions>,
+    /// Wrong API bearer tokens per address (the same limits as enrolment tokens).
+    pub api_limiter: Arc<crate::tokens::FailureLimiter>,
+}
+
+/// `ok`, or 503 with the reason while the collector cannot store events (its store closed
+/// after a failed write, or its disk below the free-space floor).
+async fn healthz(axum::extract::State(s): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match s.collector.intake_refusal() {
+        None => "ok".into_response(),
+        Some(why) => (http::StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 /// The client's address, attached to each request by the accept loop.
@@ -101,6 +111,8 @@ const AUDIT: &[Permission] = &[ViewAudit];
 const REPORT: &[Permission] = &[GovernorsReport];
 const SOFTWARE: &[Permission] = &[ViewSoftware];
 const SETTINGS: &[Permission] = &[ManageSettings];
+/// Prometheus scrapes with a technician's (or network manager's) API token.
+const METRICS: &[Permission] = &[ViewMetrics];
 /// The network manager sees every digest; a DSL their own (the desk filters).
 const DIGESTS: &[Permission] = &[ManageSettings, Safeguarding];
 
@@ -122,7 +134,7 @@ fn table() -> Vec<(RouteRule, Handler)> {
     };
     vec![
         r(Method::GET, "/", SignedIn, get(pages::home)),
-        r(Method::GET, "/healthz", Public, get(|| async { "ok" })),
+        r(Method::GET, "/healthz", Public, get(healthz)),
         r(Method::GET, "/static/app.css", Public, get(pages::css)),
         r(Method::GET, "/static/app.js", Public, get(pages::js)),
         r(Method::GET, "/signin", Public, get(pages::signin_page)),
@@ -166,6 +178,7 @@ fn table() -> Vec<(RouteRule, Handler)> {
         r(Method::PUT, "/api/v1/policy", AnyOf(EDIT_POLICY), put(api::put_policy)),
         r(Method::GET, "/api/v1/policy/history", AnyOf(POLICY), get(api::policy_history)),
         r(Method::GET, "/api/v1/audit", AnyOf(AUDIT), get(api::audit)),
+        r(Method::GET, "/api/v1/metrics", AnyOf(METRICS), get(metrics)),
         r(Method::GET, "/api/v1/digests", AnyOf(DIGESTS), get(api::digests)),
         r(Method::GET, "/api/v1/incidents", AnyOf(INCIDENTS), get(api::incidents)),
         r(Method::GET, "/api/v1/incidents/{id}", AnyOf(INCIDENTS), get(api::incident)),
@@ -183,6 +196,7 @@ pub fn router(collector: Arc<Collector>, options: WebOptions) -> Router {
     let state = AppState {
         collector,
         options: Arc::new(options),
+        api_limiter: Default::default(),
     };
     let mut router = Router::new();
     for (rule, handler) in table() {
@@ -197,6 +211,16 @@ pub fn router(collector: Arc<Collector>, options: WebOptions) -> Router {
         .fallback(pages::not_found)
         .layer(middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// The Prometheus metrics (`crate::metrics`), in the OpenMetrics text format.
+async fn metrics() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::metrics().render(),
+    )
+        .into_response()
 }
 
 /// Headers on every response: no framing, no inline script, no sniffing, no caching of pages
@@ -222,44 +246,58 @@ async fn security_headers(mut res: axum::response::Response) -> axum::response::
     res
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown`.
+/// Serves `router` over TLS on `listener` until `shutdown`, within `gate`'s caps and timeouts.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    gate: Arc<crate::listen::Gate>,
     shutdown: CancellationToken,
 ) {
+    use crate::listen::{Guarded, accept_loop, handshake};
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { debug!(error = %e, "Accept failed"); continue; }
-            },
-        };
+    let timeouts = gate.limits().timeouts;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(timeouts.keepalive_interval())
+        .keep_alive_timeout(timeouts.keepalive_timeout())
+        .max_concurrent_streams(100);
+    let builder = Arc::new(builder);
+    accept_loop(listener, gate, shutdown.clone(), move |tcp, remote, slot| {
         let acceptor = acceptor.clone();
-        let svc = TowerToHyperService::new(
-            axum::Extension(ClientAddr(remote.ip())).layer(router.clone()),
-        );
+        let router = router.clone();
+        let builder = builder.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    _ => {
-                        debug!(%remote, "Web TLS handshake failed");
-                        return;
-                    }
-                };
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            let Ok(tls) = handshake(&slot, remote, acceptor.accept(tcp)).await else {
+                return;
+            };
+            // A connection proves itself by being answered once; until then it counts
+            // against its address and is the first closed when the listener is full.
+            let proof = slot.clone();
+            let svc = tower::ServiceBuilder::new()
+                .map_response(move |res: axum::response::Response| {
+                    proof.prove();
+                    res
+                })
+                .layer(axum::Extension(ClientAddr(remote.ip())))
+                .service(router);
+            let svc = TowerToHyperService::new(svc);
+            let conn =
+                builder.serve_connection_with_upgrades(TokioIo::new(Guarded::new(tls, slot)), svc);
             tokio::select! {
                 r = conn => if let Err(e) = r { debug!(%remote, error = %e, "Web connection ended with an error") },
                 _ = shutdown.cancelled() => {}
             }
         });
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

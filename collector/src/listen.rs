@@ -1,0 +1,600 @@
+//! Shared accept-loop machinery for both listeners: connection caps, idle timeouts and backoff.
+//!
+//! Each listener keeps a [`Gate`]: a cap on its open connections and, per client address, caps
+//! on connections that have not yet proved themselves. "Proved" means a device certificate on
+//! the gRPC port, or one request answered on the web port. The tightest cap is on handshakes in
+//! progress from one address; a school's laptops may share one NAT address, so connections that
+//! have proved themselves are never counted against their address, only against the listener.
+//! When the listener is full, the oldest unproven connection of the address holding the most
+//! unproven connections is closed to make room (so a flood from a few addresses cannot push out
+//! a laptop's handshake); if every connection has proved itself, the newcomer is refused.
+//!
+//! Every accepted connection is wrapped in [`Guarded`], which closes it when no byte has moved
+//! either way for the idle timeout (HTTP/2 keep-alive pings keep a live client's connection
+//! moving) or when the gate evicts it. `accept` failures such as EMFILE back off instead of
+//! spinning.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::metrics::{Listener, ListenerLabels, Refusal, metrics};
+
+/// File descriptors kept back from the listeners for the store, the admin socket, outgoing
+/// mail and webhooks, report rendering and the runtime itself.
+const FD_RESERVE: u64 = 128;
+
+/// The timeouts of one listener. The defaults suit a school network; tests set them short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A TLS handshake that takes longer is dropped (slowloris on the handshake).
+    pub handshake: Duration,
+    /// A connection on which no byte moved for this long is closed.
+    pub idle: Duration,
+    /// An HTTP/1 request whose headers have not all arrived by then is dropped.
+    pub header_read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(90),
+            header_read: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Timeouts {
+    /// How often an HTTP/2 connection is pinged: often enough that a live client's answers keep
+    /// it inside the idle timeout.
+    pub fn keepalive_interval(&self) -> Duration {
+        (self.idle / 3).clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
+    /// How long a ping may go unanswered before the connection is closed.
+    pub fn keepalive_timeout(&self) -> Duration {
+        (self.idle / 3).clamp(Duration::from_millis(100), Duration::from_secs(20))
+    }
+}
+
+/// The caps of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once on this listener.
+    pub max_connections: usize,
+    /// Connections from one address that have not proved themselves.
+    pub max_unproven_per_address: usize,
+    /// TLS handshakes in progress from one address.
+    pub max_handshakes_per_address: usize,
+    pub timeouts: Timeouts,
+}
+
+/// The caps of both listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenLimits {
+    pub grpc: Limits,
+    pub web: Limits,
+}
+
+impl ListenLimits {
+    /// Caps that fit within `nofile` file descriptors: a reserve for everything else, three
+    /// quarters of the rest for agents and a quarter for the dashboard and API.
+    pub fn for_fd_limit(nofile: u64, timeouts: Timeouts) -> Self {
+        let spare = nofile.saturating_sub(FD_RESERVE + nofile / 16).max(64) as usize;
+        let grpc = (spare * 3 / 4).max(16);
+        let web = (spare / 4).max(16);
+        Self {
+            grpc: Limits {
+                max_connections: grpc,
+                // A technician enrolling a classroom through one NAT address.
+                max_unproven_per_address: (grpc / 2).clamp(8, 256),
+                max_handshakes_per_address: (grpc / 4).clamp(4, 128),
+                timeouts,
+            },
+            web: Limits {
+                max_connections: web,
+                max_unproven_per_address: (web / 2).clamp(8, 128),
+                max_handshakes_per_address: (web / 4).clamp(4, 64),
+                timeouts,
+            },
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, and returns the soft limit in force.
+/// A busy collector holds a descriptor per connected laptop; distributions start services with
+/// a soft limit of 1024 and a far higher hard one.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "Could not raise the open-file limit");
+        }
+    }
+    // `None` means unlimited; cap what we plan for at something sane.
+    getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
+}
+
+#[derive(Debug, Default)]
+struct AddressCount {
+    handshaking: usize,
+    /// Connections not yet proved, oldest first, each with the token that closes it.
+    unproven: BTreeMap<u64, CancellationToken>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: usize,
+    next_id: u64,
+    per_address: HashMap<IpAddr, AddressCount>,
+}
+
+/// The caps and counts of one listener.
+#[derive(Debug)]
+pub struct Gate {
+    listener: Listener,
+    limits: Limits,
+    state: Mutex<GateState>,
+}
+
+impl Gate {
+    pub fn new(listener: Listener, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            listener,
+            limits,
+            state: Mutex::default(),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a new connection from `addr`, closing the oldest unproven one if the listener is
+    /// full, or says why not.
+    pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Slot, Refusal> {
+        let mut s = self.state();
+        let count = s.per_address.entry(addr).or_default();
+        if count.handshaking >= self.limits.max_handshakes_per_address
+            || count.unproven.len() >= self.limits.max_unproven_per_address
+        {
+            return Err(Refusal::AddressFull);
+        }
+        if s.open >= self.limits.max_connections {
+            let Some((_, oldest)) = s
+                .per_address
+                .values_mut()
+                .max_by_key(|c| c.unproven.len())
+                .and_then(|c| c.unproven.pop_first())
+            else {
+                return Err(Refusal::ListenerFull);
+            };
+            // It stays counted until its task sees the token and drops its slot.
+            oldest.cancel();
+            metrics().refused(self.listener, Refusal::ListenerFull);
+        }
+        let id = s.next_id;
+        s.next_id += 1;
+        s.open += 1;
+        let evict = CancellationToken::new();
+        let count = s.per_address.entry(addr).or_default();
+        count.handshaking += 1;
+        count.unproven.insert(id, evict.clone());
+        drop(s);
+        let labels = ListenerLabels {
+            listener: self.listener,
+        };
+        metrics().connections_accepted.get_or_create(&labels).inc();
+        metrics().connections_open.get_or_create(&labels).inc();
+        Ok(Slot(Arc::new(SlotInner {
+            gate: self.clone(),
+            id,
+            addr,
+            evict,
+            handshaking: AtomicBool::new(true),
+            proven: AtomicBool::new(false),
+        })))
+    }
+
+    /// Connections open now (for tests).
+    pub fn open(&self) -> usize {
+        self.state().open
+    }
+}
+
+#[derive(Debug)]
+struct SlotInner {
+    gate: Arc<Gate>,
+    id: u64,
+    addr: IpAddr,
+    evict: CancellationToken,
+    handshaking: AtomicBool,
+    proven: AtomicBool,
+}
+
+impl SlotInner {
+    fn handshake_done(&self) {
+        if self.handshaking.swap(false, Ordering::AcqRel) {
+            let mut s = self.gate.state();
+            if let Some(c) = s.per_address.get_mut(&self.addr) {
+                c.handshaking -= 1;
+            }
+        }
+    }
+
+    fn prove(&self) {
+        self.handshake_done();
+        if !self.proven.swap(true, Ordering::AcqRel) {
+            let mut s = self.gate.state();
+            if let Some(c) = s.per_address.get_mut(&self.addr) {
+                c.unproven.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Drop for SlotInner {
+    fn drop(&mut self) {
+        let mut s = self.gate.state();
+        s.open -= 1;
+        if let Some(c) = s.per_address.get_mut(&self.addr) {
+            if *self.handshaking.get_mut() {
+                c.handshaking -= 1;
+            }
+            // Already gone if it was evicted.
+            c.unproven.remove(&self.id);
+            if c.handshaking == 0 && c.unproven.is_empty() {
+                s.per_address.remove(&self.addr);
+            }
+        }
+        drop(s);
+        metrics()
+            .connections_open
+            .get_or_create(&ListenerLabels {
+                listener: self.gate.listener,
+            })
+            .dec();
+    }
+}
+
+/// One admitted connection's place in its listener's counts; released when dropped.
+#[derive(Debug, Clone)]
+pub struct Slot(Arc<SlotInner>);
+
+impl Slot {
+    /// The TLS handshake finished: the connection no longer counts as a handshake in progress.
+    pub fn handshake_done(&self) {
+        self.0.handshake_done();
+    }
+
+    /// The connection proved itself (a device certificate, an answered request): it no longer
+    /// counts against its address, and is no longer closed to make room.
+    pub fn prove(&self) {
+        self.0.prove();
+    }
+
+    /// Fires when the gate closes this connection to make room.
+    pub fn evicted(&self) -> WaitForCancellationFutureOwned {
+        self.0.evict.clone().cancelled_owned()
+    }
+
+    pub fn listener(&self) -> Listener {
+        self.0.gate.listener
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`, admitting each through `gate` and
+/// handing it to `serve`. On `accept` errors (EMFILE, ENFILE, ENOBUFS) it backs off, from
+/// 5 ms doubling to 1 s, instead of spinning on a queue it cannot drain.
+pub async fn accept_loop(
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    shutdown: CancellationToken,
+    mut serve: impl FnMut(TcpStream, SocketAddr, Slot),
+) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(x) => x,
+            Err(e) if is_transient(&e) => {
+                // The peer gave up before we accepted: nothing wrong on our side.
+                tracing::debug!(error = %e, "Accept failed");
+                continue;
+            }
+            Err(e) => {
+                metrics().refused(gate.listener, Refusal::AcceptError);
+                if backoff.is_zero() {
+                    tracing::warn!(listener = ?gate.listener, error = %e, "Cannot accept connections; backing off");
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                continue;
+            }
+        };
+        backoff = Duration::ZERO;
+        match gate.admit(remote.ip()) {
+            Ok(slot) => serve(tcp, remote, slot),
+            Err(why) => {
+                metrics().refused(gate.listener, why);
+                tracing::debug!(%remote, reason = ?why, "Connection refused");
+                drop(tcp);
+            }
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Runs a TLS handshake under the listener's handshake timeout, counting failures.
+pub async fn handshake<T, E: std::fmt::Display>(
+    slot: &Slot,
+    remote: SocketAddr,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, ()> {
+    let limit = slot.0.gate.limits.timeouts.handshake;
+    let listener = slot.listener();
+    tokio::select! {
+        r = tokio::time::timeout(limit, fut) => match r {
+            Ok(Ok(t)) => {
+                slot.handshake_done();
+                Ok(t)
+            }
+            Ok(Err(e)) => {
+                metrics().refused(listener, Refusal::HandshakeFailed);
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                Err(())
+            }
+            Err(_) => {
+                metrics().refused(listener, Refusal::HandshakeTimeout);
+                tracing::debug!(%remote, "TLS handshake timed out");
+                Err(())
+            }
+        },
+        () = slot.evicted() => Err(()),
+    }
+}
+
+/// A connection that closes itself when idle for too long or when its gate evicts it.
+pub struct Guarded<S> {
+    inner: S,
+    slot: Slot,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    evicted: Pin<Box<WaitForCancellationFutureOwned>>,
+    closed: bool,
+}
+
+impl<S> Guarded<S> {
+    pub fn new(inner: S, slot: Slot) -> Self {
+        let idle = slot.0.gate.limits.timeouts.idle;
+        Self {
+            inner,
+            evicted: Box::pin(slot.evicted()),
+            slot,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            closed: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    /// `Some(error)` if the connection must end now.
+    fn check(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.closed {
+            return Some(io::ErrorKind::TimedOut.into());
+        }
+        if self.evicted.as_mut().poll(cx).is_ready() {
+            self.closed = true;
+            return Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed to make room for another connection",
+            ));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.closed = true;
+            metrics().refused(self.slot.listener(), Refusal::Idle);
+            return Some(io::Error::new(io::ErrorKind::TimedOut, "idle too long"));
+        }
+        None
+    }
+
+    fn moved(&mut self) {
+        self.deadline.as_mut().reset(Instant::now() + self.idle);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.check(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, unproven: usize, handshakes: usize) -> Limits {
+        Limits {
+            max_connections: max,
+            max_unproven_per_address: unproven,
+            max_handshakes_per_address: handshakes,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    #[test]
+    fn handshakes_per_address_are_capped_and_proved_connections_do_not_count() {
+        let gate = Gate::new(Listener::Grpc, limits(100, 3, 2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let s1 = gate.admit(a).unwrap();
+        let _s2 = gate.admit(a).unwrap();
+        assert_eq!(gate.admit(a).unwrap_err(), Refusal::AddressFull);
+        assert!(gate.admit(b).is_ok(), "another address is not affected");
+        s1.handshake_done();
+        let _s3 = gate.admit(a).unwrap();
+        assert_eq!(
+            gate.admit(a).unwrap_err(),
+            Refusal::AddressFull,
+            "three unproven from one address"
+        );
+        s1.prove();
+        let s4 = gate.admit(a).unwrap();
+        drop(s4);
+        drop(s1);
+        assert_eq!(gate.open(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_closes_the_busiest_addresses_oldest_unproven_connection() {
+        let gate = Gate::new(Listener::Web, limits(4, 10, 10));
+        let proved = gate.admit("192.0.2.1".parse().unwrap()).unwrap();
+        proved.prove();
+        let laptop = gate.admit("192.0.2.2".parse().unwrap()).unwrap();
+        let old = gate.admit("192.0.2.3".parse().unwrap()).unwrap();
+        let newer = gate.admit("192.0.2.3".parse().unwrap()).unwrap();
+        let newest = gate.admit("192.0.2.4".parse().unwrap()).unwrap();
+        assert!(old.0.evict.is_cancelled());
+        assert!(!laptop.0.evict.is_cancelled() && !proved.0.evict.is_cancelled());
+        drop(old);
+        for s in [&laptop, &newer, &newest] {
+            s.prove();
+        }
+        assert_eq!(
+            gate.admit("192.0.2.4".parse().unwrap()).unwrap_err(),
+            Refusal::ListenerFull,
+            "every connection has proved itself"
+        );
+    }
+
+    #[test]
+    fn caps_leave_descriptors_for_everything_else() {
+        let l = ListenLimits::for_fd_limit(1024, Timeouts::default());
+        let total = l.grpc.max_connections + l.web.max_connections;
+        assert!(total as u64 <= 1024 - FD_RESERVE, "{l:?}");
+        assert!(l.grpc.max_connections > l.web.max_connections);
+        let big = ListenLimits::for_fd_limit(1 << 20, Timeouts::default());
+        assert!(big.grpc.max_connections > 500_000, "{big:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let gate = Gate::new(Listener::Web, limits(10, 10, 10));
+        let (client, server) = tokio::io::duplex(64);
+        let slot = gate.admit("192.0.2.1".parse().unwrap()).unwrap();
+        let mut guarded = Guarded::new(server, slot);
+        let mut client = client;
+        let idle = Timeouts::default().idle;
+        let mut buf = [0u8; 8];
+        for _ in 0..5 {
+            tokio::time::advance(idle / 2).await;
+            client.write_all(b"x").await.unwrap();
+            assert_eq!(guarded.read(&mut buf).await.unwrap(), 1);
+        }
+        let err = guarded.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(guarded);
+        assert_eq!(gate.open(), 0);
+    }
+}
