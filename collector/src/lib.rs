@@ -8,12 +8,9 @@ pub mod auth;
 pub mod bundle;
 pub mod ca;
 pub mod classify;
-pub mod clock;
 pub mod datadir;
 pub mod desk;
 pub mod digest;
-#[cfg(test)]
-mod fuzz_tests;
 pub mod grpc;
 pub mod incidents;
 pub mod ingest;
