@@ -335,6 +335,11 @@ pub fn sign_in(
             username,
             "too many failures",
         );
+        crate::security::auth_failed(
+            crate::metrics::AuthKind::SignIn,
+            from,
+            "Dashboard sign-in refused: too many failures for this account or address",
+        );
         return Err(SignInError::Slowed(wait.as_secs().max(1)));
     }
     let user = store.user(username)?;
@@ -348,6 +353,11 @@ pub fn sign_in(
     };
     let Some(user) = user.filter(|_| ok) else {
         limiter.record_failure(username, from, now_i);
+        crate::security::auth_failed(
+            crate::metrics::AuthKind::SignIn,
+            from,
+            "Dashboard sign-in with a wrong username or password",
+        );
         audit(store, &who, "sign_in_failed", username, "");
         return Err(SignInError::Wrong);
     };

@@ -47,6 +47,8 @@ pub enum Permission {
     ViewSoftware,
     /// The school's settings: terms, licences, mail, digest schedules.
     ManageSettings,
+    /// The collector's Prometheus metrics (counts and timings, nothing about anyone).
+    ViewMetrics,
 }
 
 impl Role {
@@ -98,6 +100,7 @@ impl Role {
                     | Enrol
                     | RevokeDevice
                     | ViewSoftware
+                    | ViewMetrics
             ),
             Role::Dsl => matches!(p, Safeguarding | GovernorsReport),
             Role::Governor => matches!(p, GovernorsReport),

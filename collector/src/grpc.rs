@@ -207,11 +207,14 @@ async fn pump(
             biased;
             Some(done) = pending.next(), if !pending.is_empty() => {
                 match done {
-                    Ok(max_seq) => {
+                    Ok((max_seq, arrived)) => {
                         through = through.max(max_seq);
                         if tx.send(Ok(pb::Ack { through_seq: through })).await.is_err() {
                             return;
                         }
+                        let m = crate::metrics::metrics();
+                        m.batches_acked.inc();
+                        m.ack_latency.observe(std::time::Instant::elapsed(&arrived).as_secs_f64());
                     }
                     Err(e) => {
                         warn!(%device, error = %e, "Store refused a batch; the agent will resend it");
@@ -242,10 +245,11 @@ async fn pump(
                         });
                         let events: Vec<_> = batch.events.into_iter().map(incoming).collect();
                         let max_seq = events.iter().map(|e| e.seq).max().unwrap_or(0);
+                        let arrived = std::time::Instant::now();
                         match collector.prepare_batch(&device, events, facts) {
                             Ok(prepared) => {
                                 let c = collector.clone();
-                                pending.push_back(async move { c.commit(prepared).await.map(|()| max_seq) });
+                                pending.push_back(async move { c.commit(prepared).await.map(|()| (max_seq, arrived)) });
                             }
                             Err(why) => {
                                 debug!(%device, %why, "Malformed batch refused");

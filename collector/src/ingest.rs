@@ -56,6 +56,7 @@ fn append_then(
     batches: &[DeviceBatch],
 ) -> StoreResult<u64> {
     let n = store.append(batches)?;
+    crate::metrics::metrics().events_stored.inc_by(n);
     on_stored(batches);
     Ok(n)
 }

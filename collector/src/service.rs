@@ -181,6 +181,7 @@ impl Drop for StreamGuard {
             *n -= 1;
             if *n == 0 {
                 c.remove(&self.device);
+                crate::metrics::metrics().devices_connected.dec();
             }
         }
     }
@@ -356,7 +357,10 @@ impl Collector {
             .lock()
             .expect("connected lock")
             .entry(device.to_string())
-            .or_default() += 1;
+            .or_insert_with(|| {
+                crate::metrics::metrics().devices_connected.inc();
+                0
+            }) += 1;
         StreamGuard {
             collector: self.clone(),
             device: device.to_string(),
@@ -382,6 +386,11 @@ impl Collector {
 
     pub async fn enroll(&self, from: IpAddr, req: EnrollRequest) -> Result<Enrolled, EnrollError> {
         if let Err(wait) = self.limiter.check(from, Instant::now()) {
+            crate::security::auth_failed(
+                crate::metrics::AuthKind::EnrolmentLockedOut,
+                Some(from),
+                "Enrolment refused: too many wrong tokens from this address",
+            );
             return Err(EnrollError::RateLimited(wait.as_secs().max(1)));
         }
         for (name, v) in [
@@ -411,6 +420,11 @@ impl Collector {
                 // spent or expired token should not be locked out for it.
                 if refusal == TokenRefusal::Unknown {
                     self.limiter.record_failure(from, Instant::now());
+                    crate::security::auth_failed(
+                        crate::metrics::AuthKind::EnrolmentToken,
+                        Some(from),
+                        "Enrolment with a token that is not recognised",
+                    );
                 }
                 return Err(match refusal {
                     TokenRefusal::Unknown => EnrollError::UnknownToken,

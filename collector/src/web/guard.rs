@@ -4,13 +4,16 @@
 //! can never be driven by a token and the API never by a cookie another site could make a
 //! browser send. Every non-GET request that a cookie authenticates must carry the session's
 //! anti-forgery token in its form body; the sign-in form carries a double-submit token.
+//! Wrong bearer tokens are counted per address like wrong enrolment tokens: after five in a
+//! minute the address gets 429 with `Retry-After` until the minute is out.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::json;
@@ -18,6 +21,8 @@ use serde_json::json;
 use super::{Access, AppState, ClientAddr, RouteRule, views};
 use crate::accounts::Actor;
 use crate::desk::{self, Desk};
+use crate::metrics::AuthKind;
+use crate::security;
 
 /// The session cookie. `__Host-` makes browsers insist on Secure, Path=/ and no Domain.
 pub const SESSION_COOKIE: &str = "__Host-caretaker";
@@ -95,6 +100,19 @@ pub async fn guard(
         (cookie_value(req.headers(), SESSION_COOKIE), None)
     };
     let had_credentials = cookie.is_some() || token.is_some();
+    let guessing = is_api && token.is_some();
+    // Checked before the token is, so a locked-out address learns nothing, right or wrong.
+    if guessing
+        && let Some(ip) = from
+        && let Err(wait) = state.api_limiter.check(ip, Instant::now())
+    {
+        security::auth_failed(
+            AuthKind::ApiLockedOut,
+            from,
+            "API request refused: too many wrong tokens from this address",
+        );
+        return locked_out(wait);
+    }
     let actor = match desk::identify(&state.collector, cookie, token, from).await {
         Ok(a) => a,
         Err(e) => {
@@ -129,6 +147,16 @@ pub async fn guard(
                 .insert(Arc::new(Desk::new(state.collector.clone(), actor)));
         }
         return next.run(req).await;
+    }
+    if guessing && actor.is_none() {
+        if let Some(ip) = from {
+            state.api_limiter.record_failure(ip, Instant::now());
+        }
+        security::auth_failed(
+            AuthKind::ApiToken,
+            from,
+            "API request with a bearer token that is not valid",
+        );
     }
     let Some(actor) = actor else {
         if is_api {
@@ -181,6 +209,18 @@ pub async fn guard(
     req.extensions_mut()
         .insert(Arc::new(Desk::new(state.collector.clone(), actor)));
     next.run(req).await
+}
+
+/// 429 with `Retry-After`: the address tried too many wrong tokens.
+fn locked_out(wait: Duration) -> Response {
+    let secs = wait.as_secs().max(1);
+    let mut res = api_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("too many wrong API tokens from this address; try again in {secs} s"),
+    );
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    res
 }
 
 pub fn forbidden(actor: &Actor, is_api: bool) -> Response {

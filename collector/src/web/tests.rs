@@ -97,6 +97,7 @@ const EXPECTED: &[(&str, &str, [bool; 4])] = &[
         "/api/v1/incidents/{id}/entries",
         [true, false, true, false],
     ),
+    ("GET", "/api/v1/metrics", [true, true, false, false]),
 ];
 
 const PASSWORD: &str = "a long enough password";
