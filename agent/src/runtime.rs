@@ -12,11 +12,11 @@ use crate::config::Config;
 use crate::event::{EventSink, NewEvent};
 use crate::policy::PolicyCache;
 use crate::probe::{self, ProbeConfig, ProbeContext};
-use crate::spool::{OpenNote, Spool};
+use crate::spool::Spool;
 use crate::state::StateDir;
 use crate::status::{Status, StatusBoard};
 use crate::uplink::Uplink;
-use crate::{details, os, tls};
+use crate::{os, tls};
 
 /// Runs the agent until `shutdown`, then records `agent.stopping` and sends what it can.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -44,7 +44,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // Before the spool: a second agent on this folder would move the live spool aside.
     let _instance = crate::instance::lock(state.root())?;
-    let (spool, note) = Spool::open(&state.spool(), &state.seq_floor(), config.spool_max_bytes)?;
+    let (spool, notes) = Spool::open(&state.spool(), &state.seq_floor(), config.spool_max_bytes)?;
     let policy = PolicyCache::load(state.policy());
     let status = StatusBoard::new(Status {
         pid: std::process::id(),
@@ -81,10 +81,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let sink = EventSink::new(tx);
 
-    if let Some(OpenNote::MovedAside { reason, moved_to }) = note {
-        let d = details! { "reason" => reason, "moved_to" => moved_to.display().to_string() };
-        sink.emit(NewEvent::now("agent.spool_recovered", None, d))
-            .await;
+    for note in &notes {
+        sink.emit(note.event()).await;
     }
 
     let uplink_stop = CancellationToken::new();

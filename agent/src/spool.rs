@@ -5,6 +5,12 @@
 //! an `agent.events_dropped` event records how many. Sequence numbers come
 //! from a reservation file beside the spool, so even a spool that had to be
 //! set aside never reuses a number the collector has already stored.
+//!
+//! A ledger beside the spool (`spool.tally`) records which numbers it should
+//! hold: the runs of numbers written and the highest number that left on
+//! purpose. The storage engine can lose the tail of its log to damage and open
+//! without complaint, so the spool is checked against the ledger at open and
+//! anything missing is reported with its count, never lost silently.
 
 use std::fs;
 use std::io::Write;
@@ -46,8 +52,133 @@ pub struct SpooledEvent {
 /// What happened when the spool was opened, for the agent to report.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpenNote {
-    /// The old spool could not be opened and was moved to `moved_to`.
-    MovedAside { reason: String, moved_to: PathBuf },
+    /// The old spool could not be opened and was moved to `moved_to`; `lost` is how many
+    /// unsent events the ledger says it held (unknown without a ledger).
+    MovedAside {
+        reason: String,
+        moved_to: PathBuf,
+        lost: Option<Lost>,
+    },
+    /// The spool opened, but events the ledger says were written and not yet sent are missing.
+    Damaged { lost: Lost },
+    /// `seq.floor` was missing or unreadable; numbering continues above every number the
+    /// spool and its ledger have seen (`next_seq`), and the collector is asked for its highest.
+    FloorRecovered { reason: String, next_seq: u64 },
+}
+
+/// Events missing from the spool: how many, and the lowest and highest missing number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lost {
+    pub count: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+impl OpenNote {
+    /// The event that reports this note (`agent.spool_recovered`).
+    pub fn event(&self) -> NewEvent {
+        let mut d = match self {
+            OpenNote::MovedAside {
+                reason, moved_to, ..
+            } => crate::details! {
+                "reason" => reason,
+                "moved_to" => moved_to.display().to_string(),
+            },
+            OpenNote::Damaged { .. } => crate::details! {
+                "reason" => "the spool opened with events missing (damaged storage)",
+            },
+            OpenNote::FloorRecovered { reason, next_seq } => crate::details! {
+                "reason" => format!("the sequence reservation file was {reason}"),
+                "next_seq" => next_seq,
+            },
+        };
+        if let OpenNote::MovedAside { lost: Some(l), .. } | OpenNote::Damaged { lost: l } = self {
+            d.insert("lost".into(), l.count.into());
+            d.insert("lost_first_seq".into(), l.first_seq.into());
+            d.insert("lost_last_seq".into(), l.last_seq.into());
+        }
+        NewEvent::now("agent.spool_recovered", None, d)
+    }
+}
+
+/// Which sequence numbers the spool should hold, kept beside it and rewritten (fsynced)
+/// after each durable append and before each removal, so it never claims less than the
+/// spool holds; it may claim more only of numbers that left on purpose.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Ledger {
+    /// Every number at or below this left on purpose (acknowledged, or dropped at the bound).
+    removed_through: u64,
+    /// Runs `[first, last]` of numbers written, ascending. Numbering is contiguous within
+    /// one run of the agent, so there are only as many runs as restarts with unsent events.
+    runs: Vec<(u64, u64)>,
+}
+
+impl Ledger {
+    fn highest(&self) -> u64 {
+        self.runs
+            .last()
+            .map_or(self.removed_through, |r| r.1.max(self.removed_through))
+    }
+
+    /// The numbers that should be in the spool but are not in `present` (ascending).
+    fn missing(&self, present: &[u64]) -> Option<Lost> {
+        let mut lost: Option<Lost> = None;
+        let mut keys = present.iter().copied().peekable();
+        for &(first, last) in &self.runs {
+            let first = first.max(self.removed_through + 1);
+            let mut want = first;
+            while want <= last {
+                while keys.next_if(|&k| k < want).is_some() {}
+                // The next gap runs up to the next present key (or the run's end).
+                let upto = match keys.peek() {
+                    Some(&k) if k == want => {
+                        want += 1;
+                        continue;
+                    }
+                    Some(&k) if k <= last => k - 1,
+                    _ => last,
+                };
+                let l = lost.get_or_insert(Lost {
+                    count: 0,
+                    first_seq: want,
+                    last_seq: upto,
+                });
+                l.count += upto - want + 1;
+                l.last_seq = upto;
+                want = upto + 1;
+            }
+        }
+        lost
+    }
+
+    /// The runs of `present` (ascending), the spool's contents after a check.
+    fn runs_of(present: &[u64]) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &k in present {
+            match runs.last_mut() {
+                Some(r) if r.1 + 1 == k => r.1 = k,
+                _ => runs.push((k, k)),
+            }
+        }
+        runs
+    }
+
+    fn written(&mut self, seq: u64) {
+        match self.runs.last_mut() {
+            Some(r) if r.1 + 1 == seq => r.1 = seq,
+            _ => self.runs.push((seq, seq)),
+        }
+    }
+
+    /// Records that everything through `seq` left on purpose; true if that is news.
+    fn removed(&mut self, seq: u64) -> bool {
+        if seq <= self.removed_through {
+            return false;
+        }
+        self.removed_through = seq;
+        self.runs.retain(|r| r.1 > seq);
+        true
+    }
 }
 
 /// What an existing spool holds, counted when it is opened.
@@ -56,12 +187,19 @@ struct Tally {
     bytes: u64,
     count: u64,
     last: u64,
+    /// Every sequence number present, ascending.
+    keys: Vec<u64>,
 }
 
 pub struct Spool {
     events: sled::Tree,
     db: sled::Db,
     seq_file: PathBuf,
+    ledger: Ledger,
+    ledger_file: PathBuf,
+    /// The first number handed out since open: numbers from here on have not been sent
+    /// before this run.
+    first_this_run: u64,
     next_seq: u64,
     reserved_to: u64,
     bytes: u64,
@@ -76,19 +214,41 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-fn read_floor(path: &Path) -> u64 {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1)
+/// The reserved floor: `Ok(None)` when there is no file yet, `Err` why it cannot be used.
+fn read_floor(path: &Path) -> Result<Option<u64>, String> {
+    match fs::read_to_string(path) {
+        Ok(s) => match s.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err("unreadable".into()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("unreadable ({e})")),
+    }
 }
 
 fn write_floor(path: &Path, value: u64) -> Result<(), SpoolError> {
+    write_synced(path, format!("{value}\n").as_bytes())
+}
+
+/// Replaces `path` with `bytes`: written to a temporary file, fsynced, renamed over it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    writeln!(f, "{value}").map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// The ledger, if there is a readable one (an older agent's spool has none).
+fn read_ledger(path: &Path) -> Option<Ledger> {
+    let bytes = fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "Spool ledger unreadable; damage to the spool cannot be counted this time");
+            None
+        }
+    }
 }
 
 fn open_db(dir: &Path) -> Result<sled::Db, String> {
@@ -104,16 +264,30 @@ fn open_db(dir: &Path) -> Result<sled::Db, String> {
 }
 
 impl Spool {
-    /// Opens the spool in `dir`. A spool that cannot be opened or read is moved
-    /// aside (never deleted) and a fresh one started; the note says so.
+    /// Opens the spool in `dir`. A spool that cannot be opened or read is moved aside (never
+    /// deleted) and a fresh one started; events its ledger says are missing are counted; a
+    /// lost `seq_file` is rebuilt from the spool and the ledger. The notes say what happened.
     pub fn open(
         dir: &Path,
         seq_file: &Path,
         max_bytes: u64,
-    ) -> Result<(Self, Option<OpenNote>), SpoolError> {
-        let mut note = None;
+    ) -> Result<(Self, Vec<OpenNote>), SpoolError> {
+        let mut notes = Vec::new();
+        let ledger_file = dir.with_extension("tally");
+        let ledger = read_ledger(&ledger_file);
         let (db, tally) = match open_db(dir).and_then(|db| Self::check(&db).map(|t| (db, t))) {
-            Ok(opened) => opened,
+            Ok(opened) => {
+                if let Some(lost) = ledger.as_ref().and_then(|l| l.missing(&opened.1.keys)) {
+                    tracing::error!(
+                        lost = lost.count,
+                        first_seq = lost.first_seq,
+                        last_seq = lost.last_seq,
+                        "Spool damaged: events written to it are missing and will not be sent"
+                    );
+                    notes.push(OpenNote::Damaged { lost });
+                }
+                opened
+            }
             Err(reason) => {
                 let moved_to = dir.with_file_name(format!(
                     "{}.corrupt-{}",
@@ -121,8 +295,13 @@ impl Spool {
                     Utc::now().format("%Y%m%dT%H%M%SZ")
                 ));
                 fs::rename(dir, &moved_to).map_err(io_err(dir))?;
-                tracing::error!(%reason, moved_to = %moved_to.display(), "Spool was unreadable; moved it aside and started a new one");
-                note = Some(OpenNote::MovedAside { reason, moved_to });
+                let lost = ledger.as_ref().and_then(|l| l.missing(&[]));
+                tracing::error!(%reason, moved_to = %moved_to.display(), lost = lost.map(|l| l.count), "Spool was unreadable; moved it aside and started a new one");
+                notes.push(OpenNote::MovedAside {
+                    reason,
+                    moved_to,
+                    lost,
+                });
                 let fresh = open_db(dir).map_err(|e| SpoolError::Io {
                     path: dir.display().to_string(),
                     source: std::io::Error::other(e),
@@ -131,13 +310,43 @@ impl Spool {
             }
         };
         let events = db.open_tree("events")?;
-        let Tally { bytes, count, last } = tally;
-        // Skip past every number that might have been handed out before.
-        let next_seq = read_floor(seq_file).max(last + 1);
+        let Tally {
+            bytes,
+            count,
+            last,
+            keys,
+        } = tally;
+        // Whatever was found missing has been reported: from here the ledger describes
+        // what the spool holds.
+        let old = ledger.unwrap_or_default();
+        let ledger = Ledger {
+            removed_through: old.removed_through,
+            runs: Ledger::runs_of(&keys),
+        };
+        // Skip past every number that might have been handed out before: the reservation,
+        // and (should that be lost) every number the spool or its ledger has seen, including
+        // the last acknowledged.
+        let seen = last.max(old.highest());
+        let floor = match read_floor(seq_file) {
+            Ok(Some(n)) => n,
+            Ok(None) if seen == 0 => 1,
+            Ok(None) => {
+                notes.push(Self::floor_lost("missing", seen + 1));
+                seen + 1
+            }
+            Err(why) => {
+                notes.push(Self::floor_lost(&why, seen + 1));
+                seen + 1
+            }
+        };
+        let next_seq = floor.max(seen + 1);
         let mut spool = Self {
             events,
             db,
             seq_file: seq_file.to_path_buf(),
+            ledger,
+            ledger_file,
+            first_this_run: next_seq,
             next_seq,
             reserved_to: next_seq,
             bytes,
@@ -145,7 +354,71 @@ impl Spool {
             max_bytes,
         };
         spool.reserve()?;
-        Ok((spool, note))
+        spool.save_ledger()?;
+        Ok((spool, notes))
+    }
+
+    fn floor_lost(why: &str, next_seq: u64) -> OpenNote {
+        tracing::error!(
+            path = "seq.floor",
+            reason = why,
+            next_seq,
+            "Sequence reservation file lost; numbering continues above the spool's and the last acknowledged"
+        );
+        OpenNote::FloorRecovered {
+            reason: why.to_string(),
+            next_seq,
+        }
+    }
+
+    /// Moves numbering above `highest`, the collector's highest stored number for this
+    /// device, asked for after the reservation file was lost. Events numbered at or below
+    /// it since the spool was opened have not been sent yet (the uplink asks first), so they
+    /// are renumbered above it: the collector would otherwise drop them as resends.
+    /// Returns how many were renumbered.
+    pub fn raise_floor(&mut self, highest: u64) -> Result<u64, SpoolError> {
+        if highest < self.first_this_run {
+            return Ok(0);
+        }
+        if self.next_seq <= highest {
+            self.next_seq = highest + 1;
+            self.reserve()?;
+        }
+        let clash: Vec<(sled::IVec, sled::IVec)> = self
+            .events
+            .range(self.first_this_run.to_be_bytes()..=highest.to_be_bytes())
+            .collect::<Result<_, _>>()?;
+        for (k, v) in &clash {
+            let Ok(mut e) = serde_json::from_slice::<SpooledEvent>(v) else {
+                continue;
+            };
+            self.events.remove(k)?;
+            self.bytes = self.bytes.saturating_sub((k.len() + v.len()) as u64);
+            self.count -= 1;
+            e.seq = self.next()?;
+            self.insert(&e)?;
+        }
+        self.db.flush()?;
+        self.ledger.runs = Ledger::runs_of(
+            &self
+                .events
+                .iter()
+                .keys()
+                .map(|k| k.map(|k| u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]))))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        self.save_ledger()?;
+        Ok(clash.len() as u64)
+    }
+
+    /// The next number this spool will hand out.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    fn save_ledger(&self) -> Result<(), SpoolError> {
+        let bytes = serde_json::to_vec(&self.ledger).expect("ledger serialises");
+        write_synced(&self.ledger_file, &bytes)
     }
 
     /// Reads every entry once, so damage shows at open time rather than mid-stream, and
@@ -157,11 +430,11 @@ impl Spool {
             let (k, v) = item.map_err(|e| e.to_string())?;
             serde_json::from_slice::<SpooledEvent>(&v)
                 .map_err(|e| format!("an entry is unreadable: {e}"))?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             t.bytes += (k.len() + v.len()) as u64;
             t.count += 1;
-            t.last = t
-                .last
-                .max(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
+            t.last = t.last.max(seq);
+            t.keys.push(seq);
         }
         Ok(t)
     }
@@ -176,7 +449,16 @@ impl Spool {
         self.bytes += (8 + v.len()) as u64;
         self.count += 1;
         self.events.insert(e.seq.to_be_bytes(), v)?;
+        self.ledger.written(e.seq);
         Ok(())
+    }
+
+    /// The events are durable whether or not the ledger can be written: a stale ledger
+    /// only under-counts damage later, so a failure here is a warning, not an error.
+    fn save_ledger_after_write(&self) {
+        if let Err(e) = self.save_ledger() {
+            tracing::warn!(error = %e, "Could not update the spool ledger");
+        }
     }
 
     fn next(&mut self) -> Result<u64, SpoolError> {
@@ -209,6 +491,8 @@ impl Spool {
         }
         self.enforce_bound()?;
         self.db.flush()?;
+        // Only once they are durable: the ledger must never claim what the spool lacks.
+        self.save_ledger_after_write();
         Ok(seqs)
     }
 
@@ -227,6 +511,8 @@ impl Spool {
             self.bytes = self.bytes.saturating_sub((k.len() + v.len()) as u64);
             self.count -= 1;
             let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            // Counted in the drop note; the ledger written after this append's flush says so.
+            self.ledger.removed(seq);
             // An earlier loss note being dropped passes its count (and its
             // range) on to the new note, so the total lost is never lost.
             let earlier = serde_json::from_slice::<SpooledEvent>(&v)
@@ -291,6 +577,12 @@ impl Spool {
 
     /// Removes everything up to and including `through` (acknowledged by the collector).
     pub fn ack(&mut self, through: u64) -> Result<u64, SpoolError> {
+        // The ledger first: were the removal durable and the ledger not, the acknowledged
+        // events would later look lost. This also keeps the last acknowledged number, from
+        // which numbering resumes should `seq.floor` be lost.
+        if self.ledger.removed(through) {
+            self.save_ledger()?;
+        }
         let mut removed = 0;
         while let Some((k, v)) = self.events.first()? {
             let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
@@ -324,7 +616,7 @@ mod tests {
         NewEvent::now(kind, None, Map::new())
     }
 
-    fn open(dir: &Path, max: u64) -> (Spool, Option<OpenNote>) {
+    fn open(dir: &Path, max: u64) -> (Spool, Vec<OpenNote>) {
         Spool::open(&dir.join("spool"), &dir.join("seq"), max).unwrap()
     }
 
@@ -333,14 +625,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         {
             let (mut s, note) = open(d.path(), 1 << 20);
-            assert_eq!(note, None);
+            assert_eq!(note, vec![]);
             assert_eq!(
                 s.append(vec![ev("a.b"), ev("a.c"), ev("a.d")]).unwrap(),
                 vec![1, 2, 3]
             );
             assert_eq!(s.ack(2).unwrap(), 2);
         }
-        let (mut s, _) = open(d.path(), 1 << 20);
+        let (mut s, note) = open(d.path(), 1 << 20);
+        assert_eq!(note, vec![], "acknowledged events are not lost ones");
         let left = s.read_after(0, 100, 1 << 20).unwrap();
         assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
         // Numbers are never reused after a restart.
@@ -382,10 +675,19 @@ mod tests {
             }
         }
         let (mut s, note) = open(d.path(), 1 << 20);
-        let Some(OpenNote::MovedAside { moved_to, .. }) = note else {
-            panic!("expected a note")
+        let [OpenNote::MovedAside { moved_to, lost, .. }] = &note[..] else {
+            panic!("expected a note, got {note:?}")
         };
         assert!(moved_to.exists());
+        // The ledger beside the spool says what was in it.
+        assert_eq!(
+            *lost,
+            Some(Lost {
+                count: 1,
+                first_seq: 1,
+                last_seq: 1
+            })
+        );
         let seq = s.append(vec![ev("a.c")]).unwrap()[0];
         assert!(seq > 1, "a fresh spool must not reuse numbers");
     }
@@ -402,5 +704,175 @@ mod tests {
         s.append(vec![NewEvent::now("a.b", None, details)]).unwrap();
         let e = &s.read_after(0, 1, 1 << 20).unwrap()[0];
         assert_eq!(e.details["truncated"], Value::Bool(true));
+    }
+
+    /// The reproduction: about 120 spooled events (each about the size of a real
+    /// agent's), then the tail of sled's `db` file damaged. sled opens such a file without
+    /// complaint and with events missing.
+    fn damaged_tail(offset: u64, bytes: &[u8]) -> (tempfile::TempDir, Spool, Vec<OpenNote>) {
+        use std::io::{Seek, SeekFrom};
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = open(d.path(), 1 << 30);
+            for i in 0..122u64 {
+                let d = crate::details! { "uptime_secs" => i, "facts" => "x".repeat(350) };
+                s.append(vec![NewEvent::now("agent.heartbeat", None, d)])
+                    .unwrap();
+            }
+        }
+        let db = d.path().join("spool/db");
+        assert!(fs::metadata(&db).unwrap().len() > offset + bytes.len() as u64);
+        let mut f = fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.write_all(bytes).unwrap();
+        drop(f);
+        let (s, note) = open(d.path(), 1 << 30);
+        (d, s, note)
+    }
+
+    fn assert_every_event_kept_or_counted(s: &Spool, note: &[OpenNote]) {
+        let kept: Vec<u64> = s
+            .read_after(0, usize::MAX, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        let lost = match note {
+            [OpenNote::Damaged { lost }] => lost.count,
+            [OpenNote::MovedAside { lost: Some(l), .. }] => l.count,
+            other => panic!("damage that lost events went unreported: {other:?}"),
+        };
+        assert!(lost > 0);
+        assert_eq!(kept.len() as u64 + lost, 122, "kept {kept:?}, lost {lost}");
+        let event = note[0].event();
+        assert_eq!(event.kind, "agent.spool_recovered");
+        assert_eq!(event.details["lost"], lost);
+    }
+
+    #[test]
+    fn tail_overwritten_with_garbage_reports_how_many_were_lost() {
+        let (_d, s, note) = damaged_tail(120_000, &[0xA5; 21_500]);
+        assert_every_event_kept_or_counted(&s, &note);
+    }
+
+    #[test]
+    fn tail_zeroed_reports_how_many_were_lost() {
+        let (_d, s, note) = damaged_tail(100_000, &[0; 42_000]);
+        assert_every_event_kept_or_counted(&s, &note);
+    }
+
+    #[test]
+    fn a_reported_loss_is_reported_once() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = open(d.path(), 1 << 20);
+            s.append(vec![ev("a.b"), ev("a.c"), ev("a.d")]).unwrap();
+            // What damage does to sled, without the damage: an event vanishes behind the
+            // spool's back.
+            s.events.remove(2u64.to_be_bytes()).unwrap();
+            s.db.flush().unwrap();
+        }
+        let (_, note) = open(d.path(), 1 << 20);
+        assert_eq!(
+            note,
+            vec![OpenNote::Damaged {
+                lost: Lost {
+                    count: 1,
+                    first_seq: 2,
+                    last_seq: 2
+                }
+            }]
+        );
+        let (_, note) = open(d.path(), 1 << 20);
+        assert_eq!(note, vec![]);
+    }
+
+    #[test]
+    fn dropping_at_the_bound_and_restarts_are_not_mistaken_for_damage() {
+        let d = tempfile::tempdir().unwrap();
+        for _ in 0..3 {
+            let (mut s, note) = open(d.path(), 4_000);
+            assert_eq!(note, vec![]);
+            for _ in 0..60 {
+                s.append(vec![ev("agent.heartbeat")]).unwrap();
+            }
+            let some = s.read_after(0, 5, 1 << 20).unwrap();
+            s.ack(some.last().unwrap().seq).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_garbage_floor_never_reuses_a_number_even_with_an_empty_spool() {
+        let d = tempfile::tempdir().unwrap();
+        let last = {
+            let (mut s, _) = open(d.path(), 1 << 20);
+            let seqs = s.append(vec![ev("a.b"), ev("a.c"), ev("a.d")]).unwrap();
+            // Everything acknowledged: the spool is empty, only the ledger remembers.
+            s.ack(seqs[2]).unwrap();
+            assert_eq!(s.depth(), 0);
+            seqs[2]
+        };
+        fs::write(d.path().join("seq"), b"\0\0garbage\n").unwrap();
+        let (mut s, note) = open(d.path(), 1 << 20);
+        assert_eq!(
+            note,
+            vec![OpenNote::FloorRecovered {
+                reason: "unreadable".into(),
+                next_seq: last + 1
+            }]
+        );
+        assert_eq!(note[0].event().details["next_seq"], last + 1);
+        assert!(s.append(vec![ev("a.e")]).unwrap()[0] > last);
+        drop(s);
+        // And the reservation file is good again.
+        let (_, note) = open(d.path(), 1 << 20);
+        assert_eq!(note, vec![]);
+    }
+
+    #[test]
+    fn a_lost_floor_continues_above_the_spooled_events() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = open(d.path(), 1 << 20);
+            s.append(vec![ev("a.b"), ev("a.c")]).unwrap();
+        }
+        fs::remove_file(d.path().join("seq")).unwrap();
+        let (mut s, note) = open(d.path(), 1 << 20);
+        assert!(matches!(
+            note[..],
+            [OpenNote::FloorRecovered { next_seq: 3, .. }]
+        ));
+        assert_eq!(s.append(vec![ev("a.d")]).unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn raising_the_floor_renumbers_this_runs_unsent_events_above_the_collectors() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = open(d.path(), 1 << 20);
+            s.append(vec![ev("a.b")]).unwrap();
+        }
+        // Both the floor and the ledger lost: only the collector knows it stored up to 40.
+        fs::write(d.path().join("seq"), b"garbage").unwrap();
+        fs::remove_file(d.path().join("spool.tally")).unwrap();
+        let (mut s, _) = open(d.path(), 1 << 20);
+        let fresh = s.append(vec![ev("a.c"), ev("a.d")]).unwrap();
+        assert_eq!(fresh, vec![2, 3]);
+        // 1 is from an earlier run, so the collector may have it: left alone.
+        assert_eq!(s.raise_floor(40).unwrap(), 2);
+        let all: Vec<(u64, String)> = s
+            .read_after(0, 100, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.kind))
+            .collect();
+        assert_eq!(
+            all,
+            vec![(1, "a.b".into()), (41, "a.c".into()), (42, "a.d".into())]
+        );
+        assert_eq!(s.append(vec![ev("a.e")]).unwrap(), vec![43]);
+        drop(s);
+        let (_, note) = open(d.path(), 1 << 20);
+        assert_eq!(note, vec![], "renumbered events are not lost ones");
     }
 }

@@ -514,7 +514,12 @@ pub fn spooled_seqs(state: &Path) -> anyhow::Result<Vec<u64>> {
         &state.join("seq.floor.probe"),
         u64::MAX,
     )?;
-    if note.is_some() {
+    // A probe's own reservation file is new, so only damage counts here.
+    use caretaker_agent::spool::OpenNote;
+    if note
+        .iter()
+        .any(|n| matches!(n, OpenNote::MovedAside { .. } | OpenNote::Damaged { .. }))
+    {
         bail!("spool was unreadable");
     }
     let events = spool
