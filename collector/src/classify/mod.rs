@@ -261,7 +261,13 @@ pub fn inventory_names(details: &Map<String, Value>) -> impl Iterator<Item = (&s
 
 fn strip_executable_extension(file: &str) -> &str {
     for ext in [".appimage", ".exe", ".msi", ".sh", ".run", ".bin"] {
-        if file.len() > ext.len() && file[file.len() - ext.len()..].eq_ignore_ascii_case(ext) {
+        // `get`, not a slice: a pupil's file name may end in a character longer than a byte
+        // (`game🙂`), and a panic here would end the device's stream on every resend.
+        if file.len() > ext.len()
+            && file
+                .get(file.len() - ext.len()..)
+                .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+        {
             return &file[..file.len() - ext.len()];
         }
     }

@@ -131,6 +131,20 @@ fn approved_denied_glob_and_precedence() {
     assert!(Classifier::new(&policy(&["bad["], &[])).is_err());
 }
 
+/// Found by fuzzing (`fuzz_tests.rs`): an executable whose name ends in a character longer
+/// than a byte made the extension check slice inside it, and the collector panicked on every
+/// resend of the device's batch.
+#[test]
+fn executable_names_ending_in_any_character() {
+    let c = Classifier::new(&policy(&[], &[])).unwrap();
+    for path in ["𐀀", "Downloads/game🙂", "Desktop/aéab", "x/Ωmega.AppImage"] {
+        let exe = details(json!({"path": path, "type": "elf"}));
+        assert_eq!(c.classify_event("executable.in_user_area", &exe).len(), 1, "{path}");
+    }
+    let exe = details(json!({"path": "x/Ωmega.AppImage", "type": "appimage"}));
+    assert_eq!(c.classify_event("executable.in_user_area", &exe)[0].name, "Ωmega");
+}
+
 #[test]
 fn events_are_classified_by_kind() {
     let c = Classifier::new(&policy(&["libreoffice*"], &[])).unwrap();
