@@ -106,7 +106,7 @@ impl pb::enrollment_server::Enrollment for GrpcApi {
     }
 }
 
-fn incoming(e: pb::Event) -> IncomingEvent {
+pub(crate) fn incoming(e: pb::Event) -> IncomingEvent {
     IncomingEvent {
         seq: e.seq,
         occurred_at: e.occurred_at.as_ref().and_then(time_from),

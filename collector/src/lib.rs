@@ -11,6 +11,8 @@ pub mod classify;
 pub mod datadir;
 pub mod desk;
 pub mod digest;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod grpc;
 pub mod incidents;
 pub mod ingest;
