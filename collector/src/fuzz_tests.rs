@@ -157,7 +157,6 @@ fn event() -> impl Strategy<Value = pb::Event> {
                 user,
                 kind: other_kind.unwrap_or_else(|| kind.to_string()),
                 details: Some(struct_from_json(&details)),
-                ..Default::default()
             }
         })
 }
@@ -197,7 +196,6 @@ fn valid_batch() -> pb::EventBatch {
                 user: "pupil-amy".into(),
                 kind: kind.into(),
                 details: Some(struct_from_json(details.as_object().unwrap())),
-                ..Default::default()
             })
             .collect(),
         ..Default::default()
