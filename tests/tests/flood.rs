@@ -472,3 +472,41 @@ fn wrong_tokens_are_locked_out_logged_within_bounds_and_counted() {
         lines.join("\n")
     );
 }
+
+#[test]
+fn a_50_mb_body_over_http2_is_answered_413_not_reset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let admin = std::fs::read_to_string(collector.dir.join("admin.token")).unwrap();
+    let body = tmp.path().join("policy.json");
+    std::fs::write(&body, vec![b' '; 50 * 1024 * 1024]).unwrap();
+    // curl, as the one who found it used: a client still sending when the refusal comes.
+    for version in ["--http2", "--http1.1"] {
+        let (ok, out, err) = run(Command::new("curl")
+            .args([
+                "-sS",
+                version,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .arg("--cacert")
+            .arg(collector.dir.join("ca.pem"))
+            .args(["-X", "PUT", "-H", "content-type: application/json", "-H"])
+            .arg(format!("Authorization: Bearer {}", admin.trim()))
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!(
+                "https://localhost:{}/api/v1/policy",
+                collector.web.port()
+            )));
+        assert!(ok, "{version}: {out} {err}");
+        let expected = if version == "--http2" {
+            "413 2"
+        } else {
+            "413 1.1"
+        };
+        assert_eq!(out, expected, "{err}");
+    }
+}

@@ -238,3 +238,93 @@ pub fn forbidden(actor: &Actor, is_api: bool) -> Response {
 pub fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// A request body that, dropped unread (a handler refused it as too large), hands itself to
+/// [`hold_unread_body`] instead of going away at once.
+struct KeepOnDrop {
+    inner: Option<Body>,
+    keep: Option<tokio::sync::oneshot::Sender<Body>>,
+}
+
+impl hyper::body::Body for KeepOnDrop {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.inner.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for KeepOnDrop {
+    fn drop(&mut self) {
+        if let (Some(body), Some(keep)) = (self.inner.take(), self.keep.take())
+            && !hyper::body::Body::is_end_stream(&body)
+        {
+            let _ = keep.send(body);
+        }
+    }
+}
+
+/// Most of an unread request body read and thrown away so that its client sees the answer.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+/// The longest spent doing so.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Reads to its end a request body the handler left unread (it refused it as too large), up to
+/// [`DRAIN_LIMIT`] and [`DRAIN_TIME`], before the response goes out. Over HTTP/2, dropping it
+/// resets the stream (CANCEL) before the response leaves, and clients still sending (curl with
+/// 50 MB) report the reset, not the 413. Past the limits the body is held until the response
+/// has been sent, so the stream at least ends as RFC 9113 section 8.1 says: the response, then
+/// `RST_STREAM(NO_ERROR)`.
+pub async fn hold_unread_body(req: Request, next: Next) -> Response {
+    use futures::StreamExt;
+    let (parts, body) = req.into_parts();
+    let (keep, kept) = tokio::sync::oneshot::channel();
+    let body = Body::new(KeepOnDrop {
+        inner: Some(body),
+        keep: Some(keep),
+    });
+    let res = next.run(Request::from_parts(parts, body)).await;
+    let mut kept = kept;
+    let Ok(unread) = kept.try_recv() else {
+        return res;
+    };
+    let mut unread = unread.into_data_stream();
+    let drain = async {
+        let mut drained = 0;
+        while drained < DRAIN_LIMIT {
+            match unread.next().await {
+                Some(Ok(chunk)) => drained += chunk.len(),
+                _ => return true,
+            }
+        }
+        false
+    };
+    if let Ok(true) = tokio::time::timeout(DRAIN_TIME, drain).await {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    // Dropped with the response body, once hyper has sent its end.
+    let body = body.into_data_stream().map(move |chunk| {
+        let _ = &unread;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}

@@ -200,6 +200,7 @@ pub fn router(collector: Arc<Collector>, options: WebOptions) -> Router {
     router
         .fallback(pages::not_found)
         .layer(middleware::map_response(security_headers))
+        .layer(middleware::from_fn(guard::hold_unread_body))
         .with_state(state)
 }
 
