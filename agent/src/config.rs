@@ -43,6 +43,8 @@ struct RawConfig {
     heartbeat_interval: String,
     #[serde(default = "default_spool_max")]
     spool_max_bytes: u64,
+    /// Replaces every probe's own longest expected gap before it counts as stalled.
+    probe_stall_after: Option<String>,
     #[serde(default)]
     antivirus: RawAntivirus,
     #[serde(default)]
@@ -182,6 +184,8 @@ pub struct Config {
     pub collector: Option<String>,
     pub heartbeat_interval: Duration,
     pub spool_max_bytes: u64,
+    /// Overrides each probe's longest expected gap (`probe::liveness`); None: the probe's own.
+    pub probe_stall_after: Option<Duration>,
     /// `None` when the antivirus probe is turned off.
     pub antivirus: Option<AntivirusProbeConfig>,
     /// `None` when the software probe is turned off.
@@ -222,6 +226,11 @@ impl Config {
             });
         }
         let facts_interval = parse_interval("facts.interval", &raw.facts.interval)?;
+        let probe_stall_after = raw
+            .probe_stall_after
+            .as_deref()
+            .map(|t| parse_interval("probe_stall_after", t))
+            .transpose()?;
         if let Some(c) = &raw.collector {
             crate::connect::split_addr(c).map_err(|e| ConfigError::Invalid {
                 field: "collector",
@@ -235,6 +244,7 @@ impl Config {
             collector: raw.collector,
             heartbeat_interval,
             spool_max_bytes: raw.spool_max_bytes,
+            probe_stall_after,
             antivirus: raw.antivirus.enabled.then(|| AntivirusProbeConfig {
                 database_dir: raw.antivirus.database_dir,
                 clamd_socket: raw.antivirus.clamd_socket,

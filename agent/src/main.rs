@@ -81,13 +81,17 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let code = match run(Cli::parse()).await {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("caretaker-agent: {e:#}");
-            std::process::ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit without dropping the runtime: dropping it waits for every blocking thread, and one
+    // that a stalled probe left inside a system call (`probe::liveness`) would hold the stop up
+    // until systemd kills the agent. Everything worth keeping is durable by now.
+    std::process::exit(code)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -270,6 +274,14 @@ fn status(state: &StateDir, json: bool) -> anyhow::Result<()> {
                 s.spool_events, s.spool_bytes
             );
             println!("Policy:        version {}", s.policy_version);
+            if running {
+                for p in &s.stalled_probes {
+                    println!(
+                        "Probe stalled: {} (no progress since {}; restarted {} time(s) in the last hour)",
+                        p.probe, p.since, p.restarts_last_hour
+                    );
+                }
+            }
             if let Some(t) = s.updated_at {
                 println!("(as of {t})");
             }

@@ -136,6 +136,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             sink,
             policy: policy.subscribe(),
             shutdown: probes_stop.clone(),
+            status: status.clone(),
+            stall_after: config.probe_stall_after,
         },
         &probe_tasks,
     );

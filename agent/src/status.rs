@@ -23,6 +23,18 @@ pub struct Status {
     pub spool_bytes: u64,
     pub policy_version: u64,
     pub updated_at: Option<DateTime<Utc>>,
+    /// Probes that stopped making progress (`probe::liveness`); absent in older files.
+    #[serde(default)]
+    pub stalled_probes: Vec<StalledProbe>,
+}
+
+/// A probe the liveness supervisor has reported stalled and not yet seen move again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StalledProbe {
+    pub probe: String,
+    /// Its last beat before it stopped.
+    pub since: DateTime<Utc>,
+    pub restarts_last_hour: u32,
 }
 
 /// Shared, cheaply updated status; a task writes it out at most once a second.

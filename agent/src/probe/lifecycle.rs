@@ -32,7 +32,9 @@ pub async fn run(cfg: LifecycleConfig, sink: EventSink, shutdown: CancellationTo
     // After a suspend, send one heartbeat, not a burst of missed ones.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        super::liveness::beat();
         tokio::select! {
+            _ = super::liveness::idle() => {}
             _ = tick.tick() => {
                 let d = details! { "uptime_secs" => started.elapsed().as_secs() };
                 if !sink.emit(NewEvent::now("agent.heartbeat", None, d)).await {

@@ -6,11 +6,13 @@
 pub mod antivirus;
 pub mod facts;
 pub mod lifecycle;
+pub mod liveness;
 pub mod screen_lock;
 pub mod software;
 pub mod usb;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use caretaker_proto::policy::PolicyDocument;
 use tokio::sync::watch;
@@ -18,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::event::EventSink;
+use crate::status::StatusBoard;
+use liveness::Supervised;
 
 /// What every probe gets from the agent.
 #[derive(Clone)]
@@ -25,6 +29,10 @@ pub struct ProbeContext {
     pub sink: EventSink,
     pub policy: watch::Receiver<Arc<PolicyDocument>>,
     pub shutdown: CancellationToken,
+    /// Where stalled probes are shown (`caretaker-agent status`).
+    pub status: StatusBoard,
+    /// Replaces every probe's longest expected gap (`probe_stall_after`; tests, slow machines).
+    pub stall_after: Option<Duration>,
 }
 
 /// One configured probe.
@@ -38,27 +46,70 @@ pub enum ProbeConfig {
     Facts(facts::FactsProbeConfig),
 }
 
-/// Starts every probe on `tracker`.
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl ProbeConfig {
+    /// Name, longest expected gap between two beats while working normally, and whether
+    /// aborting the probe and starting it afresh is safe.
+    fn liveness(&self) -> (&'static str, Duration, bool) {
+        match self {
+            // Restarting would send a second `agent.started`, which the collector reads as
+            // the whole agent restarting: report only.
+            ProbeConfig::Lifecycle(_) => ("lifecycle", 2 * MINUTE, false),
+            // A check is bounded by clamd's 5 s timeouts and a few small reads; a restart
+            // checks again and sends the status it finds.
+            ProbeConfig::Antivirus(_) => ("antivirus", 2 * MINUTE, true),
+            // The first inventory walks every home folder, hashing what it finds; a restart
+            // sends the inventory again, which the collector folds like any inventory.
+            ProbeConfig::Software(_) => ("software", 15 * MINUTE, true),
+            // Locking waits seconds for a confirmation. Not restarted: it may have a locker
+            // running on a session, and a fresh start would not know it was ours.
+            ProbeConfig::ScreenLock(_) => ("screen_lock", 3 * MINUTE, false),
+            // Handling a device is sysfs reads and writes, `blockdev` and a 2 KiB read; a
+            // restart re-enumerates and re-decides every attached device, as at agent start.
+            ProbeConfig::Usb(_) => ("usb", 2 * MINUTE, true),
+            ProbeConfig::Facts(_) => ("facts", 2 * MINUTE, true),
+        }
+    }
+}
+
+/// Starts every probe under the liveness supervisor, itself a task on `tracker`.
 pub fn spawn(probes: Vec<ProbeConfig>, ctx: ProbeContext, tracker: &TaskTracker) {
-    for p in probes {
-        let ctx = ctx.clone();
-        match p {
-            ProbeConfig::Lifecycle(cfg) => {
-                tracker.spawn(lifecycle::run(cfg, ctx.sink, ctx.shutdown))
+    let supervised = probes
+        .into_iter()
+        .map(|p| {
+            let (name, gap, restart) = p.liveness();
+            let ctx2 = ctx.clone();
+            Supervised {
+                name,
+                max_gap: ctx.stall_after.unwrap_or(gap),
+                restart,
+                start: Box::new(move || start(p.clone(), ctx2.clone())),
             }
-            ProbeConfig::Antivirus(cfg) => {
-                tracker.spawn(antivirus::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
-            }
-            ProbeConfig::Usb(cfg) => {
-                tracker.spawn(usb::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
-            }
-            ProbeConfig::ScreenLock(cfg) => {
-                tracker.spawn(screen_lock::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
-            }
-            ProbeConfig::Software(cfg) => {
-                tracker.spawn(software::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
-            }
-            ProbeConfig::Facts(cfg) => tracker.spawn(facts::run(cfg, ctx.sink, ctx.shutdown)),
-        };
+        })
+        .collect();
+    tracker.spawn(liveness::supervise(
+        supervised,
+        ctx.sink,
+        ctx.status,
+        ctx.shutdown,
+    ));
+}
+
+/// One probe's future; built again for each restart, with the policy as it is then.
+fn start(p: ProbeConfig, ctx: ProbeContext) -> liveness::ProbeFuture {
+    match p {
+        ProbeConfig::Lifecycle(cfg) => Box::pin(lifecycle::run(cfg, ctx.sink, ctx.shutdown)),
+        ProbeConfig::Antivirus(cfg) => {
+            Box::pin(antivirus::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
+        }
+        ProbeConfig::Usb(cfg) => Box::pin(usb::run(cfg, ctx.policy, ctx.sink, ctx.shutdown)),
+        ProbeConfig::ScreenLock(cfg) => {
+            Box::pin(screen_lock::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
+        }
+        ProbeConfig::Software(cfg) => {
+            Box::pin(software::run(cfg, ctx.policy, ctx.sink, ctx.shutdown))
+        }
+        ProbeConfig::Facts(cfg) => Box::pin(facts::run(cfg, ctx.sink, ctx.shutdown)),
     }
 }

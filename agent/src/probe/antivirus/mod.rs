@@ -145,6 +145,7 @@ pub async fn run(
     let mut last: Option<AvStatus> = None;
     let mut policy_open = true;
     loop {
+        super::liveness::beat();
         let current = effective_policy(&policy.borrow_and_update());
         let report = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -166,16 +167,22 @@ pub async fn run(
             }
             last = Some(report.status());
         }
-        let interval = Duration::from_secs(current.check_interval_secs);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-            r = policy.changed(), if policy_open => {
-                // A closed policy channel means the agent keeps the last policy; stop watching it.
-                if r.is_err() {
-                    policy_open = false;
+        let next_check = tokio::time::sleep(Duration::from_secs(current.check_interval_secs));
+        tokio::pin!(next_check);
+        loop {
+            super::liveness::beat();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = super::liveness::idle() => continue,
+                _ = &mut next_check => {}
+                r = policy.changed(), if policy_open => {
+                    // A closed policy channel means the agent keeps the last policy; stop watching it.
+                    if r.is_err() {
+                        policy_open = false;
+                    }
                 }
             }
+            break;
         }
     }
 }

@@ -59,8 +59,10 @@ pub async fn run_with(
     // After a suspend, one re-read, not a burst.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        super::liveness::beat();
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = super::liveness::idle() => continue,
             _ = tick.tick() => {}
         }
         let read = read.clone();

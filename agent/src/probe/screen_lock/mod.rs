@@ -238,21 +238,29 @@ pub async fn run_with<O: DesktopOs>(
         if observed.host.session_source_error.is_some() {
             wake = wake.min(cfg.reconnect_after);
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wake) => {}
-            _ = os.changed() => {}
-            r = policy_rx.changed(), if policy_open => {
-                if r.is_err() {
-                    policy_open = false;
+        let nap = tokio::time::sleep(wake);
+        tokio::pin!(nap);
+        loop {
+            // An idle turn only proves the wait is turning: observing again is for real wakes.
+            crate::probe::liveness::beat();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = crate::probe::liveness::idle() => continue,
+                _ = &mut nap => {}
+                _ = os.changed() => {}
+                r = policy_rx.changed(), if policy_open => {
+                    if r.is_err() {
+                        policy_open = false;
+                    }
+                }
+                Some(done) = lockers.join_next(), if !lockers.is_empty() => {
+                    if let Ok(id) = done {
+                        alive.remove(&id);
+                        decider.locker_exited(&id);
+                    }
                 }
             }
-            Some(done) = lockers.join_next(), if !lockers.is_empty() => {
-                if let Ok(id) = done {
-                    alive.remove(&id);
-                    decider.locker_exited(&id);
-                }
-            }
+            break;
         }
     }
 }

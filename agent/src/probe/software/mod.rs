@@ -434,8 +434,11 @@ pub async fn run(
         .flatten()
         .min()
         .map_or(next_rescan, |d| d.min(next_rescan));
+        crate::probe::liveness::beat();
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            // Nothing is due on an idle turn: `process_due` below finds nothing to do.
+            _ = crate::probe::liveness::idle() => {}
             ev = async { if watch_open { rx.recv().await } else { std::future::pending().await } } => {
                 let Some(ev) = ev else {
                     watch_open = false;

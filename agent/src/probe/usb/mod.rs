@@ -240,8 +240,10 @@ pub async fn run_with_events(
     let mut mounts_changed =
         crate::os::linux::mountwatch::MountWatch::new(&st.cfg.mountinfo, st.cfg.mount_poll);
     loop {
+        crate::probe::liveness::beat();
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = crate::probe::liveness::idle() => {}
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
                 let pol = policy.borrow().removable_media.clone();
