@@ -44,6 +44,8 @@ pub fn subject(kind: &str, details: &Map<String, Value>) -> String {
         k if k.starts_with("usb.") || k.starts_with("media.") => {
             pick(&["serial", "product", "sys_name", "block"])
         }
+        // One incident per stuck probe: the USB probe's stalls join each other, not the antivirus probe's.
+        "agent.probe_stalled" => pick(&["probe"]),
         _ => String::new(),
     }
 }
@@ -113,6 +115,7 @@ pub fn title(kind: &str, details: &Map<String, Value>) -> String {
             text(details, "reason").unwrap_or("no uninstall code")
         ),
         "agent.uninstalled" => "The agent was removed with the uninstall code".to_string(),
+        "agent.probe_stalled" => format!("The agent's {} probe stopped working", t("probe")),
         other => other.replace('.', " "),
     }
 }

@@ -62,6 +62,11 @@ impl Rules {
             // Someone tried to remove the agent without the uninstall code: tampering, or a
             // technician without the code; either way the network manager should know.
             "agent.uninstall_refused" => Verdict::technical("warning"),
+            // A probe stopped making progress: that part of the laptop is not being watched
+            // (a stuck USB probe holds no sticks back and scans none). Its recovery is recorded
+            // for the timeline; the stall's incident stays for the network manager to close.
+            "agent.probe_stalled" => Verdict::technical("warning"),
+            "agent.probe_recovered" => Verdict::routine(),
             // Anything but `current` is a technical compliance gap.
             "antivirus.status" => match details.get("status").and_then(Value::as_str) {
                 Some("current") => Verdict::routine(),
@@ -293,6 +298,18 @@ mod tests {
         assert_eq!(refused.audience, vec![NETWORK_MANAGER.to_string()]);
         assert_eq!(
             rules().classify("agent.uninstalled", &m),
+            Verdict::routine()
+        );
+    }
+
+    #[test]
+    fn a_stalled_probe_warns_the_network_manager_and_its_recovery_is_routine() {
+        let m = Map::new();
+        let stalled = rules().classify("agent.probe_stalled", &m);
+        assert_eq!(stalled.severity, "warning");
+        assert_eq!(stalled.audience, vec![NETWORK_MANAGER.to_string()]);
+        assert_eq!(
+            rules().classify("agent.probe_recovered", &m),
             Verdict::routine()
         );
     }
