@@ -63,8 +63,9 @@ impl Rules {
             // technician without the code; either way the network manager should know.
             "agent.uninstall_refused" => Verdict::technical("warning"),
             // A probe stopped making progress: that part of the laptop is not being watched
-            // (a stuck USB probe holds no sticks back and scans none). Its recovery is recorded
-            // for the timeline; the stall's incident stays for the network manager to close.
+            // (a stuck USB probe decides nothing: every new device, keyboards too, stays held,
+            // and no stick is scanned). Its recovery is recorded for the timeline; the stall's
+            // incident stays for the network manager to close.
             "agent.probe_stalled" => Verdict::technical("warning"),
             "agent.probe_recovered" => Verdict::routine(),
             // Anything but `current` is a technical compliance gap.
