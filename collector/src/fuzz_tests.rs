@@ -383,3 +383,84 @@ proptest! {
         prop_assert!(weekly || due.is_some(), "a daily digest is due within the last day");
     }
 }
+
+/// PEM armour for mutated DER (the enrolment request carries a CSR as PEM text).
+fn pem(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut body = String::new();
+    for chunk in der.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                body.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                body.push('=');
+            }
+        }
+    }
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A device's real certificate request, as the agent makes it.
+fn real_csr_der() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    csr.der().to_vec()
+}
+
+/// The CSR an enrolling agent sends: any text, a real request's DER mutated and re-armoured.
+/// Refused with a reason, or signed naming the device and nothing the request asked for.
+#[test]
+fn enrolment_csrs() {
+    let (ca, _) = crate::ca::SchoolCa::generate("Fuzz").unwrap();
+    let seed = real_csr_der();
+    assert!(
+        ca.sign_device_csr(&pem("CERTIFICATE REQUEST", &seed), "d")
+            .is_ok()
+    );
+    let csrs = prop_oneof![
+        text(600),
+        mutated(
+            seed.clone(),
+            &[
+                b"\x30\x82",
+                b"\x06\x03\x55\x04\x03",
+                b"\x0c\x01A",
+                b"\xa0\x00",
+                b"\x00"
+            ],
+            6
+        )
+        .prop_map(|der| pem("CERTIFICATE REQUEST", &der)),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(config(256));
+    let result = runner.run(&csrs, |csr| {
+        match ca.sign_device_csr(&csr, "device-1") {
+            Ok(cert) => {
+                let der = crate::ca::pem_to_der(&cert).expect("a certificate");
+                let name = crate::ca::common_name(&der);
+                prop_assert_eq!(name.as_deref(), Some("device-1"));
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
