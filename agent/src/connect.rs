@@ -3,15 +3,190 @@
 //! tonic's built-in TLS cannot pin a CA by fingerprint or offer the enrolment
 //! ALPN id, so the agent dials TCP and TLS itself and hands tonic the stream.
 
-use std::sync::Arc;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::{AlertDescription, CertificateError, ClientConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
+
+/// A TLS failure a person can act on, as opposed to a network that is simply down. By the
+/// time gRPC reports a failed stream it says only "broken pipe" or "connection closed", so
+/// the cause is caught where the TLS error happens and kept here (`ProblemSlot`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TlsProblem {
+    /// The collector refused this device's certificate as revoked.
+    Revoked,
+    /// The collector's certificate is not valid yet by this computer's clock.
+    ClockBehind {
+        local: DateTime<Utc>,
+        not_before: Option<DateTime<Utc>>,
+    },
+    /// The collector's certificate has expired by this computer's clock.
+    ClockAhead {
+        local: DateTime<Utc>,
+        not_after: Option<DateTime<Utc>>,
+    },
+}
+
+impl std::fmt::Display for TlsProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fmt = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+        match self {
+            TlsProblem::Revoked => write!(
+                f,
+                "this device has been revoked by the collector; events stay on this computer. Ask the network manager: re-enrolling needs a new token"
+            ),
+            TlsProblem::ClockBehind { local, not_before } => {
+                write!(
+                    f,
+                    "this computer's clock reads {}, earlier than the collector's certificate allows",
+                    fmt(local)
+                )?;
+                if let Some(t) = not_before {
+                    write!(f, " (valid from {})", fmt(t))?;
+                }
+                write!(
+                    f,
+                    "; the clock is probably wrong: set the date and time (or turn on network time) and the agent will connect"
+                )
+            }
+            TlsProblem::ClockAhead { local, not_after } => {
+                write!(
+                    f,
+                    "this computer's clock reads {}, later than the collector's certificate allows",
+                    fmt(local)
+                )?;
+                if let Some(t) = not_after {
+                    write!(f, " (valid until {})", fmt(t))?;
+                }
+                write!(
+                    f,
+                    "; if the clock is wrong, set the date and time; if it is right, the collector's certificate has expired"
+                )
+            }
+        }
+    }
+}
+
+impl TlsProblem {
+    /// The problem a rustls error means, if it is one of these; `local` is this computer's clock.
+    pub fn from_rustls(e: &rustls::Error, local: DateTime<Utc>) -> Option<Self> {
+        let at = |t: &UnixTime| DateTime::<Utc>::from_timestamp(t.as_secs() as i64, 0);
+        match e {
+            rustls::Error::AlertReceived(AlertDescription::CertificateRevoked) => {
+                Some(TlsProblem::Revoked)
+            }
+            rustls::Error::InvalidCertificate(c) => match c {
+                CertificateError::NotValidYet => Some(TlsProblem::ClockBehind {
+                    local,
+                    not_before: None,
+                }),
+                CertificateError::NotValidYetContext { not_before, .. } => {
+                    Some(TlsProblem::ClockBehind {
+                        local,
+                        not_before: at(not_before),
+                    })
+                }
+                CertificateError::Expired => Some(TlsProblem::ClockAhead {
+                    local,
+                    not_after: None,
+                }),
+                CertificateError::ExpiredContext { not_after, .. } => {
+                    Some(TlsProblem::ClockAhead {
+                        local,
+                        not_after: at(not_after),
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The problem behind an I/O error from tokio-rustls (which wraps rustls errors).
+    fn from_io(e: &io::Error) -> Option<Self> {
+        let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+        Self::from_rustls(inner, Utc::now())
+    }
+}
+
+/// Where a connection records the last `TlsProblem` it met, for the uplink to read.
+pub type ProblemSlot = Arc<Mutex<Option<TlsProblem>>>;
+
+fn note(slot: &ProblemSlot, e: &io::Error) {
+    if let Some(p) = TlsProblem::from_io(e) {
+        *slot.lock().expect("problem slot lock") = Some(p);
+    }
+}
+
+/// A TLS stream that notes a `TlsProblem` in its slot when a read or write fails with one.
+/// In TLS 1.3 the server judges the client's certificate after the client's handshake is
+/// done, so a revocation arrives as an alert on a later read, inside hyper.
+struct Watched<S> {
+    inner: S,
+    slot: ProblemSlot,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Err(e)) = &r {
+            note(&self.slot, e);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Err(e)) = &r {
+            note(&self.slot, e);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Err(e)) = &r {
+            note(&self.slot, e);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
 
 /// Why the collector could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +225,15 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Connects to `addr` with `tls`, verifying the server as `host`.
 pub async fn channel(addr: &str, tls: ClientConfig) -> Result<Channel, ConnectError> {
+    channel_watched(addr, tls, ProblemSlot::default()).await
+}
+
+/// As `channel`, noting in `slot` any `TlsProblem` met while connecting or afterwards.
+pub async fn channel_watched(
+    addr: &str,
+    tls: ClientConfig,
+    slot: ProblemSlot,
+) -> Result<Channel, ConnectError> {
     let (host, port) = split_addr(addr)?;
     let name = ServerName::try_from(host.clone())
         .map_err(|_| ConnectError::BadAddress(addr.to_string()))?;
@@ -61,11 +245,15 @@ pub async fn channel(addr: &str, tls: ClientConfig) -> Result<Channel, ConnectEr
         .keep_alive_timeout(Duration::from_secs(20));
     let svc = tower::service_fn(move |_uri: http::Uri| {
         let (host, name, connector) = (host.clone(), name.clone(), connector.clone());
+        let slot = slot.clone();
         async move {
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .inspect_err(|e| note(&slot, e))?;
+            Ok::<_, std::io::Error>(TokioIo::new(Watched { inner: tls, slot }))
         }
     });
     endpoint

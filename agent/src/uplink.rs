@@ -141,10 +141,20 @@ impl Uplink {
         stop: &CancellationToken,
         deadline: &mut Option<Instant>,
     ) -> SessionEnd {
-        let channel = match crate::connect::channel(&self.addr, self.tls.clone()).await {
-            Ok(c) => c,
-            Err(e) => return SessionEnd::Failed(e.to_string()),
+        let problem = crate::connect::ProblemSlot::default();
+        // A revoked certificate or a wrong clock is reported as such: by the time gRPC
+        // gives up it says only "broken pipe" or "connection closed".
+        let explain = |why: String| match problem.lock().expect("problem slot lock").take() {
+            Some(p) => SessionEnd::Failed(p.to_string()),
+            None => SessionEnd::Failed(why),
         };
+        let channel =
+            match crate::connect::channel_watched(&self.addr, self.tls.clone(), problem.clone())
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => return explain(e.to_string()),
+            };
         let policy_task = tokio::spawn(watch_policy(
             channel.clone(),
             self.policy.clone(),
@@ -153,7 +163,10 @@ impl Uplink {
         ));
         let end = self.stream(channel, stop, deadline).await;
         policy_task.abort();
-        end
+        match end {
+            SessionEnd::Failed(why) => explain(why),
+            stopped => stopped,
+        }
     }
 
     async fn stream(

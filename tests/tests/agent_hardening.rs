@@ -96,3 +96,85 @@ fn a_second_agent_on_the_same_state_folder_refuses_to_start_and_touches_nothing(
     });
     second.stop();
 }
+
+/// `caretaker-agent status` once the agent's status file reports an error containing `what`.
+fn status_once_failing_with(state: &std::path::Path, what: &str) -> String {
+    wait_for(Duration::from_secs(30), what, || {
+        let e = status_json(state)?["last_error"].as_str()?.to_string();
+        e.contains(what).then_some(())
+    });
+    let (ok, out, err) = run(Command::new(bin("caretaker-agent"))
+        .args(["status", "--state-dir"])
+        .arg(state));
+    assert!(ok, "status failed: {err}");
+    out
+}
+
+#[test]
+fn status_says_the_device_was_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    let id = collector.enroll(&state);
+    let _agent = start_agent(&state, FAST);
+    wait_for(Duration::from_secs(20), "the agent to connect", || {
+        (status_json(&state)?["connected"] == true).then_some(())
+    });
+    let (ok, out, err) = run(Command::new(bin("caretaker-collector"))
+        .args(["device", "revoke", &id, "--data-dir"])
+        .arg(&collector.dir));
+    assert!(ok, "{out}{err}");
+    let out = status_once_failing_with(&state, "revoked");
+    assert!(
+        out.contains("not connected (this device has been revoked by the collector"),
+        "{out}"
+    );
+}
+
+#[test]
+fn status_says_the_clock_is_wrong_and_events_wait_until_it_is_fixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    let id = collector.enroll(&state);
+    // A laptop whose clock is more than a year behind: before any certificate the collector
+    // made was valid, however far it backdates them.
+    let behind = start_agent_with_env(
+        &state,
+        FAST,
+        &[
+            (
+                "LD_PRELOAD",
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+            ),
+            ("FAKETIME", "-400d"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let out = status_once_failing_with(&state, "clock");
+    let year_ago = (chrono::Utc::now() - chrono::Duration::days(400)).format("%Y-%m-%d");
+    assert!(
+        out.contains(&format!("this computer's clock reads {year_ago}")),
+        "{out}"
+    );
+    assert!(out.contains("set the date and time"), "{out}");
+    let api = collector.api();
+    assert!(
+        api.all_events(&id).is_empty(),
+        "connected despite the clock"
+    );
+
+    // Clock fixed: what waited in the spool is delivered.
+    assert!(behind.stop().success());
+    let fixed = start_agent(&state, FAST);
+    wait_for(Duration::from_secs(20), "the waiting events", || {
+        let events = api.all_events(&id);
+        (events
+            .iter()
+            .filter(|e| e["kind"] == "agent.started")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    stop_agent_and_wait_for_stopping(fixed, &api, &id);
+}
