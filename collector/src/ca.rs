@@ -56,10 +56,17 @@ pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
         .map(|c| c.to_vec())
 }
 
+/// How far before issue every certificate's validity starts. A laptop whose clock runs behind
+/// (a flat CMOS battery, a dual-boot that writes local time to the RTC, a week in a cupboard)
+/// checks the server certificate against its own clock, and an hour's slack locked it out
+/// until someone fixed the clock. Public CAs backdate for the same reason; a certificate that
+/// seems valid before it was made costs nothing here, because revocation, not time, is how a
+/// device is cut off.
+pub const BACKDATE_DAYS: i64 = 30;
+
 fn validity(params: &mut CertificateParams, days: i64) {
     let now = OffsetDateTime::now_utc();
-    // A little slack before "now" tolerates laptops whose clocks run behind.
-    params.not_before = now - Duration::hours(1);
+    params.not_before = now - Duration::days(BACKDATE_DAYS);
     params.not_after = now + Duration::days(days);
 }
 
@@ -203,6 +210,30 @@ mod tests {
             ca.sign_device_csr("not a csr", "d"),
             Err(CaError::BadCsr(_))
         ));
+    }
+
+    /// Seconds from now back to a certificate's notBefore.
+    fn backdated_secs(pem: &str) -> i64 {
+        let der = pem_to_der(pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        OffsetDateTime::now_utc().unix_timestamp() - cert.validity().not_before.timestamp()
+    }
+
+    #[test]
+    fn every_certificate_is_valid_from_days_before_issue() {
+        let (ca, _) = SchoolCa::generate("Test School").unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let device = ca.sign_device_csr(&csr, "dev-1").unwrap();
+        let (server, _) = ca.issue_server_cert(&["localhost".to_string()]).unwrap();
+        // A laptop two days behind must still accept the server and be accepted.
+        for pem in [ca.cert_pem(), &server, &device] {
+            assert!(backdated_secs(pem) >= (BACKDATE_DAYS - 1) * 86_400);
+        }
     }
 
     #[test]
