@@ -238,6 +238,13 @@ async fn pump(
                             open = false;
                             continue;
                         }
+                        if let Some(why) = collector.intake_refusal() {
+                            // Unavailable: the agent keeps the batch and reconnects with backoff.
+                            debug!(%device, reason = %why, "Batch refused until the store can take it");
+                            failure = Some(Status::unavailable(why));
+                            open = false;
+                            continue;
+                        }
                         let facts = batch.agent.map(|a| AgentFacts {
                             hostname: a.hostname,
                             os: a.os,

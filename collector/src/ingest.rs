@@ -3,12 +3,20 @@
 //! While a group is being written, new batches queue; the next group takes
 //! them all. Under load that amortises the fsync over many agents with no
 //! timer adding latency; when idle a batch is written alone at once.
+//!
+//! The `Gate` in front of it refuses new batches while the store cannot take them (closed
+//! after a failed write, or its filesystem below the free-space floor), so agents keep their
+//! events and retry later instead of filling the disk to the last byte; `check` keeps it
+//! current and reopens a closed store.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
+use crate::metrics::metrics;
+use crate::store::space::{self, SpaceFloor};
 use crate::store::{DeviceBatch, Store, StoreError, StoreResult};
 
 /// Most events written in one group (bounds one transaction's memory).
@@ -27,14 +35,106 @@ pub type OnStored = Arc<dyn Fn(&[DeviceBatch]) + Send + Sync>;
 #[derive(Clone)]
 pub struct Ingest {
     tx: mpsc::Sender<Submission>,
+    gate: Arc<Gate>,
+}
+
+/// Whether new batches are accepted: read for every batch, so it is one lock and a clone.
+#[derive(Debug, Default)]
+pub struct Gate {
+    refusal: RwLock<Option<String>>,
+    /// The last reopen's error, so a store that keeps failing to open is logged once per
+    /// distinct error, not every second.
+    reopen_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Gate {
+    /// Why new batches are refused now, or `None`.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal.read().expect("intake gate lock").clone()
+    }
+
+    fn reopen_failed(&self, error: String) {
+        let mut last = self.reopen_error.lock().expect("reopen error lock");
+        if last.as_deref() != Some(error.as_str()) {
+            tracing::warn!(error = %error, "Store not reopened; trying again every second");
+            *last = Some(error);
+        }
+    }
+
+    fn set(&self, refusal: Option<String>) {
+        let mut current = self.refusal.write().expect("intake gate lock");
+        match (&*current, &refusal) {
+            (None, Some(why)) => {
+                tracing::warn!(reason = %why, "Refusing new events until the store can take them")
+            }
+            (Some(_), None) => tracing::info!("Accepting events again"),
+            _ => {}
+        }
+        metrics().store_writable.set(i64::from(refusal.is_none()));
+        *current = refusal;
+    }
+}
+
+/// What a closed store means for agents.
+fn closed_refusal(why: &str) -> String {
+    format!(
+        "the collector's store cannot write ({why}); events stay on the laptop and are sent \
+         once it recovers"
+    )
+}
+
+/// Looks at the store once: reopens it if a write closed it, and refuses new batches while it
+/// is closed or the free space on its filesystem (`statvfs` of `path`) is below `floor`.
+/// After a reopen, `reread` runs before the gate opens, so what the caller holds in memory is
+/// read again from the disk before any new batch can change it. Blocking.
+pub fn check(
+    store: &dyn Store,
+    path: &Path,
+    floor: SpaceFloor,
+    gate: &Gate,
+    reread: impl FnOnce(),
+) {
+    let space = space::space(path);
+    // Reopening needs room (`space::OPEN_ROOM`); waiting for the floor as well means the store
+    // does not open only to refuse events.
+    let room = space
+        .as_ref()
+        .is_ok_and(|s| s.free >= floor.bytes(s.total).max(space::OPEN_ROOM));
+    if room && store.closed_because().is_some() {
+        match store.recover() {
+            Ok(true) => reread(),
+            Ok(false) => {}
+            Err(e) => gate.reopen_failed(e.to_string()),
+        }
+    }
+    let refusal = match store.closed_because() {
+        Some(why) => Some(closed_refusal(&why)),
+        None => match space {
+            Ok(s) => space::below_floor(s, floor).map(|why| {
+                format!("{why}; events stay on the laptop and are sent once there is room")
+            }),
+            Err(e) => {
+                // Not knowing is no reason to refuse: the store itself still fails safely.
+                tracing::debug!(error = %e, "Free space on the store's filesystem unknown");
+                None
+            }
+        },
+    };
+    gate.set(refusal);
 }
 
 impl Ingest {
     /// Starts the writer. It stops when every handle is dropped.
     pub fn start(store: Arc<dyn Store>, on_stored: OnStored) -> Self {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(writer(store, on_stored, rx));
-        Self { tx }
+        let gate = Arc::new(Gate::default());
+        tokio::spawn(writer(store, on_stored, rx, gate.clone()));
+        Self { tx, gate }
+    }
+
+    /// The gate in front of the writer.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Stores a batch; resolves once it is durable.
@@ -61,7 +161,12 @@ fn append_then(
     Ok(n)
 }
 
-async fn writer(store: Arc<dyn Store>, on_stored: OnStored, mut rx: mpsc::Receiver<Submission>) {
+async fn writer(
+    store: Arc<dyn Store>,
+    on_stored: OnStored,
+    mut rx: mpsc::Receiver<Submission>,
+    gate: Arc<Gate>,
+) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut events = group[0].batch.events.len();
@@ -92,6 +197,17 @@ async fn writer(store: Arc<dyn Store>, on_stored: OnStored, mut rx: mpsc::Receiv
             }
             continue;
         }
+        if let Some(why) = store.closed_because() {
+            // The engine failed (a full disk, say) and the store closed: every batch would fail
+            // the same way. Refuse new ones at once rather than at the next check.
+            error!(error = %why, batches = dones.len(), "Events could not be stored; the agents keep them and will resend");
+            metrics().store_errors.inc_by(dones.len() as u64);
+            gate.set(Some(closed_refusal(&why)));
+            for done in dones {
+                let _ = done.send(Err(StoreError::Closed(why.clone())));
+            }
+            continue;
+        }
         // One bad batch (say, a device deleted meanwhile) must not fail the
         // others: write them one by one so each gets its own answer.
         for (b, done) in batches.into_iter().zip(dones) {
@@ -103,6 +219,7 @@ async fn writer(store: Arc<dyn Store>, on_stored: OnStored, mut rx: mpsc::Receiv
             .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string())))
             .map(|_| ());
             if let Err(e) = &r {
+                metrics().store_errors.inc();
                 error!(error = %e, "Events could not be stored; the agent keeps them and will resend");
             }
             let _ = done.send(r);

@@ -58,6 +58,11 @@ enum Command {
         /// The school's time zone for the dashboard (an IANA name).
         #[arg(long, default_value = "Europe/London")]
         time_zone: chrono_tz::Tz,
+        /// Free space the data directory's filesystem must keep: below it new events are
+        /// refused and agents keep them until there is room (an amount such as 256MiB or
+        /// 2GiB, a share such as 5%, or 0 for none).
+        #[arg(long, default_value = "256MiB")]
+        min_free_space: caretaker_collector::store::space::SpaceFloor,
         /// A TLS handshake on either port that takes longer is dropped.
         #[arg(long, default_value = "10s")]
         handshake_timeout: humantime::Duration,
@@ -299,6 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             web_cert,
             web_key,
             time_zone,
+            min_free_space,
             handshake_timeout,
             idle_timeout,
             header_timeout,
@@ -315,6 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     web_cert,
                     web_key,
                     time_zone,
+                    min_free_space,
                     timeouts: caretaker_collector::listen::Timeouts {
                         handshake: handshake_timeout.into(),
                         idle: idle_timeout.into(),

@@ -19,6 +19,9 @@ use crate::service::Collector;
 use crate::store::SledStore;
 use crate::tls::{GrpcTls, certs_from_pem, key_from_pem, web_config};
 
+/// How often the store's state and free space are looked at.
+const STORE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where to listen, and how the web side presents itself.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -30,6 +33,9 @@ pub struct ServeOptions {
     pub web_key: Option<PathBuf>,
     /// The school's time zone for the dashboard.
     pub time_zone: chrono_tz::Tz,
+    /// Free space the store's filesystem must keep; below it new events are refused (agents
+    /// keep them and retry).
+    pub min_free_space: crate::store::space::SpaceFloor,
     /// Handshake, header-read and idle timeouts of both listeners.
     pub timeouts: Timeouts,
     /// Connection caps; derived from the open-file limit when not given.
@@ -45,6 +51,7 @@ impl ServeOptions {
             web_cert: None,
             web_key: None,
             time_zone: crate::timefmt::DEFAULT_TZ,
+            min_free_space: crate::store::space::DEFAULT_FLOOR,
             timeouts: Timeouts::default(),
             limits: None,
         }
@@ -150,6 +157,24 @@ pub async fn serve(
             }
         });
     }
+    // Once a second: reopen the store if a failed write closed it, and refuse new events while
+    // it is closed or its disk is below the floor (one statvfs, so cheap).
+    {
+        let (c, shutdown, path) = (collector.clone(), shutdown.clone(), dir.store());
+        let floor = opts.min_free_space;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(STORE_CHECK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let (c, path) = (c.clone(), path.clone());
+                let _ = tokio::task::spawn_blocking(move || c.check_store(&path, floor)).await;
+            }
+        });
+    }
     // Keep the overview's open incidents fresh off the request path.
     {
         let (c, shutdown) = (collector.clone(), shutdown.clone());
@@ -159,6 +184,9 @@ pub async fn serve(
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = every.tick() => {}
+                }
+                if c.store.closed_because().is_some() {
+                    continue; // logged by the store; the last list stands until it reopens
                 }
                 let c = c.clone();
                 if let Err(e) = crate::service::blocking(move || c.refresh_open_incidents()).await {

@@ -149,6 +149,19 @@ impl DeviceCache {
         }
     }
 
+    /// Re-reads every device, replacing what was held (after the store was reopened from disk,
+    /// so a record read before a failed write cannot outlive it). Under the write lock, like
+    /// `reload`.
+    fn reload_all(&self, store: &dyn Store) -> Result<Vec<Device>, StoreError> {
+        let mut map = self.map.write().expect("device cache lock");
+        let devices = store.devices()?;
+        *map = devices
+            .iter()
+            .map(|d| (d.id.clone(), Arc::new(d.clone())))
+            .collect();
+        Ok(devices)
+    }
+
     /// A copy of every device (for callers that need owned records).
     pub fn all(&self) -> Vec<Device> {
         self.map
@@ -343,6 +356,32 @@ impl Collector {
         *self.open_incidents.lock().expect("open incidents lock") =
             Some((Instant::now(), list.clone()));
         Ok(list)
+    }
+
+    /// Why new event batches are refused now (the store cannot write, or its disk is below the
+    /// free-space floor), or `None`.
+    pub fn intake_refusal(&self) -> Option<String> {
+        self.ingest.gate().refusal()
+    }
+
+    /// Checks the store once (blocking): reopens it if a failed write closed it, updates the
+    /// intake gate from that and the free space under `path`, and after a reopen re-reads
+    /// everything held in memory from the store, so nothing the disk never got is shown.
+    pub fn check_store(&self, path: &std::path::Path, floor: crate::store::space::SpaceFloor) {
+        let reread = || -> Result<(), StoreError> {
+            let devices = self.devices.reload_all(self.store.as_ref())?;
+            let counts = load_software_counts(self.store.as_ref(), &devices)?;
+            *self.software.lock().expect("software counts lock") = counts;
+            self.refresh_open_incidents()?;
+            Ok(())
+        };
+        crate::ingest::check(self.store.as_ref(), path, floor, self.ingest.gate(), || {
+            if let Err(e) = reread() {
+                // An engine error closes the store again, and the next check reopens it and
+                // re-reads; until then the gate refuses events.
+                tracing::warn!(error = %e, "Devices and counts not re-read after the store reopened");
+            }
+        });
     }
 
     /// Every device as last stored (from memory).

@@ -165,6 +165,11 @@ impl Collector {
 
     /// Starts `serve` with extra environment variables (test hooks).
     pub fn serve_with_env(&mut self, env: &[(&str, &str)]) {
+        self.serve_with_args(&[], env);
+    }
+
+    /// Starts `serve` with extra options and environment variables.
+    pub fn serve_with_args(&mut self, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.proc.is_none(), "already serving");
         let mut child = Command::new(bin("caretaker-collector"))
             .args(["serve", "--data-dir"])
@@ -175,6 +180,7 @@ impl Collector {
                 "--web-listen",
                 &self.web.to_string(),
             ])
+            .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -424,6 +424,10 @@ pub async fn run(c: Arc<Collector>, tz: Tz, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if c.store.closed_because().is_some() {
+            // A failed write closed the store (logged there); digests wait for it to reopen.
+            continue;
+        }
         let now = Utc::now();
         let (c2, store) = (c.clone(), c.store.clone());
         let planned = blocking(move || {

@@ -11,7 +11,9 @@ mod incidents;
 mod sled_accounts;
 mod sled_digests;
 mod sled_incidents;
+mod sled_reopen;
 mod sled_store;
+pub mod space;
 
 pub use accounts::{
     AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, SettingsVersion, UserRecord,
@@ -20,7 +22,7 @@ pub use digests::{Attachment, Channel, DigestCursor, DigestRecord, DigestStatus,
 pub use incidents::{
     Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
 };
-pub use sled_store::SledStore;
+pub use sled_reopen::SledStore;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,12 @@ pub enum StoreError {
     NoSuchDevice(String),
     #[error("{0}")]
     Conflict(String),
+    /// A write failed (a full disk, say) and the store was closed so that nothing unwritten is
+    /// read back; it reopens from disk by itself (`Store::recover`).
+    #[error(
+        "the store is closed after a failed write ({0}); it reopens by itself once it can write"
+    )]
+    Closed(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -229,4 +237,14 @@ pub trait Store: AccountStore + IncidentStore + DigestStore + Send + Sync + 'sta
         at: DateTime<Utc>,
     ) -> StoreResult<PolicyVersion>;
     fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>>;
+
+    /// Why the store cannot write now (a write failed and it was closed), or `None`.
+    fn closed_because(&self) -> Option<String> {
+        None
+    }
+    /// Reopens a closed store from disk, which yields exactly what is durable. `Ok(true)` when
+    /// it was reopened by this call, `Ok(false)` when it was open; an error leaves it closed.
+    fn recover(&self) -> StoreResult<bool> {
+        Ok(false)
+    }
 }

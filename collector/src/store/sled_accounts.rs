@@ -3,17 +3,17 @@
 use chrono::{DateTime, Utc};
 
 use super::SettingsVersion;
-use super::sled_store::{decode, encode, engine};
+use super::sled_store::{Engine, decode, encode, engine};
 
 /// The key holding the latest settings version; sorts before every version key (u64 BE
 /// starts at 1), so `last()` is always a version.
 const LATEST: &[u8] = b"\x00";
 use super::{
-    AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, SledStore, StoreError,
+    AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, StoreError,
     StoreResult, TokenRecord, UserRecord,
 };
 
-impl AccountStore for SledStore {
+impl AccountStore for Engine {
     fn current_settings(&self) -> StoreResult<Option<SettingsVersion>> {
         self.settings
             .last()

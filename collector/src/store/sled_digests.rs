@@ -4,14 +4,14 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::digests::{DigestCursor, DigestRecord, DigestStatus, DigestStore};
-use super::sled_store::{IDX_AUDIENCE, decode, encode, engine, idx_key};
-use super::{SledStore, StoreError, StoreResult, StoredEvent};
+use super::sled_store::{Engine, IDX_AUDIENCE, decode, encode, engine, idx_key};
+use super::{StoreError, StoreResult, StoredEvent};
 
 fn id_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
-impl DigestStore for SledStore {
+impl DigestStore for Engine {
     fn audience_events_from(
         &self,
         audience: &str,

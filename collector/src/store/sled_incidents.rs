@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::sled_store::{IDX_DEVICE_INCIDENT, decode, encode, engine, idx_key};
+use super::sled_store::{Engine, IDX_DEVICE_INCIDENT, decode, encode, engine, idx_key};
 use super::{
-    EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore, SledStore,
+    EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
     StoreError, StoreResult, StoredEvent,
 };
 use crate::incidents;
@@ -100,7 +100,7 @@ fn wanted(q: &IncidentQuery, inc: &Incident) -> bool {
         && q.user.as_ref().is_none_or(|u| inc.user.as_ref() == Some(u))
 }
 
-impl IncidentStore for SledStore {
+impl IncidentStore for Engine {
     fn incident(&self, id: u64) -> StoreResult<Option<Incident>> {
         self.incidents
             .get(id.to_be_bytes())
@@ -214,7 +214,8 @@ impl IncidentStore for SledStore {
 mod tests {
     use super::*;
     use crate::store::{
-        Category, DeviceBatch, EventQuery, IncidentQuery, IncidentStore, Store, test_device,
+        Category, DeviceBatch, EventQuery, IncidentQuery, IncidentStore, SledStore, Store,
+        test_device,
     };
     use chrono::Duration;
     use serde_json::json;
@@ -317,7 +318,8 @@ mod tests {
     fn the_audience_index_pages_only_matching_events_and_an_old_store_is_upgraded() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = SledStore::open(dir.path()).unwrap();
+            // The engine itself, to reach its trees.
+            let s = Engine::open(dir.path()).unwrap();
             s.insert_device(&test_device("d")).unwrap();
             let events: Vec<StoredEvent> = (1..=50)
                 .map(|i| {

@@ -27,7 +27,7 @@ use super::{
 /// (possibly short) with a cursor, so a selective filter cannot stall the API.
 const MAX_SCAN: usize = 200_000;
 
-pub struct SledStore {
+pub struct Engine {
     db: sled::Db,
     devices: sled::Tree,
     events: sled::Tree,
@@ -166,7 +166,7 @@ fn lock_held(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
 }
 
-impl SledStore {
+impl Engine {
     /// Opens (or creates) the store at `path`.
     ///
     /// sled locks the directory for one process. A store dropped a moment ago in this process
@@ -441,7 +441,7 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
+impl Store for Engine {
     fn insert_device(&self, device: &Device) -> StoreResult<()> {
         self.devices
             .insert(device.id.as_bytes(), encode(device))
@@ -706,6 +706,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    use crate::store::SledStore;
     use crate::store::test_device as device;
 
     fn event(device: &str, seq: u64) -> StoredEvent {
@@ -908,7 +909,7 @@ mod tests {
     #[test]
     fn derived_states_round_trip_and_a_damaged_one_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = Engine::open(dir.path()).unwrap();
         s.put_derived("software", "a", 7, &json!({"x": 1})).unwrap();
         s.put_derived("software", "b", 9, &json!({"x": 2})).unwrap();
         s.put_derived("other", "a", 1, &json!(null)).unwrap();

@@ -81,6 +81,16 @@ pub struct AppState {
     pub api_limiter: Arc<crate::tokens::FailureLimiter>,
 }
 
+/// `ok`, or 503 with the reason while the collector cannot store events (its store closed
+/// after a failed write, or its disk below the free-space floor).
+async fn healthz(axum::extract::State(s): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match s.collector.intake_refusal() {
+        None => "ok".into_response(),
+        Some(why) => (http::StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
 /// The client's address, attached to each request by the accept loop.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
@@ -124,7 +134,7 @@ fn table() -> Vec<(RouteRule, Handler)> {
     };
     vec![
         r(Method::GET, "/", SignedIn, get(pages::home)),
-        r(Method::GET, "/healthz", Public, get(|| async { "ok" })),
+        r(Method::GET, "/healthz", Public, get(healthz)),
         r(Method::GET, "/static/app.css", Public, get(pages::css)),
         r(Method::GET, "/static/app.js", Public, get(pages::js)),
         r(Method::GET, "/signin", Public, get(pages::signin_page)),

@@ -1,0 +1,237 @@
+//! `SledStore`: the sled engine behind a handle that closes it at its first failed write and reopens it from disk.
+//!
+//! sled keeps the error of a failed write (ENOSPC, say) for the life of its `Db`: every later
+//! write fails with it, even once the disk has room again, while reads go on serving the writes
+//! that never reached the disk. So at the first engine error this handle drops the engine:
+//! nothing is read from it after that (callers get `StoreError::Closed`), and `recover` opens
+//! the directory again, which yields exactly what is durable. Every holder of the store shares
+//! this one handle, so all of them see the reopened engine.
+//!
+//! Every trait method is forwarded through `with`; a method added to a store trait must be added
+//! to the lists below too, or its default (if any) runs over the forwarded methods.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::sled_store::Engine;
+use super::space;
+use super::{
+    AccountStore, ApiTokenRecord, AuditEntry, AuditPage, Device, DeviceBatch, DigestCursor,
+    DigestRecord, DigestStore, EntryAction, EventPage, EventQuery, Incident, IncidentEntry,
+    IncidentQuery, IncidentStore, PolicyVersion, SessionRecord, SettingsVersion, Store, StoreError,
+    StoreResult, StoredEvent, TokenRecord, TokenRefusal, UserRecord,
+};
+
+/// The embedded store: a sled database in one directory, reopened after a failed write.
+pub struct SledStore {
+    path: PathBuf,
+    state: RwLock<State>,
+    /// One reopen at a time (a second caller waits and then finds the store open).
+    reopening: Mutex<()>,
+}
+
+enum State {
+    Open(Arc<Engine>),
+    /// Closed after a failed write; the reason is the engine's error.
+    Closed(String),
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        room_to_open(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            state: RwLock::new(State::Open(Arc::new(Engine::open(path)?))),
+            reopening: Mutex::new(()),
+        })
+    }
+
+    fn engine(&self) -> StoreResult<Arc<Engine>> {
+        match &*self.state.read().expect("store state lock") {
+            State::Open(e) => Ok(e.clone()),
+            State::Closed(why) => Err(StoreError::Closed(why.clone())),
+        }
+    }
+
+    /// Runs `f` on the open engine; an engine error closes it.
+    fn with<T>(&self, f: impl FnOnce(&Engine) -> StoreResult<T>) -> StoreResult<T> {
+        let engine = self.engine()?;
+        let result = f(&engine);
+        if let Err(StoreError::Engine(why)) = &result {
+            self.close(&engine, why);
+        }
+        result
+    }
+
+    fn close(&self, failed: &Arc<Engine>, why: &str) {
+        let mut state = self.state.write().expect("store state lock");
+        // Only the engine that failed: a reopened one must not be closed by a late error from
+        // an operation that began on the old one.
+        if matches!(&*state, State::Open(e) if Arc::ptr_eq(e, failed)) {
+            *state = State::Closed(why.to_string());
+            tracing::error!(
+                error = %why,
+                "Store write failed; the store is closed until it can be reopened from disk"
+            );
+        }
+    }
+}
+
+/// Refuses to open the store with less than `space::OPEN_ROOM` free on its filesystem.
+fn room_to_open(path: &Path) -> StoreResult<()> {
+    // A store about to be created is measured on the directory that will hold it.
+    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
+        return Ok(());
+    };
+    match space::space(existing) {
+        Ok(s) if s.free < space::OPEN_ROOM => Err(StoreError::Engine(format!(
+            "only {} MiB is free on the filesystem of {}: the store needs {} MiB free to open \
+             safely (its recovery writes, and running out of space there can damage it)",
+            s.free >> 20,
+            path.display(),
+            space::OPEN_ROOM >> 20
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Forwards each listed method to the open engine through `with`.
+macro_rules! forward {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;)*) => {
+        $(fn $name(&self $(, $arg: $ty)*) -> $ret {
+            self.with(|e| e.$name($($arg),*))
+        })*
+    };
+}
+
+impl Store for SledStore {
+    forward! {
+        fn insert_device(&self, device: &Device) -> StoreResult<()>;
+        fn device(&self, id: &str) -> StoreResult<Option<Device>>;
+        fn devices(&self) -> StoreResult<Vec<Device>>;
+        fn revoke_device(&self, id: &str, at: DateTime<Utc>) -> StoreResult<Device>;
+        fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64>;
+        fn events(&self, query: &EventQuery) -> StoreResult<EventPage>;
+        fn device_events_after(
+            &self,
+            device: &str,
+            after_seq: u64,
+            kind_prefix: &str,
+            visit: &mut dyn FnMut(&StoredEvent),
+        ) -> StoreResult<u64>;
+        fn put_derived(
+            &self,
+            name: &str,
+            device: &str,
+            through_seq: u64,
+            state: &Value,
+        ) -> StoreResult<()>;
+        fn derived(&self, name: &str) -> StoreResult<Vec<(String, u64, Value)>>;
+        fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
+        fn use_token(
+            &self,
+            hash: &str,
+            now: DateTime<Utc>,
+        ) -> StoreResult<Result<TokenRecord, TokenRefusal>>;
+        fn current_policy(&self) -> StoreResult<Option<PolicyVersion>>;
+        fn put_policy(
+            &self,
+            policy: Value,
+            changed_by: &str,
+            at: DateTime<Utc>,
+        ) -> StoreResult<PolicyVersion>;
+        fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>>;
+    }
+
+    fn closed_because(&self) -> Option<String> {
+        match &*self.state.read().expect("store state lock") {
+            State::Open(_) => None,
+            State::Closed(why) => Some(why.clone()),
+        }
+    }
+
+    fn recover(&self) -> StoreResult<bool> {
+        let _one = self.reopening.lock().expect("store reopen lock");
+        if self.closed_because().is_none() {
+            return Ok(false);
+        }
+        // The failed engine was dropped when it was closed; an operation still running on it
+        // holds sled's directory lock a moment longer, which `Engine::open` waits out.
+        room_to_open(&self.path)?;
+        let engine = Engine::open(&self.path)?;
+        *self.state.write().expect("store state lock") = State::Open(Arc::new(engine));
+        tracing::warn!(path = %self.path.display(), "Store reopened from disk after a failed write");
+        Ok(true)
+    }
+}
+
+impl AccountStore for SledStore {
+    forward! {
+        fn current_settings(&self) -> StoreResult<Option<SettingsVersion>>;
+        fn put_settings(
+            &self,
+            settings: Value,
+            changed_by: &str,
+            at: DateTime<Utc>,
+        ) -> StoreResult<SettingsVersion>;
+        fn user(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+        fn users(&self) -> StoreResult<Vec<UserRecord>>;
+        fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
+        fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
+        fn insert_session(&self, hash: &str, session: &SessionRecord) -> StoreResult<()>;
+        fn session(&self, hash: &str) -> StoreResult<Option<SessionRecord>>;
+        fn delete_session(&self, hash: &str) -> StoreResult<()>;
+        fn delete_sessions_of(&self, username: &str) -> StoreResult<usize>;
+        fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<usize>;
+        fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()>;
+        fn api_token(&self, hash: &str) -> StoreResult<Option<ApiTokenRecord>>;
+        fn enrolment_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+        fn audit(&self, entry: &AuditEntry) -> StoreResult<u64>;
+        fn audit_log(&self, before: Option<u64>, limit: usize) -> StoreResult<AuditPage>;
+    }
+}
+
+impl IncidentStore for SledStore {
+    forward! {
+        fn incident(&self, id: u64) -> StoreResult<Option<Incident>>;
+        fn incidents(&self, q: &IncidentQuery) -> StoreResult<(Vec<Incident>, Option<u64>)>;
+        fn add_incident_entry(
+            &self,
+            incident: u64,
+            at: DateTime<Utc>,
+            by: &str,
+            action: EntryAction,
+            text: &str,
+        ) -> StoreResult<IncidentEntry>;
+        fn incident_entries(&self, incident: u64) -> StoreResult<Vec<IncidentEntry>>;
+    }
+}
+
+impl DigestStore for SledStore {
+    forward! {
+        fn audience_events_from(
+            &self,
+            audience: &str,
+            from: u64,
+            limit: usize,
+        ) -> StoreResult<Vec<(u64, StoredEvent)>>;
+        fn next_timeline_id(&self) -> StoreResult<u64>;
+        fn incident_for_group(&self, group_key: &str) -> StoreResult<Option<u64>>;
+        fn digest_cursor(&self, recipient: &str) -> StoreResult<DigestCursor>;
+        fn record_digests(
+            &self,
+            recipient: &str,
+            cursor: &DigestCursor,
+            digests: Vec<DigestRecord>,
+        ) -> StoreResult<Vec<DigestRecord>>;
+        fn put_digest_cursor(&self, recipient: &str, cursor: &DigestCursor) -> StoreResult<()>;
+        fn update_digest(&self, digest: &DigestRecord) -> StoreResult<()>;
+        fn digest(&self, id: u64) -> StoreResult<Option<DigestRecord>>;
+        fn digests(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<DigestRecord>>;
+        fn pending_digests(&self) -> StoreResult<Vec<DigestRecord>>;
+    }
+}
