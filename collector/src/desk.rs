@@ -358,7 +358,13 @@ impl Desk {
             }
             (false, false) => return Err(DeskError::Forbidden(self.actor.role.label())),
         }
-        self.with_store(move |s| s.events(&q)).await
+        self.with_store(move |s| s.events(&q))
+            .await
+            .map_err(|e| match e {
+                // The asker's mistake, not the store's: a 400 that says so.
+                DeskError::Store(StoreError::BadCursor(m)) => DeskError::Invalid(m),
+                e => e,
+            })
     }
 
     /// Incidents this person may see.
@@ -472,6 +478,21 @@ impl Desk {
     pub async fn policy_history(&self) -> DeskResult<Vec<PolicyVersion>> {
         self.require(Permission::ViewPolicy)?;
         self.with_store(|s| s.policy_history()).await
+    }
+
+    /// Up to `limit` policy versions older than `before`, newest first, and the version to
+    /// pass as `before` for the next page (if any remain).
+    pub async fn policy_history_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> DeskResult<(Vec<PolicyVersion>, Option<u64>)> {
+        self.require(Permission::ViewPolicy)?;
+        let (page, more) = self
+            .with_store(move |s| s.policy_page(before, limit))
+            .await?;
+        let next = page.last().map(|v| v.version).filter(|_| more);
+        Ok((page, next))
     }
 
     /// Validates and stores a new policy version; audited with who made it.

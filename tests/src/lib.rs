@@ -465,15 +465,21 @@ impl Api {
         })
     }
 
+    /// One device as the API lists it, following the device list's pages.
     pub fn device(&self, id: &str) -> Option<Value> {
-        let (st, v) = self.get("/api/v1/devices");
-        assert_eq!(st, 200, "{v}");
-        v["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["id"] == id)
-            .cloned()
+        let mut cursor = String::new();
+        loop {
+            let (st, v) = self.get(&format!("/api/v1/devices?limit=1000&cursor={cursor}"));
+            assert_eq!(st, 200, "{v}");
+            let found = v["devices"].as_array().unwrap().iter().find(|d| d["id"] == id);
+            if let Some(d) = found {
+                return Some(d.clone());
+            }
+            match v["next"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => return None,
+            }
+        }
     }
 
     /// Every event of a device, following cursors, newest first.

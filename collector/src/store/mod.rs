@@ -39,6 +39,10 @@ pub enum StoreError {
     NoSuchDevice(String),
     #[error("{0}")]
     Conflict(String),
+    /// A paging cursor this store did not hand out (or not for this listing): refused, so a
+    /// paging client is told instead of silently starting again from the first page.
+    #[error("{0}")]
+    BadCursor(String),
     /// A write failed (a full disk, say) and the store was closed so that nothing unwritten is
     /// read back; it reopens from disk by itself (`Store::recover`).
     #[error(
@@ -124,6 +128,10 @@ pub struct EventQuery {
     pub since: Option<DateTime<Utc>>,
     /// Occurred before.
     pub until: Option<DateTime<Utc>>,
+    /// Received by the collector at or after (the collector's clock, not the laptop's).
+    pub received_since: Option<DateTime<Utc>>,
+    /// Received by the collector before.
+    pub received_until: Option<DateTime<Utc>>,
     pub limit: usize,
     pub cursor: Option<String>,
 }
@@ -237,6 +245,24 @@ pub trait Store: AccountStore + IncidentStore + DigestStore + Send + Sync + 'sta
         at: DateTime<Utc>,
     ) -> StoreResult<PolicyVersion>;
     fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>>;
+    /// Up to `limit` policy versions below `before` (all when `None`), newest first, and
+    /// whether older ones remain. The default reads the whole history; a store should
+    /// override it to read only the page.
+    fn policy_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<PolicyVersion>, bool)> {
+        let mut older: Vec<PolicyVersion> = self
+            .policy_history()?
+            .into_iter()
+            .filter(|v| before.is_none_or(|b| v.version < b))
+            .collect();
+        older.reverse();
+        let more = older.len() > limit;
+        older.truncate(limit);
+        Ok((older, more))
+    }
 
     /// Why the store cannot write now (a write failed and it was closed), or `None`.
     fn closed_because(&self) -> Option<String> {

@@ -145,6 +145,11 @@ impl Store for SledStore {
             at: DateTime<Utc>,
         ) -> StoreResult<PolicyVersion>;
         fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>>;
+        fn policy_page(
+            &self,
+            before: Option<u64>,
+            limit: usize,
+        ) -> StoreResult<(Vec<PolicyVersion>, bool)>;
     }
 
     fn closed_because(&self) -> Option<String> {

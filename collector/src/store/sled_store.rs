@@ -101,12 +101,31 @@ fn matches(q: &EventQuery, e: &StoredEvent) -> bool {
     q.kind.as_ref().is_none_or(|k| &e.kind == k)
         && q.since.is_none_or(|s| e.occurred_at >= s)
         && q.until.is_none_or(|u| e.occurred_at < u)
+        && q.received_since.is_none_or(|s| e.received_at >= s)
+        && q.received_until.is_none_or(|u| e.received_at < u)
         && q.user.as_ref().is_none_or(|u| e.user.as_ref() == Some(u))
         && q.severity.as_ref().is_none_or(|s| &e.severity == s)
         && q.audience.as_ref().is_none_or(|a| e.audience.contains(a))
         && q.exclude_audience
             .as_ref()
             .is_none_or(|a| !e.audience.contains(a))
+}
+
+/// The position in `q.cursor` for a listing whose cursors start with `tag` (`t` timeline id,
+/// `s` sequence number). Anything else is refused rather than read as "from the start".
+fn cursor_position(q: &EventQuery, tag: char) -> StoreResult<Option<u64>> {
+    let Some(c) = q.cursor.as_deref() else {
+        return Ok(None);
+    };
+    c.strip_prefix(tag)
+        .and_then(|n| n.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            StoreError::BadCursor(format!(
+                "cursor {c:?} is not one this listing handed out: pass `next` from the previous \
+                 page unchanged, with the same filters"
+            ))
+        })
 }
 
 /// A secondary index key: `tag`, the value's length and bytes, then the timeline id, so one
@@ -307,10 +326,7 @@ impl Engine {
     /// Walks an index newest first from the cursor, returning the page.
     fn page_from_index(&self, q: &EventQuery, tag: u8, value: &str) -> StoreResult<EventPage> {
         let prefix = idx_prefix(tag, value);
-        let upper = match q.cursor.as_deref().and_then(|c| c.strip_prefix('t')) {
-            Some(t) => idx_key(tag, value, t.parse().unwrap_or(0)),
-            None => idx_key(tag, value, u64::MAX),
-        };
+        let upper = idx_key(tag, value, cursor_position(q, 't')?.unwrap_or(u64::MAX));
         self.page_walk(q, self.idx.range(prefix.clone()..upper).rev(), |t| {
             self.idx
                 .range(prefix.clone()..idx_key(tag, value, t))
@@ -387,8 +403,8 @@ impl Engine {
 
     fn page_for_device(&self, q: &EventQuery, device: &str) -> StoreResult<EventPage> {
         let prefix = device_prefix(device);
-        let upper = match q.cursor.as_deref().and_then(|c| c.strip_prefix('s')) {
-            Some(s) => event_key(device, s.parse().unwrap_or(0)),
+        let upper = match cursor_position(q, 's')? {
+            Some(s) => event_key(device, s),
             None => {
                 let mut end = prefix.clone();
                 *end.last_mut().expect("prefix is not empty") += 1;
@@ -428,10 +444,7 @@ impl Engine {
     }
 
     fn page_for_fleet(&self, q: &EventQuery) -> StoreResult<EventPage> {
-        let upper: u64 = match q.cursor.as_deref().and_then(|c| c.strip_prefix('t')) {
-            Some(t) => t.parse().unwrap_or(0),
-            None => u64::MAX,
-        };
+        let upper = cursor_position(q, 't')?.unwrap_or(u64::MAX);
         self.page_walk(q, self.timeline.range(..upper.to_be_bytes()).rev(), |id| {
             self.timeline
                 .range(..id.to_be_bytes())
@@ -699,6 +712,26 @@ impl Store for Engine {
             .map(|r| r.map_err(engine).and_then(|(_, v)| decode("policy", &v)))
             .collect()
     }
+
+    fn policy_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<PolicyVersion>, bool)> {
+        // `u64::MAX` holds the current version's number, not a version.
+        let upper = before.unwrap_or(u64::MAX);
+        let mut page = Vec::with_capacity(limit.min(100));
+        let mut more = false;
+        for r in self.policies.range(..upper.to_be_bytes()).rev() {
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            let (_, v) = r.map_err(engine)?;
+            page.push(decode("policy", &v)?);
+        }
+        Ok((page, more))
+    }
 }
 
 #[cfg(test)]
@@ -819,6 +852,61 @@ mod tests {
             })
             .unwrap();
         assert_eq!(newest.events[0].seq, 7);
+    }
+
+    #[test]
+    fn a_cursor_not_handed_out_is_refused_not_read_as_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.insert_device(&device("a")).unwrap();
+        s.append(&[batch("a", 1..=3)]).unwrap();
+        let by_device = |cursor: &str| EventQuery {
+            limit: 1,
+            device: Some("a".into()),
+            cursor: Some(cursor.into()),
+            ..Default::default()
+        };
+        let fleet = |cursor: &str| EventQuery {
+            limit: 1,
+            cursor: Some(cursor.into()),
+            ..Default::default()
+        };
+        let kind = |cursor: &str| EventQuery {
+            kind: Some("odd".into()),
+            ..fleet(cursor)
+        };
+        // Garbage, a number without its tag, and one listing's cursor given to another.
+        for q in [
+            fleet("garbage"),
+            fleet("12"),
+            fleet("t"),
+            fleet("s2"),
+            kind("tx"),
+            by_device("t2"),
+            by_device("s-1"),
+        ] {
+            let err = s.events(&q).unwrap_err();
+            assert!(matches!(err, StoreError::BadCursor(_)), "{q:?}: {err}");
+        }
+        let next = s.events(&by_device("s3")).unwrap();
+        assert_eq!(next.events[0].seq, 2);
+    }
+
+    #[test]
+    fn policy_history_pages_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for i in 0..5 {
+            s.put_policy(json!({"description": i}), "t", Utc::now())
+                .unwrap();
+        }
+        let (first, more) = s.policy_page(None, 2).unwrap();
+        let versions = |p: &[PolicyVersion]| p.iter().map(|v| v.version).collect::<Vec<_>>();
+        assert_eq!((versions(&first), more), (vec![5, 4], true));
+        let (last, more) = s.policy_page(Some(2), 2).unwrap();
+        assert_eq!((versions(&last), more), (vec![1], false));
+        let (exact, more) = s.policy_page(Some(3), 2).unwrap();
+        assert_eq!((versions(&exact), more), (vec![2, 1], false));
     }
 
     #[test]

@@ -46,8 +46,77 @@ fn bad(m: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, m.into())
 }
 
-pub async fn devices(Extension(desk): D) -> ApiResult {
-    Ok(Json(json!({ "devices": desk.all_devices()? })))
+/// `limit` and `cursor` for the listings that page by a key (devices, software, policy
+/// history), the same scheme as the events: follow `next` as `cursor` until it is null.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+type Params<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn bad_cursor(c: &str) -> ApiError {
+    bad(format!(
+        "cursor {c:?} is not one this listing handed out: pass `next` from the previous page unchanged"
+    ))
+}
+
+/// A key-position cursor: `tag` then the hex of the last key shown (hex, so it needs no URL
+/// escaping whatever a hostname or product name holds).
+fn key_cursor(tag: char, key: &str) -> String {
+    format!("{tag}{}", hex::encode(key))
+}
+
+fn parse_key_cursor(tag: char, c: &str) -> Result<String, ApiError> {
+    c.strip_prefix(tag)
+        .filter(|h| !h.is_empty())
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| bad_cursor(c))
+}
+
+/// One page of `items` (already in listing order) after the cursor's key, and the next cursor.
+fn page_by_key<T>(
+    items: Vec<T>,
+    tag: char,
+    p: PageParams,
+    default_limit: usize,
+    key: impl Fn(&T) -> String,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let limit = p.limit.unwrap_or(default_limit).clamp(1, MAX_LIMIT);
+    let after = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(parse_key_cursor(tag, c)?),
+        None => None,
+    };
+    let mut rest = items
+        .into_iter()
+        .skip_while(|i| after.as_ref().is_some_and(|a| key(i) <= *a))
+        .peekable();
+    let page: Vec<T> = rest.by_ref().take(limit).collect();
+    let next = if rest.peek().is_some() {
+        page.last().map(|i| key_cursor(tag, &key(i)))
+    } else {
+        None
+    };
+    Ok((page, next))
+}
+
+/// How many devices and products a page holds unless `limit` says otherwise: a whole school
+/// in one request, a trust in a few.
+const DEFAULT_LIST_LIMIT: usize = 500;
+
+pub async fn devices(Extension(desk): D, params: Params<PageParams>) -> ApiResult {
+    let Query(p) = params.map_err(|e| bad(e.body_text()))?;
+    let mut all = desk.all_devices()?;
+    // Enrolment order, as always; the id breaks ties so the key is unique.
+    let key = |d: &crate::store::Device| {
+        format!("{:020}/{}", d.enrolled_at.timestamp_micros().max(0), d.id)
+    };
+    all.sort_by_cached_key(key);
+    let (devices, next) = page_by_key(all, 'd', p, DEFAULT_LIST_LIMIT, key)?;
+    Ok(Json(json!({ "devices": devices, "next": next })))
 }
 
 /// Fleet counts per state facet: how many devices report each status (antivirus current, stale, ...).
@@ -56,13 +125,17 @@ pub async fn fleet(Extension(desk): D) -> ApiResult {
 }
 
 /// Installations per product across the fleet, for licence reconciliation.
-pub async fn software(Extension(desk): D) -> ApiResult {
-    let products: Vec<Value> = desk
-        .software()?
+pub async fn software(Extension(desk): D, params: Params<PageParams>) -> ApiResult {
+    let Query(p) = params.map_err(|e| bad(e.body_text()))?;
+    let key = |(source, name, _): &(String, String, usize)| format!("{source}\0{name}");
+    let mut all = desk.software()?;
+    all.sort_by_cached_key(key);
+    let (page, next) = page_by_key(all, 'p', p, DEFAULT_LIST_LIMIT, key)?;
+    let products: Vec<Value> = page
         .into_iter()
         .map(|(source, name, devices)| json!({"source": source, "name": name, "devices": devices}))
         .collect();
-    Ok(Json(json!({ "products": products })))
+    Ok(Json(json!({ "products": products, "next": next })))
 }
 
 /// The event filters shared by the API and the events page.
@@ -74,8 +147,13 @@ pub struct EventsParams {
     pub user: Option<String>,
     pub severity: Option<String>,
     pub audience: Option<String>,
+    /// When it happened by the laptop's clock (`occurred_at`).
     pub since: Option<String>,
     pub until: Option<String>,
+    /// When the collector received it, by the collector's clock (`received_at`): right even
+    /// when a laptop's clock is wrong.
+    pub received_since: Option<String>,
+    pub received_until: Option<String>,
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }
@@ -109,6 +187,8 @@ impl EventsParams {
         Ok(EventQuery {
             since: time_param("since", self.since)?,
             until: time_param("until", self.until)?,
+            received_since: time_param("received_since", self.received_since)?,
+            received_until: time_param("received_until", self.received_until)?,
             device: some(self.device),
             kind: some(self.kind),
             user: some(self.user),
@@ -136,16 +216,43 @@ pub async fn get_policy(Extension(desk): D) -> ApiResult {
     ))
 }
 
-pub async fn policy_history(Extension(desk): D) -> ApiResult {
-    Ok(Json(json!({ "versions": desk.policy_history().await? })))
+/// Policy versions newest first; each can be as large as a whole policy, so fewer a page.
+const DEFAULT_HISTORY_LIMIT: usize = 20;
+const MAX_HISTORY_LIMIT: usize = 100;
+
+pub async fn policy_history(Extension(desk): D, params: Params<PageParams>) -> ApiResult {
+    let Query(p) = params.map_err(|e| bad(e.body_text()))?;
+    let before = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            c.strip_prefix('v')
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad_cursor(c))?,
+        ),
+        None => None,
+    };
+    let limit = p
+        .limit
+        .unwrap_or(DEFAULT_HISTORY_LIMIT)
+        .clamp(1, MAX_HISTORY_LIMIT);
+    let (versions, next) = desk.policy_history_page(before, limit).await?;
+    Ok(Json(
+        json!({ "versions": versions, "next": next.map(|v| format!("v{v}")) }),
+    ))
+}
+
+/// `PUT /policy`'s body, parsed as strictly as the policy inside it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    policy: Value,
 }
 
 pub async fn put_policy(Extension(desk): D, body: Bytes) -> ApiResult {
-    let v: Value =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-    let Some(doc) = v.get("policy").cloned() else {
-        return Err(bad("the body must be {\"policy\": {...}}"));
-    };
+    let PolicyBody { policy: doc } = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "the body must be {{\"policy\": {{...}}}} and nothing else: {e}"
+        ))
+    })?;
     let pv = desk.set_policy(doc).await?;
     Ok(Json(serde_json::to_value(pv).expect("policies serialise")))
 }

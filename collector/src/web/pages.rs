@@ -475,6 +475,9 @@ struct DevicePage {
     facts: Vec<Fact>,
     antivirus_detail: String,
     lock_detail: String,
+    /// The laptop's clock as the collector judges it (`crate::clock`).
+    clock: views::Badge,
+    clock_detail: String,
     can_list: bool,
     can_revoke: bool,
     revoked: bool,
@@ -534,6 +537,14 @@ async fn device_page(
             facts: views::device_facts(&d, tz, now),
             antivirus_detail: detail("antivirus", "reason"),
             lock_detail: detail("screen_lock", "reason"),
+            clock: views::badge(
+                d.state
+                    .get("clock")
+                    .and_then(|c| c.get("status"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("not_reported"),
+            ),
+            clock_detail: crate::clock::describe(d.state.get("clock")),
             can_list: desk.may(Permission::ViewDevices),
             can_revoke: desk.may(Permission::RevokeDevice),
             revoked: d.revoked_at.is_some(),
@@ -639,6 +650,7 @@ pub async fn events(
         }),
         limit: Some(100),
         cursor: Some(cursor),
+        ..Default::default()
     };
     let (rows, next, error) = match params.query() {
         Ok(q) => {

@@ -120,11 +120,10 @@ pub struct Badge {
 
 pub fn badge(status: &str) -> Badge {
     let class = match status {
-        "current" | "enforced" | "online" | "closed" | "clean" | "info" | "actioned" | "sent" => {
-            "ok"
-        }
+        "current" | "enforced" | "online" | "closed" | "clean" | "info" | "actioned" | "sent"
+        | "ok" => "ok",
         "stale" | "unknown" | "warning" | "notice" | "acknowledged" | "not_reported"
-        | "offline" | "waiting" => "warn",
+        | "offline" | "waiting" | "behind" | "ahead" => "warn",
         "disabled" | "missing" | "cannot_enforce" | "high" | "critical" | "revoked" | "open"
         | "infected" | "retrying" => "bad",
         _ => "neutral",
