@@ -510,3 +510,36 @@ fn a_50_mb_body_over_http2_is_answered_413_not_reset() {
         assert_eq!(out, expected, "{err}");
     }
 }
+
+#[test]
+fn a_reconnect_storm_of_300_agents_all_stream_again_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    let (token, fp) = collector.token(&["--uses", "300"]);
+    let admin = std::fs::read_to_string(collector.dir.join("admin.token")).unwrap();
+    let work = tmp.path().join("agents");
+    let (grpc, web) = (collector.grpc_addr(), collector.web.port());
+    let storm = || {
+        run(Command::new(env!("CARGO_BIN_EXE_caretaker-loadgen"))
+            .args(["--collector", &grpc, "--token", &token])
+            .args(["--ca-fingerprint", &fp, "--agents", "300", "--storm"])
+            .arg("--api")
+            .arg(format!("https://localhost:{web}"))
+            .args(["--api-token", admin.trim(), "--work-dir"])
+            .arg(&work))
+    };
+    let (ok, out, err) = storm();
+    assert!(ok, "{out}{err}");
+    collector.stop();
+    collector.serve();
+    // The same 300 laptops, all at once, from one address (a school's NAT): some are refused
+    // by the per-address handshake cap and come back after their backoff.
+    let (ok, out, err) = storm();
+    assert!(ok, "{out}{err}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("agents=300 streaming=300 "),
+        "{last}\n{err}"
+    );
+    assert!(!collector.has_exited());
+}

@@ -6,7 +6,19 @@
 //! and the incident list have real content. `--concurrency N` caps how many agents stream at
 //! once (each holds one TLS connection while it streams).
 //!
-//! Its last line is `events=N seconds=T rate=R/s p99_ack_ms=L lost=X duplicated=Y`,
+//! `--storm` is a reconnect storm instead: every agent (keys kept in `--work-dir` are reused,
+//! so a second run does not enrol again) connects at once, sends one batch, and counts as
+//! streaming at its first acknowledgement; an agent refused retries with the agent's own
+//! jittered backoff (0.5 s doubling to 60 s). All hold their streams until every one streams.
+//! Its last line is `agents=N streaming=N seconds=T p50_s=A p99_s=B failed_attempts=F`.
+//!
+//! `--idle-flood N` enrols nobody: it holds N idle connections (half TLS on the web port, half
+//! TLS with the enrolment ALPN on the gRPC port, 50 per source address from 127.0.0.2 up,
+//! reopened as the collector closes them) and measures the API meanwhile, against the same
+//! requests before the flood. Its last line is `idle=N held=H before_p50_ms=.. before_p99_ms=..
+//! during_p50_ms=.. during_p99_ms=.. failed=F`.
+//!
+//! Otherwise its last line is `events=N seconds=T rate=R/s p99_ack_ms=L lost=X duplicated=Y`,
 //! where N is the number of events sent, T the time from the first send to the
 //! last acknowledgement, and L the 99th percentile of the time from sending a
 //! batch to the acknowledgement covering it. Exit status is non-zero if
@@ -66,6 +78,15 @@ struct Args {
     /// agent holds a connection, so keep it well under `ulimit -n`.
     #[arg(long)]
     concurrency: Option<usize>,
+    /// A reconnect storm: all agents connect at once and each sends one batch (see above).
+    #[arg(long)]
+    storm: bool,
+    /// Hold this many idle connections and measure the API meanwhile (see above).
+    #[arg(long)]
+    idle_flood: Option<usize>,
+    /// Agents enrolling at once.
+    #[arg(long, default_value_t = 8)]
+    enrol_concurrency: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +100,9 @@ enum Mix {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.idle_flood {
+        return idle_flood(&args, n).await;
+    }
     let tmp = tempfile::tempdir()?;
     let work = args
         .work_dir
@@ -87,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Enrol every simulated agent: a real key pair and CSR each.
     let t0 = Instant::now();
-    let limit = Arc::new(Semaphore::new(8));
+    let limit = Arc::new(Semaphore::new(args.enrol_concurrency.max(1)));
     let mut enrolments = Vec::new();
     for i in 0..args.agents {
         let (collector, token, fp, limit) = (
@@ -98,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
         );
         let dir = work.join(format!("agent-{i}"));
         enrolments.push(tokio::spawn(async move {
+            if let Some(id) = enrolled_before(&dir) {
+                return Ok((dir, id));
+            }
             let _permit = limit.acquire().await.expect("semaphore");
             let state = StateDir::new(&dir);
             caretaker_agent::enroll::enroll(&state, &collector, &token, &fp)
@@ -114,6 +141,10 @@ async fn main() -> anyhow::Result<()> {
         agents.len(),
         t0.elapsed().as_secs_f64()
     );
+
+    if args.storm {
+        return storm(&args, agents).await;
+    }
 
     // Stream from all agents at once, or from at most --concurrency at a time.
     let start = Instant::now();
@@ -202,6 +233,244 @@ async fn main() -> anyhow::Result<()> {
         bail!("the store does not hold exactly {sent} events");
     }
     Ok(())
+}
+
+/// Holds `n` idle connections while timing `GET /api/v1/devices` (a new connection each time).
+async fn idle_flood(args: &Args, n: usize) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let pinned = Arc::new(caretaker_agent::tls::PinnedCa::new(
+        args.ca_fingerprint.clone(),
+    ));
+    let enrol_tls = Arc::new(caretaker_agent::tls::enroll_config(pinned.clone())?);
+    let mut web_tls = caretaker_agent::tls::enroll_config(pinned)?;
+    web_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let api = reqwest::Client::builder()
+        .use_preconfigured_tls(web_tls.clone())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let web_tls = Arc::new(web_tls);
+    let url = format!("{}/api/v1/devices", args.api.trim_end_matches('/'));
+    let measure = |label: &'static str| {
+        let (api, url, token) = (api.clone(), url.clone(), args.api_token.clone());
+        async move {
+            let mut times = Vec::new();
+            let mut failed = 0;
+            for _ in 0..300 {
+                let t = Instant::now();
+                match api.get(&url).bearer_auth(&token).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        times.push(t.elapsed());
+                    }
+                    _ => failed += 1,
+                }
+            }
+            times.sort_unstable();
+            let at = |q: f64| {
+                times
+                    .get(((times.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                    .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+            };
+            eprintln!("{label}: {} requests, {failed} failed", times.len());
+            (at(0.5), at(0.99), failed)
+        }
+    };
+    let before = measure("before").await;
+
+    let (host, _) = args
+        .collector
+        .rsplit_once(':')
+        .context("--collector is HOST:PORT")?;
+    let grpc = tokio::net::lookup_host(&args.collector)
+        .await?
+        .find(|a| a.is_ipv4())
+        .context("no IPv4 address for --collector")?;
+    let web_host = args
+        .api
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_string();
+    let web = tokio::net::lookup_host(&web_host)
+        .await?
+        .find(|a| a.is_ipv4())
+        .context("no IPv4 address for --api")?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+    let held = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    for i in 0..n {
+        let (to, cfg) = if i % 2 == 0 {
+            (web, web_tls.clone())
+        } else {
+            (grpc, enrol_tls.clone())
+        };
+        let from: std::net::IpAddr = format!("127.0.0.{}", 2 + i / 50).parse()?;
+        let (name, held, stop) = (name.clone(), held.clone(), stop.clone());
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            while !stop.load(Ordering::Relaxed) {
+                let attempt = async {
+                    let sock = tokio::net::TcpSocket::new_v4().ok()?;
+                    sock.bind(std::net::SocketAddr::new(from, 0)).ok()?;
+                    let tcp = sock.connect(to).await.ok()?;
+                    tokio_rustls::TlsConnector::from(cfg.clone())
+                        .connect(name.clone(), tcp)
+                        .await
+                        .ok()
+                };
+                let Some(mut conn) = attempt.await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                held.fetch_add(1, Ordering::Relaxed);
+                let mut buf = [0u8; 512];
+                // Idle until the collector closes it (or the run ends).
+                loop {
+                    tokio::select! {
+                        r = conn.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => if stop.load(Ordering::Relaxed) { break },
+                    }
+                }
+                held.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let t = Instant::now();
+    while held.load(Ordering::Relaxed) < n && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let holding = held.load(Ordering::Relaxed);
+    eprintln!("holding {holding} idle connections");
+    let during = measure("during").await;
+    let still = held.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    println!(
+        "idle={n} held={} before_p50_ms={:.1} before_p99_ms={:.1} during_p50_ms={:.1} during_p99_ms={:.1} failed={}",
+        holding.min(still),
+        before.0,
+        before.1,
+        during.0,
+        during.1,
+        before.2 + during.2
+    );
+    Ok(())
+}
+
+/// The device id of an agent enrolled by an earlier run with the same `--work-dir`.
+fn enrolled_before(dir: &std::path::Path) -> Option<String> {
+    if !dir.join("device.pem").exists() {
+        return None;
+    }
+    let e: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("enrollment.json")).ok()?).ok()?;
+    e["device_id"].as_str().map(str::to_string)
+}
+
+/// The reconnect storm: every agent at once, each until its first acknowledgement.
+async fn storm(args: &Args, agents: Vec<(PathBuf, String)>) -> anyhow::Result<()> {
+    let n = agents.len();
+    let start = Instant::now();
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Everyone holds its stream until the last is streaming, as a school's laptops would.
+    let (all_in_tx, all_in) = tokio::sync::watch::channel(false);
+    let (streaming_tx, mut streaming_rx) = mpsc::channel::<Duration>(n.max(1));
+    for (dir, _) in agents {
+        let (addr, failed, streaming_tx, mut all_in) = (
+            args.collector.clone(),
+            failed.clone(),
+            streaming_tx.clone(),
+            all_in.clone(),
+        );
+        tokio::spawn(async move {
+            let mut backoff = caretaker_agent::uplink::Backoff::new(
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+            );
+            loop {
+                match first_ack(&dir, &addr).await {
+                    Ok(held) => {
+                        let _ = streaming_tx.send(start.elapsed()).await;
+                        let _ = all_in.wait_for(|v| *v).await;
+                        drop(held);
+                        return;
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(streaming_tx);
+    let mut times = Vec::with_capacity(n);
+    while times.len() < n {
+        match streaming_rx.recv().await {
+            Some(t) => times.push(t),
+            None => break,
+        }
+        if times.len() % 1000 == 0 {
+            eprintln!(
+                "{} streaming after {:.1}s",
+                times.len(),
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let _ = all_in_tx.send(true);
+    times.sort_unstable();
+    let at = |q: f64| {
+        times
+            .get(((times.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    println!(
+        "agents={n} streaming={} seconds={seconds:.2} p50_s={:.2} p99_s={:.2} failed_attempts={}",
+        times.len(),
+        at(0.5),
+        at(0.99),
+        failed.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    if times.len() < n {
+        bail!("only {} of {n} agents streamed", times.len());
+    }
+    Ok(())
+}
+
+/// Connects as the agent in `dir`, opens its event stream and sends one batch (sequence 1: a
+/// resend after the first run, which the collector acknowledges without storing it again);
+/// returns the open stream once that batch is acknowledged.
+async fn first_ack(
+    dir: &std::path::Path,
+    addr: &str,
+) -> anyhow::Result<(mpsc::Sender<pb::EventBatch>, tonic::Streaming<pb::Ack>)> {
+    let read = |n: &str| std::fs::read_to_string(dir.join(n));
+    use caretaker_agent::tls;
+    let ca = tls::certs_from_pem(&read("ca.pem")?)?.remove(0);
+    let cfg = tls::device_config(
+        ca,
+        tls::certs_from_pem(&read("device.pem")?)?,
+        tls::key_from_pem(&read("device.key")?)?,
+    )?;
+    let channel = caretaker_agent::connect::channel(addr, cfg).await?;
+    let mut client = pb::telemetry_client::TelemetryClient::new(channel);
+    let (tx, rx) = mpsc::channel::<pb::EventBatch>(1);
+    let mut d = Map::new();
+    d.insert("note".into(), Value::from("reconnect storm"));
+    tx.send(pb::EventBatch {
+        events: vec![caretaker_tests::pb_event(1, "load.synthetic", d)],
+        agent: None,
+    })
+    .await?;
+    let mut acks = client
+        .stream_events(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    acks.message()
+        .await?
+        .context("the collector ended the stream")?;
+    Ok((tx, acks))
 }
 
 /// What one simulated agent sends.
