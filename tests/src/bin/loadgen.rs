@@ -187,17 +187,32 @@ async fn main() -> anyhow::Result<()> {
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
         .use_rustls_tls()
         .build()?;
-    let devices: Value = client
-        .get(format!("{}/api/v1/devices", args.api.trim_end_matches('/')))
-        .bearer_auth(&args.api_token)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let counts: HashMap<&str, (u64, u64)> = devices["devices"]
-        .as_array()
-        .context("no devices in the API answer")?
+    // The device list is paged (1,000 a page at most): follow `next`.
+    let mut devices: Vec<Value> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = client
+            .get(format!("{}/api/v1/devices", args.api.trim_end_matches('/')))
+            .query(&[("limit", "1000"), ("cursor", cursor.as_str())])
+            .bearer_auth(&args.api_token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        devices.extend(
+            page["devices"]
+                .as_array()
+                .context("no devices in the API answer")?
+                .iter()
+                .cloned(),
+        );
+        match page["next"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    let counts: HashMap<&str, (u64, u64)> = devices
         .iter()
         .filter_map(|d| {
             Some((
