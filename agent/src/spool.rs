@@ -200,6 +200,9 @@ pub struct Spool {
     /// The first number handed out since open: numbers from here on have not been sent
     /// before this run.
     first_this_run: u64,
+    /// `seq.floor` was lost at open and the collector has not yet been asked for its
+    /// highest number (`raise_floor`).
+    floor_unverified: bool,
     next_seq: u64,
     reserved_to: u64,
     bytes: u64,
@@ -347,6 +350,9 @@ impl Spool {
             ledger,
             ledger_file,
             first_this_run: next_seq,
+            floor_unverified: notes
+                .iter()
+                .any(|n| matches!(n, OpenNote::FloorRecovered { .. })),
             next_seq,
             reserved_to: next_seq,
             bytes,
@@ -377,6 +383,7 @@ impl Spool {
     /// are renumbered above it: the collector would otherwise drop them as resends.
     /// Returns how many were renumbered.
     pub fn raise_floor(&mut self, highest: u64) -> Result<u64, SpoolError> {
+        self.floor_unverified = false;
         if highest < self.first_this_run {
             return Ok(0);
         }
@@ -409,6 +416,17 @@ impl Spool {
         );
         self.save_ledger()?;
         Ok(clash.len() as u64)
+    }
+
+    /// True until the collector has been asked for its highest number after `seq.floor`
+    /// was lost at open.
+    pub fn floor_unverified(&self) -> bool {
+        self.floor_unverified
+    }
+
+    /// Gives up asking (a collector too old to answer): the spool's own floor stands.
+    pub fn floor_checked(&mut self) {
+        self.floor_unverified = false;
     }
 
     /// The next number this spool will hand out.

@@ -179,6 +179,9 @@ impl Uplink {
         let mut client = TelemetryClient::new(channel)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        if let Err(why) = self.check_floor(&mut client).await {
+            return SessionEnd::Failed(why);
+        }
         let (tx, rx) = mpsc::channel::<pb::EventBatch>(MAX_IN_FLIGHT);
         let response = match client.stream_events(ReceiverStream::new(rx)).await {
             Ok(r) => r,
@@ -250,6 +253,51 @@ impl Uplink {
                 _ = async { grace.expect("guarded").await }, if grace.is_some() => return SessionEnd::Stopped,
             }
         }
+    }
+}
+
+impl Uplink {
+    /// After `seq.floor` was lost, asks the collector for the highest number it stored for
+    /// this device before anything is sent, and moves numbering above it (renumbering this
+    /// run's unsent events), so no number is reused and dropped as a resend.
+    async fn check_floor(&self, client: &mut TelemetryClient<Channel>) -> Result<(), String> {
+        if !self.spool.lock().expect("spool lock").floor_unverified() {
+            return Ok(());
+        }
+        let highest = match client.highest_sequence(pb::HighestSequenceRequest {}).await {
+            Ok(r) => r.into_inner().highest_seq,
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                warn!(
+                    "The collector cannot say which sequence numbers it has; numbering continues above the spool's own"
+                );
+                self.spool.lock().expect("spool lock").floor_checked();
+                return Ok(());
+            }
+            Err(s) => return Err(describe(&s)),
+        };
+        let mut spool = self.spool.lock().expect("spool lock");
+        let renumbered = spool.raise_floor(highest).map_err(|e| e.to_string())?;
+        let next_seq = spool.next_seq();
+        warn!(
+            collector_highest = highest,
+            renumbered,
+            next_seq,
+            "Sequence numbers checked with the collector after seq.floor was lost"
+        );
+        let d = crate::details! {
+            "reason" => "sequence numbers checked with the collector after seq.floor was lost",
+            "collector_highest_seq" => highest,
+            "renumbered" => renumbered,
+            "next_seq" => next_seq,
+        };
+        spool
+            .append(vec![crate::event::NewEvent::now(
+                "agent.spool_recovered",
+                None,
+                d,
+            )])
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 

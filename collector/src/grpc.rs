@@ -137,6 +137,17 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn highest_sequence(
+        &self,
+        req: Request<pb::HighestSequenceRequest>,
+    ) -> Result<Response<pb::HighestSequenceResponse>, Status> {
+        let device = device_of(&req, &self.collector)?;
+        // The device cache is refreshed only after each durable group, so this never
+        // names a number that is not stored.
+        let highest_seq = self.collector.highest_seq(&device);
+        Ok(Response::new(pb::HighestSequenceResponse { highest_seq }))
+    }
+
     async fn watch_policy(
         &self,
         req: Request<pb::WatchPolicyRequest>,

@@ -497,6 +497,11 @@ impl Collector {
         })
     }
 
+    /// The highest sequence number durably stored for a device (0 for none).
+    pub fn highest_seq(&self, device_id: &str) -> u64 {
+        self.devices.get(device_id).map_or(0, |d| d.highest_seq)
+    }
+
     pub fn is_revoked(&self, device_id: &str) -> bool {
         self.revoked
             .read()

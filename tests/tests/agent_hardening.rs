@@ -178,3 +178,59 @@ fn status_says_the_clock_is_wrong_and_events_wait_until_it_is_fixed() {
     });
     stop_agent_and_wait_for_stopping(fixed, &api, &id);
 }
+
+#[test]
+fn a_garbage_seq_floor_never_reuses_a_number_the_collector_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    let id = collector.enroll(&state);
+    let api = collector.api();
+    let agent = start_agent(&state, FAST);
+    wait_for(Duration::from_secs(20), "some events stored", || {
+        (api.device(&id)?["event_count"].as_u64()? >= 10).then_some(())
+    });
+    wait_drained(&state, Duration::from_secs(20));
+    stop_agent_and_wait_for_stopping(agent, &api, &id);
+    let before = seqs(&api.all_events(&id));
+    let highest = *before.last().unwrap();
+
+    // The worst case: the reservation file is garbage and the spool's ledger is gone too,
+    // with every event acknowledged (an empty spool). Only the collector knows the numbers.
+    std::fs::write(state.join("seq.floor"), b"\x00\x17garbage").unwrap();
+    std::fs::remove_file(state.join("spool.tally")).unwrap();
+    let agent = start_agent(&state, FAST);
+    wait_for(
+        Duration::from_secs(20),
+        "the restarted agent's events",
+        || {
+            let events = api.all_events(&id);
+            let started = events
+                .iter()
+                .filter(|e| e["kind"] == "agent.started")
+                .count();
+            (started == 2).then_some(())
+        },
+    );
+    stop_agent_and_wait_for_stopping(agent, &api, &id);
+    let events = api.all_events(&id);
+    let after = seqs(&events);
+    let new: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > highest)
+        .collect();
+    let kinds: Vec<&str> = new.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    // Everything the restarted agent said was stored: none dropped as a resend.
+    assert_eq!(after.len(), before.len() + new.len(), "{kinds:?}");
+    for kind in ["agent.spool_recovered", "agent.started", "agent.stopping"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let checked = new
+        .iter()
+        .find(|e| e["details"]["collector_highest_seq"].as_u64().is_some())
+        .expect("the check with the collector is reported");
+    assert_eq!(
+        checked["details"]["collector_highest_seq"].as_u64(),
+        Some(highest)
+    );
+}
