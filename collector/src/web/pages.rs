@@ -1132,31 +1132,57 @@ struct VersionView {
 struct HistoryPage {
     chrome: Chrome,
     versions: Vec<VersionView>,
+    /// The link to older changes, when there are any.
+    next: Option<String>,
 }
 
-pub async fn policy_history(State(st): State<AppState>, Extension(desk): D) -> PageResult {
-    let history = desk.policy_history().await?;
+/// Versions a page of the change log shows; every version can be a whole policy, so the page
+/// reads only these and the one before them, never the whole history.
+const HISTORY_PAGE: usize = 50;
+
+pub async fn policy_history(
+    State(st): State<AppState>,
+    Extension(desk): D,
+    Query(p): Query<CursorParam>,
+) -> PageResult {
+    let before = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            c.strip_prefix('v')
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| DeskError::Invalid(format!("{c:?} is not a page of this log.")))?,
+        ),
+        None => None,
+    };
+    // One more than shown: the oldest shown is described against it.
+    let (history, _) = desk.policy_history_page(before, HISTORY_PAGE + 1).await?;
     let tz = tz(&st);
-    let mut versions: Vec<VersionView> = history
+    let shown = history.len().min(HISTORY_PAGE);
+    let versions: Vec<VersionView> = history[..shown]
         .iter()
         .enumerate()
         .map(|(i, v)| VersionView {
             version: v.version,
             when: timefmt::date_time(v.changed_at, tz),
             by: v.changed_by.clone(),
-            changes: if i == 0 {
-                vec![]
-            } else {
-                policy_form::diff(&history[i - 1].policy, &v.policy)
+            changes: match history.get(i + 1) {
+                Some(older) => policy_form::diff(&older.policy, &v.policy),
+                None => vec![],
             },
         })
         .collect();
-    versions.reverse();
+    let next = (history.len() > HISTORY_PAGE)
+        .then(|| {
+            versions
+                .last()
+                .map(|v| format!("/policy/history?cursor=v{}", v.version))
+        })
+        .flatten();
     Ok(render(
         StatusCode::OK,
         &HistoryPage {
             chrome: chrome(&desk, &st, "Policy change log", "/policy"),
             versions,
+            next,
         },
     ))
 }
