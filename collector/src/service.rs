@@ -92,6 +92,8 @@ pub struct Collector {
     open_incidents: std::sync::Mutex<Option<(Instant, Arc<Vec<crate::store::Incident>>)>>,
     /// The secret uninstall codes are derived from (`crate::uninstall`).
     pub(crate) uninstall: std::sync::OnceLock<crate::uninstall::UninstallKey>,
+    /// Each device's clock as judged from its batches (`crate::clock`).
+    clocks: std::sync::Mutex<std::collections::HashMap<String, crate::clock::ClockTracker>>,
 }
 
 /// How stale the overview's open incidents may be before a request re-reads them itself. A
@@ -328,6 +330,7 @@ impl Collector {
             sign_in_limiter: Default::default(),
             open_incidents: Default::default(),
             uninstall: Default::default(),
+            clocks: Default::default(),
         })
     }
 
@@ -571,6 +574,9 @@ impl Collector {
                 assessment: verdict.assessment,
             });
         }
+        if let Some(newest) = out.iter().map(|e| e.occurred_at).max() {
+            self.judge_clock(device_id, newest, now, out.len(), &mut state);
+        }
         Ok(DeviceBatch {
             device_id: device_id.to_string(),
             events: out,
@@ -578,6 +584,46 @@ impl Collector {
             state,
             seen_at: now,
         })
+    }
+
+    /// Judges the device's clock from a batch and, when the judgement changes, records it as the
+    /// `clock` facet with the batch (so it is as durable as the events that showed it).
+    fn judge_clock(
+        &self,
+        device_id: &str,
+        newest: DateTime<Utc>,
+        now: DateTime<Utc>,
+        events: usize,
+        state: &mut Map<String, Value>,
+    ) {
+        use crate::clock::{ClockStatus, ClockTracker};
+        let mut clocks = self.clocks.lock().expect("clocks lock");
+        let tracker = clocks.entry(device_id.to_string()).or_insert_with(|| {
+            let recorded = self
+                .devices
+                .map
+                .read()
+                .expect("device cache lock")
+                .get(device_id)
+                .and_then(|d| ClockStatus::from_facet(d.state.get("clock")));
+            ClockTracker::resume(recorded)
+        });
+        let Some((status, facet)) = tracker.observe(newest, now, events) else {
+            return;
+        };
+        let offset_secs = facet["offset_secs"].as_i64().unwrap_or(0);
+        match status {
+            ClockStatus::Ok => {
+                tracing::debug!(device = %device_id, offset_secs, "Device clock is right")
+            }
+            _ => tracing::warn!(
+                device = %device_id,
+                offset_secs,
+                clock = status.label(),
+                "Device clock is wrong"
+            ),
+        }
+        state.insert("clock".into(), facet);
     }
 
     /// Stores a prepared batch durably (the writer also folds its software events into the

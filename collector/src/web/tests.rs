@@ -594,3 +594,109 @@ async fn the_overview_puts_the_most_serious_first_and_counts_every_flagged_devic
     assert_eq!(fleet.devices, 2);
     assert_eq!(fleet.no_unapproved_software, 1, "laptop-2 has steam");
 }
+
+#[tokio::test]
+async fn a_clock_two_days_behind_is_flagged_once_on_the_device_page_and_in_the_api() {
+    let rig = rig().await;
+    let behind = chrono::Utc::now() - chrono::Duration::days(2);
+    // Two tail batches (a heartbeat each), as a running agent with that clock sends them.
+    for seq in 1..=2 {
+        let batch = rig
+            .collector
+            .prepare_batch(
+                "laptop-2",
+                vec![IncomingEvent {
+                    seq,
+                    occurred_at: Some(behind),
+                    user: String::new(),
+                    kind: "agent.heartbeat".into(),
+                    details: Default::default(),
+                }],
+                None,
+            )
+            .unwrap();
+        // Only the batch that changes the judgement carries it.
+        assert_eq!(batch.state.contains_key("clock"), seq == 2, "batch {seq}");
+        rig.collector.commit(batch).await.unwrap();
+    }
+    let token = api_token(&rig, Role::NetworkManager);
+    let resp = send(&rig.app, "GET", "/api/v1/devices", None, &[], Some(&token)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let d = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "laptop-2")
+        .unwrap();
+    assert_eq!(d["state"]["clock"]["status"], "behind", "{d}");
+
+    let s = sign_in(&rig, Role::NetworkManager);
+    let resp = send(
+        &rig.app,
+        "GET",
+        "/devices/laptop-2",
+        None,
+        &[(SESSION_COOKIE, &s.cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let page = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        page.contains(
+            "<dt>Clock</dt><dd><span class=\"badge warn\">behind</span> (2 days 0 h behind)"
+        ),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn the_policy_change_log_pages_and_describes_each_change_against_the_one_before() {
+    let rig = rig().await;
+    for hours in 1..=60 {
+        rig.collector
+            .set_policy(
+                json!({"antivirus": {"max_signature_age_hours": hours}}),
+                "tester",
+            )
+            .await
+            .unwrap();
+    }
+    let s = sign_in(&rig, Role::NetworkManager);
+    let get = |path: String| {
+        let app = rig.app.clone();
+        let cookie = s.cookie.clone();
+        async move {
+            let resp = send(&app, "GET", &path, None, &[(SESSION_COOKIE, &cookie)], None).await;
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            String::from_utf8(body.to_vec()).unwrap()
+        }
+    };
+    // 61 versions (the default and 60 changes): the newest 50 first, then the rest.
+    let first = get("/policy/history".into()).await;
+    assert!(first.contains("Version 61 "), "{first}");
+    assert!(first.contains("Version 12 "), "{first}");
+    assert!(!first.contains("Version 11 "), "{first}");
+    let link = "/policy/history?cursor=v12";
+    assert!(first.contains(link), "{first}");
+    let older = get(link.into()).await;
+    assert!(
+        older.contains("Version 11 ") && older.contains("Version 1 "),
+        "{older}"
+    );
+    assert!(older.contains("The first policy."), "{older}");
+    assert!(!older.contains("Older changes"), "{older}");
+    // Version 12 is described against version 11, though 11 is on the next page.
+    let v12 = &first[first.find("Version 12 ").unwrap()..];
+    assert!(v12.contains("<ul class=\"diff\">"), "{v12}");
+}
