@@ -328,3 +328,53 @@ fn below_the_floor_events_are_refused_kept_by_the_agent_and_delivered_once_room_
     );
     assert!(n > stored + spooled / 2, "the spooled events arrived");
 }
+
+/// sled's recovery writes, and an open that met ENOSPC left the store unreadable to every later
+/// open: so `serve` on a disk with less than 32 MiB free refuses to open it, and starts once
+/// there is room, with everything it had.
+#[test]
+fn serve_on_a_nearly_full_disk_refuses_to_open_the_store_rather_than_damage_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(&tmp.path().join("mnt"), "64M");
+    let mut collector = collector_on(&tmpfs, "0");
+    let state = tmp.path().join("laptop");
+    let device = collector.enroll(&state);
+    assert_eq!(send(&collector, &state, events(1..=BATCH)).unwrap(), BATCH);
+    collector.stop();
+
+    let filler = tmpfs.fill_leaving(8 << 20);
+    let mut child = Command::new(bin("caretaker-collector"))
+        .args(["serve", "--data-dir"])
+        .arg(&collector.dir)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--web-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exited = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve opened the store with 8 MiB free and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!exited.success(), "serve exited 0 with 8 MiB free");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("free to open safely"), "{err}");
+
+    std::fs::remove_file(filler).unwrap();
+    collector.serve_with_args(&["--min-free-space", "0"], &[]);
+    let api = collector.api();
+    assert_eq!(listed(&api, &device), Some((1..=BATCH).collect::<Vec<_>>()));
+}
