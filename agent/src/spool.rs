@@ -278,6 +278,9 @@ impl Spool {
         let mut notes = Vec::new();
         let ledger_file = dir.with_extension("tally");
         let ledger = read_ledger(&ledger_file);
+        // A first start has neither a spool nor a reservation yet; a spool without one has
+        // lost it, even if it is empty now.
+        let fresh_install = !dir.exists();
         let (db, tally) = match open_db(dir).and_then(|db| Self::check(&db).map(|t| (db, t))) {
             Ok(opened) => {
                 if let Some(lost) = ledger.as_ref().and_then(|l| l.missing(&opened.1.keys)) {
@@ -332,7 +335,7 @@ impl Spool {
         let seen = last.max(old.highest());
         let floor = match read_floor(seq_file) {
             Ok(Some(n)) => n,
-            Ok(None) if seen == 0 => 1,
+            Ok(None) if seen == 0 && fresh_install => 1,
             Ok(None) => {
                 notes.push(Self::floor_lost("missing", seen + 1));
                 seen + 1
@@ -892,5 +895,20 @@ mod tests {
         drop(s);
         let (_, note) = open(d.path(), 1 << 20);
         assert_eq!(note, vec![], "renumbered events are not lost ones");
+    }
+
+    #[test]
+    fn a_missing_floor_beside_an_existing_empty_spool_is_lost_not_new() {
+        let d = tempfile::tempdir().unwrap();
+        drop(open(d.path(), 1 << 20));
+        fs::remove_file(d.path().join("seq")).unwrap();
+        fs::remove_file(d.path().join("spool.tally")).unwrap();
+        let (s, note) = open(d.path(), 1 << 20);
+        assert!(
+            matches!(note[..], [OpenNote::FloorRecovered { .. }]),
+            "{note:?}"
+        );
+        // Nothing local to go on: the uplink must ask the collector first.
+        assert!(s.floor_unverified());
     }
 }
