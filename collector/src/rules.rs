@@ -206,6 +206,8 @@ const COUNTED: &[(&str, &[&str])] = &[
         &["current", "stale", "disabled", "missing", "unknown"],
     ),
     ("screen_lock", &["enforced", "cannot_enforce"]),
+    // Written by the collector itself (`crate::clock`), not reported by the agent.
+    ("clock", &["ok", "behind", "ahead"]),
 ];
 
 /// How many active (not revoked) devices are in each status of each counted facet;
@@ -357,6 +359,26 @@ mod tests {
                 .classify("software.installed", d.as_object().unwrap())
                 .audience,
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn the_fleet_counts_laptops_by_clock() {
+        let mut devices: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(crate::store::test_device)
+            .collect();
+        devices[0].state.insert(
+            "clock".into(),
+            json!({"status": "behind", "offset_secs": -172800}),
+        );
+        devices[1]
+            .state
+            .insert("clock".into(), json!({"status": "ok", "offset_secs": 1}));
+        let counts = fleet_counts(&devices);
+        assert_eq!(
+            counts["clock"],
+            json!({"ok": 1, "behind": 1, "ahead": 0, "not_reported": 1})
         );
     }
 }
