@@ -57,6 +57,12 @@ pub struct PageParams {
 
 type Params<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
+/// For the calls that take no query parameters: one given is a mistake worth hearing about
+/// (`?devce=x` would otherwise quietly answer for everything).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
 fn bad_cursor(c: &str) -> ApiError {
     bad(format!(
         "cursor {c:?} is not one this listing handed out: pass `next` from the previous page unchanged"
@@ -120,7 +126,8 @@ pub async fn devices(Extension(desk): D, params: Params<PageParams>) -> ApiResul
 }
 
 /// Fleet counts per state facet: how many devices report each status (antivirus current, stale, ...).
-pub async fn fleet(Extension(desk): D) -> ApiResult {
+pub async fn fleet(Extension(desk): D, params: Params<NoParams>) -> ApiResult {
+    params.map_err(|e| bad(e.body_text()))?;
     Ok(Json(desk.fleet_counts()?))
 }
 
@@ -210,7 +217,8 @@ pub async fn events(
     Ok(Json(serde_json::to_value(page).expect("pages serialise")))
 }
 
-pub async fn get_policy(Extension(desk): D) -> ApiResult {
+pub async fn get_policy(Extension(desk): D, params: Params<NoParams>) -> ApiResult {
+    params.map_err(|e| bad(e.body_text()))?;
     Ok(Json(
         serde_json::to_value(desk.policy()?.as_ref()).expect("policies serialise"),
     ))
@@ -314,7 +322,12 @@ pub async fn incidents(
     Ok(Json(json!({"incidents": incidents, "next": next})))
 }
 
-pub async fn incident(Extension(desk): D, Path(id): Path<u64>) -> ApiResult {
+pub async fn incident(
+    Extension(desk): D,
+    Path(id): Path<u64>,
+    params: Params<NoParams>,
+) -> ApiResult {
+    params.map_err(|e| bad(e.body_text()))?;
     let (incident, record) = desk.incident(id).await?;
     Ok(Json(json!({"incident": incident, "record": record})))
 }
@@ -360,7 +373,8 @@ pub async fn audit(
 }
 
 /// Digests and their delivery state, newest first (a DSL's token sees only theirs).
-pub async fn digests(Extension(desk): D) -> ApiResult {
+pub async fn digests(Extension(desk): D, params: Params<NoParams>) -> ApiResult {
+    params.map_err(|e| bad(e.body_text()))?;
     let list: Vec<Value> = desk
         .digests(200)
         .await?
