@@ -43,7 +43,7 @@ impl std::fmt::Display for TlsProblem {
         match self {
             TlsProblem::Revoked => write!(
                 f,
-                "this device has been revoked by the collector; events stay on this computer. Ask the network manager: re-enrolling needs a new token"
+                "this device has been revoked by the collector; its events stay on this computer. To use it again it must be enrolled afresh, with a new token from the network manager"
             ),
             TlsProblem::ClockBehind { local, not_before } => {
                 write!(
