@@ -532,7 +532,8 @@ mod tests {
         assert_eq!(gate.admit(a).unwrap_err(), Refusal::AddressFull);
         assert!(gate.admit(b).is_ok(), "another address is not affected");
         s1.handshake_done();
-        let _s3 = gate.admit(a).unwrap();
+        let s3 = gate.admit(a).unwrap();
+        s3.handshake_done();
         assert_eq!(
             gate.admit(a).unwrap_err(),
             Refusal::AddressFull,
@@ -592,7 +593,10 @@ mod tests {
             client.write_all(b"x").await.unwrap();
             assert_eq!(guarded.read(&mut buf).await.unwrap(), 1);
         }
-        let err = guarded.read(&mut buf).await.unwrap_err();
+        let err = tokio::time::timeout(idle * 2, guarded.read(&mut buf))
+            .await
+            .expect("closed within the idle timeout")
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         drop(guarded);
         assert_eq!(gate.open(), 0);
