@@ -460,15 +460,7 @@ async fn first_ack(
     dir: &std::path::Path,
     addr: &str,
 ) -> anyhow::Result<(mpsc::Sender<pb::EventBatch>, tonic::Streaming<pb::Ack>)> {
-    let read = |n: &str| std::fs::read_to_string(dir.join(n));
-    use caretaker_agent::tls;
-    let ca = tls::certs_from_pem(&read("ca.pem")?)?.remove(0);
-    let cfg = tls::device_config(
-        ca,
-        tls::certs_from_pem(&read("device.pem")?)?,
-        tls::key_from_pem(&read("device.key")?)?,
-    )?;
-    let channel = caretaker_agent::connect::channel(addr, cfg).await?;
+    let channel = device_channel(dir, addr).await?;
     let mut client = pb::telemetry_client::TelemetryClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::EventBatch>(1);
     let mut d = Map::new();
@@ -486,6 +478,22 @@ async fn first_ack(
         .await?
         .context("the collector ended the stream")?;
     Ok((tx, acks))
+}
+
+/// A gRPC channel speaking as the agent enrolled in `dir`; an error if the collector refused it.
+async fn device_channel(
+    dir: &std::path::Path,
+    addr: &str,
+) -> anyhow::Result<tonic::transport::Channel> {
+    use caretaker_agent::tls;
+    let read = |n: &str| std::fs::read_to_string(dir.join(n));
+    let ca = tls::certs_from_pem(&read("ca.pem")?)?.remove(0);
+    let cfg = tls::device_config(
+        ca,
+        tls::certs_from_pem(&read("device.pem")?)?,
+        tls::key_from_pem(&read("device.key")?)?,
+    )?;
+    Ok(caretaker_agent::connect::channel(addr, cfg).await?)
 }
 
 /// What one simulated agent sends.
@@ -508,7 +516,21 @@ async fn stream_agent(dir: PathBuf, addr: String, load: Load) -> anyhow::Result<
         mix,
         agent,
     } = load;
-    let channel = caretaker_tests::device_channel(&dir, &addr).await;
+    // The collector refuses handshakes past its per-address cap (all loadgen agents share one
+    // address): come back after a backoff, as the agent does.
+    let mut backoff =
+        caretaker_agent::uplink::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut attempts = 0;
+    let channel = loop {
+        match device_channel(&dir, &addr).await {
+            Ok(c) => break c,
+            Err(e) if attempts >= 50 => return Err(e.context("could not connect")),
+            Err(_) => {
+                attempts += 1;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    };
     let mut client = pb::telemetry_client::TelemetryClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::EventBatch>(window);
     let mut acks = client
