@@ -7,6 +7,9 @@
 //! QMP plug of a real USB stick into the VM to the stored `usb.inserted`.
 //! `caretaker-bench digest-build --events 10000`: time for a running collector to build and
 //! record one DSL digest over that many flagged events (`digest send-now`).
+//! `caretaker-bench spool-append --events 1000`: the agent spool's durable append of one event
+//! and the removal an acknowledgement makes, each with its ledger write (in `--dir`, default a
+//! temporary folder).
 //! Uses the binaries next to itself.
 
 use std::time::{Duration, Instant};
@@ -38,6 +41,14 @@ enum What {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// The spool's append of one event and the ack that removes it, N times.
+    SpoolAppend {
+        #[arg(long, default_value_t = 1000)]
+        events: u64,
+        /// The folder to put the spool in (its file system is what is measured).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Build and record one digest over N flagged events (200 pupils on 20 devices).
     DigestBuild {
         #[arg(long, default_value_t = 10_000)]
@@ -53,7 +64,48 @@ fn main() {
         What::AgentIdle { seconds } => agent_idle(seconds),
         What::UsbLatency { runs } => usb_latency(runs),
         What::DigestBuild { events, runs } => digest_build(events, runs),
+        What::SpoolAppend { events, dir } => spool_append(events, dir),
     }
+}
+
+fn spool_append(events: u64, dir: Option<std::path::PathBuf>) {
+    use caretaker_agent::event::NewEvent;
+    use caretaker_agent::spool::Spool;
+    let tmp = match dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .unwrap();
+    let (mut spool, _) = Spool::open(
+        &tmp.path().join("spool"),
+        &tmp.path().join("seq.floor"),
+        100 << 20,
+    )
+    .unwrap();
+    let (mut appends, mut acks) = (Vec::new(), Vec::new());
+    for i in 0..events {
+        let e = NewEvent::now(
+            "agent.heartbeat",
+            None,
+            caretaker_agent::details! { "uptime_secs" => i },
+        );
+        let t = Instant::now();
+        let seq = spool.append(vec![e]).unwrap()[0];
+        appends.push(t.elapsed());
+        let t = Instant::now();
+        spool.ack(seq).unwrap();
+        acks.push(t.elapsed());
+    }
+    let us = |mut v: Vec<Duration>| {
+        v.sort();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        format!("p50_us={:.0} p99_us={:.0}", at(0.5), at(0.99))
+    };
+    println!(
+        "spool_append: events={events} append {} ack {}",
+        us(appends),
+        us(acks)
+    );
 }
 
 fn summary(name: &str, mut samples: Vec<Duration>) {
