@@ -85,7 +85,15 @@ pub async fn serve(
         loop {
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of descriptors (EMFILE) fails again at once: pause, never spin.
+                        tracing::debug!(error = %e, "Admin socket accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
             };
             let allowed = stream
                 .peer_cred()
