@@ -31,6 +31,11 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::metrics::{Listener, ListenerLabels, Refusal, metrics};
 
+/// Connections closed to make room but not yet gone (their tasks drop them when next polled).
+/// While this many are on their way out the accept loop waits for them (newcomers wait in the
+/// kernel's backlog, not refused), so eviction cannot push the descriptors in use past the cap.
+const EVICTING_MAX: usize = 16;
+
 /// File descriptors kept back from the listeners for the store, the admin socket, outgoing
 /// mail and webhooks, report rendering and the runtime itself.
 const FD_RESERVE: u64 = 128;
@@ -139,6 +144,8 @@ struct AddressCount {
 #[derive(Debug, Default)]
 struct GateState {
     open: usize,
+    /// Evicted connections whose slots have not been dropped yet.
+    evicting: usize,
     next_id: u64,
     per_address: HashMap<IpAddr, AddressCount>,
 }
@@ -149,6 +156,8 @@ pub struct Gate {
     listener: Listener,
     limits: Limits,
     state: Mutex<GateState>,
+    /// Signalled when an evicted connection is gone.
+    gone: tokio::sync::Notify,
 }
 
 impl Gate {
@@ -157,6 +166,7 @@ impl Gate {
             listener,
             limits,
             state: Mutex::default(),
+            gone: tokio::sync::Notify::new(),
         })
     }
 
@@ -179,6 +189,9 @@ impl Gate {
             return Err(Refusal::AddressFull);
         }
         if s.open >= self.limits.max_connections {
+            if s.evicting >= EVICTING_MAX {
+                return Err(Refusal::ListenerFull);
+            }
             let Some((_, oldest)) = s
                 .per_address
                 .values_mut()
@@ -189,6 +202,7 @@ impl Gate {
             };
             // It stays counted until its task sees the token and drops its slot.
             oldest.cancel();
+            s.evicting += 1;
             metrics().refused(self.listener, Refusal::ListenerFull);
         }
         let id = s.next_id;
@@ -255,6 +269,10 @@ impl Drop for SlotInner {
     fn drop(&mut self) {
         let mut s = self.gate.state();
         s.open -= 1;
+        if self.evict.is_cancelled() {
+            s.evicting -= 1;
+            self.gate.gone.notify_waiters();
+        }
         if let Some(c) = s.per_address.get_mut(&self.addr) {
             if *self.handshaking.get_mut() {
                 c.handshaking -= 1;
@@ -311,7 +329,17 @@ pub async fn accept_loop(
     mut serve: impl FnMut(TcpStream, SocketAddr, Slot),
 ) {
     let mut backoff = Duration::ZERO;
+    let mut warned: Option<Instant> = None;
     loop {
+        // Evicted connections still hold descriptors until their tasks run: let them go first.
+        while gate.state().evicting >= EVICTING_MAX {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = gate.gone.notified() => {}
+                // The notification can come between the check and the wait.
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => r,
@@ -325,7 +353,8 @@ pub async fn accept_loop(
             }
             Err(e) => {
                 metrics().refused(gate.listener, Refusal::AcceptError);
-                if backoff.is_zero() {
+                if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
+                    warned = Some(Instant::now());
                     tracing::warn!(listener = ?gate.listener, error = %e, "Cannot accept connections; backing off");
                 }
                 backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
@@ -566,6 +595,24 @@ mod tests {
             Refusal::ListenerFull,
             "every connection has proved itself"
         );
+    }
+
+    #[test]
+    fn a_full_listener_stops_admitting_while_too_many_are_on_their_way_out() {
+        let gate = Gate::new(Listener::Web, limits(1, 100, 100));
+        let flood: IpAddr = "192.0.2.9".parse().unwrap();
+        let mut slots = vec![gate.admit(flood).unwrap()];
+        for _ in 0..EVICTING_MAX {
+            slots.push(gate.admit(flood).unwrap());
+        }
+        assert_eq!(
+            gate.admit(flood).unwrap_err(),
+            Refusal::ListenerFull,
+            "{EVICTING_MAX} evicted connections still hold their descriptors"
+        );
+        // One evicted connection goes: room for one more.
+        drop(slots.remove(0));
+        assert!(gate.admit(flood).is_ok());
     }
 
     #[test]

@@ -37,8 +37,9 @@ fn serve_logged(c: &mut Collector, nofile: Option<u32>, log: &Path) {
             &c.web.to_string(),
             "--idle-timeout",
             "2s",
+            // Generous: the flood loads both cores, and a laptop's handshake must not time out.
             "--handshake-timeout",
-            "2s",
+            "10s",
             "--header-timeout",
             "2s",
         ])
