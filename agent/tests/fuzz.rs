@@ -240,7 +240,7 @@ fn dpkg_seed() -> Vec<u8> {
         .match_indices("\n\n")
         .nth(6)
         .map_or(DPKG_DEBIAN12.len(), |(i, _)| i + 2);
-    DPKG_DEBIAN12[..end].as_bytes().to_vec()
+    DPKG_DEBIAN12.as_bytes()[..end].to_vec()
 }
 
 fn lossy(b: &[u8]) -> String {
