@@ -544,3 +544,36 @@ fn a_reconnect_storm_of_300_agents_all_stream_again_after_a_restart() {
     );
     assert!(!collector.has_exited());
 }
+
+#[test]
+fn a_quiet_agent_stays_connected_past_the_idle_timeout_because_it_answers_pings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("laptop");
+    let device = collector.enroll(&state);
+    let technician = collector.api_token("technician");
+    collector.stop();
+    // Idle timeout 2 s (pings every 0.67 s); the agent has nothing to say for an hour.
+    serve_logged(&mut collector, None, &tmp.path().join("collector.log"));
+    let _agent = start_agent(&state, "heartbeat_interval = \"1h\"\n");
+    let api = collector.api();
+    wait_for(Duration::from_secs(20), "agent.started", || {
+        api.all_events(&device)
+            .iter()
+            .any(|e| e["kind"] == "agent.started")
+            .then_some(())
+    });
+    // Five idle timeouts of silence from the agent's side.
+    std::thread::sleep(Duration::from_secs(10));
+    let (status, text) = scrape(&collector, &technician, "127.0.0.1".parse().unwrap());
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "caretaker_connections_accepted_total{listener=\"Grpc\"}"
+        ),
+        1,
+        "one connection, never dropped and redialled: {text}"
+    );
+    assert_eq!(metric(&text, "caretaker_devices_connected"), 1, "{text}");
+}
