@@ -16,6 +16,7 @@ use caretaker_agent::config::Config;
 use caretaker_agent::os::linux::{locker, x11};
 use caretaker_agent::probe::antivirus::parse as av;
 use caretaker_agent::probe::software::parse as sw;
+use caretaker_agent::probe::usb::decide::glob_match;
 use caretaker_agent::probe::usb::parse as usb;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use proptest::prelude::*;
@@ -208,6 +209,30 @@ proptest! {
             .map(|(g, _)| g.clone())
             .collect();
         prop_assert_eq!(usb::groups_of(&user, &text), expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(N))]
+
+    /// A username against the policy's `*` patterns: any pair, no panic; a name matches any
+    /// pattern made from it by turning some of its characters into stars.
+    #[test]
+    fn pupil_patterns(
+        pattern in text(30), name in text(30),
+        stars in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+    ) {
+        let _ = glob_match(&pattern, &name);
+        let mut chars: Vec<char> = name.chars().collect();
+        if !chars.is_empty() {
+            for s in &stars {
+                let i = s.index(chars.len());
+                chars[i] = '*';
+            }
+        }
+        let from_name: String = chars.into_iter().collect();
+        prop_assert!(glob_match(&from_name, &name), "{:?} matches {:?}", from_name, name);
+        prop_assert!(glob_match("*", &name));
     }
 }
 
