@@ -471,7 +471,11 @@ impl Api {
         loop {
             let (st, v) = self.get(&format!("/api/v1/devices?limit=1000&cursor={cursor}"));
             assert_eq!(st, 200, "{v}");
-            let found = v["devices"].as_array().unwrap().iter().find(|d| d["id"] == id);
+            let found = v["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["id"] == id);
             if let Some(d) = found {
                 return Some(d.clone());
             }

@@ -139,10 +139,17 @@ fn executable_names_ending_in_any_character() {
     let c = Classifier::new(&policy(&[], &[])).unwrap();
     for path in ["𐀀", "Downloads/game🙂", "Desktop/aéab", "x/Ωmega.AppImage"] {
         let exe = details(json!({"path": path, "type": "elf"}));
-        assert_eq!(c.classify_event("executable.in_user_area", &exe).len(), 1, "{path}");
+        assert_eq!(
+            c.classify_event("executable.in_user_area", &exe).len(),
+            1,
+            "{path}"
+        );
     }
     let exe = details(json!({"path": "x/Ωmega.AppImage", "type": "appimage"}));
-    assert_eq!(c.classify_event("executable.in_user_area", &exe)[0].name, "Ωmega");
+    assert_eq!(
+        c.classify_event("executable.in_user_area", &exe)[0].name,
+        "Ωmega"
+    );
 }
 
 #[test]

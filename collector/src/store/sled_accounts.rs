@@ -9,8 +9,8 @@ use super::sled_store::{Engine, decode, encode, engine};
 /// starts at 1), so `last()` is always a version.
 const LATEST: &[u8] = b"\x00";
 use super::{
-    AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, StoreError,
-    StoreResult, TokenRecord, UserRecord,
+    AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, StoreError, StoreResult,
+    TokenRecord, UserRecord,
 };
 
 impl AccountStore for Engine {

@@ -6,8 +6,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::sled_store::{Engine, IDX_DEVICE_INCIDENT, decode, encode, engine, idx_key};
 use super::{
-    EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
-    StoreError, StoreResult, StoredEvent,
+    EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore, StoreError,
+    StoreResult, StoredEvent,
 };
 use crate::incidents;
 

@@ -83,7 +83,9 @@ pub struct AppState {
 
 /// `ok`, or 503 with the reason while the collector cannot store events (its store closed
 /// after a failed write, or its disk below the free-space floor).
-async fn healthz(axum::extract::State(s): axum::extract::State<AppState>) -> axum::response::Response {
+async fn healthz(
+    axum::extract::State(s): axum::extract::State<AppState>,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     match s.collector.intake_refusal() {
         None => "ok".into_response(),
