@@ -76,6 +76,15 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// What `caretaker-agent status` prints for the agent in `state`; panics if it fails.
+pub fn agent_status(state: &Path) -> String {
+    let (ok, out, err) = run(Command::new(bin("caretaker-agent"))
+        .args(["status", "--state-dir"])
+        .arg(state));
+    assert!(ok, "caretaker-agent status failed: {err}");
+    out
+}
+
 /// A child process killed (SIGKILL) on drop.
 pub struct Proc {
     pub child: Child,
@@ -170,8 +179,26 @@ impl Collector {
 
     /// Starts `serve` with extra options and environment variables.
     pub fn serve_with_args(&mut self, args: &[&str], env: &[(&str, &str)]) {
+        self.serve_through(
+            Command::new(bin("caretaker-collector")),
+            args,
+            env,
+            Stdio::inherit(),
+        );
+    }
+
+    /// Starts `serve` through `cmd`: the collector itself, or a launcher whose arguments end
+    /// with it (such as `prlimit --nofile=N -- caretaker-collector`), with extra options, its
+    /// log to `stderr`; waits until it is listening.
+    pub fn serve_through(
+        &mut self,
+        mut cmd: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: impl Into<Stdio>,
+    ) {
         assert!(self.proc.is_none(), "already serving");
-        let mut child = Command::new(bin("caretaker-collector"))
+        let mut child = cmd
             .args(["serve", "--data-dir"])
             .arg(&self.dir)
             .args([
@@ -184,7 +211,7 @@ impl Collector {
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();

@@ -103,11 +103,7 @@ fn status_once_failing_with(state: &std::path::Path, what: &str) -> String {
         let e = status_json(state)?["last_error"].as_str()?.to_string();
         e.contains(what).then_some(())
     });
-    let (ok, out, err) = run(Command::new(bin("caretaker-agent"))
-        .args(["status", "--state-dir"])
-        .arg(state));
-    assert!(ok, "status failed: {err}");
-    out
+    agent_status(state)
 }
 
 #[test]

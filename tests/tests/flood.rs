@@ -2,10 +2,9 @@
 //! tokens, which must be rate-limited, logged within bounds and counted in `/api/v1/metrics`.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,7 +16,7 @@ use tokio_rustls::client::TlsStream;
 
 /// Starts `serve` under `prlimit` (when `nofile` is given) with short timeouts, its log in `log`.
 fn serve_logged(c: &mut Collector, nofile: Option<u32>, log: &Path) {
-    let mut cmd = match nofile {
+    let cmd = match nofile {
         Some(n) => {
             let mut cmd = Command::new("prlimit");
             cmd.arg(format!("--nofile={n}:{n}"))
@@ -27,14 +26,9 @@ fn serve_logged(c: &mut Collector, nofile: Option<u32>, log: &Path) {
         }
         None => Command::new(bin("caretaker-collector")),
     };
-    let mut child = cmd
-        .args(["serve", "--data-dir"])
-        .arg(&c.dir)
-        .args([
-            "--grpc-listen",
-            &c.grpc.to_string(),
-            "--web-listen",
-            &c.web.to_string(),
+    c.serve_through(
+        cmd,
+        &[
             "--idle-timeout",
             "2s",
             // Generous: the flood loads both cores, and a laptop's handshake must not time out.
@@ -42,31 +36,23 @@ fn serve_logged(c: &mut Collector, nofile: Option<u32>, log: &Path) {
             "10s",
             "--header-timeout",
             "2s",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("caretaker-collector: grpc="),
-        "collector did not start: {line:?}"
+        ],
+        &[],
+        File::create(log).unwrap(),
     );
-    c.proc = Some(Proc {
-        child,
-        name: "collector".into(),
-    });
 }
 
-fn tls_config(ca_pem: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+/// The school's CA as the only root.
+fn school_roots(ca_pem: &[u8]) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     for c in caretaker_agent::tls::certs_from_pem(std::str::from_utf8(ca_pem).unwrap()).unwrap() {
         roots.add(c).unwrap();
     }
+    roots
+}
+
+fn tls_config(ca_pem: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let roots = school_roots(ca_pem);
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -399,16 +385,12 @@ fn wrong_tokens_are_locked_out_logged_within_bounds_and_counted() {
     // A certificate the school's CA never issued, refused at the handshake.
     let foreign = rcgen::generate_simple_self_signed(vec!["laptop".into()]).unwrap();
     let ca = std::fs::read(collector.dir.join("ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in caretaker_agent::tls::certs_from_pem(std::str::from_utf8(&ca).unwrap()).unwrap() {
-        roots.add(c).unwrap();
-    }
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
+    .with_root_certificates(school_roots(&ca))
     .with_client_auth_cert(
         vec![foreign.cert.der().clone()],
         rustls::pki_types::PrivateKeyDer::Pkcs8(foreign.signing_key.serialize_der().into()),

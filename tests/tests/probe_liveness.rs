@@ -64,14 +64,6 @@ fn events_of(api: &Api, device: &str, kind: &str) -> Vec<Value> {
     v
 }
 
-fn status_text(state: &Path) -> String {
-    let (ok, out, err) = run(Command::new(bin("caretaker-agent"))
-        .args(["status", "--state-dir"])
-        .arg(state));
-    assert!(ok, "status failed: {err}");
-    out
-}
-
 #[test]
 fn a_stuck_probe_is_reported_restarted_left_and_seen_recovering() {
     let tmp = tempfile::tempdir().unwrap();
@@ -112,7 +104,7 @@ fn a_stuck_probe_is_reported_restarted_left_and_seen_recovering() {
     );
     assert!(events_of(&api, &device, "antivirus.status").is_empty());
     let shown = wait_for(Duration::from_secs(10), "the stall in status", || {
-        let s = status_text(&state);
+        let s = agent_status(&state);
         s.contains("Probe stalled: antivirus").then_some(s)
     });
     assert!(shown.contains("restarted 3 time(s)"), "{shown}");
@@ -134,7 +126,7 @@ fn a_stuck_probe_is_reported_restarted_left_and_seen_recovering() {
     wait_for(
         Duration::from_secs(10),
         "the stall gone from status",
-        || (!status_text(&state).contains("Probe stalled")).then_some(()),
+        || (!agent_status(&state).contains("Probe stalled")).then_some(()),
     );
     stop_agent_and_wait_for_stopping(agent, &api, &device);
     // Nothing more was reported after the recovery.
