@@ -9,6 +9,8 @@
 //! The heart is task-local: helpers a probe spawns (a medium's scan, a socket reader) do not
 //! beat for it, so they cannot hide a stuck loop; and a probe run outside the supervisor (the
 //! probes' own unit tests) beats nothing and never idles, so its behaviour there is unchanged.
+//! A helper that can itself hang is watched by its probe: the USB probe owns its medium scans
+//! (`usb::scan`), each with its own progress clock, and aborts and reports one that stops.
 
 use std::collections::VecDeque;
 use std::future::Future;

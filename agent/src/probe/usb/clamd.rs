@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::scan::{Counted, Progress};
 pub use crate::probe::antivirus::clamd::ClamdAddr;
 use crate::probe::antivirus::clamd::{ScanResult, scan_at};
 
@@ -33,13 +34,22 @@ impl ScanSummary {
 }
 
 /// Scans every regular file under `root` (symlinks are not followed: they could leave the medium).
-pub async fn scan_tree(addr: &ClamdAddr, root: &Path, cancel: &CancellationToken) -> ScanSummary {
+/// Each directory listed, file opened and byte read for clamd marks `progress`.
+pub async fn scan_tree(
+    addr: &ClamdAddr,
+    root: &Path,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> ScanSummary {
     let start = Instant::now();
     let mut s = ScanSummary::default();
     let mut stack = vec![root.to_path_buf()];
     'walk: while let Some(dir) = stack.pop() {
         let mut rd = match tokio::fs::read_dir(&dir).await {
-            Ok(rd) => rd,
+            Ok(rd) => {
+                progress.made();
+                rd
+            }
             Err(e) => {
                 s.errors.push(format!("cannot list a directory: {e}"));
                 continue;
@@ -57,16 +67,24 @@ pub async fn scan_tree(addr: &ClamdAddr, root: &Path, cancel: &CancellationToken
                 stack.push(e.path());
             } else if ft.is_file() {
                 // The medium is the pupil's: a file swapped for a symlink or FIFO since the
-                // listing is refused, not followed or waited on.
-                let f = match crate::os::untrusted::open_regular(&e.path()) {
+                // listing is refused, not followed or waited on. The open is a blocking call
+                // (a dead stick can hold it for ever): off the runtime's threads, so aborting
+                // the scan ends it.
+                let path = e.path();
+                let opened =
+                    tokio::task::spawn_blocking(move || crate::os::untrusted::open_regular(&path))
+                        .await
+                        .unwrap_or_else(|j| Err(std::io::Error::other(j.to_string())));
+                let f = match opened {
                     Ok((f, _)) => tokio::fs::File::from_std(f),
                     Err(err) => {
                         s.errors.push(format!("cannot open a file: {err}"));
                         continue;
                     }
                 };
+                progress.made();
                 let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-                match scan_at(addr, f).await {
+                match scan_at(addr, Counted::new(f, progress.clone())).await {
                     Ok(v) => {
                         s.files += 1;
                         s.bytes += size;
@@ -107,7 +125,13 @@ pub(crate) mod tests {
         std::fs::write(media.path().join("notes.txt"), "homework").unwrap();
         std::fs::write(media.path().join("sub/eicar.com"), eicar()).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", media.path().join("link")).unwrap();
-        let s = scan_tree(&addr, media.path(), &CancellationToken::new()).await;
+        let s = scan_tree(
+            &addr,
+            media.path(),
+            &CancellationToken::new(),
+            &Progress::default(),
+        )
+        .await;
         assert_eq!(
             s.detections,
             vec!["Caretaker.Test.EICAR.UNOFFICIAL".to_string()],
@@ -119,10 +143,22 @@ pub(crate) mod tests {
         std::fs::remove_file(media.path().join("sub/eicar.com")).unwrap();
         // A file over StreamMaxLength is reported as an error, not as clean.
         std::fs::write(media.path().join("big.bin"), vec![7u8; 2 * 1024 * 1024]).unwrap();
-        let s = scan_tree(&addr, media.path(), &CancellationToken::new()).await;
+        let s = scan_tree(
+            &addr,
+            media.path(),
+            &CancellationToken::new(),
+            &Progress::default(),
+        )
+        .await;
         assert_eq!(s.result(), "incomplete", "{s:?}");
         std::fs::remove_file(media.path().join("big.bin")).unwrap();
-        let s = scan_tree(&addr, media.path(), &CancellationToken::new()).await;
+        let s = scan_tree(
+            &addr,
+            media.path(),
+            &CancellationToken::new(),
+            &Progress::default(),
+        )
+        .await;
         assert_eq!(s.result(), "clean");
     }
 
@@ -134,6 +170,7 @@ pub(crate) mod tests {
             &ClamdAddr::Unix("/nonexistent/clamd.sock".into()),
             media.path(),
             &CancellationToken::new(),
+            &Progress::default(),
         )
         .await;
         assert_eq!(s.result(), "incomplete");

@@ -25,9 +25,15 @@
 //! - A permission that expires while its stick is attached does not eject it (that would corrupt
 //!   writes in progress); expiry applies from the next insertion.
 //! - Nobody logged in → pupil rules.
+//! - A scan that stops moving (a `mount` or a read on a dead stick that never returns): each
+//!   scan is a task the probe owns (`scan.rs`) with its own progress clock; one that has not
+//!   moved for `scan_stall_after` is aborted (its `mount` killed) and reported as
+//!   `agent.probe_stalled` with the device; a gated stick is detached and stays so until it is
+//!   plugged in again, never let through unscanned. A restart of the probe aborts its scans.
 pub mod clamd;
 pub mod decide;
 pub mod parse;
+pub mod scan;
 pub mod sysfs;
 
 use std::collections::{HashMap, HashSet};
@@ -37,6 +43,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventSink, NewEvent};
@@ -69,6 +76,14 @@ pub struct UsbProbeConfig {
     /// How often mountinfo is re-read when the kernel cannot signal changes to it (a plain file
     /// in tests); the real `/proc/self/mountinfo` signals POLLPRI and is read only on change.
     pub mount_poll: Duration,
+    /// The longest a medium's scan may go without progress (a directory listed, a file opened,
+    /// bytes read for clamd) before it is aborted as stalled. Longer than clamd's 150 s I/O
+    /// timeout, so a clamd that stops answering ends the scan as incomplete by that timeout
+    /// first; what reaches this is a hang nothing else bounds (`mount`, a listing or an open
+    /// on a dead stick).
+    pub scan_stall_after: Duration,
+    /// Runs a scan (tests put a fake one here).
+    pub scanner: scan::Scanner,
     /// Live inputs from the rest of the agent.
     pub inputs: UsbProbeInputs,
 }
@@ -85,6 +100,8 @@ impl Default for UsbProbeConfig {
             scan_mount_dir: "/run/caretaker/media".into(),
             mount_options: String::new(),
             mount_poll: Duration::from_secs(1),
+            scan_stall_after: Duration::from_secs(5 * 60),
+            scanner: scan::Scanner::default(),
             inputs: UsbProbeInputs::default(),
         }
     }
@@ -175,6 +192,8 @@ enum Hold {
     Held,
     /// Detached because a scan found malware; not re-authorised by policy changes.
     Quarantined,
+    /// Detached because its scan stalled; not re-authorised until it is plugged in again.
+    Unscanned,
 }
 
 struct Tracked {
@@ -191,6 +210,17 @@ struct ScanDone {
     gated: bool,
 }
 
+/// A running scan, as the probe watches it.
+struct ScanWatch {
+    usb_devpath: String,
+    block: String,
+    gated: bool,
+    progress: scan::Progress,
+    abort: AbortHandle,
+    /// The agent's own mount, to detach if the scan is aborted.
+    private_dir: Option<PathBuf>,
+}
+
 struct State {
     cfg: UsbProbeConfig,
     sink: EventSink,
@@ -200,7 +230,9 @@ struct State {
     scanned: HashSet<String>,
     hubs_held: Vec<String>,
     user: watch::Receiver<Option<String>>,
-    scan_tx: mpsc::Sender<ScanDone>,
+    /// Scans in progress: owned here, so dropping the probe (a restart) aborts them.
+    scans: JoinSet<ScanDone>,
+    scan_watch: HashMap<tokio::task::Id, ScanWatch>,
     shutdown: CancellationToken,
 }
 
@@ -214,7 +246,6 @@ pub async fn run_with_events(
 ) {
     let mut inputs = cfg.inputs.clone();
     let mut user_live = true;
-    let (scan_tx, mut scan_rx) = mpsc::channel(16);
     let mut st = State {
         cfg,
         sink,
@@ -224,7 +255,8 @@ pub async fn run_with_events(
         scanned: HashSet::new(),
         hubs_held: Vec::new(),
         user: inputs.user.clone(),
-        scan_tx,
+        scans: JoinSet::new(),
+        scan_watch: HashMap::new(),
         shutdown: shutdown.clone(),
     };
     let pol = policy.borrow_and_update().removable_media.clone();
@@ -239,6 +271,10 @@ pub async fn run_with_events(
     st.poll_mounts(&pol).await;
     let mut mounts_changed =
         crate::os::linux::mountwatch::MountWatch::new(&st.cfg.mountinfo, st.cfg.mount_poll);
+    // A quarter of the gap: a stalled scan is aborted at most a quarter late.
+    let mut scan_check =
+        tokio::time::interval((st.cfg.scan_stall_after / 4).max(Duration::from_millis(10)));
+    scan_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         crate::probe::liveness::beat();
         tokio::select! {
@@ -260,13 +296,22 @@ pub async fn run_with_events(
                 let pol = policy.borrow().removable_media.clone();
                 st.reevaluate(&pol, &inputs).await;
             }
-            Some(done) = scan_rx.recv() => st.scan_finished(done).await,
+            Some(joined) = st.scans.join_next_with_id(), if !st.scans.is_empty() => {
+                st.scan_joined(joined).await
+            }
+            _ = scan_check.tick(), if !st.scan_watch.is_empty() => st.check_scans().await,
             _ = mounts_changed.changed() => {
                 let pol = policy.borrow().removable_media.clone();
                 st.poll_mounts(&pol).await;
             }
         }
     }
+    // Scans saw the stop (their token is a child of it) and unmount on the way out; a stuck
+    // one is aborted when `st` drops.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while st.scans.join_next().await.is_some() {}
+    })
+    .await;
     // Clean stop: never leave the machine refusing new keyboards.
     for hub in std::mem::take(&mut st.hubs_held) {
         if let Err(e) = sysfs::set_authorized_default(&st.cfg.sys_root, &hub, true) {
@@ -573,9 +618,9 @@ impl State {
         }
     }
 
-    /// Scans in the background; `mount_point` None means the agent mounts read-only itself.
+    /// Scans in a task the probe owns; `mount_point` None means the agent mounts read-only itself.
     fn spawn_scan(
-        &self,
+        &mut self,
         usb_devpath: String,
         block: String,
         mount_point: Option<PathBuf>,
@@ -584,36 +629,168 @@ impl State {
         let Some(addr) = self.cfg.clamd.clone() else {
             return;
         };
-        let cfg = self.cfg.clone();
-        let tx = self.scan_tx.clone();
-        let cancel = self.shutdown.child_token();
-        tokio::spawn(async move {
-            let summary = match mount_point {
-                Some(mp) => clamd::scan_tree(&addr, &mp, &cancel).await,
-                None => {
-                    let dir = cfg.scan_mount_dir.join(&block);
-                    match private_mount(&cfg, &block, &dir).await {
-                        Ok(()) => {
-                            let s = clamd::scan_tree(&addr, &dir, &cancel).await;
-                            unmount(&dir).await;
-                            s
-                        }
-                        Err(e) => ScanSummary {
-                            errors: vec![format!("mount: {e}")],
-                            ..Default::default()
-                        },
-                    }
-                }
-            };
-            let _ = tx
-                .send(ScanDone {
-                    usb_devpath,
-                    block,
-                    summary,
-                    gated,
-                })
-                .await;
+        let progress = scan::Progress::default();
+        let private_dir = self.cfg.scan_mount_dir.join(&block);
+        let own_mount = mount_point.is_none().then(|| private_dir.clone());
+        let job = scan::ScanJob {
+            addr,
+            block: block.clone(),
+            mount_point,
+            private_dir,
+            progress: progress.clone(),
+            cancel: self.shutdown.child_token(),
+        };
+        let run = self.cfg.scanner.run(&self.cfg, job);
+        let (dp, b) = (usb_devpath.clone(), block.clone());
+        let abort = self.scans.spawn(async move {
+            ScanDone {
+                usb_devpath: dp,
+                block: b,
+                summary: run.await,
+                gated,
+            }
         });
+        self.scan_watch.insert(
+            abort.id(),
+            ScanWatch {
+                usb_devpath,
+                block,
+                gated,
+                progress,
+                abort,
+                private_dir: own_mount,
+            },
+        );
+    }
+
+    async fn scan_joined(
+        &mut self,
+        joined: Result<(tokio::task::Id, ScanDone), tokio::task::JoinError>,
+    ) {
+        match joined {
+            // A scan no longer watched was aborted as stalled and already reported; a result
+            // that raced the abort is dropped with it (the stick stays as the stall left it).
+            Ok((id, done)) => {
+                if self.scan_watch.remove(&id).is_some() {
+                    self.scan_finished(done).await;
+                }
+            }
+            Err(e) => {
+                if let Some(w) = self.scan_watch.remove(&e.id()) {
+                    tracing::error!(block = w.block, error = %e, "Medium scan failed");
+                    let summary = ScanSummary {
+                        errors: vec![format!("the scan failed: {e}")],
+                        ..Default::default()
+                    };
+                    self.scan_finished(ScanDone {
+                        usb_devpath: w.usb_devpath,
+                        block: w.block,
+                        summary,
+                        gated: w.gated,
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Aborts and reports every scan that has not moved for its gap.
+    async fn check_scans(&mut self) {
+        let now = tokio::time::Instant::now();
+        let gap = self.cfg.scan_stall_after;
+        let due: Vec<tokio::task::Id> = self
+            .scan_watch
+            .iter()
+            .filter(|(_, w)| w.progress.stalled(now, gap))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(w) = self.scan_watch.remove(&id) else {
+                continue;
+            };
+            // Dropping the scan's future kills its `mount` (kill_on_drop); a thread left in
+            // an open or a read on the dead stick finishes on its own and is ignored.
+            w.abort.abort();
+            let stalled = now.saturating_duration_since(w.progress.last());
+            self.scan_stalled(w, stalled).await;
+        }
+    }
+
+    async fn scan_stalled(&mut self, w: ScanWatch, stalled: Duration) {
+        let stick = match self.devices.get_mut(&w.usb_devpath) {
+            None => "removed",
+            Some(_) if !w.gated => "allowed_by_policy",
+            Some(t) => {
+                let detached = self.cfg.manage_authorization
+                    && sysfs::set_authorized(&self.cfg.sys_root, &w.usb_devpath, false).is_ok();
+                if detached {
+                    t.hold = Hold::Unscanned;
+                    t.facts.authorized = Some(false);
+                    "blocked"
+                } else {
+                    // Still read-only: only a clean scan makes it writable.
+                    "read_only"
+                }
+            }
+        };
+        let stalled_secs = stalled.as_secs();
+        let mut d = self
+            .devices
+            .get(&w.usb_devpath)
+            .map(|t| t.facts.details())
+            .unwrap_or_default();
+        tracing::warn!(
+            block = w.block,
+            device_id = d.get("device_id").and_then(serde_json::Value::as_str),
+            stalled_secs,
+            stick,
+            "Medium scan stalled; aborted"
+        );
+        d.insert("probe".into(), json!("usb"));
+        d.insert("unit".into(), json!("medium_scan"));
+        d.insert("block".into(), json!(w.block));
+        d.insert("stalled_secs".into(), json!(stalled_secs));
+        d.insert(
+            "max_gap_secs".into(),
+            json!(self.cfg.scan_stall_after.as_secs_f64()),
+        );
+        d.insert("action".into(), json!("aborted"));
+        d.insert("stick".into(), json!(stick));
+        self.emit("agent.probe_stalled", self.current_user(), d)
+            .await;
+        let summary = ScanSummary {
+            errors: vec![format!("the scan made no progress for {stalled_secs} s")],
+            cancelled: true,
+            ..Default::default()
+        };
+        self.scan_finished(ScanDone {
+            usb_devpath: w.usb_devpath.clone(),
+            block: w.block.clone(),
+            summary,
+            gated: w.gated,
+        })
+        .await;
+        if stick == "blocked"
+            && let Some(t) = self.devices.get(&w.usb_devpath)
+        {
+            let mut d = t.facts.details();
+            d.insert(
+                "reason".into(),
+                json!("its scan stalled; plug it in again to scan it again"),
+            );
+            d.insert("enforced".into(), json!(true));
+            self.emit("usb.blocked", self.current_user(), d).await;
+        }
+        if let Some(dir) = &w.private_dir {
+            // Lazy: detaching a dead stick's filesystem needs no I/O from it. After the
+            // reports, so a slow `umount` cannot delay them.
+            let umount = tokio::process::Command::new("umount")
+                .arg("-l")
+                .arg(dir)
+                .kill_on_drop(true)
+                .status();
+            let _ = tokio::time::timeout(Duration::from_secs(10), umount).await;
+        }
     }
 
     async fn scan_finished(&mut self, done: ScanDone) {
@@ -707,6 +884,8 @@ async fn private_mount(cfg: &UsbProbeConfig, block: &str, dir: &Path) -> Result<
             .arg(&opts)
             .arg(&dev)
             .arg(dir)
+            // An aborted scan (stalled) must not leave its `mount` behind.
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| e.to_string())?;
@@ -746,6 +925,7 @@ where
 async fn unmount(dir: &Path) {
     let _ = tokio::process::Command::new("umount")
         .arg(dir)
+        .kill_on_drop(true)
         .status()
         .await;
     let _ = tokio::fs::remove_dir(dir).await;
@@ -1085,6 +1265,163 @@ mod tests {
         assert_eq!(ins.details["serial"], "SN-TEST-0001");
         rig.stop.cancel();
         rig.task.await.unwrap();
+    }
+
+    /// Counts the fake scans alive: up on start, down when the scan's future is dropped.
+    struct Alive(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A gated (scan-before-use) stick whose scan runs `step`; returns the rig, the fake
+    /// /sys and how many scans are alive.
+    fn gated_rig(
+        step: impl Fn(scan::ScanJob) -> scan::ScanFuture + Send + Sync + 'static,
+    ) -> (Rig, tempfile::TempDir, Arc<std::sync::atomic::AtomicUsize>) {
+        let sys = fake_sys();
+        let alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut c = cfg(sys.path());
+        c.clamd = Some(ClamdAddr::Unix(sys.path().join("no-clamd.sock")));
+        c.scan_mount_dir = sys.path().join("media");
+        c.scan_stall_after = Duration::from_secs(300);
+        let counter = alive.clone();
+        c.scanner = scan::Scanner::new(move |_, job| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let guard = Alive(counter.clone());
+            let run = step(job);
+            Box::pin(async move {
+                let _guard = guard;
+                run.await
+            })
+        });
+        let pol = RemovableMediaPolicy {
+            enforce: true,
+            pupil_storage: StorageMode::AllowAfterScan,
+            ..Default::default()
+        };
+        (Rig::start(c, pol), sys, alive)
+    }
+
+    /// The next event of `kind`; a missing one fails the test instead of hanging it (time is
+    /// paused, so the hour passes at once).
+    async fn within_an_hour(rig: &mut Rig, kind: &str) -> NewEvent {
+        tokio::time::timeout(Duration::from_secs(3600), rig.next(kind))
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} within an hour"))
+    }
+
+    /// Yields until `alive` reads `want` (aborted tasks drop their futures when next run).
+    async fn until_alive(alive: &std::sync::atomic::AtomicUsize, want: usize) {
+        for _ in 0..10_000 {
+            if alive.load(std::sync::atomic::Ordering::SeqCst) == want {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("scans alive: {alive:?}, wanted {want}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_scan_is_aborted_reported_and_its_stick_left_blocked() {
+        let (mut rig, sys, alive) = gated_rig(|_| Box::pin(std::future::pending()));
+        let r = sys.path();
+        rig.feed(STICK, 0..15).await;
+        let ins = within_an_hour(&mut rig, "usb.inserted").await;
+        assert_eq!(ins.details["decision"], "allow_after_scan");
+        // Let through read-only to be scanned; the scan starts and never moves.
+        until_attr(r, &format!("{PCI}/usb2/2-1"), "authorized", "1").await;
+        until_alive(&alive, 1).await;
+        let started = tokio::time::Instant::now();
+
+        let e = within_an_hour(&mut rig, "agent.probe_stalled").await;
+        let waited = started.elapsed().as_secs();
+        // Within the gap plus a quarter (the check period); time is paused, so this is exact.
+        assert!((300..=375).contains(&waited), "reported after {waited} s");
+        assert_eq!(e.details["probe"], "usb");
+        assert_eq!(e.details["unit"], "medium_scan");
+        assert_eq!(e.details["action"], "aborted");
+        assert_eq!(e.details["block"], "sda");
+        assert_eq!(e.details["serial"], "SN-TEST-0001");
+        assert_eq!(e.details["device_id"], "46f4:0001");
+        assert_eq!(e.details["stick"], "blocked");
+        assert!(e.details["stalled_secs"].as_u64().unwrap() >= 300);
+        let s = within_an_hour(&mut rig, "media.scanned").await;
+        assert_eq!(s.details["result"], "incomplete");
+        let b = within_an_hour(&mut rig, "usb.blocked").await;
+        assert_eq!(b.details["enforced"], true);
+        assert!(
+            b.details["reason"]
+                .as_str()
+                .unwrap()
+                .contains("scan stalled")
+        );
+        // Detached, and the scan's task is gone.
+        assert_eq!(read(r, &format!("{PCI}/usb2/2-1"), "authorized"), "0");
+        until_alive(&alive, 0).await;
+
+        // A policy change does not let it through unscanned, nor is the stall reported twice.
+        rig.policy_tx
+            .send(Arc::new(PolicyDocument {
+                removable_media: RemovableMediaPolicy {
+                    enforce: true,
+                    pupil_storage: StorageMode::Allow,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }))
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(read(r, &format!("{PCI}/usb2/2-1"), "authorized"), "0");
+        while let Ok(e) = rig.out.try_recv() {
+            assert_ne!(e.kind, "agent.probe_stalled");
+            assert_ne!(e.kind, "usb.blocked");
+        }
+        rig.stop.cancel();
+        rig.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_scan_that_keeps_moving_is_not_aborted() {
+        // Twenty minutes, moving every two: four times the gap in all, never the gap between.
+        let (mut rig, sys, alive) = gated_rig(|job| {
+            Box::pin(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                    job.progress.made();
+                }
+                ScanSummary {
+                    files: 10,
+                    ..Default::default()
+                }
+            })
+        });
+        rig.feed(STICK, 0..15).await;
+        until_alive(&alive, 1).await;
+        let s = within_an_hour(&mut rig, "media.scanned").await;
+        assert_eq!(s.details["result"], "clean");
+        assert_eq!(s.details["files_scanned"], 10);
+        while let Ok(e) = rig.out.try_recv() {
+            assert_ne!(e.kind, "agent.probe_stalled");
+        }
+        assert_eq!(
+            read(sys.path(), &format!("{PCI}/usb2/2-1"), "authorized"),
+            "1"
+        );
+        until_alive(&alive, 0).await;
+        rig.stop.cancel();
+        rig.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn aborting_the_probe_as_a_restart_does_aborts_its_scans() {
+        let (rig, _sys, alive) = gated_rig(|_| Box::pin(std::future::pending()));
+        rig.feed(STICK, 0..15).await;
+        until_alive(&alive, 1).await;
+        rig.task.abort();
+        assert!(rig.task.await.unwrap_err().is_cancelled());
+        until_alive(&alive, 0).await;
     }
 
     #[tokio::test]
