@@ -44,8 +44,12 @@ pub fn subject(kind: &str, details: &Map<String, Value>) -> String {
         k if k.starts_with("usb.") || k.starts_with("media.") => {
             pick(&["serial", "product", "sys_name", "block"])
         }
-        // One incident per stuck probe: the USB probe's stalls join each other, not the antivirus probe's.
-        "agent.probe_stalled" => pick(&["probe"]),
+        // One incident per stuck probe, and per stick for a stuck scan: the USB probe's stalls
+        // join each other, a stick's stalled scans join each other, not the antivirus probe's.
+        "agent.probe_stalled" => match text(details, "serial") {
+            Some(serial) => format!("{}/{serial}", pick(&["probe"])),
+            None => pick(&["probe"]),
+        },
         _ => String::new(),
     }
 }
@@ -109,13 +113,25 @@ pub fn title(kind: &str, details: &Map<String, Value>) -> String {
         "screen.compliance" => format!("Screen lock {}", t("state").replace('_', " ")),
         "session.left_logged_on" => "Session left logged on after school hours".to_string(),
         "agent.events_dropped" => "The agent's spool was full: events were lost".to_string(),
-        "agent.spool_recovered" => "The agent set a damaged spool aside".to_string(),
+        "agent.spool_recovered" => match details.get("lost").and_then(Value::as_u64) {
+            Some(n) if n > 0 => format!("The agent's spool was damaged: {n} events lost"),
+            _ if text(details, "moved_to").is_some() => {
+                "The agent set a damaged spool aside".to_string()
+            }
+            _ => "The agent recovered its spool".to_string(),
+        },
         "agent.uninstall_refused" => format!(
             "Removing the agent was refused: {}",
             text(details, "reason").unwrap_or("no uninstall code")
         ),
         "agent.uninstalled" => "The agent was removed with the uninstall code".to_string(),
-        "agent.probe_stalled" => format!("The agent's {} probe stopped working", t("probe")),
+        "agent.probe_stalled" => match text(details, "unit") {
+            Some("medium_scan") => format!(
+                "A USB stick's scan stopped working: {}",
+                text(details, "serial").unwrap_or("unknown stick")
+            ),
+            _ => format!("The agent's {} probe stopped working", t("probe")),
+        },
         other => other.replace('.', " "),
     }
 }
@@ -188,5 +204,38 @@ mod tests {
             "Antivirus stale"
         );
         assert_eq!(title("x.y_z", &Map::new()), "x y_z");
+    }
+
+    #[test]
+    fn a_stuck_scan_is_its_sticks_incident_and_a_lossy_spool_says_how_many() {
+        let scan = d(json!({"probe": "usb", "unit": "medium_scan", "serial": "4C53"}));
+        let probe = d(json!({"probe": "usb"}));
+        assert_ne!(
+            subject("agent.probe_stalled", &scan),
+            subject("agent.probe_stalled", &probe)
+        );
+        assert_eq!(
+            title("agent.probe_stalled", &scan),
+            "A USB stick's scan stopped working: 4C53"
+        );
+        assert_eq!(
+            title("agent.probe_stalled", &probe),
+            "The agent's usb probe stopped working"
+        );
+        assert_eq!(
+            title("agent.spool_recovered", &d(json!({"lost": 49}))),
+            "The agent's spool was damaged: 49 events lost"
+        );
+        assert_eq!(
+            title(
+                "agent.spool_recovered",
+                &d(json!({"moved_to": "spool.corrupt-1"}))
+            ),
+            "The agent set a damaged spool aside"
+        );
+        assert_eq!(
+            title("agent.spool_recovered", &d(json!({"next_seq": 2049}))),
+            "The agent recovered its spool"
+        );
     }
 }
