@@ -21,7 +21,9 @@
 //! Otherwise its last line is `events=N seconds=T rate=R/s p99_ack_ms=L lost=X duplicated=Y`,
 //! where N is the number of events sent, T the time from the first send to the
 //! last acknowledgement, and L the 99th percentile of the time from sending a
-//! batch to the acknowledgement covering it. Exit status is non-zero if
+//! batch to the acknowledgement covering it. X and Y come from listing every device's events
+//! through the API (`/api/v1/events?device=`, all pages) and counting each (device, seq): a
+//! sequence sent but not listed is lost, one listed twice (or never sent) duplicated. Exit status is non-zero if
 //! anything was lost or duplicated.
 
 use std::collections::HashMap;
@@ -179,63 +181,49 @@ async fn main() -> anyhow::Result<()> {
         .copied()
         .unwrap_or_default();
 
-    // Verify through the API that the store holds exactly K x M: one request, the device
-    // list carries each device's stored event count and highest sequence number.
+    // Verify through the API that the store holds exactly K x M: every device's events listed
+    // page by page and each (device, seq) counted, so a duplicate shows as a second row, which
+    // a device's `event_count` (a count of new keys) could never reveal.
     let verify = Instant::now();
     let ca = std::fs::read(agents[0].0.join("ca.pem"))?;
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
         .use_rustls_tls()
         .build()?;
-    // The device list is paged (1,000 a page at most): follow `next`.
-    let mut devices: Vec<Value> = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let page: Value = client
-            .get(format!("{}/api/v1/devices", args.api.trim_end_matches('/')))
-            .query(&[("limit", "1000"), ("cursor", cursor.as_str())])
-            .bearer_auth(&args.api_token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        devices.extend(
-            page["devices"]
-                .as_array()
-                .context("no devices in the API answer")?
-                .iter()
-                .cloned(),
-        );
-        match page["next"].as_str() {
-            Some(c) => cursor = c.to_string(),
-            None => break,
-        }
-    }
-    let counts: HashMap<&str, (u64, u64)> = devices
-        .iter()
-        .filter_map(|d| {
-            Some((
-                d["id"].as_str()?,
-                (d["event_count"].as_u64()?, d["highest_seq"].as_u64()?),
-            ))
-        })
-        .collect();
-    let (mut lost, mut duplicated) = (0u64, 0u64);
+    let listing = Arc::new(Semaphore::new(4));
+    let mut lists = Vec::new();
     for (_, id) in &agents {
-        let (count, highest) = counts.get(id.as_str()).copied().unwrap_or((0, 0));
-        lost += args.events.saturating_sub(count);
-        duplicated += count.saturating_sub(args.events);
-        if highest != args.events {
+        let (client, api, token, id, listing) = (
+            client.clone(),
+            args.api.trim_end_matches('/').to_string(),
+            args.api_token.clone(),
+            id.clone(),
+            listing.clone(),
+        );
+        lists.push(tokio::spawn(async move {
+            let _permit = listing.acquire_owned().await.expect("semaphore");
+            let seqs = list_device_events(&client, &api, &token, &id).await;
+            (id, seqs)
+        }));
+    }
+    let (mut lost, mut duplicated, mut listed) = (0u64, 0u64, 0u64);
+    for l in lists {
+        let (id, seqs) = l.await?;
+        let seqs = seqs.with_context(|| format!("listing device {id}'s events"))?;
+        listed += seqs.len() as u64;
+        let tally = tally_seqs(&seqs, args.events);
+        if tally != Tally::default() {
             eprintln!(
-                "device {id}: highest stored seq {highest}, expected {}",
-                args.events
+                "device {id}: {} lost (first {:?}), {} duplicated, {} outside 1..={}",
+                tally.lost, tally.first_lost, tally.duplicated, tally.unexpected, args.events
             );
         }
+        lost += tally.lost;
+        duplicated += tally.duplicated + tally.unexpected;
     }
     eprintln!(
-        "verified {} devices through the API in {:.2}s",
-        counts.len(),
+        "verified {} devices through the API ({listed} events listed) in {:.2}s",
+        agents.len(),
         verify.elapsed().as_secs_f64()
     );
     let sent = args.agents as u64 * args.events;
@@ -248,6 +236,77 @@ async fn main() -> anyhow::Result<()> {
         bail!("the store does not hold exactly {sent} events");
     }
     Ok(())
+}
+
+/// Every stored sequence number of `device`, as `GET /api/v1/events?device=` lists them,
+/// following `next` until the last page.
+async fn list_device_events(
+    client: &reqwest::Client,
+    api: &str,
+    token: &str,
+    device: &str,
+) -> anyhow::Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = client
+            .get(format!("{api}/api/v1/events"))
+            .query(&[("device", device), ("limit", "1000"), ("cursor", &cursor)])
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for e in page["events"]
+            .as_array()
+            .context("no events in the API answer")?
+        {
+            if e["device_id"].as_str() != Some(device) {
+                bail!("the listing for {device} holds another device's event: {e}");
+            }
+            seqs.push(e["seq"].as_u64().context("an event without a seq")?);
+        }
+        match page["next"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => return Ok(seqs),
+        }
+    }
+}
+
+/// What one device's listed sequence numbers say against the `1..=expected` it was sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    /// Sent but not listed.
+    lost: u64,
+    first_lost: Option<u64>,
+    /// Listed more than once (each extra row counts).
+    duplicated: u64,
+    /// Listed but never sent.
+    unexpected: u64,
+}
+
+fn tally_seqs(seqs: &[u64], expected: u64) -> Tally {
+    let mut seen: HashMap<u64, u64> = HashMap::with_capacity(seqs.len());
+    let mut t = Tally::default();
+    for &s in seqs {
+        if !(1..=expected).contains(&s) {
+            t.unexpected += 1;
+            continue;
+        }
+        let n = seen.entry(s).or_default();
+        *n += 1;
+        if *n > 1 {
+            t.duplicated += 1;
+        }
+    }
+    for s in 1..=expected {
+        if !seen.contains_key(&s) {
+            t.lost += 1;
+            t.first_lost.get_or_insert(s);
+        }
+    }
+    t
 }
 
 /// Holds `n` idle connections while timing `GET /api/v1/devices` (a new connection each time).
@@ -693,6 +752,16 @@ fn realistic_event(agent: u64, seq: u64, at: chrono::DateTime<chrono::Utc>) -> p
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_reveals_what_a_count_cannot() {
+        assert_eq!(tally_seqs(&[3, 1, 2], 3), Tally::default());
+        // Three rows for three events sent, yet one is listed twice and one missing: a count
+        // of rows (or of keys) says all is well.
+        let t = tally_seqs(&[1, 2, 2], 3);
+        assert_eq!((t.lost, t.first_lost, t.duplicated), (1, Some(3), 1));
+        assert_eq!(tally_seqs(&[1, 2, 9], 2).unexpected, 1);
+    }
 
     #[test]
     fn the_realistic_mix_is_deterministic_and_near_its_shares() {
