@@ -150,6 +150,11 @@ impl Ingest {
 }
 
 /// Stores a group and, once it is durable, hands it to `on_stored`.
+///
+/// A panic in `on_stored` is caught here: the events are durable and must be acknowledged,
+/// and what the hook keeps (derived state) is an optimisation its owner rebuilds from the
+/// events. Left to unwind, it would fail this group's acks though the events are stored, and
+/// whatever lock the hook held would stay poisoned and fail every later group too.
 fn append_then(
     store: &dyn Store,
     on_stored: &OnStored,
@@ -157,7 +162,16 @@ fn append_then(
 ) -> StoreResult<u64> {
     let n = store.append(batches)?;
     crate::metrics::metrics().events_stored.inc_by(n);
-    on_stored(batches);
+    if let Err(panic) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_stored(batches)))
+    {
+        let error = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        error!(%error, batches = batches.len(), "Derived state not updated for a stored group; the events are acknowledged");
+    }
     Ok(n)
 }
 
@@ -224,5 +238,66 @@ async fn writer(
             }
             let _ = done.send(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use chrono::Utc;
+
+    use crate::store::{SledStore, StoredEvent, test_device};
+
+    fn batch(device: &str, seq: u64) -> DeviceBatch {
+        DeviceBatch {
+            device_id: device.into(),
+            events: vec![StoredEvent {
+                device_id: device.into(),
+                seq,
+                kind: "load.synthetic".into(),
+                occurred_at: Utc::now(),
+                received_at: Utc::now(),
+                user: None,
+                details: Default::default(),
+                severity: "info".into(),
+                audience: vec![],
+                assessment: None,
+            }],
+            facts: None,
+            state: Default::default(),
+            seen_at: Utc::now(),
+        }
+    }
+
+    /// A hook that panics (holding its lock, as the software fold does) costs only what the
+    /// hook keeps: that group and every later one are acknowledged and stored.
+    #[tokio::test]
+    async fn a_panicking_hook_never_stops_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        store.insert_device(&test_device("a")).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hook: OnStored = {
+            let seen = seen.clone();
+            Arc::new(move |group: &[DeviceBatch]| {
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                seen.push(group[0].events[0].seq);
+                assert_ne!(group[0].events[0].seq, 2, "a bug in a derived-state fold");
+            })
+        };
+        let ingest = Ingest::start(store.clone(), hook);
+        for seq in 1..=4 {
+            ingest
+                .commit(batch("a", seq))
+                .await
+                .unwrap_or_else(|e| panic!("seq {seq} not acknowledged: {e}"));
+        }
+        assert_eq!(store.device("a").unwrap().unwrap().highest_seq, 4);
+        assert_eq!(
+            *seen.lock().unwrap_or_else(|p| p.into_inner()),
+            [1, 2, 3, 4]
+        );
     }
 }

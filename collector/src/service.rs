@@ -234,18 +234,79 @@ fn load_software_counts(
         }
     }
     for d in devices {
-        let from = counts.through_seq(&d.id);
-        let highest = store.device_events_after(&d.id, from, "software.", &mut |e| {
-            if let Err(why) = counts.fold(&e.device_id, e.seq, &e.kind, &e.details) {
-                tracing::debug!(%why, "Software event not counted");
-            }
-        })?;
-        if highest > from {
-            counts.mark_through(&d.id, highest);
+        if replay_software(&mut counts, store, &d.id, FleetCounts::fold)? {
             save_software_state(&counts, store, &d.id);
         }
     }
     Ok(counts)
+}
+
+/// How one software event is folded into the counts: `FleetCounts::fold`, or in tests one
+/// that fails on purpose.
+type FoldFn = fn(&mut FleetCounts, &str, u64, &str, &Map<String, Value>) -> Result<(), String>;
+
+/// Folds one event, turning a panic in the fold into a reason like a malformed event's: the
+/// counts are an optimisation, and a bug in them must cost at most that event's count, never
+/// the start-up or the acknowledgements.
+fn fold_guarded(
+    counts: &mut FleetCounts,
+    fold: FoldFn,
+    device: &str,
+    seq: u64,
+    kind: &str,
+    details: &Map<String, Value>,
+) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fold(counts, device, seq, kind, details)
+    }))
+    .unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%device, seq, error = %why, "Software event not counted: its fold panicked");
+        counts.mark_through(device, seq);
+        Err(format!("the fold panicked: {why}"))
+    })
+}
+
+/// Folds `device`'s stored software events above what `counts` holds for it; `true` when it
+/// read any.
+fn replay_software(
+    counts: &mut FleetCounts,
+    store: &dyn Store,
+    device: &str,
+    fold: FoldFn,
+) -> Result<bool, StoreError> {
+    let from = counts.through_seq(device);
+    let highest = store.device_events_after(device, from, "software.", &mut |e| {
+        if let Err(why) = fold_guarded(counts, fold, &e.device_id, e.seq, &e.kind, &e.details) {
+            tracing::debug!(%why, "Software event not counted");
+        }
+    })?;
+    counts.mark_through(device, highest);
+    Ok(highest > from)
+}
+
+/// After a fold panicked part-way through `device`'s events, its counts may hold half an
+/// event: forget them and fold them again from its saved state and stored events (which
+/// include the group just stored). An event that panics again is skipped as malformed.
+fn rebuild_software(counts: &mut FleetCounts, store: &dyn Store, device: &str, fold: FoldFn) {
+    counts.remove_device(device);
+    let rebuilt = store.derived(SOFTWARE_STATE).and_then(|saved| {
+        if let Some((_, through, state)) = saved.into_iter().find(|(d, _, _)| d == device)
+            && let Err(why) = counts.import_device(device, through, state)
+        {
+            tracing::warn!(%device, %why, "Saved software state unreadable; rebuilding it from events");
+        }
+        replay_software(counts, store, device, fold)
+    });
+    if let Err(e) = rebuilt {
+        // Left out until the next start, which folds it from the store again.
+        counts.remove_device(device);
+        tracing::warn!(%device, error = %e, "Software counts of a device not rebuilt");
+    }
 }
 
 fn save_software_state(counts: &FleetCounts, store: &dyn Store, device: &str) {
@@ -260,17 +321,49 @@ fn save_software_state(counts: &FleetCounts, store: &dyn Store, device: &str) {
 }
 
 /// Folds a durable group's software events, in store order, and saves the devices it changed.
+///
+/// It runs on the ack path (the writer's `OnStored` hook), so nothing here may stop acks: a
+/// fold that panics is caught while the lock is held (so the lock is never poisoned) and costs
+/// only that device's counts, rebuilt from the store at once.
 fn fold_software(counts: &std::sync::Mutex<FleetCounts>, store: &dyn Store, group: &[DeviceBatch]) {
-    let mut counts = counts.lock().expect("software counts lock");
+    fold_software_with(counts, store, group, FleetCounts::fold);
+}
+
+fn fold_software_with(
+    counts: &std::sync::Mutex<FleetCounts>,
+    store: &dyn Store,
+    group: &[DeviceBatch],
+    fold: FoldFn,
+) {
+    // Poisoned only by a panic outside the folds (which are caught below), so the counts
+    // themselves are whole.
+    let mut counts = counts.lock().unwrap_or_else(|poisoned| {
+        counts.clear_poison();
+        poisoned.into_inner()
+    });
     let mut touched = std::collections::BTreeSet::new();
     for b in group {
-        for e in b.events.iter().filter(|e| e.kind.starts_with("software.")) {
-            // A resent event (seq already folded) is skipped inside fold.
-            if let Err(why) = counts.fold(&b.device_id, e.seq, &e.kind, &e.details) {
-                tracing::debug!(%why, "Software event not counted");
-            }
-            touched.insert(b.device_id.as_str());
+        let mut software = b
+            .events
+            .iter()
+            .filter(|e| e.kind.starts_with("software."))
+            .peekable();
+        if software.peek().is_none() {
+            continue;
         }
+        let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for e in software {
+                // A resent event (seq already folded) is skipped inside fold.
+                if let Err(why) = fold(&mut counts, &b.device_id, e.seq, &e.kind, &e.details) {
+                    tracing::debug!(%why, "Software event not counted");
+                }
+            }
+        }));
+        if folded.is_err() {
+            tracing::error!(device = %b.device_id, "Software counts fold panicked; rebuilding the device's counts from its events");
+            rebuild_software(&mut counts, store, &b.device_id, fold);
+        }
+        touched.insert(b.device_id.as_str());
     }
     for device in touched {
         save_software_state(&counts, store, device);
@@ -1035,6 +1128,84 @@ mod tests {
         let c = load_software_counts(&s, &s.devices().unwrap()).unwrap();
         assert_eq!(s.read.load(Ordering::Relaxed), 0);
         assert_eq!((count(&c, "gimp"), count(&c, "steam")), (0, 1));
+    }
+
+    /// A fold that panics on the ack path (caught there, as the writer does) costs nothing
+    /// but a rebuild: the lock is not poisoned, the device's counts come back from its stored
+    /// events (the panicking one skipped), other devices in the group are counted, and later
+    /// groups fold as before.
+    #[test]
+    fn a_panicking_fold_loses_only_the_counts_and_never_the_lock() {
+        fn fold_panicking_on_5(
+            c: &mut FleetCounts,
+            device: &str,
+            seq: u64,
+            kind: &str,
+            details: &Map<String, Value>,
+        ) -> Result<(), String> {
+            // Half an event applied, then a bug: the device's counts are now suspect.
+            c.mark_through(device, seq);
+            assert!(!(device == "a" && seq == 5), "a bug in the fold");
+            c.apply(device, kind, details)
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        for d in ["a", "b"] {
+            s.insert_device(&crate::store::test_device(d)).unwrap();
+        }
+        let c = std::sync::Mutex::new(FleetCounts::default());
+        let first = group(
+            "a",
+            vec![software_event("a", 1, "software.installed", "gimp")],
+        );
+        s.append(std::slice::from_ref(&first)).unwrap();
+        fold_software_with(&c, &s, std::slice::from_ref(&first), fold_panicking_on_5);
+
+        let faulty = [
+            group(
+                "a",
+                vec![
+                    software_event("a", 4, "software.installed", "steam"),
+                    software_event("a", 5, "software.installed", "tor"),
+                    software_event("a", 6, "software.removed", "gimp"),
+                ],
+            ),
+            group(
+                "b",
+                vec![software_event("b", 1, "software.installed", "steam")],
+            ),
+        ];
+        s.append(&faulty).unwrap();
+        let hook = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fold_software_with(&c, &s, &faulty, fold_panicking_on_5)
+        }));
+        assert!(hook.is_ok(), "the panic escaped the fold");
+        let counts = c.lock().expect("the counts lock is not poisoned");
+        assert_eq!(
+            (
+                count(&counts, "gimp"),
+                count(&counts, "steam"),
+                count(&counts, "tor")
+            ),
+            (0, 2, 0),
+            "a's counts rebuilt from its events without the faulty one, b's folded"
+        );
+        assert_eq!(counts.through_seq("a"), 6);
+        drop(counts);
+
+        let later = group(
+            "a",
+            vec![software_event("a", 7, "software.installed", "gimp")],
+        );
+        s.append(std::slice::from_ref(&later)).unwrap();
+        fold_software(&c, &s, std::slice::from_ref(&later));
+        assert_eq!(count(&c.lock().unwrap(), "gimp"), 1);
+        // What was saved matches: a restart reads the same counts.
+        let restarted = load_software_counts(&s, &s.devices().unwrap()).unwrap();
+        assert_eq!(
+            (count(&restarted, "gimp"), count(&restarted, "steam")),
+            (1, 2)
+        );
     }
 
     #[test]
