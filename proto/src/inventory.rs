@@ -1,0 +1,1212 @@
+//! The data inventory: every event kind the agent can emit, every field each can carry, whether
+//! it is personal data, who can see it, where it is kept, for how long, and why a policy needs it.
+//!
+//! Both ends use it: the agent checks each event against it in debug builds (so a new field
+//! without an entry fails the tests), and `PRIVACY.md` is rendered from it (a test fails when
+//! the checked-in file differs). Field paths name nested fields the way the details are built:
+//! `products[].name` is `name` in each object of the `products` array, `requested_by.user` is
+//! `user` inside the `requested_by` object.
+
+use serde_json::{Map, Value};
+
+/// Whether a field can identify a pupil or a member of staff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Personal {
+    No,
+    /// Not a name, but it can be linked to a person with other information.
+    Indirect(&'static str),
+    /// Names a person, or is something a person chose (a file or volume name).
+    Yes(&'static str),
+}
+
+/// Whether the Designated Safeguarding Lead sees a kind (the DSL sees no technical events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dsl {
+    No,
+    /// As the device's current state, on the page of a device a safeguarding incident
+    /// concerns, and in the DSL's report.
+    DeviceState,
+    /// When the collector flags it for the DSL (the condition).
+    WhenFlagged(&'static str),
+}
+
+impl Dsl {
+    fn text(self) -> String {
+        match self {
+            Dsl::No => "No".into(),
+            Dsl::DeviceState => {
+                "Only as a device's state, for a device a safeguarding incident concerns".into()
+            }
+            Dsl::WhenFlagged(when) => format!("When {when}"),
+        }
+    }
+}
+
+/// One field of an event's details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// Path in the details (see the module's note on nested paths).
+    pub path: &'static str,
+    pub about: &'static str,
+    pub personal: Personal,
+    /// Its parts are described in `about` and not checked one by one (an object whose keys
+    /// are data, such as the inventory's items by source).
+    pub opaque: bool,
+}
+
+const fn f(path: &'static str, about: &'static str, personal: Personal) -> Field {
+    Field {
+        path,
+        about,
+        personal,
+        opaque: false,
+    }
+}
+
+/// One event kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    pub name: &'static str,
+    /// What it records and when it is sent.
+    pub summary: &'static str,
+    /// The event's `user` (a login name), when the kind can carry one: whose it is.
+    pub user: Option<&'static str>,
+    /// Groups of fields (groups shared by several kinds, such as a USB device's description).
+    pub fields: &'static [&'static [Field]],
+    /// Which roles can see it on the dashboard, API, digests and reports.
+    pub seen_by: &'static str,
+    pub dsl: Dsl,
+    /// Where the collector keeps it beyond the event itself, if anywhere.
+    pub also_stored: Option<&'static str>,
+    /// The policy clause (seed and section, see `/work/shared/guide/policy-map.md`) or the
+    /// operational reason it is collected.
+    pub why: &'static str,
+}
+
+impl Kind {
+    pub fn fields(&self) -> impl Iterator<Item = &'static Field> {
+        self.fields.iter().flat_map(|g| g.iter())
+    }
+
+    pub fn field(&self, path: &str) -> Option<&'static Field> {
+        self.fields().chain(ANY_KIND).find(|f| f.path == path)
+    }
+}
+
+/// Where every event is kept, whatever its kind.
+pub const STORED: &str = "On the laptop: the agent's spool (`/var/lib/caretaker-agent/spool`, root only) until the collector acknowledges it, normally within seconds when online. On the collector: the `events` store tree with its indexes (by audience, by user, by kind), in the data directory.";
+
+/// How long, today. Retention limits are future work (issue 13).
+pub const KEPT: &str = "On the laptop: until the collector acknowledges it (or, if the laptop is offline so long that the spool fills, until it is the oldest and is dropped, which is itself recorded). On the collector: indefinitely. There is no retention limit yet; limits per kind of record are planned work.";
+
+/// Roles: the network manager sees everything; this is the usual technical audience.
+const TECHNICAL: &str = "Network manager and IT technician (device timeline, event list, technical incidents). Not the DSL, not governors.";
+
+/// Fields the agent's spool may put in place of any kind's details.
+pub const ANY_KIND: &[Field] = &[
+    f(
+        "truncated",
+        "True when the details were over 64 KiB and were replaced by this note.",
+        Personal::No,
+    ),
+    f(
+        "original_bytes",
+        "Size of the details that were replaced.",
+        Personal::No,
+    ),
+];
+
+const USB_DEVICE: &[Field] = &[
+    f(
+        "sys_name",
+        "The port the device is in, as the kernel names it (e.g. `1-1`).",
+        Personal::No,
+    ),
+    f(
+        "device_id",
+        "Vendor and product id, `vvvv:pppp`, as policies write it.",
+        Personal::No,
+    ),
+    f("vendor_id", "USB vendor id.", Personal::No),
+    f("product_id", "USB product id.", Personal::No),
+    f(
+        "serial",
+        "The device's own serial number, so a stick can be allowed or recognised again.",
+        Personal::Indirect("a personal stick's serial can be linked to its owner"),
+    ),
+    f(
+        "manufacturer",
+        "Manufacturer string the device reports.",
+        Personal::No,
+    ),
+    f(
+        "product",
+        "Product string the device reports.",
+        Personal::No,
+    ),
+    f("device_class", "USB device class.", Personal::No),
+    f(
+        "interface_classes",
+        "USB interface classes (mass storage, keyboard, ...).",
+        Personal::No,
+    ),
+    f(
+        "mass_storage",
+        "Whether it is storage (what the removable-media rules apply to).",
+        Personal::No,
+    ),
+];
+
+const USB_INSERTED: &[Field] = &[
+    f(
+        "decision",
+        "`allow`, `allow_after_scan` or `block`, under the policy.",
+        Personal::No,
+    ),
+    f(
+        "account",
+        "Whether pupil or staff rules applied (nobody logged in counts as pupil).",
+        Personal::Indirect("says whether the logged-in person is a pupil or staff"),
+    ),
+    f("reason", "Why it was blocked.", Personal::No),
+    f(
+        "present_at_start",
+        "It was already plugged in when the agent started.",
+        Personal::No,
+    ),
+    f(
+        "antivirus_current",
+        "Whether the laptop's antivirus was up to date at the time.",
+        Personal::No,
+    ),
+    f(
+        "antivirus_problem",
+        "What was wrong with the antivirus, if anything.",
+        Personal::No,
+    ),
+];
+
+const USB_BLOCKED: &[Field] = &[
+    f("reason", "Why it was blocked.", Personal::No),
+    f(
+        "enforced",
+        "Whether the agent could actually detach it.",
+        Personal::No,
+    ),
+];
+
+const BLOCK: Field = f(
+    "block",
+    "The kernel's name of the disk or partition (e.g. `sdb1`).",
+    Personal::No,
+);
+
+const MEDIA_MOUNTED: &[Field] = &[
+    BLOCK,
+    f("removable", "The kernel's removable flag.", Personal::No),
+    f("size_bytes", "Size of the disk or partition.", Personal::No),
+    f("fs_type", "Filesystem type.", Personal::No),
+    f(
+        "label",
+        "The volume label written on the medium.",
+        Personal::Yes("people often label a stick with their name"),
+    ),
+    f(
+        "mount_point",
+        "Where it was mounted.",
+        Personal::Yes("desktops mount under `/media/<login name>/<label>`"),
+    ),
+    f("read_only", "Mounted read-only.", Personal::No),
+    f(
+        "by_agent",
+        "Mounted by the agent itself for a scan.",
+        Personal::No,
+    ),
+];
+
+const MEDIA_SCANNED: &[Field] = &[
+    BLOCK,
+    f(
+        "result",
+        "`clean`, `infected` or `incomplete`.",
+        Personal::No,
+    ),
+    f(
+        "files_scanned",
+        "How many files were scanned.",
+        Personal::No,
+    ),
+    f(
+        "bytes_scanned",
+        "How many bytes were scanned.",
+        Personal::No,
+    ),
+    f("duration_ms", "How long the scan took.", Personal::No),
+    f(
+        "errors",
+        "What could not be scanned and why, without file names.",
+        Personal::No,
+    ),
+];
+
+const MEDIA_INFECTED: &[Field] = &[
+    BLOCK,
+    f(
+        "detections",
+        "Malware signature names only; never the names of the files.",
+        Personal::No,
+    ),
+    f("action", "`detached` or `reported`.", Personal::No),
+];
+
+const PROBE_STALL: &[Field] = &[
+    f(
+        "probe",
+        "Which part of the agent stopped making progress.",
+        Personal::No,
+    ),
+    f("stalled_secs", "For how long.", Personal::No),
+    f(
+        "max_gap_secs",
+        "The longest gap it is allowed.",
+        Personal::No,
+    ),
+    f(
+        "action",
+        "`restarted`, `reported` or (a medium's scan) `aborted`.",
+        Personal::No,
+    ),
+    f(
+        "restarts_last_hour",
+        "Restarts of that probe in the last hour.",
+        Personal::No,
+    ),
+    f(
+        "unit",
+        "`medium_scan` when a USB stick's scan is what stalled.",
+        Personal::No,
+    ),
+    BLOCK,
+    f(
+        "stick",
+        "What became of the stick: `blocked`, `read_only`, `allowed_by_policy` or `removed`.",
+        Personal::No,
+    ),
+];
+
+const SPOOL_RECOVERED: &[Field] = &[
+    f("reason", "What happened to the spool.", Personal::No),
+    f(
+        "moved_to",
+        "Where a damaged spool was set aside (the agent's own folder).",
+        Personal::No,
+    ),
+    f("lost", "How many events were lost.", Personal::No),
+    f(
+        "lost_first_seq",
+        "Lowest sequence number lost.",
+        Personal::No,
+    ),
+    f(
+        "lost_last_seq",
+        "Highest sequence number lost.",
+        Personal::No,
+    ),
+    f("next_seq", "Where numbering continues.", Personal::No),
+    f(
+        "collector_highest_seq",
+        "The highest number the collector had stored for this laptop.",
+        Personal::No,
+    ),
+    f(
+        "renumbered",
+        "How many unsent events were renumbered.",
+        Personal::No,
+    ),
+];
+
+const EVENTS_DROPPED: &[Field] = &[
+    f("count", "How many events were dropped.", Personal::No),
+    f("first_seq", "Lowest sequence number dropped.", Personal::No),
+    f("last_seq", "Highest sequence number dropped.", Personal::No),
+    f("reason", "Why (`spool full`).", Personal::No),
+    f("spool_max_bytes", "The spool's size bound.", Personal::No),
+];
+
+const ANTIVIRUS_STATUS: &[Field] = &[
+    f(
+        "status",
+        "`current`, `stale`, `disabled`, `missing` or `unknown`.",
+        Personal::No,
+    ),
+    f("reason", "Why, in words.", Personal::No),
+    f(
+        "max_signature_age_hours",
+        "The policy's limit on signature age.",
+        Personal::No,
+    ),
+    f(
+        "products",
+        "One entry per antivirus product found.",
+        Personal::No,
+    ),
+    f("products[].name", "Product name.", Personal::No),
+    f("products[].engine_version", "Engine version.", Personal::No),
+    f(
+        "products[].signature_version",
+        "Signature database version.",
+        Personal::No,
+    ),
+    f(
+        "products[].signatures_built_at",
+        "When the signatures were built.",
+        Personal::No,
+    ),
+    f(
+        "products[].signature_age_hours",
+        "Their age in hours.",
+        Personal::No,
+    ),
+    f(
+        "products[].realtime_protection",
+        "Whether real-time protection is on.",
+        Personal::No,
+    ),
+    f(
+        "products[].service_responding",
+        "Whether its service answered.",
+        Personal::No,
+    ),
+    f("products[].status", "This product's status.", Personal::No),
+    f("products[].reason", "Why, in words.", Personal::No),
+    f(
+        "products[].updater",
+        "The signature updater (freshclam), when there is one.",
+        Personal::No,
+    ),
+    f("products[].updater.name", "Updater name.", Personal::No),
+    f(
+        "products[].updater.running",
+        "Whether it is running.",
+        Personal::No,
+    ),
+    f(
+        "products[].updater.last_run_at",
+        "When it last ran.",
+        Personal::No,
+    ),
+    f(
+        "products[].updater.last_run_ok",
+        "Whether that run succeeded.",
+        Personal::No,
+    ),
+    f(
+        "products[].updater.last_error",
+        "Its last error message.",
+        Personal::No,
+    ),
+];
+
+const DEVICE_FACTS: &[Field] = &[
+    f(
+        "vendor",
+        "The laptop's manufacturer (firmware).",
+        Personal::No,
+    ),
+    f("model", "The laptop's model.", Personal::No),
+    f(
+        "serial",
+        "The laptop's serial number, for the asset register.",
+        Personal::Indirect(
+            "a laptop issued to one person identifies them through the school's asset register",
+        ),
+    ),
+    f("os_name", "Operating system.", Personal::No),
+    f("os_version", "Operating system version.", Personal::No),
+    f("kernel", "Kernel version.", Personal::No),
+    f("cpu_model", "Processor.", Personal::No),
+    f("cpu_cores", "Processor cores.", Personal::No),
+    f("memory_bytes", "Memory.", Personal::No),
+    f("disk_total_bytes", "System disk size.", Personal::No),
+    f("disk_free_bytes", "System disk free space.", Personal::No),
+    f("boot_time", "When the laptop last booted.", Personal::No),
+    f(
+        "battery_health_pct",
+        "Battery capacity against its design.",
+        Personal::No,
+    ),
+    f("battery_cycles", "Battery charge cycles.", Personal::No),
+];
+
+const SOFTWARE_CHANGE: &[Field] = &[
+    f(
+        "source",
+        "Where it came from: `dpkg`, `snap`, `flatpak` or `appimage`.",
+        Personal::No,
+    ),
+    f("name", "Package or application name.", Personal::No),
+    f("version", "Its version.", Personal::No),
+    f("architecture", "Its architecture.", Personal::No),
+    f(
+        "owner",
+        "The login whose per-user installation it is (Flatpak `--user`, AppImage).",
+        Personal::Yes("a login name"),
+    ),
+    f(
+        "path",
+        "For an AppImage, its path inside the owner's home folder.",
+        Personal::Yes("a file name the person chose, in their home folder"),
+    ),
+    f("scope", "`system` or `user`.", Personal::No),
+    f(
+        "installed_at",
+        "When it was installed, where the source records it.",
+        Personal::No,
+    ),
+    f(
+        "requested_by",
+        "Who asked apt for it, where apt recorded it.",
+        Personal::Yes("names the person"),
+    ),
+    f(
+        "requested_by.user",
+        "Their login name.",
+        Personal::Yes("a login name"),
+    ),
+    f(
+        "requested_by.uid",
+        "Their numeric user id.",
+        Personal::Yes("identifies the account"),
+    ),
+    f("requested_by.via", "`apt`.", Personal::No),
+];
+
+const SOFTWARE_UPGRADED: &[Field] = &[f(
+    "previous_version",
+    "The version it replaced.",
+    Personal::No,
+)];
+
+const SOFTWARE_INVENTORY: &[Field] = &[
+    f(
+        "batch",
+        "Ties the parts of one inventory together (a time).",
+        Personal::No,
+    ),
+    f("part", "This part's number.", Personal::No),
+    f("parts", "How many parts.", Personal::No),
+    f("total", "How many installations in all.", Personal::No),
+    f(
+        "fields",
+        "The names of the columns of `items` (`name`, `version`, `arch`, `owner`, `installed_at`, `path`).",
+        Personal::No,
+    ),
+    Field {
+        path: "items",
+        about: "Installations by source (`dpkg`, `snap`, `flatpak`, `appimage`), each a row of the columns in `fields`: name, version, architecture, and for a per-user installation its owner's login name, installation time and (AppImage) its path inside the owner's home folder.",
+        personal: Personal::Yes(
+            "per-user installations carry the owner's login name and a path in their home folder",
+        ),
+        opaque: true,
+    },
+];
+
+const EXECUTABLE: &[Field] = &[
+    f(
+        "path",
+        "Where the file is, relative to the home folder.",
+        Personal::Yes("a file name the person chose, in their home folder"),
+    ),
+    f(
+        "type",
+        "`elf`, `appimage`, `windows_exe`, `windows_msi` or `script`.",
+        Personal::No,
+    ),
+    f("appimage_type", "AppImage format version.", Personal::No),
+    f("size", "File size.", Personal::No),
+    f(
+        "sha256",
+        "A hash of the content, to recognise a known program; never the content.",
+        Personal::No,
+    ),
+    f(
+        "hash_skipped",
+        "Why there is no hash (too large or unreadable).",
+        Personal::No,
+    ),
+    f(
+        "executable_bit",
+        "Whether it is marked executable.",
+        Personal::No,
+    ),
+    f("change", "`created` or `modified`.", Personal::No),
+];
+
+const SESSION: Field = f(
+    "session",
+    "The login session's number on this laptop (logind's id), not a name.",
+    Personal::No,
+);
+const IDLE: Field = f(
+    "idle_seconds",
+    "How long nobody had touched keyboard or mouse (a duration, never what was typed).",
+    Personal::No,
+);
+
+const SOFTWARE_SEEN_BY: &str = "Network manager and IT technician; when the school's catalogue marks it a filter-bypass tool (VPN, proxy, Tor), the DSL instead of the technician (the event, its safeguarding incident, the DSL's digests by e-mail or webhook, and the DSL's report). Governors see only counts of unapproved software.";
+const SOFTWARE_WHY: &str = "Seeds 000 and 001: software is installed only with the network manager's permission, and who installed it is recorded where the operating system tells. Seed 002: bypass tools are flagged to the DSL; installations are reconciled against licences.";
+const USB_WHY: &str = "Seeds 000 and 004 §7.2: removable media are used only with permission and after a virus scan. Seed 001: pupils may not use USB sticks without a teacher's permission; sticks only in computers with up-to-date antivirus.";
+
+/// Every kind the agent can emit.
+pub const KINDS: &[Kind] = &[
+    Kind {
+        name: "agent.started",
+        summary: "The agent started.",
+        user: None,
+        fields: &[&[
+            f("agent_version", "The agent's version.", Personal::No),
+            f(
+                "hostname",
+                "The laptop's name on the network.",
+                Personal::Indirect("only if the school names laptops after people"),
+            ),
+            f("os", "Operating system and version.", Personal::No),
+        ]],
+        seen_by: "Network manager and IT technician (device list and page). The DSL sees the laptop's name and state on the page of a device a safeguarding incident concerns, and in the DSL's report (its incidents, and laptops gone silent).",
+        dsl: Dsl::DeviceState,
+        also_stored: Some("the device's `agent` and `lifecycle` state in the `devices` tree"),
+        why: "Seed 002: monitoring systems are implemented and updated regularly (agent version and health per device).",
+    },
+    Kind {
+        name: "agent.heartbeat",
+        summary: "The agent is still running (every few minutes).",
+        user: None,
+        fields: &[&[f(
+            "uptime_secs",
+            "Seconds since the agent started.",
+            Personal::No,
+        )]],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: None,
+        why: "Seed 002: devices that went silent are flagged.",
+    },
+    Kind {
+        name: "agent.stopping",
+        summary: "The agent stopped cleanly (shutdown, service stop).",
+        user: None,
+        fields: &[&[f("reason", "Why.", Personal::No)]],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("the device's `lifecycle` state in the `devices` tree"),
+        why: "Seed 002: a clean stop is told apart from a laptop that went silent.",
+    },
+    Kind {
+        name: "agent.uninstalled",
+        summary: "The agent package was removed with the device's uninstall code.",
+        user: Some("the person who ran the removal with sudo, as sudo reports it"),
+        fields: &[&[
+            f(
+                "action",
+                "The package manager's action (`remove`, `purge`).",
+                Personal::No,
+            ),
+            f(
+                "code_verified",
+                "Whether the code was checked (false if the laptop had not yet received it).",
+                Personal::No,
+            ),
+        ]],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("the device's `lifecycle` state in the `devices` tree"),
+        why: "Seed 002: monitoring systems are in place on every machine; a removal is recorded and told apart from a laptop that went silent.",
+    },
+    Kind {
+        name: "agent.uninstall_refused",
+        summary: "Someone tried to remove the agent without the uninstall code.",
+        user: Some("the person who ran the removal with sudo, as sudo reports it"),
+        fields: &[&[
+            f(
+                "action",
+                "The package manager's action (`remove`, `purge`).",
+                Personal::No,
+            ),
+            f("reason", "`no code given` or `wrong code`.", Personal::No),
+        ]],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
+        why: "Seed 002: monitoring systems are kept in place; tampering is reported to the network manager.",
+    },
+    Kind {
+        name: "agent.spool_recovered",
+        summary: "The agent's local store was damaged or its numbering lost, and what was lost.",
+        user: None,
+        fields: &[SPOOL_RECOVERED],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
+        why: "Seed 004 §1.3.2: the record of events must be complete, or its gaps known.",
+    },
+    Kind {
+        name: "agent.events_dropped",
+        summary: "The laptop was offline so long that its spool filled and the oldest events were dropped: how many.",
+        user: None,
+        fields: &[EVENTS_DROPPED],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
+        why: "Seed 004 §1.3.2: the record of events must be complete, or its gaps known.",
+    },
+    Kind {
+        name: "agent.probe_stalled",
+        summary: "A part of the agent stopped making progress (or a USB stick's scan did), and what was done.",
+        user: Some("for a stuck USB scan, the person logged in at the time"),
+        fields: &[PROBE_STALL, USB_DEVICE],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
+        why: "Seed 002: monitoring systems work on every machine; a part that is not watching is reported.",
+    },
+    Kind {
+        name: "agent.probe_recovered",
+        summary: "A stalled part of the agent is moving again.",
+        user: None,
+        fields: &[&[
+            f("probe", "Which part.", Personal::No),
+            f("stalled_secs", "How long it was stalled.", Personal::No),
+        ]],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: None,
+        why: "Seed 002: as `agent.probe_stalled`.",
+    },
+    Kind {
+        name: "antivirus.status",
+        summary: "The antivirus products on the laptop and whether they are current (at start, on a change, and periodically).",
+        user: None,
+        fields: &[ANTIVIRUS_STATUS],
+        seen_by: "Network manager and IT technician. The DSL sees it as the device's state on the page of a device a safeguarding incident concerns. Governors see only the share of devices that are current.",
+        dsl: Dsl::DeviceState,
+        also_stored: Some(
+            "the device's `antivirus` state in the `devices` tree; a technical incident when not current",
+        ),
+        why: "Seeds 000, 001 and 004 §1.3.4: antivirus on all machines, regularly updated.",
+    },
+    Kind {
+        name: "antivirus.detection",
+        summary: "A scan another feature asked for found malware.",
+        user: Some("the person logged in at the time"),
+        fields: &[&[
+            f("product", "The scanner (`ClamAV`).", Personal::No),
+            f(
+                "subject",
+                "What was scanned, in words the network manager can act on.",
+                Personal::Yes("can include the name of a file on the medium"),
+            ),
+            f("signatures", "Malware signature names.", Personal::No),
+        ]],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
+        why: "Seed 001: an infection is reported to the network manager at once.",
+    },
+    Kind {
+        name: "device.facts",
+        summary: "The laptop's hardware, operating system, disk and battery (at start and on a meaningful change).",
+        user: None,
+        fields: &[DEVICE_FACTS],
+        seen_by: "Network manager and IT technician (device page). The DSL sees a device's page only when a safeguarding incident concerns it.",
+        dsl: Dsl::DeviceState,
+        also_stored: Some("the device's `facts` state in the `devices` tree"),
+        why: "Seed 004 §1.3.4: system updates installed and maintained on all machines (operating system and kernel versions). The rest (hardware, disk, battery) is the technician's asset register and fault-finding; no policy clause asks for it.",
+    },
+    Kind {
+        name: "executable.in_user_area",
+        summary: "A program (ELF, AppImage, Windows .exe/.msi, script) appeared or changed in a home folder.",
+        user: Some("the owner of the home folder"),
+        fields: &[EXECUTABLE],
+        seen_by: SOFTWARE_SEEN_BY,
+        dsl: Dsl::WhenFlagged("the school's catalogue marks it a filter-bypass tool"),
+        also_stored: Some(
+            "an incident when the school's policy flags it (its title names the path); for a bypass tool, the DSL's sent digests (`digests`)",
+        ),
+        why: "Seeds 003 and 004 §7.2: unapproved executable files are not allowed in pupils' work areas.",
+    },
+    Kind {
+        name: "software.installed",
+        summary: "A package or application was installed.",
+        user: Some("the owner of a per-user installation, or whoever asked apt for it"),
+        fields: &[SOFTWARE_CHANGE],
+        seen_by: SOFTWARE_SEEN_BY,
+        dsl: Dsl::WhenFlagged("the school's catalogue marks it a filter-bypass tool"),
+        also_stored: Some(
+            "the device's installation counts (`derived`); an incident when the policy flags it; for a bypass tool, the DSL's sent digests (`digests`)",
+        ),
+        why: SOFTWARE_WHY,
+    },
+    Kind {
+        name: "software.removed",
+        summary: "A package or application was removed.",
+        user: Some("the owner of a per-user installation, or whoever asked apt for it"),
+        fields: &[SOFTWARE_CHANGE],
+        seen_by: SOFTWARE_SEEN_BY,
+        dsl: Dsl::WhenFlagged("the school's catalogue marks it a filter-bypass tool"),
+        also_stored: Some("the device's installation counts (`derived`)"),
+        why: SOFTWARE_WHY,
+    },
+    Kind {
+        name: "software.upgraded",
+        summary: "A package or application changed version.",
+        user: Some("the owner of a per-user installation, or whoever asked apt for it"),
+        fields: &[SOFTWARE_CHANGE, SOFTWARE_UPGRADED],
+        seen_by: SOFTWARE_SEEN_BY,
+        dsl: Dsl::WhenFlagged("the school's catalogue marks it a filter-bypass tool"),
+        also_stored: Some(
+            "the device's installation counts (`derived`); an incident when the policy flags it; for a bypass tool, the DSL's sent digests (`digests`)",
+        ),
+        why: SOFTWARE_WHY,
+    },
+    Kind {
+        name: "software.inventory",
+        summary: "Everything installed, at the agent's start (in parts).",
+        user: None,
+        fields: &[SOFTWARE_INVENTORY],
+        seen_by: SOFTWARE_SEEN_BY,
+        dsl: Dsl::WhenFlagged("it lists a filter-bypass tool"),
+        also_stored: Some(
+            "the device's installation counts (`derived`); an incident for denied software or a bypass tool; for a bypass tool, the DSL's sent digests (`digests`)",
+        ),
+        why: "Seed 002: installations reconciled against licences, and bypass tools found where they already are.",
+    },
+    Kind {
+        name: "screen.compliance",
+        summary: "Whether the laptop can enforce the screen lock, and why not (on a change).",
+        user: None,
+        fields: &[&[
+            f("state", "`enforced` or `cannot_enforce`.", Personal::No),
+            f(
+                "reason",
+                "Why, in words (may name a session's number and type, or the locker program).",
+                Personal::No,
+            ),
+        ]],
+        seen_by: "Network manager and IT technician. The DSL sees it as the device's state on the page of a device a safeguarding incident concerns. Governors see only the share of devices enforcing the lock.",
+        dsl: Dsl::DeviceState,
+        also_stored: Some(
+            "the device's `screen_lock` state in the `devices` tree; a technical incident when not enforced",
+        ),
+        why: "Seeds 000 and 004 §7.2: machines are locked when left unattended; the compliance state per device.",
+    },
+    Kind {
+        name: "screen.locked_by_policy",
+        summary: "The agent locked a session that was idle past the policy's timeout.",
+        user: Some("the session's user"),
+        fields: &[&[
+            SESSION,
+            IDLE,
+            f(
+                "method",
+                "How it was locked (`logind`, or the locker program).",
+                Personal::No,
+            ),
+        ]],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: None,
+        why: "Seeds 000 and 004 §7.2: machines left unattended are locked; the agent records that it did.",
+    },
+    Kind {
+        name: "screen.lock_failed",
+        summary: "The agent could not lock an idle session.",
+        user: Some("the session's user"),
+        fields: &[&[SESSION, f("reason", "Why, in words.", Personal::No)]],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
+        why: "Seeds 000 and 004 §7.2: the network manager must know where locking does not work.",
+    },
+    Kind {
+        name: "session.left_logged_on",
+        summary: "A session was still logged on after school hours (once a night).",
+        user: Some("the session's user"),
+        fields: &[&[
+            SESSION,
+            f("night_of", "The date of that night.", Personal::No),
+            f("locked", "Whether it was locked.", Personal::No),
+            IDLE,
+        ]],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
+        why: "Seeds 000 and 003: machines must never be left logged on and unattended.",
+    },
+    Kind {
+        name: "usb.inserted",
+        summary: "A USB device was plugged in, and the policy's decision.",
+        user: Some("the person logged in at the time"),
+        fields: &[USB_DEVICE, USB_INSERTED],
+        seen_by: "Network manager and IT technician; a pupil's blocked storage device also goes to the DSL instead of the technician (the event, its safeguarding incident, the DSL's digests and report). Governors see only counts.",
+        dsl: Dsl::WhenFlagged("it is a storage device blocked for a pupil"),
+        also_stored: Some(
+            "an incident when storage is blocked for a pupil or the antivirus is not current; for a pupil's blocked stick, the DSL's sent digests (`digests`)",
+        ),
+        why: USB_WHY,
+    },
+    Kind {
+        name: "usb.blocked",
+        summary: "A USB device was detached (or could not be) under the policy, after malware, or after a stuck scan.",
+        user: Some("the person logged in at the time"),
+        fields: &[USB_DEVICE, USB_BLOCKED],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
+        why: USB_WHY,
+    },
+    Kind {
+        name: "usb.removed",
+        summary: "A USB device was unplugged.",
+        user: Some("the person logged in at the time"),
+        fields: &[USB_DEVICE],
+        seen_by: TECHNICAL,
+        dsl: Dsl::No,
+        also_stored: None,
+        why: USB_WHY,
+    },
+    Kind {
+        name: "media.mounted",
+        summary: "A USB storage medium was mounted.",
+        user: Some("the person logged in at the time"),
+        fields: &[USB_DEVICE, MEDIA_MOUNTED],
+        seen_by: "Network manager and IT technician. Governors see only counts.",
+        dsl: Dsl::No,
+        also_stored: None,
+        why: "Seed 000: removable media are scanned before use; the mount is what the scan follows.",
+    },
+    Kind {
+        name: "media.scanned",
+        summary: "The antivirus scan of a USB storage medium finished (clean, infected or incomplete).",
+        user: Some("the person logged in at the time"),
+        fields: &[USB_DEVICE, MEDIA_SCANNED],
+        seen_by: "Network manager and IT technician. Governors see only counts.",
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident when not clean"),
+        why: "Seeds 000 and 004 §7.2: removable media are scanned for viruses before use, the result recorded.",
+    },
+    Kind {
+        name: "media.infected",
+        summary: "The scan of a USB storage medium found malware.",
+        user: Some("the person logged in at the time"),
+        fields: &[USB_DEVICE, MEDIA_INFECTED],
+        seen_by: "Network manager and IT technician. Governors see only counts.",
+        dsl: Dsl::No,
+        also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
+        why: "Seeds 000 and 001: media are scanned; an infection is reported at once.",
+    },
+];
+
+/// The catalogue entry for `kind`.
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// An event that does not match the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryError {
+    #[error("event kind `{0}` is not in the data inventory (proto/src/inventory.rs)")]
+    UnknownKind(String),
+    #[error(
+        "event `{kind}` carries field `{path}`, which the data inventory does not list (add it to proto/src/inventory.rs with what it is, whether it is personal and why the policy needs it, then regenerate PRIVACY.md)"
+    )]
+    UnknownField { kind: String, path: String },
+    #[error(
+        "event `{0}` carries a user, which the data inventory says it does not (proto/src/inventory.rs)"
+    )]
+    UnexpectedUser(String),
+}
+
+/// Checks an event against the inventory: a known kind, a user only where the kind may
+/// carry one, and every details field (nested ones too) listed.
+pub fn check(
+    kind: &str,
+    has_user: bool,
+    details: &Map<String, Value>,
+) -> Result<(), InventoryError> {
+    let k = self::kind(kind).ok_or_else(|| InventoryError::UnknownKind(kind.into()))?;
+    if has_user && k.user.is_none() {
+        return Err(InventoryError::UnexpectedUser(kind.into()));
+    }
+    check_object(k, "", details)
+}
+
+fn check_object(k: &Kind, prefix: &str, m: &Map<String, Value>) -> Result<(), InventoryError> {
+    for (key, value) in m {
+        let path = format!("{prefix}{key}");
+        let field = k.field(&path).ok_or_else(|| InventoryError::UnknownField {
+            kind: k.name.into(),
+            path: path.clone(),
+        })?;
+        if !field.opaque {
+            check_value(k, &path, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_value(k: &Kind, path: &str, v: &Value) -> Result<(), InventoryError> {
+    match v {
+        Value::Object(m) => check_object(k, &format!("{path}."), m),
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|item| check_value(k, &format!("{path}[]"), item)),
+        _ => Ok(()),
+    }
+}
+
+fn personal_text(p: Personal) -> String {
+    match p {
+        Personal::No => "No".into(),
+        Personal::Indirect(why) => format!("Indirectly: {why}"),
+        Personal::Yes(why) => format!("**Yes**: {why}"),
+    }
+}
+
+/// Markdown table cells must not contain a bare `|`.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// `PRIVACY.md`, rendered from the inventory.
+pub fn render_markdown() -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    s.push_str(PREAMBLE);
+    let _ = write!(
+        s,
+        "\n## Where it is stored\n\n{STORED}\n\n## How long it is kept\n\n{KEPT}\n"
+    );
+    s.push_str("\n## Summary of event kinds\n\n");
+    s.push_str(
+        "| Event kind | What it records | Login name | Other personal fields | Seen by the DSL |\n|---|---|---|---|---|\n",
+    );
+    for k in KINDS {
+        let mut personal: Vec<String> = k
+            .fields()
+            .filter(|f| matches!(f.personal, Personal::Yes(_)))
+            .map(|f| format!("`{}`", f.path))
+            .collect();
+        personal.extend(
+            k.fields()
+                .filter(|f| matches!(f.personal, Personal::Indirect(_)))
+                .map(|f| format!("`{}` (indirectly)", f.path)),
+        );
+        let personal = if personal.is_empty() {
+            "None".to_owned()
+        } else {
+            personal.join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "| [`{}`](#{}) | {} | {} | {} | {} |",
+            k.name,
+            k.name.replace('.', ""),
+            cell(k.summary),
+            if k.user.is_some() { "Yes" } else { "No" },
+            personal,
+            cell(&k.dsl.text()),
+        );
+    }
+    s.push_str("\n## Each event kind\n");
+    for k in KINDS {
+        let _ = write!(s, "\n### {}\n\n{}\n\n", k.name, k.summary);
+        let _ = writeln!(s, "- **Why**: {}", k.why);
+        let _ = writeln!(s, "- **Who sees it**: {}", k.seen_by);
+        let stored = match k.also_stored {
+            Some(extra) => format!("as every event; on the collector also {extra}."),
+            None => "as every event (see above).".into(),
+        };
+        let _ = writeln!(s, "- **Where it is stored**: {stored}");
+        s.push_str(
+            "- **How long**: as every event (see above): indefinitely on the collector for now.\n",
+        );
+        let _ = writeln!(
+            s,
+            "- **User**: {}\n",
+            match k.user {
+                Some(who) => format!("**yes**, a login name: {who}."),
+                None => "none.".into(),
+            }
+        );
+        s.push_str("| Field | What it is | Personal data? |\n|---|---|---|\n");
+        for fl in k.fields() {
+            let _ = writeln!(
+                s,
+                "| `{}` | {} | {} |",
+                fl.path,
+                cell(fl.about),
+                cell(&personal_text(fl.personal)),
+            );
+        }
+    }
+    s.push_str("\n## Fields any event may carry instead of its own\n\n");
+    s.push_str("| Field | What it is | Personal data? |\n|---|---|---|\n");
+    for fl in ANY_KIND {
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | {} |",
+            fl.path,
+            cell(fl.about),
+            cell(&personal_text(fl.personal)),
+        );
+    }
+    s
+}
+
+const PREAMBLE: &str = concat!(
+    "<!-- Generated from proto/src/inventory.rs; do not edit by hand. Regenerate with:\n",
+    "     UPDATE_PRIVACY=1 cargo test -p caretaker-proto inventory -->\n",
+    "# Caretaker: data inventory\n",
+    "\n",
+    "This is what Caretaker collects about school laptops and the people who use them, written so a\n",
+    "school's Data Protection Officer can use it in a Data Protection Impact Assessment. It is generated\n",
+    "from the same table the agent checks every event against, so a field the agent sends and this\n",
+    "page does not list fails Caretaker's own tests.\n",
+    "\n",
+    "## What is collected, and what is not\n",
+    "\n",
+    "Caretaker's agent runs on each school laptop and reports **events**: facts about the laptop's\n",
+    "security (antivirus, screen lock, installed software, USB devices) and about the agent itself.\n",
+    "Each event has a kind (listed below), a time, the laptop it came from (from the laptop's\n",
+    "certificate, never from the message), a sequence number, and, for some kinds, the **login\n",
+    "name** of the person concerned (the logged-in user, or the owner of a home folder). Its\n",
+    "details are the fields listed for its kind, and nothing else.\n",
+    "\n",
+    "Caretaker does **not** collect: the content of any file, document or message; keystrokes\n",
+    "(only how long a session has been idle); screenshots or screen content; browsing history,\n",
+    "web addresses or network traffic; location; camera or microphone; the names of files on a\n",
+    "USB stick (a scan reports counts and malware signature names only). Files in home folders are\n",
+    "read only to recognise programs (their type and a hash), and only the program's path inside\n",
+    "the home folder is reported.\n",
+    "\n",
+    "Personal data in this inventory is marked **Yes** where a field names a person (a login name)\n",
+    "or is something a person chose (a file name, a USB stick's label), and *Indirectly* where it\n",
+    "identifies a person only with other information the school holds (a laptop's serial number in\n",
+    "the asset register).\n",
+    "\n",
+    "## Who can see it\n",
+    "\n",
+    "The collector's dashboard and API have four roles (an account has one):\n",
+    "\n",
+    "- **Network manager**: everything, including the audit log.\n",
+    "- **IT technician**: devices, technical events and technical incidents; *not* events or\n",
+    "  incidents that concern the DSL (safeguarding).\n",
+    "- **Designated Safeguarding Lead (DSL)**: only safeguarding events and incidents (a pupil's\n",
+    "  blocked USB storage, filter-bypass software), the pages of devices those concern, and the\n",
+    "  DSL's digests (e-mail or webhook) and report, which carry login names.\n",
+    "- **Governor**: the governors' report only: counts and percentages, never a name, hostname or\n",
+    "  serial.\n",
+    "\n",
+    "Viewing the DSL's report and a device's uninstall code is recorded in the audit log.\n",
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn inventory_accepts_listed_fields_and_names_an_unlisted_one() {
+        let ok = obj(
+            json!({"products": [{"name": "ClamAV", "updater": {"name": "freshclam"}}], "status": "current"}),
+        );
+        assert_eq!(check("antivirus.status", false, &ok), Ok(()));
+        let nested = obj(json!({"products": [{"name": "ClamAV", "updater": {"pid": 7}}]}));
+        assert_eq!(
+            check("antivirus.status", false, &nested),
+            Err(InventoryError::UnknownField {
+                kind: "antivirus.status".into(),
+                path: "products[].updater.pid".into()
+            })
+        );
+        let top = obj(json!({"uptime_secs": 1, "cwd": "/home/pupil01"}));
+        assert!(matches!(
+            check("agent.heartbeat", false, &top),
+            Err(InventoryError::UnknownField { path, .. }) if path == "cwd"
+        ));
+        assert_eq!(
+            check("agent.heartbeat", true, &Map::new()),
+            Err(InventoryError::UnexpectedUser("agent.heartbeat".into()))
+        );
+        assert!(matches!(
+            check("agent.sneezed", false, &Map::new()),
+            Err(InventoryError::UnknownKind(_))
+        ));
+        // The spool's note for oversized details fits any kind; an opaque field is not descended.
+        let note = obj(json!({"truncated": true, "original_bytes": 70000}));
+        assert_eq!(check("usb.inserted", true, &note), Ok(()));
+        let items = obj(json!({"items": {"flatpak": [["org.example", "1.0", null, "pupil01"]]}}));
+        assert_eq!(check("software.inventory", false, &items), Ok(()));
+    }
+
+    #[test]
+    fn inventory_entries_are_unique_and_complete() {
+        let mut names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len(), "a kind is listed twice");
+        for k in KINDS {
+            assert!(
+                !k.summary.is_empty() && !k.why.is_empty() && !k.seen_by.is_empty(),
+                "{}",
+                k.name
+            );
+            let mut paths: Vec<&str> = k.fields().map(|f| f.path).collect();
+            paths.sort_unstable();
+            let n = paths.len();
+            paths.dedup();
+            assert_eq!(paths.len(), n, "{} lists a field twice", k.name);
+            for fl in k.fields() {
+                assert!(!fl.about.is_empty(), "{}.{}", k.name, fl.path);
+                // A nested field's parent is listed too, so the page reads top-down.
+                if let Some((parent, _)) = fl.path.rsplit_once('.') {
+                    let parent = parent.trim_end_matches("[]");
+                    assert!(
+                        k.field(parent).is_some(),
+                        "{}: {} has no parent",
+                        k.name,
+                        fl.path
+                    );
+                }
+            }
+        }
+    }
+
+    /// PRIVACY.md at the repository root is this table rendered; regenerate it with
+    /// `UPDATE_PRIVACY=1 cargo test -p caretaker-proto inventory`.
+    #[test]
+    fn inventory_privacy_md_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../PRIVACY.md");
+        let want = render();
+        if std::env::var_os("UPDATE_PRIVACY").is_some() {
+            std::fs::write(&path, &want).expect("write PRIVACY.md");
+            return;
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "PRIVACY.md is not what proto/src/inventory.rs renders; regenerate it with:\n    UPDATE_PRIVACY=1 cargo test -p caretaker-proto inventory"
+        );
+    }
+
+    fn render() -> String {
+        render_markdown()
+    }
+}
