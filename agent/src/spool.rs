@@ -634,7 +634,7 @@ mod tests {
     use super::*;
 
     fn ev(kind: &str) -> NewEvent {
-        NewEvent::now(kind, None, Map::new())
+        NewEvent::unchecked(kind, Map::new())
     }
 
     fn open(dir: &Path, max: u64) -> (Spool, Vec<OpenNote>) {
@@ -722,7 +722,7 @@ mod tests {
             "blob".into(),
             Value::String("x".repeat(MAX_EVENT_BYTES + 1)),
         );
-        s.append(vec![NewEvent::now("a.b", None, details)]).unwrap();
+        s.append(vec![NewEvent::unchecked("a.b", details)]).unwrap();
         let e = &s.read_after(0, 1, 1 << 20).unwrap()[0];
         assert_eq!(e.details["truncated"], Value::Bool(true));
     }
@@ -737,7 +737,7 @@ mod tests {
             let (mut s, _) = open(d.path(), 1 << 30);
             for i in 0..122u64 {
                 let d = crate::details! { "uptime_secs" => i, "facts" => "x".repeat(350) };
-                s.append(vec![NewEvent::now("agent.heartbeat", None, d)])
+                s.append(vec![NewEvent::unchecked("agent.heartbeat", d)])
                     .unwrap();
             }
         }

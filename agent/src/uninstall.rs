@@ -88,12 +88,14 @@ pub struct Report {
 
 impl Report {
     fn into_event(self) -> NewEvent {
-        NewEvent {
+        let event = NewEvent {
             kind: self.kind,
             occurred_at: self.occurred_at,
             user: self.user,
             details: self.details,
-        }
+        };
+        event.assert_in_inventory();
+        event
     }
 }
 
