@@ -82,15 +82,20 @@ pub async fn serve(
     let me = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path)?);
     let path = path.to_path_buf();
     tokio::spawn(async move {
+        // Out of descriptors (EMFILE) fails again at once: back off like the TCP listeners.
+        let mut backoff = crate::listen::AcceptBackoff::new("admin");
         loop {
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
-                    Ok((s, _)) => s,
+                    Ok((s, _)) => {
+                        backoff.succeeded();
+                        s
+                    }
                     Err(e) => {
-                        // Out of descriptors (EMFILE) fails again at once: pause, never spin.
-                        tracing::debug!(error = %e, "Admin socket accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        if !backoff.failed(&e, &shutdown).await {
+                            break;
+                        }
                         continue;
                     }
                 },

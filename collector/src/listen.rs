@@ -11,8 +11,8 @@
 //!
 //! Every accepted connection is wrapped in [`Guarded`], which closes it when no byte has moved
 //! either way for the idle timeout (HTTP/2 keep-alive pings keep a live client's connection
-//! moving) or when the gate evicts it. `accept` failures such as EMFILE back off instead of
-//! spinning.
+//! moving) or when the gate evicts it. `accept` failures such as EMFILE back off
+//! ([`AcceptBackoff`], also used by the admin socket) instead of spinning.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -319,17 +319,81 @@ impl Slot {
     }
 }
 
+/// Something connections are accepted from: tokio's [`TcpListener`], or a fake in tests.
+pub trait Accept: Send + Sync {
+    type Conn: Send;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Conn, SocketAddr)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Conn = TcpStream;
+    fn accept(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
+        TcpListener::accept(self)
+    }
+}
+
+/// The pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS), shared by both listeners and
+/// the admin socket: from 5 ms doubling to 1 s, back to 5 ms after a success. Such errors fail
+/// again at once while the connection waits in the backlog, so retrying without a pause spins
+/// a core; a fixed long pause would leave connections waiting after the shortage is over.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    socket: &'static str,
+    delay: Duration,
+    warned: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// `socket` names the socket in the log.
+    pub fn new(socket: &'static str) -> Self {
+        Self {
+            socket,
+            delay: Duration::ZERO,
+            warned: None,
+        }
+    }
+
+    /// An `accept` succeeded: the next failure waits the shortest pause again.
+    pub fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    /// Logs `error` (a warning at most once a minute, since it repeats for as long as the
+    /// shortage lasts) and waits out the next pause. False if `shutdown` came first.
+    pub async fn failed(&mut self, error: &io::Error, shutdown: &CancellationToken) -> bool {
+        if self
+            .warned
+            .is_none_or(|w| w.elapsed() >= Duration::from_secs(60))
+        {
+            self.warned = Some(Instant::now());
+            tracing::warn!(socket = self.socket, error = %error, "Cannot accept connections; backing off");
+        } else {
+            tracing::debug!(socket = self.socket, error = %error, "Accept failed");
+        }
+        self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MAX);
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(self.delay) => true,
+        }
+    }
+}
+
 /// Accepts connections on `listener` until `shutdown`, admitting each through `gate` and
-/// handing it to `serve`. On `accept` errors (EMFILE, ENFILE, ENOBUFS) it backs off, from
-/// 5 ms doubling to 1 s, instead of spinning on a queue it cannot drain.
-pub async fn accept_loop(
-    listener: TcpListener,
+/// handing it to `serve`. On `accept` errors it backs off ([`AcceptBackoff`]) instead of
+/// spinning on a queue it cannot drain.
+pub async fn accept_loop<L: Accept>(
+    listener: L,
     gate: Arc<Gate>,
     shutdown: CancellationToken,
-    mut serve: impl FnMut(TcpStream, SocketAddr, Slot),
+    mut serve: impl FnMut(L::Conn, SocketAddr, Slot),
 ) {
-    let mut backoff = Duration::ZERO;
-    let mut warned: Option<Instant> = None;
+    let mut backoff = AcceptBackoff::new(match gate.listener {
+        Listener::Grpc => "grpc",
+        Listener::Web => "web",
+    });
     loop {
         // Evicted connections still hold descriptors until their tasks run: let them go first.
         while gate.state().evicting >= EVICTING_MAX {
@@ -344,7 +408,7 @@ pub async fn accept_loop(
             _ = shutdown.cancelled() => return,
             r = listener.accept() => r,
         };
-        let (tcp, remote) = match accepted {
+        let (conn, remote) = match accepted {
             Ok(x) => x,
             Err(e) if is_transient(&e) => {
                 // The peer gave up before we accepted: nothing wrong on our side.
@@ -353,25 +417,19 @@ pub async fn accept_loop(
             }
             Err(e) => {
                 metrics().refused(gate.listener, Refusal::AcceptError);
-                if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
-                    warned = Some(Instant::now());
-                    tracing::warn!(listener = ?gate.listener, error = %e, "Cannot accept connections; backing off");
-                }
-                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.failed(&e, &shutdown).await {
+                    return;
                 }
                 continue;
             }
         };
-        backoff = Duration::ZERO;
+        backoff.succeeded();
         match gate.admit(remote.ip()) {
-            Ok(slot) => serve(tcp, remote, slot),
+            Ok(slot) => serve(conn, remote, slot),
             Err(why) => {
                 metrics().refused(gate.listener, why);
                 tracing::debug!(%remote, reason = ?why, "Connection refused");
-                drop(tcp);
+                drop(conn);
             }
         }
     }
@@ -623,6 +681,99 @@ mod tests {
         assert!(l.grpc.max_connections > l.web.max_connections);
         let big = ListenLimits::for_fd_limit(1 << 20, Timeouts::default());
         assert!(big.grpc.max_connections > 500_000, "{big:?}");
+    }
+
+    /// A listener out of descriptors: `accept` fails with EMFILE until `until`, then yields one
+    /// connection, then fails again. Records when each attempt was made.
+    struct OutOfDescriptors {
+        until: Instant,
+        served: AtomicBool,
+        attempts: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl Accept for OutOfDescriptors {
+        type Conn = ();
+        async fn accept(&self) -> io::Result<((), SocketAddr)> {
+            let n = {
+                let mut a = self.attempts.lock().unwrap();
+                a.push(Instant::now());
+                a.len()
+            };
+            if n > 1000 {
+                // A loop that spins would never let the paused clock move: stop it here so
+                // the test fails on the count instead of hanging.
+                std::future::pending::<()>().await;
+            }
+            if Instant::now() >= self.until && !self.served.swap(true, Ordering::SeqCst) {
+                return Ok(((), "192.0.2.7:40000".parse().unwrap()));
+            }
+            Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::MFILE.raw_os_error(),
+            ))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_failures_back_off_and_the_backoff_resets_after_a_success() {
+        let start = Instant::now();
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let listener = OutOfDescriptors {
+            until: start + Duration::from_secs(10),
+            served: AtomicBool::new(false),
+            attempts: attempts.clone(),
+        };
+        let gate = Gate::new(Listener::Web, limits(10, 10, 10));
+        let shutdown = CancellationToken::new();
+        let (tx, mut served) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            gate.clone(),
+            shutdown.clone(),
+            move |(), remote, slot| tx.send((Instant::now(), remote, slot)).unwrap(),
+        ));
+
+        // A timer, so the paused clock still moves if the loop spins and the fake stops it.
+        let first = tokio::time::timeout(Duration::from_secs(30), served.recv()).await;
+        let failed: Vec<Instant> = attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|t| *t < start + Duration::from_secs(10))
+            .collect();
+        // 5 ms doubling to 1 s: eight short pauses in the first 1.3 s, then one a second.
+        assert!(
+            (10..=20).contains(&failed.len()),
+            "{} accept attempts in 10 s of EMFILE",
+            failed.len()
+        );
+        let longest = failed.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert_eq!(
+            longest,
+            Duration::from_secs(1),
+            "the pause is capped at 1 s"
+        );
+        let (at, remote, _slot) = first
+            .expect("served within 30 s")
+            .expect("the connection is served");
+        assert_eq!(remote.ip(), "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(gate.open(), 1);
+        assert!(
+            at - start < Duration::from_secs(12),
+            "served within a pause of the fix"
+        );
+
+        // After the success, a new failure starts again from the shortest pause.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The attempts after the one that succeeded.
+        let after = attempts.lock().unwrap()[failed.len() + 1..].to_vec();
+        assert!(after.len() >= 3, "{after:?}");
+        assert_eq!(after[0], at, "the next accept follows at once");
+        assert_eq!(after[1] - after[0], Duration::from_millis(5));
+        assert_eq!(after[2] - after[1], Duration::from_millis(10));
+
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
