@@ -1,5 +1,6 @@
 //! Floods against a real collector: idle connections under a low open-file limit, and wrong
-//! tokens, which must be rate-limited, logged within bounds and counted in `/api/v1/metrics`.
+//! tokens and dashboard passwords, which must be rate-limited, logged within bounds (with the
+//! address) and counted in `/api/v1/metrics`.
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
@@ -185,6 +186,66 @@ fn client_from(c: &Collector, from: IpAddr) -> reqwest::Client {
         .unwrap()
 }
 
+/// Posts the dashboard's sign-in form from `from` as a browser does (the form's double-submit
+/// cookie and `_csrf` field first), once per password; the status of each answer.
+fn sign_in(c: &Collector, from: IpAddr, username: &str, passwords: &[&str]) -> Vec<u16> {
+    const SIGNIN_COOKIE: &str = "__Host-caretaker-signin";
+    let ca = std::fs::read(c.dir.join("ca.pem")).unwrap();
+    // A signed-in browser is redirected (303) with its session cookie: see that, not the page.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .use_rustls_tls()
+        .local_address(from)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", c.web.port());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for password in passwords {
+            let page = client.get(format!("{base}/signin")).send().await.unwrap();
+            assert_eq!(page.status().as_u16(), 200);
+            let cookie = page
+                .headers()
+                .get_all(reqwest::header::SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()?.split(';').next()?.split_once('='))
+                .find(|(k, _)| *k == SIGNIN_COOKIE)
+                .map(|(_, v)| v.to_string())
+                .expect("GET /signin sets the sign-in cookie");
+            let html = page.text().await.unwrap();
+            let tag = html
+                .split('<')
+                .find(|t| t.contains("name=\"_csrf\""))
+                .expect("a _csrf field in the sign-in form");
+            let field = tag
+                .split("value=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .expect("the _csrf field has a value");
+            let r = client
+                .post(format!("{base}/signin"))
+                .header(reqwest::header::COOKIE, format!("{SIGNIN_COOKIE}={cookie}"))
+                .form(&[
+                    ("_csrf", field),
+                    ("username", username),
+                    ("password", password),
+                    ("next", "/"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            out.push(r.status().as_u16());
+        }
+        out
+    })
+}
+
 #[test]
 fn a_flood_of_idle_connections_leaves_agents_and_the_api_served_and_is_closed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -325,10 +386,12 @@ fn wrong_tokens_are_locked_out_logged_within_bounds_and_counted() {
     let technician = collector.api_token("technician");
     let governor = collector.api_token("governor");
     collector.stop();
+    let password = collector.add_user("network_manager", "head");
     let log_path = tmp.path().join("collector.log");
     serve_logged(&mut collector, None, &log_path);
     let here: IpAddr = "127.0.0.1".parse().unwrap();
     let elsewhere: IpAddr = "127.0.0.2".parse().unwrap();
+    let staffroom: IpAddr = "127.0.0.3".parse().unwrap();
 
     // 200 wrong bearer tokens: five are judged, then the address waits.
     let client = client_from(&collector, here);
@@ -399,6 +462,19 @@ fn wrong_tokens_are_locked_out_logged_within_bounds_and_counted() {
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     assert!(rt.block_on(tls_refusal(collector.grpc, cfg)).is_some());
 
+    // Three wrong passwords on the dashboard's sign-in form (below the five that slow it), then
+    // the right one, which proves the form was filled in properly.
+    assert_eq!(
+        sign_in(
+            &collector,
+            staffroom,
+            "head",
+            &["guess1", "guess2", "guess3"]
+        ),
+        [401, 401, 401]
+    );
+    assert_eq!(sign_in(&collector, staffroom, "head", &[&password]), [303]);
+
     // The governor may not read the metrics; the technician may, from another address.
     assert_eq!(scrape(&collector, &governor, elsewhere).0, 403);
     let (status, text) = scrape(&collector, &technician, elsewhere);
@@ -414,9 +490,10 @@ fn wrong_tokens_are_locked_out_logged_within_bounds_and_counted() {
     assert_eq!(failures("EnrolmentToken"), 5, "{text}");
     assert_eq!(failures("EnrolmentLockedOut"), 25, "{text}");
     assert_eq!(failures("DeviceCertificate"), 1, "{text}");
+    assert_eq!(failures("SignIn"), 3, "{text}");
     let suppressed = metric(&text, "caretaker_security_log_suppressed_total");
 
-    // 232 failures, but at most 20 lines per kind per 10 s window reach the log.
+    // 235 failures, but at most 20 lines per kind per 10 s window reach the log.
     collector.stop();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.contains('\x1b'), "colour codes in a log file");
@@ -425,7 +502,7 @@ fn wrong_tokens_are_locked_out_logged_within_bounds_and_counted() {
         .filter(|l| l.contains("caretaker::security"))
         .collect();
     assert!(
-        lines.len() as u64 + suppressed == 232 && lines.len() <= 100,
+        lines.len() as u64 + suppressed == 235 && lines.len() <= 120,
         "{} lines, {suppressed} suppressed:\n{}",
         lines.len(),
         lines.join("\n")
@@ -442,6 +519,11 @@ fn wrong_tokens_are_locked_out_logged_within_bounds_and_counted() {
         "{}",
         lines.join("\n")
     );
+    let sign_ins = lines
+        .iter()
+        .filter(|l| l.contains("kind=SignIn") && l.contains("addr=127.0.0.3"))
+        .count();
+    assert_eq!(sign_ins, 3, "{}", lines.join("\n"));
 }
 
 #[test]
