@@ -6,6 +6,8 @@
 //! durable, and a (device, seq) pair is stored at most once.
 
 mod accounts;
+#[cfg(test)]
+pub(crate) mod conformance;
 mod digests;
 mod incidents;
 mod sled_accounts;

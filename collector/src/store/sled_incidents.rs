@@ -214,10 +214,8 @@ impl IncidentStore for Engine {
 mod tests {
     use super::*;
     use crate::store::{
-        Category, DeviceBatch, EventQuery, IncidentQuery, IncidentStore, SledStore, Store,
-        test_device,
+        DeviceBatch, EventQuery, IncidentQuery, IncidentStore, SledStore, Store, test_device,
     };
-    use chrono::Duration;
     use serde_json::json;
 
     fn flagged(device: &str, seq: u64, serial: &str, at: DateTime<Utc>) -> StoredEvent {
@@ -266,52 +264,6 @@ mod tests {
         })
         .unwrap()
         .0
-    }
-
-    #[test]
-    fn repeats_group_resends_do_not_count_and_a_closed_incident_stays_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        s.insert_device(&test_device("d")).unwrap();
-        let t0 = Utc::now();
-        s.append(&[batch(
-            "d",
-            (1..=3).map(|i| flagged("d", i, "A", t0)).collect(),
-        )])
-        .unwrap();
-        s.append(&[batch("d", vec![flagged("d", 2, "A", t0)])])
-            .unwrap();
-        let inc = all(&s);
-        assert_eq!(inc.len(), 1);
-        assert_eq!((inc[0].count, inc[0].category), (3, Category::Safeguarding));
-
-        s.append(&[batch("d", vec![flagged("d", 4, "B", t0), routine("d", 5)])])
-            .unwrap();
-        assert_eq!(
-            all(&s).len(),
-            2,
-            "another stick is another incident; routine is none"
-        );
-
-        s.add_incident_entry(1, t0, "dsl", EntryAction::Closed, "done")
-            .unwrap();
-        s.append(&[batch("d", vec![flagged("d", 6, "A", t0)])])
-            .unwrap();
-        let later = t0 + crate::incidents::GROUP_WINDOW + Duration::hours(1);
-        s.append(&[batch("d", vec![flagged("d", 7, "B", later)])])
-            .unwrap();
-        let inc = all(&s);
-        assert_eq!(
-            inc.len(),
-            4,
-            "after closing, and after the window, a new incident"
-        );
-        assert_eq!(
-            s.incident(1).unwrap().unwrap().count,
-            3,
-            "the closed one is untouched"
-        );
-        assert_eq!(s.incident_entries(1).unwrap().len(), 1);
     }
 
     #[test]
