@@ -21,6 +21,7 @@ macro_rules! store_conformance {
     ($make:expr) => {
         $crate::store::conformance::store_conformance!(@each $make;
             devices_are_inserted_listed_and_revoked,
+            revoking_while_appending_keeps_every_count,
             resent_events_are_stored_once_and_counted_once,
             an_unknown_device_aborts_the_whole_group,
             state_facets_come_only_with_new_events,
@@ -149,6 +150,35 @@ pub fn devices_are_inserted_listed_and_revoked(s: &dyn Store) {
         s.revoke_device("ghost", at),
         Err(StoreError::NoSuchDevice(_))
     ));
+}
+
+/// A revocation racing group commits for the same device: both rewrite its record, so each
+/// must read and write it atomically or one undoes the other's update.
+pub fn revoking_while_appending_keeps_every_count(s: &dyn Store) {
+    let at = Utc::now();
+    // Several devices, so a store that reads and writes apart loses a count in one of them
+    // almost surely (one race each).
+    for id in ["a", "b", "c", "d", "e", "f"] {
+        s.insert_device(&device(id)).unwrap();
+        std::thread::scope(|scope| {
+            let appender = scope.spawn(|| {
+                for chunk in 0..100u64 {
+                    s.append(&[batch(id, chunk * 5 + 1..=chunk * 5 + 5)])
+                        .unwrap();
+                }
+            });
+            // Revoke (the one write) while the appends stream, not before they start.
+            while !appender.is_finished() && s.device(id).unwrap().unwrap().event_count < 100 {
+                std::thread::yield_now();
+            }
+            s.revoke_device(id, at).unwrap();
+            appender.join().unwrap();
+        });
+        s.revoke_device(id, at).unwrap();
+        let d = s.device(id).unwrap().unwrap();
+        assert_eq!((d.event_count, d.highest_seq), (500, 500), "device {id}");
+        assert_eq!(d.revoked_at, Some(at));
+    }
 }
 
 pub fn resent_events_are_stored_once_and_counted_once(s: &dyn Store) {
