@@ -81,6 +81,15 @@ impl SledStore {
     }
 }
 
+#[cfg(test)]
+impl SledStore {
+    /// Closes the store as a failed write does, so tests can reach what follows one.
+    pub(crate) fn close_as_if_failed(&self, why: &str) {
+        let engine = self.engine().expect("the store is open");
+        self.close(&engine, why);
+    }
+}
+
 /// Refuses to open the store with less than `space::OPEN_ROOM` free on its filesystem.
 fn room_to_open(path: &Path) -> StoreResult<()> {
     // A store about to be created is measured on the directory that will hold it.

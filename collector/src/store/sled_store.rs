@@ -758,6 +758,22 @@ mod tests {
     // The store contract (`conformance.rs`); below, what is sled's alone.
     crate::store::conformance::store_conformance!(fresh);
 
+    /// The contract holds for a handle reopened after a failed write, too: every tree and
+    /// counter comes back with the engine.
+    mod after_a_reopen {
+        use super::*;
+
+        fn reopened() -> (SledStore, tempfile::TempDir) {
+            let (s, dir) = fresh();
+            s.close_as_if_failed("a write failed (test)");
+            assert!(s.closed_because().is_some());
+            assert!(s.recover().unwrap(), "reopened");
+            (s, dir)
+        }
+
+        crate::store::conformance::store_conformance!(reopened);
+    }
+
     #[test]
     fn a_store_held_elsewhere_is_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
