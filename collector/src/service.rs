@@ -667,7 +667,20 @@ impl Collector {
                 assessment: verdict.assessment,
             });
         }
-        if let Some(newest) = out.iter().map(|e| e.occurred_at).max() {
+        // A batch that is all resends (no seq above the highest stored) is judged already, and
+        // the store keeps no state facet from it: judging it again would move the clock
+        // tracker to a verdict never recorded, and a later real change to that verdict would
+        // then go unrecorded too.
+        let highest = self
+            .devices
+            .map
+            .read()
+            .expect("device cache lock")
+            .get(device_id)
+            .map_or(0, |d| d.highest_seq);
+        if out.iter().any(|e| e.seq > highest)
+            && let Some(newest) = out.iter().map(|e| e.occurred_at).max()
+        {
             self.judge_clock(device_id, newest, now, out.len(), &mut state);
         }
         Ok(DeviceBatch {
@@ -1205,6 +1218,53 @@ mod tests {
         assert_eq!(
             (count(&restarted, "gimp"), count(&restarted, "steam")),
             (1, 2)
+        );
+    }
+
+    /// Resent batches (old events, after a lost ack) are not judged for the clock: the store
+    /// keeps no facet from them, so a verdict from them would stand in the tracker unrecorded
+    /// and hide the real change that follows.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn resends_do_not_move_the_clock_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        store
+            .insert_device(&crate::store::test_device("a"))
+            .unwrap();
+        let (ca, _) = crate::ca::SchoolCa::generate("Test").unwrap();
+        let c = Collector::new(store.clone(), ca, Default::default(), "t").unwrap();
+        let heartbeat = |seq: u64, at: DateTime<Utc>| IncomingEvent {
+            seq,
+            occurred_at: Some(at),
+            user: String::new(),
+            kind: "agent.heartbeat".into(),
+            details: Map::new(),
+        };
+        let send = |seq: u64, at: DateTime<Utc>| {
+            let b = c
+                .prepare_batch("a", vec![heartbeat(seq, at)], None)
+                .unwrap();
+            c.commit(b)
+        };
+        let clock = || {
+            store.device("a").unwrap().unwrap().state["clock"]["status"]
+                .as_str()
+                .map(str::to_string)
+        };
+        send(1, Utc::now()).await.unwrap();
+        send(2, Utc::now()).await.unwrap();
+        assert_eq!(clock().as_deref(), Some("ok"));
+        let two_days_ago = Utc::now() - chrono::Duration::days(2);
+        for _ in 0..2 {
+            send(1, two_days_ago).await.unwrap();
+        }
+        assert_eq!(clock().as_deref(), Some("ok"), "resends change nothing");
+        send(3, two_days_ago).await.unwrap();
+        send(4, two_days_ago).await.unwrap();
+        assert_eq!(
+            clock().as_deref(),
+            Some("behind"),
+            "two old tails of new events: behind, and recorded"
         );
     }
 
