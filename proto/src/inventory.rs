@@ -206,16 +206,6 @@ const MEDIA_MOUNTED: &[Field] = &[
     f("removable", "The kernel's removable flag.", Personal::No),
     f("size_bytes", "Size of the disk or partition.", Personal::No),
     f("fs_type", "Filesystem type.", Personal::No),
-    f(
-        "label",
-        "The volume label written on the medium.",
-        Personal::Yes("people often label a stick with their name"),
-    ),
-    f(
-        "mount_point",
-        "Where it was mounted.",
-        Personal::Yes("desktops mount under `/media/<login name>/<label>`"),
-    ),
     f("read_only", "Mounted read-only.", Personal::No),
     f(
         "by_agent",
@@ -1090,7 +1080,7 @@ const PREAMBLE: &str = concat!(
     "the home folder is reported.\n",
     "\n",
     "Personal data in this inventory is marked **Yes** where a field names a person (a login name)\n",
-    "or is something a person chose (a file name, a USB stick's label), and *Indirectly* where it\n",
+    "or is something a person chose (a file name), and *Indirectly* where it\n",
     "identifies a person only with other information the school holds (a laptop's serial number in\n",
     "the asset register).\n",
     "\n",

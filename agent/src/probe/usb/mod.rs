@@ -63,7 +63,7 @@ pub struct UsbProbeConfig {
     pub mountinfo: PathBuf,
     /// "/etc/group" (pupil groups).
     pub etc_group: PathBuf,
-    /// "/dev" (block nodes for labels, blockdev and mount).
+    /// "/dev" (block nodes for blockdev and mount).
     pub dev_root: PathBuf,
     /// None: no scanning.
     pub clamd: Option<ClamdAddr>,
@@ -587,16 +587,13 @@ impl State {
         let Some(t) = self.devices.get(&usb) else {
             return;
         };
-        let label = read_head(&self.cfg.dev_root, &b.name)
-            .await
-            .and_then(|h| parse::filesystem_label(&h));
+        // No volume label and no mount point: people label sticks with their names, and
+        // desktops mount under /media/<login>/<label>; no policy needs either (PRIVACY.md).
         let mut d = t.facts.details();
         d.insert("block".into(), json!(b.name));
         d.insert("removable".into(), json!(b.removable));
         d.insert("size_bytes".into(), json!(b.size_bytes));
         d.insert("fs_type".into(), json!(m.fs_type));
-        d.insert("label".into(), json!(label));
-        d.insert("mount_point".into(), json!(m.mount_point));
         d.insert("read_only".into(), json!(m.read_only));
         d.insert(
             "by_agent".into(),
@@ -835,22 +832,6 @@ impl State {
             _ => {}
         }
     }
-}
-
-/// First 2 KiB of a block device (for its label); None if unreadable.
-async fn read_head(dev_root: &Path, name: &str) -> Option<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(dev_root.join(name)).await.ok()?;
-    let mut buf = vec![0u8; 2048];
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(k) => n += k,
-        }
-    }
-    buf.truncate(n);
-    Some(buf)
 }
 
 /// `blockdev --setro|--setrw /dev/X`; failures are logged (the device still gets scanned).
@@ -1457,7 +1438,7 @@ mod tests {
         )
         .unwrap();
         let m = rig.next("media.mounted").await;
-        assert_eq!(m.details["label"], "CARETAKER");
+        assert!(m.details.get("label").is_none() && m.details.get("mount_point").is_none());
         assert_eq!(m.details["fs_type"], "vfat");
         assert_eq!(m.details["removable"], true);
         assert_eq!(m.details["size_bytes"], 32768 * 512);

@@ -1,5 +1,5 @@
 //! Pure interpreters for what the kernel gives us: uevent payloads, USB descriptors, mountinfo,
-//! filesystem superblocks (labels) and /etc/group. Malformed input yields warnings, never panics.
+//! and /etc/group. Malformed input yields warnings, never panics.
 use std::collections::BTreeMap;
 
 /// One kernel uevent (`NETLINK_KOBJECT_UEVENT`, group 1).
@@ -184,32 +184,6 @@ pub fn parse_mountinfo(text: &str) -> (Vec<MountEntry>, Vec<String>) {
     (out, warnings)
 }
 
-/// The volume label from the first 2 KiB of a block device (FAT12/16/32 boot sector, ext2/3/4
-/// superblock, exFAT has none in the boot sector). None when unknown or blank.
-pub fn filesystem_label(head: &[u8]) -> Option<String> {
-    let clean = |b: &[u8]| {
-        let s = String::from_utf8_lossy(b)
-            .trim_end_matches(['\0', ' '])
-            .trim()
-            .to_owned();
-        (!s.is_empty() && s != "NO NAME").then_some(s)
-    };
-    // ext*: superblock at 1024, magic 0xEF53 at +56, s_volume_name[16] at +120.
-    if head.len() >= 1024 + 136 && head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
-        return clean(&head[1024 + 120..1024 + 136]);
-    }
-    if head.len() >= 512 && head[510..512] == [0x55, 0xAA] {
-        // FAT32: "FAT32   " at 0x52, label at 0x47. FAT12/16: "FAT" at 0x36, label at 0x2B.
-        if &head[0x52..0x57] == b"FAT32" && head[0x42] == 0x29 {
-            return clean(&head[0x47..0x52]);
-        }
-        if &head[0x36..0x39] == b"FAT" && head[0x26] == 0x29 {
-            return clean(&head[0x2B..0x36]);
-        }
-    }
-    None
-}
-
 /// Groups `user` belongs to as a supplementary member, from /etc/group text.
 /// (The primary group comes from /etc/passwd; schools put pupils in a supplementary group.)
 pub fn groups_of(user: &str, etc_group: &str) -> Vec<String> {
@@ -352,18 +326,6 @@ pub(crate) mod tests {
         assert!(m[1].read_only && !m[0].read_only);
         assert_eq!(m[1].fs_type, "vfat");
         assert_eq!(w.len(), 1);
-    }
-
-    #[test]
-    fn labels_from_fat_and_ext() {
-        let fat = include_bytes!("testdata/fat16-label-CARETAKER.head");
-        assert_eq!(filesystem_label(fat).as_deref(), Some("CARETAKER"));
-        let mut ext = vec![0u8; 2048];
-        ext[1024 + 56] = 0x53;
-        ext[1024 + 57] = 0xEF;
-        ext[1024 + 120..1024 + 126].copy_from_slice(b"School");
-        assert_eq!(filesystem_label(&ext).as_deref(), Some("School"));
-        assert_eq!(filesystem_label(&[0u8; 100]), None);
     }
 
     #[test]
