@@ -479,6 +479,9 @@ pub struct Guarded<S> {
     inner: S,
     slot: Slot,
     idle: Duration,
+    /// When a byte last moved either way. Moving only records the time; the timer is pushed
+    /// back lazily when it fires, so the hot path never re-registers it per read or write.
+    last_moved: Instant,
     deadline: Pin<Box<Sleep>>,
     evicted: Pin<Box<WaitForCancellationFutureOwned>>,
     closed: bool,
@@ -492,6 +495,7 @@ impl<S> Guarded<S> {
             evicted: Box::pin(slot.evicted()),
             slot,
             idle,
+            last_moved: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(idle)),
             closed: false,
         }
@@ -517,7 +521,13 @@ impl<S> Guarded<S> {
                 "closed to make room for another connection",
             ));
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            let due = self.last_moved + self.idle;
+            if due > Instant::now() {
+                // Bytes moved since the timer was set: wait out the rest from then.
+                self.deadline.as_mut().reset(due);
+                continue;
+            }
             self.closed = true;
             metrics().refused(self.slot.listener(), Refusal::Idle);
             return Some(io::Error::new(io::ErrorKind::TimedOut, "idle too long"));
@@ -526,7 +536,7 @@ impl<S> Guarded<S> {
     }
 
     fn moved(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.idle);
+        self.last_moved = Instant::now();
     }
 }
 
