@@ -671,13 +671,7 @@ impl Collector {
         // the store keeps no state facet from it: judging it again would move the clock
         // tracker to a verdict never recorded, and a later real change to that verdict would
         // then go unrecorded too.
-        let highest = self
-            .devices
-            .map
-            .read()
-            .expect("device cache lock")
-            .get(device_id)
-            .map_or(0, |d| d.highest_seq);
+        let highest = self.highest_seq(device_id);
         if out.iter().any(|e| e.seq > highest)
             && let Some(newest) = out.iter().map(|e| e.occurred_at).max()
         {
