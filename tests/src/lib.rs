@@ -377,6 +377,28 @@ pub fn start_agent_with_env(state: &Path, config_toml: &str, env: &[(&str, &str)
     }
 }
 
+/// As `start_agent`, with the laptop's wall clock `offset` from the real one (libfaketime's
+/// syntax: `-2d`, `-400d`), timers unaffected, as on a laptop whose date is wrong. libfaketime
+/// is preloaded into the agent itself, not run through the `faketime` wrapper, so killing the
+/// process kills the agent (Debian package `faketime`, installed by scripts/install-test-deps.sh).
+pub fn start_agent_with_clock(state: &Path, config_toml: &str, offset: &str) -> Proc {
+    let lib = ["x86_64", "aarch64"]
+        .iter()
+        .map(|arch| format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketimeMT.so.1"))
+        .find(|p| Path::new(p).exists())
+        .expect("libfaketime: apt-get install faketime (scripts/install-test-deps.sh)");
+    start_agent_with_env(
+        state,
+        config_toml,
+        &[
+            ("LD_PRELOAD", lib.as_str()),
+            ("FAKETIME", offset),
+            // Only the wall clock is wrong on such a laptop; timers keep running.
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )
+}
+
 /// Stops an agent cleanly and waits until its `agent.stopping` is stored.
 pub fn stop_agent_and_wait_for_stopping(agent: Proc, api: &Api, device: &str) {
     assert!(agent.stop().success(), "the agent did not exit cleanly");

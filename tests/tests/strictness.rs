@@ -137,23 +137,7 @@ fn a_laptop_two_days_behind_still_connects_and_is_flagged() {
     let before = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
     std::thread::sleep(Duration::from_secs(1));
 
-    // libfaketime preloaded into the agent itself, not the `faketime` wrapper: killing the
-    // wrapper would leave the agent running.
-    let lib = ["x86_64", "aarch64"]
-        .iter()
-        .map(|arch| format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"))
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("libfaketime: apt-get install faketime (scripts/install-test-deps.sh)");
-    let _agent = start_agent_with_env(
-        &state,
-        "heartbeat_interval = \"200ms\"\n",
-        &[
-            ("LD_PRELOAD", lib.as_str()),
-            ("FAKETIME", "-2d"),
-            // Only the wall clock is wrong on such a laptop; timers keep running.
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ],
-    );
+    let _agent = start_agent_with_clock(&state, "heartbeat_interval = \"200ms\"\n", "-2d");
 
     // It connects (the server certificate was valid days before `init`) and its device is
     // flagged with how far behind it is.
