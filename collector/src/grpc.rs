@@ -131,7 +131,7 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
         let connected = self.collector.stream_opened(&device);
         let (collector, shutdown) = (self.collector.clone(), self.shutdown.clone());
         tokio::spawn(async move {
-            pump(collector, device, inbound, tx, shutdown).await;
+            pump(collector, device, inbound, tx, shutdown, &connected).await;
             drop(connected);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -208,6 +208,7 @@ async fn pump(
     mut inbound: Streaming<pb::EventBatch>,
     tx: mpsc::Sender<Result<pb::Ack, Status>>,
     shutdown: CancellationToken,
+    stream: &crate::service::StreamGuard,
 ) {
     let mut pending = FuturesOrdered::new();
     let mut through = 0u64;
@@ -241,6 +242,11 @@ async fn pump(
                 failure = Some(shutting_down());
                 open = false;
             }
+            _ = stream.replaced.cancelled(), if open => {
+                debug!(%device, "Stream replaced by a newer one from the same device");
+                failure = Some(Status::aborted("a newer stream from this device replaced this one"));
+                open = false;
+            }
             msg = inbound.message(), if open && pending.len() < PIPELINE_DEPTH => {
                 match msg {
                     Ok(Some(batch)) => {
@@ -266,8 +272,15 @@ async fn pump(
                         let arrived = std::time::Instant::now();
                         match collector.prepare_batch(&device, events, facts) {
                             Ok(prepared) => {
-                                let c = collector.clone();
-                                pending.push_back(async move { c.commit(prepared).await.map(|()| (max_seq, arrived)) });
+                                // Queued here, in the stream's order; only the wait for
+                                // durability is pipelined.
+                                match collector.submit(prepared, stream.id).await {
+                                    Ok(durable) => pending.push_back(async move { durable.await.map(|()| (max_seq, arrived)) }),
+                                    Err(e) => {
+                                        failure = Some(Status::unavailable(format!("the collector could not store events: {e}")));
+                                        open = false;
+                                    }
+                                }
                             }
                             Err(why) => {
                                 debug!(%device, %why, "Malformed batch refused");

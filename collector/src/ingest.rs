@@ -24,7 +24,62 @@ const MAX_GROUP_EVENTS: usize = 50_000;
 
 struct Submission {
     batch: DeviceBatch,
+    /// The stream it came from, if any: once one of a stream's batches fails, its later
+    /// batches are refused unwritten (see `Broken`).
+    stream: Option<StreamId>,
     done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// One event stream's identity for the writer (unique for the process's life).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamId(u64);
+
+impl StreamId {
+    pub fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for StreamId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Streams one of whose batches failed to store.
+///
+/// The store keeps exactly-once with each device's high-water mark: a sequence at or below the
+/// highest stored is a resend. So a stream's batches must be stored in order, and none after
+/// one that failed: were batch 2 stored after batch 1 failed, batch 1's resend would read as a
+/// duplicate and be lost. Batches already queued behind a failed one are therefore refused
+/// unwritten (the agent resends them all on its next stream). Entries are forgotten after
+/// `BROKEN_FOR`, long after anything queued by that stream has been through the writer.
+#[derive(Default)]
+struct Broken(std::collections::HashMap<StreamId, std::time::Instant>);
+
+const BROKEN_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Broken {
+    fn mark(&mut self, stream: Option<StreamId>) {
+        if let Some(s) = stream {
+            let now = std::time::Instant::now();
+            self.0.retain(|_, at| now.duration_since(*at) < BROKEN_FOR);
+            self.0.insert(s, now);
+        }
+    }
+
+    fn holds(&self, stream: Option<StreamId>) -> bool {
+        stream.is_some_and(|s| self.0.contains_key(&s))
+    }
+}
+
+fn broken_refusal() -> StoreError {
+    StoreError::Conflict(
+        "an earlier batch of this stream was not stored, so this one was not written either; \
+         the agent resends both"
+            .into(),
+    )
 }
 
 /// Called with every group once it is durable, in the order it was stored (on a blocking
@@ -139,13 +194,28 @@ impl Ingest {
 
     /// Stores a batch; resolves once it is durable.
     pub async fn commit(&self, batch: DeviceBatch) -> StoreResult<()> {
+        self.submit(batch, None).await?.await
+    }
+
+    /// Queues a batch of `stream` for the writer and returns what resolves once it is
+    /// durable. A stream's batches are written in the order they were queued, so a caller
+    /// pipelining several must queue them one after another (await this before the next).
+    pub async fn submit(
+        &self,
+        batch: DeviceBatch,
+        stream: Option<StreamId>,
+    ) -> StoreResult<impl Future<Output = StoreResult<()>> + use<>> {
         let (done, rx) = oneshot::channel();
         let closed = || StoreError::Engine("the store writer has stopped".into());
         self.tx
-            .send(Submission { batch, done })
+            .send(Submission {
+                batch,
+                stream,
+                done,
+            })
             .await
             .map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        Ok(async move { rx.await.map_err(|_| closed())? })
     }
 }
 
@@ -181,6 +251,7 @@ async fn writer(
     mut rx: mpsc::Receiver<Submission>,
     gate: Arc<Gate>,
 ) {
+    let mut broken = Broken::default();
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut events = group[0].batch.events.len();
@@ -193,8 +264,22 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let (batches, dones): (Vec<DeviceBatch>, Vec<_>) =
-            group.into_iter().map(|s| (s.batch, s.done)).unzip();
+        group.retain_mut(|s| {
+            if !broken.holds(s.stream) {
+                return true;
+            }
+            let (done, _) = oneshot::channel();
+            let _ = std::mem::replace(&mut s.done, done).send(Err(broken_refusal()));
+            false
+        });
+        if group.is_empty() {
+            continue;
+        }
+        let (batches, rest): (Vec<DeviceBatch>, Vec<_>) = group
+            .into_iter()
+            .map(|s| (s.batch, (s.stream, s.done)))
+            .unzip();
+        let (streams, dones): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
         let (store2, hook) = (store.clone(), on_stored.clone());
         let joined = tokio::task::spawn_blocking(move || {
             let r = append_then(store2.as_ref(), &hook, &batches);
@@ -212,6 +297,9 @@ async fn writer(
             continue;
         }
         if let Some(why) = store.closed_because() {
+            for &s in &streams {
+                broken.mark(s);
+            }
             // The engine failed (a full disk, say) and the store closed: every batch would fail
             // the same way. Refuse new ones at once rather than at the next check.
             error!(error = %why, batches = dones.len(), "Events could not be stored; the agents keep them and will resend");
@@ -224,7 +312,11 @@ async fn writer(
         }
         // One bad batch (say, a device deleted meanwhile) must not fail the
         // others: write them one by one so each gets its own answer.
-        for (b, done) in batches.into_iter().zip(dones) {
+        for ((b, done), stream) in batches.into_iter().zip(dones).zip(streams) {
+            if broken.holds(stream) {
+                let _ = done.send(Err(broken_refusal()));
+                continue;
+            }
             let (store2, hook) = (store.clone(), on_stored.clone());
             let r = tokio::task::spawn_blocking(move || {
                 append_then(store2.as_ref(), &hook, std::slice::from_ref(&b))
@@ -233,6 +325,7 @@ async fn writer(
             .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string())))
             .map(|_| ());
             if let Err(e) = &r {
+                broken.mark(stream);
                 metrics().store_errors.inc();
                 error!(error = %e, "Events could not be stored; the agent keeps them and will resend");
             }
@@ -269,6 +362,51 @@ mod tests {
             state: Default::default(),
             seen_at: Utc::now(),
         }
+    }
+
+    /// After one of a stream's batches failed, its later ones are held back (they would raise
+    /// the device's high-water mark over the failed one's resend), others' are not, and the
+    /// mark is forgotten once nothing of that stream can still be queued.
+    #[test]
+    fn a_stream_with_a_failed_batch_writes_nothing_more() {
+        let (failed, other) = (StreamId::new(), StreamId::new());
+        let mut broken = Broken::default();
+        broken.mark(Some(failed));
+        broken.mark(None);
+        assert!(broken.holds(Some(failed)));
+        assert!(!broken.holds(Some(other)));
+        assert!(!broken.holds(None), "a batch from no stream stands alone");
+        broken
+            .0
+            .insert(failed, std::time::Instant::now() - BROKEN_FOR);
+        broken.mark(Some(other));
+        assert!(!broken.holds(Some(failed)), "forgotten after BROKEN_FOR");
+    }
+
+    /// Batches queued with `submit` are written in the order queued.
+    #[tokio::test]
+    async fn submitted_batches_are_stored_in_queue_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        store.insert_device(&test_device("a")).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let hook: OnStored = {
+            let order = order.clone();
+            Arc::new(move |group: &[DeviceBatch]| {
+                let mut order = order.lock().unwrap();
+                order.extend(group.iter().flat_map(|b| b.events.iter().map(|e| e.seq)));
+            })
+        };
+        let ingest = Ingest::start(store.clone(), hook);
+        let stream = StreamId::new();
+        let mut waits = Vec::new();
+        for seq in 1..=50 {
+            waits.push(ingest.submit(batch("a", seq), Some(stream)).await.unwrap());
+        }
+        for w in waits.into_iter().rev() {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), (1..=50).collect::<Vec<_>>());
     }
 
     /// A hook that panics (holding its lock, as the software fold does) costs only what the

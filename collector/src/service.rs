@@ -83,8 +83,9 @@ pub struct Collector {
     /// Every device as last stored, so the dashboard's fleet and device lists never decode the
     /// whole devices tree per request. Refreshed by the writer after each durable group.
     devices: Arc<DeviceCache>,
-    /// Devices with an event stream open now, and how many (a reconnect may overlap).
-    connected: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Devices with an event stream open now: how many (a reconnect may overlap for a moment)
+    /// and the newest one's cancellation, which the next stream fires (see `stream_opened`).
+    connected: std::sync::Mutex<std::collections::HashMap<String, LiveStreams>>,
     /// Slows down password guessing on the dashboard.
     pub sign_in_limiter: crate::auth::SignInLimiter,
     /// The open incidents as last read, for the overview (refreshed when older than
@@ -183,18 +184,28 @@ impl DeviceCache {
     }
 }
 
+/// A device's open event streams.
+struct LiveStreams {
+    open: u32,
+    newest: tokio_util::sync::CancellationToken,
+}
+
 /// Marks a device connected while it lives.
 pub struct StreamGuard {
     collector: Arc<Collector>,
     device: String,
+    /// Fired when a newer stream from the same device opens.
+    pub replaced: tokio_util::sync::CancellationToken,
+    /// This stream's identity for the writer.
+    pub id: crate::ingest::StreamId,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let mut c = self.collector.connected.lock().expect("connected lock");
-        if let Some(n) = c.get_mut(&self.device) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(live) = c.get_mut(&self.device) {
+            live.open -= 1;
+            if live.open == 0 {
                 c.remove(&self.device);
                 crate::metrics::metrics().devices_connected.dec();
             }
@@ -485,20 +496,38 @@ impl Collector {
         &self.devices
     }
 
-    /// Records that `device` has an event stream open until the guard drops.
+    /// Records that `device` has an event stream open until the guard drops, and tells the
+    /// device's previous stream, if one is still open, that it is replaced.
+    ///
+    /// One live stream per device: the store decides resends by the device's high-water mark,
+    /// which is only right while one stream at a time sends in order. An agent opens a new
+    /// stream only once it has given up on the old one, so an old one still open here is a
+    /// dead connection not yet noticed: it finishes what it has in hand and ends.
     pub fn stream_opened(self: &Arc<Self>, device: &str) -> StreamGuard {
-        *self
-            .connected
-            .lock()
-            .expect("connected lock")
-            .entry(device.to_string())
-            .or_insert_with(|| {
+        let replaced = tokio_util::sync::CancellationToken::new();
+        let mut connected = self.connected.lock().expect("connected lock");
+        match connected.get_mut(device) {
+            Some(live) => {
+                live.open += 1;
+                let older = std::mem::replace(&mut live.newest, replaced.clone());
+                older.cancel();
+            }
+            None => {
                 crate::metrics::metrics().devices_connected.inc();
-                0
-            }) += 1;
+                connected.insert(
+                    device.to_string(),
+                    LiveStreams {
+                        open: 1,
+                        newest: replaced.clone(),
+                    },
+                );
+            }
+        }
         StreamGuard {
             collector: self.clone(),
             device: device.to_string(),
+            replaced,
+            id: crate::ingest::StreamId::new(),
         }
     }
 
@@ -732,6 +761,16 @@ impl Collector {
         self.ingest.commit(batch).await
     }
 
+    /// Queues a stream's batch for the writer (in order: await it before queueing the next)
+    /// and returns what resolves once it is durable.
+    pub async fn submit(
+        &self,
+        batch: DeviceBatch,
+        stream: crate::ingest::StreamId,
+    ) -> Result<impl Future<Output = Result<(), StoreError>> + use<>, StoreError> {
+        self.ingest.submit(batch, Some(stream)).await
+    }
+
     /// Devices with each product installed: `(source, name, devices)`.
     pub fn software_installations(&self) -> Vec<(String, String, usize)> {
         self.software
@@ -839,6 +878,32 @@ mod tests {
     use crate::store::StoreResult;
     use serde_json::json;
     use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A device's newer stream tells the older one it is replaced; the device stays
+    /// connected until both have ended.
+    #[tokio::test]
+    async fn a_newer_stream_replaces_the_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let (ca, _) = crate::ca::SchoolCa::generate("Test").unwrap();
+        let c = Arc::new(Collector::new(store, ca, Default::default(), "t").unwrap());
+        let first = c.stream_opened("d1");
+        let other = c.stream_opened("d2");
+        assert!(!first.replaced.is_cancelled());
+        let second = c.stream_opened("d1");
+        assert!(first.replaced.is_cancelled(), "the older stream is told");
+        assert!(!second.replaced.is_cancelled());
+        assert!(
+            !other.replaced.is_cancelled(),
+            "another device's stream is not"
+        );
+        assert_ne!(first.id, second.id);
+        drop(first);
+        assert!(c.is_connected("d1"));
+        drop(second);
+        assert!(!c.is_connected("d1"));
+        assert!(c.is_connected("d2"));
+    }
 
     /// The real store, counting the events start-up reads back.
     struct Counting {
