@@ -210,7 +210,7 @@ pub async fn create_token(
         expires_at,
         label: label.to_string(),
     };
-    match ask(&dir.admin_socket(), &req).await? {
+    match ask(dir, &req).await? {
         Some(AdminResponse::Token {
             token,
             ca_fingerprint,
@@ -221,16 +221,27 @@ pub async fn create_token(
         Some(other) => anyhow::bail!("unexpected answer from the collector: {other:?}"),
         None => {
             let store = dir.open_store_offline()?;
-            let token = crate::tokens::create(&store, uses, expires_at, label)?;
+            let token = crate::tokens::create(store.as_ref(), uses, expires_at, label)?;
             let ca = crate::ca::SchoolCa::load(&dir.ca_cert(), &dir.ca_key())?;
             Ok((token, ca.fingerprint()))
         }
     }
 }
 
-/// Sends one request to a running collector. `Ok(None)` if none is listening.
-pub async fn ask(path: &Path, req: &AdminRequest) -> std::io::Result<Option<AdminResponse>> {
-    let stream = match UnixStream::connect(path).await {
+/// Sends one request to the collector running on this data directory. `Ok(None)` if none is
+/// listening, or if the record is shared (PostgreSQL): then the caller writes to it directly,
+/// as any number of processes may, and the running collectors re-read what they hold from it.
+pub async fn ask(
+    dir: &crate::datadir::DataDir,
+    req: &AdminRequest,
+) -> std::io::Result<Option<AdminResponse>> {
+    if dir
+        .store_location()
+        .is_ok_and(|location| location.is_shared())
+    {
+        return Ok(None);
+    }
+    let stream = match UnixStream::connect(dir.admin_socket()).await {
         Ok(s) => s,
         Err(e)
             if matches!(

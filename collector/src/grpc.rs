@@ -130,6 +130,10 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH * 2);
         let connected = self.collector.stream_opened(&device);
         let (collector, shutdown) = (self.collector.clone(), self.shutdown.clone());
+        if collector.is_shared() {
+            let (c, d) = (collector.clone(), device.clone());
+            let _ = tokio::task::spawn_blocking(move || c.resync_device(&d)).await;
+        }
         tokio::spawn(async move {
             pump(collector, device, inbound, tx, shutdown, &connected).await;
             drop(connected);
@@ -142,9 +146,16 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
         req: Request<pb::HighestSequenceRequest>,
     ) -> Result<Response<pb::HighestSequenceResponse>, Status> {
         let device = device_of(&req, &self.collector)?;
-        // The device cache is refreshed only after each durable group, so this never
-        // names a number that is not stored.
-        let highest_seq = self.collector.highest_seq(&device);
+        // Read from the store, not the device cache: the agent numbers its next events above
+        // this, and a number too low would make them look like resends and be dropped. The
+        // store holds only what is durable (and what another collector sharing it stored).
+        let store = self.collector.store.clone();
+        let highest_seq = crate::service::blocking(move || store.device(&device))
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("the collector could not read its store: {e}"))
+            })?
+            .map_or(0, |d| d.highest_seq);
         Ok(Response::new(pb::HighestSequenceResponse { highest_seq }))
     }
 

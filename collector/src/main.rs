@@ -9,7 +9,6 @@ use caretaker_collector::admin::{self, AdminRequest, AdminResponse};
 use caretaker_collector::bundle;
 use caretaker_collector::datadir::{self, DataDir};
 use caretaker_collector::server::{self, ServeOptions};
-use caretaker_collector::store::Store;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +38,15 @@ enum Command {
         /// The school's name, written into the CA certificate.
         #[arg(long, default_value = "School")]
         school: String,
+        /// Keep the record in PostgreSQL (a postgres:// URL) instead of the embedded store,
+        /// so that several collectors can share it. The schema is created or upgraded here
+        /// and at every start.
+        #[arg(long = "store", value_name = "URL")]
+        store_url: Option<String>,
+        /// A second (third, ...) collector on the same database: share the CA and the
+        /// uninstall secret of the first collector's data directory instead of making new ones.
+        #[arg(long, value_name = "FIRST_DATA_DIR", requires = "store_url")]
+        join: Option<PathBuf>,
     },
     /// Run the collector: gRPC for agents (mutual TLS), the dashboard and the HTTPS JSON API.
     Serve {
@@ -283,13 +291,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             hostnames,
             school,
+            store_url,
+            join,
         } => {
             let hostnames = if hostnames.is_empty() {
                 vec!["localhost".to_string(), "127.0.0.1".to_string()]
             } else {
                 hostnames
             };
-            let report = datadir::init(&DataDir::new(&data_dir), &hostnames, &school)?;
+            let opts = datadir::InitOptions {
+                store_url,
+                join: join.map(DataDir::new),
+            };
+            let report = datadir::init(&DataDir::new(&data_dir), &hostnames, &school, &opts)?;
             println!("Created a Caretaker collector in {}", data_dir.display());
             println!(
                 "  CA fingerprint (agents pin this): {}",
@@ -478,12 +492,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let dir = DataDir::new(data_dir);
             dir.check()?;
-            match admin::ask(
-                &dir.admin_socket(),
-                &AdminRequest::RevokeDevice { id: id.clone() },
-            )
-            .await?
-            {
+            match admin::ask(&dir, &AdminRequest::RevokeDevice { id: id.clone() }).await? {
                 Some(AdminResponse::Revoked { id }) => println!("Revoked device {id}"),
                 Some(AdminResponse::Error { message }) => bail!("{message}"),
                 Some(other) => bail!("unexpected answer from the collector: {other:?}"),
@@ -515,13 +524,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn account(data_dir: &std::path::Path, op: AccountOp) -> anyhow::Result<()> {
     let dir = DataDir::new(data_dir);
     dir.check()?;
-    let outcome = match admin::ask(&dir.admin_socket(), &AdminRequest::Account(op.clone())).await? {
+    let outcome = match admin::ask(&dir, &AdminRequest::Account(op.clone())).await? {
         Some(AdminResponse::Account(o)) => o,
         Some(AdminResponse::Error { message }) => bail!("{message}"),
         Some(other) => bail!("unexpected answer from the collector: {other:?}"),
         None => {
             let store = dir.open_store_offline()?;
-            accounts::apply_op(&store, &op)?
+            accounts::apply_op(store.as_ref(), &op)?
         }
     };
     if matches!(op, AccountOp::List) {

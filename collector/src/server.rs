@@ -16,7 +16,7 @@ use crate::grpc::GrpcApi;
 use crate::listen::{Gate, ListenLimits, Timeouts};
 use crate::metrics::Listener;
 use crate::service::Collector;
-use crate::store::SledStore;
+use crate::store::StoreLocation;
 use crate::tls::{GrpcTls, certs_from_pem, key_from_pem, web_config};
 
 /// How often the store's state and free space are looked at.
@@ -80,12 +80,15 @@ pub async fn serve(
     let chain = certs_from_pem(&read(dir.server_chain())?)?;
     let key = key_from_pem(&read(dir.server_key())?)?;
     let admin_token = read(dir.admin_token())?;
-    let store = SledStore::open(&dir.store()).with_context(|| {
-        format!(
+    let location = dir.store_location()?;
+    let store = location.open().with_context(|| match &location {
+        StoreLocation::Embedded(_) => format!(
             "cannot open the store in {} (is another collector using this data directory?)",
             dir.root().display()
-        )
+        ),
+        StoreLocation::Postgres(_) => format!("cannot open the store at {}", location.describe()),
     })?;
+    info!(store = %location.describe(), shared = location.is_shared(), "Store open");
     let revoked = Arc::new(RwLock::new(Default::default()));
     let grpc_tls = GrpcTls::new(
         chain.clone(),
@@ -107,7 +110,10 @@ pub async fn serve(
         (None, None) => web_config(chain, key)?,
         _ => anyhow::bail!("--web-cert and --web-key go together: give both or neither"),
     };
-    let collector = Arc::new(Collector::new(Arc::new(store), ca, revoked, &admin_token)?);
+    let collector = Arc::new(Collector::new(store, ca, revoked, &admin_token)?);
+    if location.is_shared() {
+        collector.set_shared();
+    }
     collector.set_uninstall_key(crate::uninstall::UninstallKey::load_or_create(
         &dir.uninstall_key(),
     )?);
@@ -132,9 +138,13 @@ pub async fn serve(
         grpc: grpc_listener.local_addr()?,
         web: web_listener.local_addr()?,
     };
-    crate::admin::serve(&dir.admin_socket(), collector.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("cannot create {}", dir.admin_socket().display()))?;
+    // The admin socket lets commands reach the embedded store, which one process holds; a
+    // shared store is written by those commands directly, so it needs none.
+    if !location.is_shared() {
+        crate::admin::serve(&dir.admin_socket(), collector.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("cannot create {}", dir.admin_socket().display()))?;
+    }
 
     // Expired sign-in sessions are refused when used; this removes the ones never used again.
     {
@@ -158,8 +168,9 @@ pub async fn serve(
         });
     }
     // Once a second: reopen the store if a failed write closed it, and refuse new events while
-    // it is closed or its disk is below the floor (one statvfs, so cheap).
-    {
+    // it is closed or its disk is below the floor (one statvfs, so cheap). A shared store's
+    // disk is the database server's, watched there.
+    if !location.is_shared() {
         let (c, shutdown, path) = (collector.clone(), shutdown.clone(), dir.store());
         let floor = opts.min_free_space;
         tokio::spawn(async move {
@@ -172,6 +183,26 @@ pub async fn serve(
                 }
                 let (c, path) = (c.clone(), path.clone());
                 let _ = tokio::task::spawn_blocking(move || c.check_store(&path, floor)).await;
+            }
+        });
+    }
+    // Other collectors write a shared store too: re-read what this one holds in memory.
+    if location.is_shared() {
+        let (c, shutdown) = (collector.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::service::SHARED_REFRESH);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let c = c.clone();
+                if let Err(e) =
+                    crate::service::blocking(move || c.refresh_from_shared_store()).await
+                {
+                    tracing::warn!(error = %e, "What other collectors stored not re-read");
+                }
             }
         });
     }

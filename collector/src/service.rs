@@ -95,7 +95,14 @@ pub struct Collector {
     pub(crate) uninstall: std::sync::OnceLock<crate::uninstall::UninstallKey>,
     /// Each device's clock as judged from its batches (`crate::clock`).
     clocks: std::sync::Mutex<std::collections::HashMap<String, crate::clock::ClockTracker>>,
+    /// Other collectors write the same store (PostgreSQL): what this one holds in memory is
+    /// re-read from it (`refresh_from_shared_store`, `resync_device`).
+    shared: std::sync::atomic::AtomicBool,
 }
+
+/// How often a collector sharing its store re-reads devices, revocations, the policy and
+/// other devices' software counts from it.
+pub const SHARED_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How stale the overview's open incidents may be before a request re-reads them itself. A
 /// background task (`server.rs`) re-reads them every `OPEN_INCIDENTS_REFRESH`, so requests
@@ -435,6 +442,7 @@ impl Collector {
             open_incidents: Default::default(),
             uninstall: Default::default(),
             clocks: Default::default(),
+            shared: Default::default(),
         })
     }
 
@@ -489,6 +497,82 @@ impl Collector {
                 tracing::warn!(error = %e, "Devices and counts not re-read after the store reopened");
             }
         });
+    }
+
+    /// Says that other collectors write this store too.
+    pub fn set_shared(&self) {
+        self.shared
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True when other collectors write this store too.
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Re-reads from a shared store what other collectors may have changed (blocking): every
+    /// device (new enrolments, last seen, counts), revocations, a newer policy, and the
+    /// software counts of devices not streaming to this collector (those that are, this one
+    /// folds itself).
+    pub fn refresh_from_shared_store(&self) -> Result<(), StoreError> {
+        let devices = self.devices.reload_all(self.store.as_ref())?;
+        self.revoked.write().expect("revocation lock").extend(
+            devices
+                .iter()
+                .filter(|d| d.revoked_at.is_some())
+                .map(|d| d.id.clone()),
+        );
+        if let Some(stored) = self.store.current_policy()?
+            && stored.version > self.policy().version
+        {
+            let doc = PolicyDocument::parse_lenient(&stored.policy.to_string()).unwrap_or_default();
+            *self.rules.write().expect("rules lock") = Arc::new(Rules::new(&doc));
+            tracing::info!(version = stored.version, changed_by = %stored.changed_by, "Policy changed by another collector");
+            self.policy.send_replace(Arc::new(stored));
+        }
+        // Folded apart from the live counts, so the ack path's fold never waits on these reads.
+        let mut fresh = FleetCounts::default();
+        let mut saved: std::collections::HashMap<String, (u64, Value)> = self
+            .store
+            .derived(SOFTWARE_STATE)?
+            .into_iter()
+            .map(|(d, t, v)| (d, (t, v)))
+            .collect();
+        let elsewhere: Vec<&str> = devices
+            .iter()
+            .map(|d| d.id.as_str())
+            .filter(|id| !self.is_connected(id))
+            .collect();
+        for &id in &elsewhere {
+            if let Some((through, state)) = saved.remove(id)
+                && let Err(why) = fresh.import_device(id, through, state)
+            {
+                tracing::warn!(device = %id, %why, "Saved software state unreadable; rebuilding it from events");
+            }
+            replay_software(&mut fresh, self.store.as_ref(), id, FleetCounts::fold)?;
+        }
+        let mut counts = self.software.lock().unwrap_or_else(|p| p.into_inner());
+        for id in elsewhere {
+            if self.is_connected(id) {
+                continue; // connected meanwhile: its stream resynced it
+            }
+            counts.remove_device(id);
+            if let Some(state) = fresh.export_device(id)
+                && let Err(why) = counts.import_device(id, fresh.through_seq(id), state)
+            {
+                tracing::warn!(device = %id, %why, "Software counts of a device not refreshed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a device's stream is read on a shared store: its software counts are rebuilt
+    /// from the store (blocking), since its last events may have reached another collector.
+    /// An agent opens a stream only after its previous one ended, so the store then holds all.
+    pub fn resync_device(&self, device: &str) {
+        let mut counts = self.software.lock().unwrap_or_else(|p| p.into_inner());
+        rebuild_software(&mut counts, self.store.as_ref(), device, FleetCounts::fold);
+        self.devices.reload(self.store.as_ref(), device);
     }
 
     /// Every device as last stored (from memory).

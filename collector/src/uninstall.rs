@@ -126,7 +126,7 @@ pub fn audit_issued(store: &dyn Store, device: &Device) {
 /// directory and store when none runs. Returns the device's hostname and code.
 pub async fn for_cli(dir: &DataDir, id: &str) -> anyhow::Result<(String, String)> {
     let req = AdminRequest::UninstallCode { id: id.to_string() };
-    match admin::ask(&dir.admin_socket(), &req).await? {
+    match admin::ask(&dir, &req).await? {
         Some(AdminResponse::UninstallCode { hostname, code, .. }) => Ok((hostname, code)),
         Some(AdminResponse::Error { message }) => bail!("{message}"),
         Some(other) => bail!("unexpected answer from the collector: {other:?}"),
@@ -136,7 +136,7 @@ pub async fn for_cli(dir: &DataDir, id: &str) -> anyhow::Result<(String, String)
                 .device(id)?
                 .ok_or_else(|| StoreError::NoSuchDevice(id.to_string()))?;
             let key = UninstallKey::load_or_create(&dir.uninstall_key())?;
-            audit_issued(&store, &device);
+            audit_issued(store.as_ref(), &device);
             Ok((device.hostname, key.code(id)))
         }
     }

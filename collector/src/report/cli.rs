@@ -65,7 +65,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
         request: req.clone(),
         time_zone: args.time_zone.name().to_string(),
     };
-    let files = match admin::ask(&dir.admin_socket(), &ask).await? {
+    let files = match admin::ask(&dir, &ask).await? {
         Some(AdminResponse::Report { files }) => files,
         Some(AdminResponse::Error { message }) => bail!("{message}"),
         Some(other) => bail!("unexpected answer from the collector: {other:?}"),
@@ -75,7 +75,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
             let req = req.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let store = dir.open_store_offline()?;
-                let src = Sources::offline(&store, tz)?;
+                let src = Sources::offline(store.as_ref(), tz)?;
                 Ok(super::render(&src, &req)?)
             })
             .await??

@@ -30,6 +30,57 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Where a collector's record lives: the embedded store in its data directory, or a
+/// PostgreSQL database that several collectors share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded engine's directory (one collector process at a time).
+    Embedded(std::path::PathBuf),
+    /// A `postgres://` URL (any number of collectors).
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Opens the store (for PostgreSQL: connects and applies the schema's migrations).
+    pub fn open(&self) -> StoreResult<std::sync::Arc<dyn Store>> {
+        match self {
+            Self::Embedded(path) => Ok(std::sync::Arc::new(SledStore::open(path)?)),
+            Self::Postgres(_) => Err(StoreError::Engine(
+                "this collector was built without PostgreSQL support".into(),
+            )),
+        }
+    }
+
+    /// True when other collectors may write the same record, so what one holds in memory
+    /// (devices, revocations, the policy, counts) must be re-read from the store now and then.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// For messages: the directory, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Embedded(path) => path.display().to_string(),
+            Self::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.split_once('@') {
+        Some(parts) => parts,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 /// Store failures. Callers report them; they never mean partial writes.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
