@@ -153,7 +153,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path().join("data"));
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        crate::datadir::init(&dir, &names, "Test School").unwrap();
+        crate::datadir::init(&dir, &names, "Test School", &Default::default()).unwrap();
         (tmp, dir)
     }
 
