@@ -45,7 +45,8 @@ use tokio_stream::wrappers::ReceiverStream;
     about = "Load a Caretaker collector with simulated agents and verify nothing is lost"
 )]
 struct Args {
-    /// The collector's gRPC address, HOST:PORT.
+    /// The collector's gRPC address, HOST:PORT; several collectors sharing one database as
+    /// HOST:PORT,HOST:PORT (agents are spread over them and move to the next when one fails).
     #[arg(long)]
     collector: String,
     /// An enrolment token with at least --agents uses.
@@ -102,6 +103,9 @@ enum Mix {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if collectors(&args).is_empty() {
+        bail!("--collector names no address");
+    }
     if let Some(n) = args.idle_flood {
         return idle_flood(&args, n).await;
     }
@@ -116,8 +120,9 @@ async fn main() -> anyhow::Result<()> {
     let limit = Arc::new(Semaphore::new(args.enrol_concurrency.max(1)));
     let mut enrolments = Vec::new();
     for i in 0..args.agents {
+        let addrs = collectors(&args);
         let (collector, token, fp, limit) = (
-            args.collector.clone(),
+            addrs[i % addrs.len()].clone(),
             args.token.clone(),
             args.ca_fingerprint.clone(),
             limit.clone(),
@@ -157,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let mut tasks = Vec::new();
     for (index, (dir, _)) in agents.iter().enumerate() {
-        let (dir, addr, streaming) = (dir.clone(), args.collector.clone(), streaming.clone());
+        let (dir, addrs, streaming) = (dir.clone(), collectors(&args), streaming.clone());
         let load = Load {
             events: args.events,
             batch: args.batch,
@@ -167,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
         };
         tasks.push(tokio::spawn(async move {
             let _permit = streaming.acquire_owned().await.expect("semaphore");
-            stream_agent(dir, addr, load).await
+            stream_agent(dir, addrs, load).await
         }));
     }
     let mut latencies = Vec::new();
@@ -236,6 +241,15 @@ async fn main() -> anyhow::Result<()> {
         bail!("the store does not hold exactly {sent} events");
     }
     Ok(())
+}
+
+/// The collectors' gRPC addresses from `--collector`.
+fn collectors(args: &Args) -> Vec<String> {
+    args.collector
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect()
 }
 
 /// Every stored sequence number of `device`, as `GET /api/v1/events?device=` lists them,
@@ -567,7 +581,47 @@ struct Load {
 }
 
 /// Streams `load.events` events as one agent; returns each batch's send-to-ack latency.
-async fn stream_agent(dir: PathBuf, addr: String, load: Load) -> anyhow::Result<Vec<Duration>> {
+///
+/// `addrs` lists the collectors (several share one PostgreSQL); the agent starts on the one its
+/// index picks and, when its stream breaks (the collector was killed, say), moves to the next
+/// and resends everything not yet acknowledged, as the real agent does.
+async fn stream_agent(
+    dir: PathBuf,
+    addrs: Vec<String>,
+    load: Load,
+) -> anyhow::Result<Vec<Duration>> {
+    let m = load.events;
+    let mut which = load.agent as usize % addrs.len();
+    let mut latencies = Vec::with_capacity((m / load.batch + 1) as usize);
+    let mut acked = 0u64;
+    let mut failures = 0;
+    let mut backoff =
+        caretaker_agent::uplink::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    while acked < m {
+        match stream_once(&dir, &addrs[which], load, &mut acked, &mut latencies).await {
+            Ok(()) => {}
+            // The collector refuses handshakes past its per-address cap (all loadgen agents
+            // share one address), or it went away: come back after a backoff, as the agent
+            // does, to the next collector when there are several.
+            Err(e) if failures >= 50 => return Err(e.context("gave up after 50 attempts")),
+            Err(_) => {
+                failures += 1;
+                which = (which + 1) % addrs.len();
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    Ok(latencies)
+}
+
+/// One stream to `addr`, from the first unacknowledged event on; returns when all are acked.
+async fn stream_once(
+    dir: &std::path::Path,
+    addr: &str,
+    load: Load,
+    acked: &mut u64,
+    latencies: &mut Vec<Duration>,
+) -> anyhow::Result<()> {
     let Load {
         events: m,
         batch,
@@ -575,21 +629,7 @@ async fn stream_agent(dir: PathBuf, addr: String, load: Load) -> anyhow::Result<
         mix,
         agent,
     } = load;
-    // The collector refuses handshakes past its per-address cap (all loadgen agents share one
-    // address): come back after a backoff, as the agent does.
-    let mut backoff =
-        caretaker_agent::uplink::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut attempts = 0;
-    let channel = loop {
-        match device_channel(&dir, &addr).await {
-            Ok(c) => break c,
-            Err(e) if attempts >= 50 => return Err(e.context("could not connect")),
-            Err(_) => {
-                attempts += 1;
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    };
+    let channel = device_channel(dir, addr).await?;
     let mut client = pb::telemetry_client::TelemetryClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::EventBatch>(window);
     let mut acks = client
@@ -597,12 +637,10 @@ async fn stream_agent(dir: PathBuf, addr: String, load: Load) -> anyhow::Result<
         .await?
         .into_inner();
     let mut in_flight: std::collections::VecDeque<(u64, Instant)> = Default::default();
-    let mut latencies = Vec::with_capacity((m / batch + 1) as usize);
-    let mut next = 1u64;
-    let mut acked = 0u64;
+    let mut next = *acked + 1;
     // Realistic events are dated as if sent over the last `m` five-minute heartbeats.
     let now = chrono::Utc::now();
-    while acked < m {
+    while *acked < m {
         while next <= m && in_flight.len() < window {
             let last = (next + batch - 1).min(m);
             let events = (next..=last)
@@ -620,11 +658,14 @@ async fn stream_agent(dir: PathBuf, addr: String, load: Load) -> anyhow::Result<
                 })
                 .collect();
             // Real agents name themselves on a stream's first batch.
-            let info = (mix == Mix::Realistic && next == 1).then(|| pb::AgentInfo {
-                hostname: hostname(agent),
-                os: "Debian GNU/Linux 12 (bookworm)".into(),
-                agent_version: env!("CARGO_PKG_VERSION").into(),
-            });
+            let info =
+                (mix == Mix::Realistic && in_flight.is_empty() && next == *acked + 1).then(|| {
+                    pb::AgentInfo {
+                        hostname: hostname(agent),
+                        os: "Debian GNU/Linux 12 (bookworm)".into(),
+                        agent_version: env!("CARGO_PKG_VERSION").into(),
+                    }
+                });
             tx.send(pb::EventBatch {
                 events,
                 agent: info,
@@ -638,13 +679,13 @@ async fn stream_agent(dir: PathBuf, addr: String, load: Load) -> anyhow::Result<
             .message()
             .await?
             .context("the collector ended the stream")?;
-        acked = ack.through_seq;
-        while in_flight.front().is_some_and(|(s, _)| *s <= acked) {
+        *acked = (*acked).max(ack.through_seq);
+        while in_flight.front().is_some_and(|(s, _)| *s <= *acked) {
             let (_, sent) = in_flight.pop_front().expect("front");
             latencies.push(sent.elapsed());
         }
     }
-    Ok(latencies)
+    Ok(())
 }
 
 fn hostname(agent: u64) -> String {
