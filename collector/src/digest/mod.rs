@@ -428,6 +428,15 @@ pub async fn run(c: Arc<Collector>, tz: Tz, shutdown: CancellationToken) {
             // A failed write closed the store (logged there); digests wait for it to reopen.
             continue;
         }
+        let store = c.store.clone();
+        match blocking(move || store.lead_digests()).await {
+            Ok(true) => {}
+            Ok(false) => continue, // another collector sharing the store sends them
+            Err(e) => {
+                tracing::warn!(error = %e, "Digests not planned: cannot tell which collector leads");
+                continue;
+            }
+        }
         let now = Utc::now();
         let (c2, store) = (c.clone(), c.store.clone());
         let planned = blocking(move || {

@@ -103,4 +103,11 @@ pub trait DigestStore {
     /// Newest first, below `before`.
     fn digests(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<DigestRecord>>;
     fn pending_digests(&self) -> StoreResult<Vec<DigestRecord>>;
+    /// Whether this process leads the digests now: plans and sends them. Several collectors
+    /// sharing a store would otherwise each send the DSL the same digest. An embedded store has
+    /// one process, which always leads; a shared one lets one holder at a time lead, and
+    /// another take over when it goes.
+    fn lead_digests(&self) -> StoreResult<bool> {
+        Ok(true)
+    }
 }
