@@ -8,6 +8,7 @@ pub mod clamd_rig;
 pub mod deb;
 pub mod desktop_rig;
 pub mod laptop_rig;
+pub mod pg_rig;
 pub mod smtp_rig;
 pub mod usb_vm;
 pub mod vm_rig;
@@ -150,11 +151,14 @@ impl Collector {
 
     /// As `start`, with the server certificate naming `names` (`init --hostname`).
     pub fn start_with_names(dir: &Path, names: &[&str]) -> Self {
+        let args: Vec<&str> = names.iter().flat_map(|n| ["--hostname", n]).collect();
+        Self::start_with_init(dir, &args)
+    }
+
+    /// As `start`, with extra `init` options (`--store URL`, `--join DIR`, `--hostname`).
+    pub fn start_with_init(dir: &Path, init_args: &[&str]) -> Self {
         let mut init = Command::new(bin("caretaker-collector"));
-        init.args(["init", "--data-dir"]).arg(dir);
-        for n in names {
-            init.args(["--hostname", n]);
-        }
+        init.args(["init", "--data-dir"]).arg(dir).args(init_args);
         let (ok, out, err) = run(&mut init);
         assert!(ok, "init failed: {out}{err}");
         let mut c = Collector {
