@@ -211,10 +211,11 @@ async fn main() -> anyhow::Result<()> {
             (id, seqs)
         }));
     }
-    let (mut lost, mut duplicated, mut listed) = (0u64, 0u64, 0u64);
+    let (mut lost, mut duplicated, mut listed, mut data) = (0u64, 0u64, 0u64, 0u64);
     for l in lists {
-        let (id, seqs) = l.await?;
-        let seqs = seqs.with_context(|| format!("listing device {id}'s events"))?;
+        let (id, listing) = l.await?;
+        let (seqs, bytes) = listing.with_context(|| format!("listing device {id}'s events"))?;
+        data += bytes;
         listed += seqs.len() as u64;
         let tally = tally_seqs(&seqs, args.events);
         if tally != Tally::default() {
@@ -227,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
         duplicated += tally.duplicated + tally.unexpected;
     }
     eprintln!(
-        "verified {} devices through the API ({listed} events listed) in {:.2}s",
+        "verified {} devices through the API ({listed} events listed, {data} bytes as JSON) in {:.2}s",
         agents.len(),
         verify.elapsed().as_secs_f64()
     );
@@ -259,8 +260,10 @@ async fn list_device_events(
     api: &str,
     token: &str,
     device: &str,
-) -> anyhow::Result<Vec<u64>> {
+) -> anyhow::Result<(Vec<u64>, u64)> {
     let mut seqs = Vec::new();
+    // The events' own size, as compact JSON: the "data" a store's disk use is compared with.
+    let mut bytes = 0u64;
     let mut cursor = String::new();
     loop {
         let page: Value = client
@@ -280,10 +283,11 @@ async fn list_device_events(
                 bail!("the listing for {device} holds another device's event: {e}");
             }
             seqs.push(e["seq"].as_u64().context("an event without a seq")?);
+            bytes += e.to_string().len() as u64;
         }
         match page["next"].as_str() {
             Some(c) => cursor = c.to_string(),
-            None => return Ok(seqs),
+            None => return Ok((seqs, bytes)),
         }
     }
 }
