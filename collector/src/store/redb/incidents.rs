@@ -1,13 +1,13 @@
 //! The redb implementation of `IncidentStore`, and the fold that opens and extends incidents as events are stored.
 
 use chrono::{DateTime, Utc};
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::super::{
     EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore, StoreError,
     StoreResult, StoredEvent,
 };
-use super::RedbStore;
+use super::{Engine, decode, encode, engine};
 use crate::incidents;
 
 /// Incident id → the incident (JSON). Ids are given out in order and never removed, so the
@@ -21,18 +21,6 @@ pub(super) const DEVICE_INCIDENTS: TableDefinition<(&str, u64), ()> =
 /// (incident id, n) → the entry (JSON); an incident's record, which only grows.
 pub(super) const INCIDENT_LOG: TableDefinition<(u64, u32), &[u8]> =
     TableDefinition::new("incident_log");
-
-pub(super) fn engine(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Engine(e.to_string())
-}
-
-pub(super) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("store records always serialise")
-}
-
-pub(super) fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
 
 /// Creates this module's tables, so that a read before the first incident finds them empty
 /// rather than missing.
@@ -138,7 +126,7 @@ fn take(q: &IncidentQuery, inc: Incident, out: &mut Vec<Incident>, next: &mut Op
     false
 }
 
-impl IncidentStore for RedbStore {
+impl IncidentStore for Engine {
     fn incident(&self, id: u64) -> StoreResult<Option<Incident>> {
         let txn = self.db.begin_read().map_err(engine)?;
         let table = txn.open_table(INCIDENTS).map_err(engine)?;
