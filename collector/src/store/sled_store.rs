@@ -454,6 +454,12 @@ impl Engine {
     }
 }
 
+impl super::reopen::Backend for Engine {
+    fn open(path: &Path) -> StoreResult<Self> {
+        Engine::open(path)
+    }
+}
+
 impl Store for Engine {
     fn insert_device(&self, device: &Device) -> StoreResult<()> {
         self.devices
