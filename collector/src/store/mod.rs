@@ -10,6 +10,7 @@ mod accounts;
 pub(crate) mod conformance;
 mod digests;
 mod incidents;
+mod redb;
 mod reopen;
 mod sled_accounts;
 mod sled_digests;
@@ -24,6 +25,7 @@ pub use digests::{Attachment, Channel, DigestCursor, DigestRecord, DigestStatus,
 pub use incidents::{
     Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
 };
+pub use redb::RedbStore;
 /// The sled engine behind the reopening handle (`reopen.rs`).
 pub type SledStore = reopen::Reopening<sled_store::Engine>;
 
