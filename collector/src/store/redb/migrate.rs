@@ -69,7 +69,7 @@ pub fn from_sled_if_present(dir: &Path) -> StoreResult<Option<MigrationReport>> 
     let file = dir.join(FILE);
     let partial = dir.join(format!("{FILE}{PARTIAL_SUFFIX}"));
     if file.exists() {
-        if holds_sled(dir) {
+        if any_sled_file(dir)? || unfinished_retirement(dir)?.is_some() {
             // The conversion completed but the move of the sled files did not.
             retire(dir)?;
         }
@@ -112,10 +112,17 @@ fn sync_dir(dir: &Path) -> StoreResult<()> {
         .map_err(|e| io("cannot sync the directory", dir, &e))
 }
 
-/// Moves the sled files of `dir` into `sled-retired-<date>/` (resuming an unfinished move
-/// into its directory), writes the note that marks it complete, and returns its path.
-fn retire(dir: &Path) -> StoreResult<PathBuf> {
-    let unfinished = fs::read_dir(dir)
+/// Whether any of sled's files is in `dir`.
+fn any_sled_file(dir: &Path) -> StoreResult<bool> {
+    Ok(fs::read_dir(dir)
+        .map_err(|e| io("cannot read", dir, &e))?
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_str().is_some_and(is_sled_file)))
+}
+
+/// A `sled-retired-*` directory without its note: a move that a crash interrupted.
+fn unfinished_retirement(dir: &Path) -> StoreResult<Option<PathBuf>> {
+    Ok(fs::read_dir(dir)
         .map_err(|e| io("cannot read", dir, &e))?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -124,7 +131,13 @@ fn retire(dir: &Path) -> StoreResult<PathBuf> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("sled-retired-"))
                 && !p.join(RETIRED_NOTE).exists()
-        });
+        }))
+}
+
+/// Moves the sled files of `dir` into `sled-retired-<date>/` (resuming an unfinished move
+/// into its directory), writes the note that marks it complete, and returns its path.
+fn retire(dir: &Path) -> StoreResult<PathBuf> {
+    let unfinished = unfinished_retirement(dir)?;
     let target = match unfinished {
         Some(t) => t,
         None => {
@@ -455,3 +468,7 @@ fn copy_incidents(sled: &SledEngine, txn: &WriteTransaction) -> StoreResult<u64>
     }
     Ok(count)
 }
+
+#[cfg(test)]
+#[path = "migrate_tests.rs"]
+mod tests;
