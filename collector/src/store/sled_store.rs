@@ -392,6 +392,11 @@ impl Engine {
         &self.tokens
     }
 
+    /// Every derived state, whatever its name: the conversion to redb copies them all.
+    pub(super) fn derived_tree(&self) -> &sled::Tree {
+        &self.derived
+    }
+
     /// A new, increasing id for an audit entry (sled persists the counter).
     pub(super) fn audit_id(&self) -> StoreResult<u64> {
         self.db.generate_id().map_err(engine)
