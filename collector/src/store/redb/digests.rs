@@ -76,17 +76,15 @@ impl DigestStore for Engine {
         digests: Vec<DigestRecord>,
     ) -> StoreResult<Vec<DigestRecord>> {
         write(self, Commit::Durable, |txn| {
-            let mut next = txn
+            let last = txn
                 .open_table(DIGESTS)
                 .map_err(engine)?
                 .last()
                 .map_err(engine)?
-                .map_or(0, |(k, _)| k.value())
-                + 1;
+                .map_or(0, |(k, _)| k.value());
             let mut out = Vec::with_capacity(digests.len());
-            for mut d in digests {
-                d.id = next;
-                next += 1;
+            for (id, mut d) in (last + 1..).zip(digests) {
+                d.id = id;
                 put(txn, &d)?;
                 out.push(d);
             }

@@ -75,6 +75,12 @@ pub fn from_sled_if_present(dir: &Path) -> StoreResult<Option<MigrationReport>> 
         }
         return Ok(None);
     }
+    if !holds_sled(dir) {
+        return Ok(None);
+    }
+    // sled's lock first: a second process started at the same moment stops here instead of
+    // discarding the first one's partial file under it.
+    let sled = SledEngine::open(dir)?;
     if partial.exists() {
         tracing::warn!(
             path = %partial.display(),
@@ -82,17 +88,28 @@ pub fn from_sled_if_present(dir: &Path) -> StoreResult<Option<MigrationReport>> 
         );
         fs::remove_file(&partial).map_err(|e| io("cannot remove", &partial, &e))?;
     }
-    if !holds_sled(dir) {
-        return Ok(None);
-    }
     let started = Instant::now();
     tracing::info!(dir = %dir.display(), "Converting the sled store to redb; this runs once");
-    let mut report = convert(dir, &partial)?;
-    fs::File::open(&partial)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("cannot sync", &partial, &e))?;
-    fs::rename(&partial, &file).map_err(|e| io("cannot rename", &partial, &e))?;
-    sync_dir(dir)?;
+    let converted = convert(&sled, &partial).and_then(|report| {
+        drop(sled);
+        fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("cannot sync", &partial, &e))?;
+        fs::rename(&partial, &file).map_err(|e| io("cannot rename", &partial, &e))?;
+        sync_dir(dir)?;
+        Ok(report)
+    });
+    // A full disk is the likely cause (the copy needs about the sled store's size again):
+    // say that nothing was lost and that the next start tries again.
+    let mut report = converted.map_err(|e| {
+        // Best effort, to give the space back now; the next start discards it anyway.
+        let _ = fs::remove_file(&partial);
+        StoreError::Engine(format!(
+            "converting the sled store in {} to redb failed: {e}; the sled store is unchanged, \
+             and the conversion starts again at the next start",
+            dir.display()
+        ))
+    })?;
     report.retired_to = retire(dir)?;
     tracing::info!(
         devices = report.devices,
@@ -253,8 +270,7 @@ impl<'t> EventTables<'t> {
     }
 }
 
-fn convert(dir: &Path, partial: &Path) -> StoreResult<MigrationReport> {
-    let sled = SledEngine::open(dir)?;
+fn convert(sled: &SledEngine, partial: &Path) -> StoreResult<MigrationReport> {
     let mut builder = Database::builder();
     builder.set_cache_size(CACHE_BYTES);
     let db = builder
@@ -262,10 +278,10 @@ fn convert(dir: &Path, partial: &Path) -> StoreResult<MigrationReport> {
         .map_err(|e| engine(format!("creating {}: {e}", partial.display())))?;
     let target = Engine { db };
     target.prepare()?;
-    let events = copy_events(&sled, &target.db)?;
+    let events = copy_events(sled, &target.db)?;
     let txn = bulk(&target.db)?;
-    let devices = copy_records(&sled, &txn)?;
-    let incidents = copy_incidents(&sled, &txn)?;
+    let devices = copy_records(sled, &txn)?;
+    let incidents = copy_incidents(sled, &txn)?;
     txn.commit().map_err(engine)?;
     // The last transaction is durable, and with it all the ones before.
     let txn = target.db.begin_write().map_err(engine)?;

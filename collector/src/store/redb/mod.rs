@@ -126,6 +126,8 @@ impl Engine {
                 dir.display()
             ))
         })?;
+        // A school upgrading from the sled store: converted once, here, before the file opens.
+        migrate::from_sled_if_present(dir)?;
         let file = dir.join(FILE);
         let mut builder = Database::builder();
         builder.set_cache_size(CACHE_BYTES);
