@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::super::sled_store::Engine as SledEngine;
 use super::super::{Incident, Store, StoreError, StoreResult, StoredEvent};
@@ -32,6 +32,8 @@ use super::{
 
 /// Events copied per write transaction: bounded, so memory does not grow with the store.
 const CHUNK: usize = 10_000;
+/// Bytes of other records copied per write transaction, for the same reason.
+const CHUNK_BYTES: usize = 16 << 20;
 /// Events between two progress lines in the log.
 const PROGRESS_EVERY: u64 = 100_000;
 /// The file the copy is written to until it is complete.
@@ -279,10 +281,8 @@ fn convert(sled: &SledEngine, partial: &Path) -> StoreResult<MigrationReport> {
     let target = Engine { db };
     target.prepare()?;
     let events = copy_events(sled, &target.db)?;
-    let txn = bulk(&target.db)?;
-    let devices = copy_records(sled, &txn)?;
-    let incidents = copy_incidents(sled, &txn)?;
-    txn.commit().map_err(engine)?;
+    let devices = copy_records(sled, &target.db)?;
+    let incidents = copy_incidents(sled, &target.db)?;
     // The last transaction is durable, and with it all the ones before.
     let txn = target.db.begin_write().map_err(engine)?;
     txn.open_table(META)
@@ -305,7 +305,9 @@ struct Copied {
 
 /// Copies the events in timeline order, each under its timeline id.
 fn copy_events(sled: &SledEngine, db: &Database) -> StoreResult<Copied> {
-    let total = sled.timeline_tree().len() as u64;
+    // What the devices count is what there is to copy (sled counts each event stored once),
+    // without a pass over the whole timeline first.
+    let total: u64 = sled.devices()?.iter().map(|d| d.event_count).sum();
     let mut timeline = sled.timeline_tree().iter();
     let mut copied = 0u64;
     let mut next_arrival = 0u64;
@@ -338,8 +340,7 @@ fn copy_events(sled: &SledEngine, db: &Database) -> StoreResult<Copied> {
     }
     // Every event is on the timeline (sled's append writes both in one transaction); should
     // one not be, it is still copied, after the others.
-    let counted: u64 = sled.devices()?.iter().map(|d| d.event_count).sum();
-    if counted != copied {
+    if copied != total {
         let txn = bulk(db)?;
         {
             let mut tables = EventTables::open(&txn)?;
@@ -370,43 +371,76 @@ fn copy_events(sled: &SledEngine, db: &Database) -> StoreResult<Copied> {
     })
 }
 
+/// Copies every record of a sled tree with `put`, in write transactions of at most
+/// `CHUNK_BYTES` each (digests carry their bodies and attachments, the audit log only grows):
+/// memory stays bounded whatever the tree's size. Returns how many records were read.
+fn copy_tree(
+    db: &Database,
+    tree: &sled::Tree,
+    mut put: impl FnMut(&WriteTransaction, &[u8], &[u8]) -> StoreResult<()>,
+) -> StoreResult<u64> {
+    let mut records = tree.iter();
+    let mut n = 0;
+    loop {
+        let txn = bulk(db)?;
+        let mut bytes = 0;
+        let mut more = false;
+        for item in records.by_ref() {
+            let (k, v) = item.map_err(engine)?;
+            put(&txn, &k, &v)?;
+            n += 1;
+            bytes += k.len() + v.len();
+            if bytes >= CHUNK_BYTES {
+                more = true;
+                break;
+            }
+        }
+        txn.commit().map_err(engine)?;
+        if !more {
+            return Ok(n);
+        }
+    }
+}
+
 /// Copies a sled tree keyed by text whose values are JSON records, unchanged.
 fn copy_text_keyed(
+    db: &Database,
     tree: &sled::Tree,
-    txn: &WriteTransaction,
-    table: redb::TableDefinition<&str, &[u8]>,
+    table: TableDefinition<&str, &[u8]>,
     what: &str,
-) -> StoreResult<()> {
-    let mut t = txn.open_table(table).map_err(engine)?;
-    for item in tree.iter() {
-        let (k, v) = item.map_err(engine)?;
-        t.insert(text(&k, what)?, v.as_ref()).map_err(engine)?;
-    }
-    Ok(())
+) -> StoreResult<u64> {
+    copy_tree(db, tree, |txn, k, v| {
+        txn.open_table(table)
+            .map_err(engine)?
+            .insert(text(k, what)?, v)
+            .map_err(engine)?;
+        Ok(())
+    })
 }
 
 /// Copies a sled tree keyed by a big-endian id whose values are JSON records, unchanged.
 /// Keys of another length are the tree's own bookkeeping (sled's "latest" markers) and are
 /// left behind: redb reads the last key instead.
 fn copy_id_keyed(
+    db: &Database,
     tree: &sled::Tree,
-    txn: &WriteTransaction,
-    table: redb::TableDefinition<u64, &[u8]>,
-) -> StoreResult<()> {
-    let mut t = txn.open_table(table).map_err(engine)?;
-    for item in tree.iter() {
-        let (k, v) = item.map_err(engine)?;
-        if let Ok(id) = <[u8; 8]>::try_from(k.as_ref()) {
-            t.insert(u64::from_be_bytes(id), v.as_ref())
+    table: TableDefinition<u64, &[u8]>,
+) -> StoreResult<u64> {
+    copy_tree(db, tree, |txn, k, v| {
+        if let Ok(id) = <[u8; 8]>::try_from(k) {
+            txn.open_table(table)
+                .map_err(engine)?
+                .insert(u64::from_be_bytes(id), v)
                 .map_err(engine)?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Devices, tokens, policies, derived states, accounts, settings, audit and digests.
-fn copy_records(sled: &SledEngine, txn: &WriteTransaction) -> StoreResult<u64> {
+fn copy_records(sled: &SledEngine, db: &Database) -> StoreResult<u64> {
     let devices = sled.devices()?;
+    let txn = bulk(db)?;
     {
         let mut t = txn.open_table(DEVICES).map_err(engine)?;
         for d in &devices {
@@ -418,58 +452,53 @@ fn copy_records(sled: &SledEngine, txn: &WriteTransaction) -> StoreResult<u64> {
             t.insert(p.version, encode(&p).as_slice()).map_err(engine)?;
         }
     }
-    copy_text_keyed(sled.tokens_tree(), txn, TOKENS, "token hash")?;
-    copy_text_keyed(sled.derived_tree(), txn, DERIVED, "derived state key")?;
-    copy_text_keyed(&sled.users, txn, USERS, "username")?;
-    copy_text_keyed(&sled.sessions, txn, SESSIONS, "session hash")?;
-    copy_text_keyed(&sled.api_tokens, txn, API_TOKENS, "api token hash")?;
-    copy_text_keyed(
-        &sled.digest_cursors,
-        txn,
-        DIGEST_CURSORS,
-        "digest recipient",
-    )?;
-    copy_id_keyed(&sled.settings, txn, SETTINGS)?;
-    copy_id_keyed(&sled.audit, txn, AUDIT)?;
-    copy_id_keyed(&sled.digests, txn, DIGESTS)?;
-    let mut pending = txn.open_table(DIGEST_PENDING).map_err(engine)?;
-    for item in sled.digest_pending.iter() {
-        let (k, _) = item.map_err(engine)?;
-        pending
-            .insert(be_u64(&k, "pending digest id")?, ())
+    txn.commit().map_err(engine)?;
+    copy_text_keyed(db, sled.tokens_tree(), TOKENS, "token hash")?;
+    copy_text_keyed(db, sled.derived_tree(), DERIVED, "derived state key")?;
+    copy_text_keyed(db, &sled.users, USERS, "username")?;
+    copy_text_keyed(db, &sled.sessions, SESSIONS, "session hash")?;
+    copy_text_keyed(db, &sled.api_tokens, API_TOKENS, "api token hash")?;
+    copy_text_keyed(db, &sled.digest_cursors, DIGEST_CURSORS, "digest recipient")?;
+    copy_id_keyed(db, &sled.settings, SETTINGS)?;
+    copy_id_keyed(db, &sled.audit, AUDIT)?;
+    copy_id_keyed(db, &sled.digests, DIGESTS)?;
+    copy_tree(db, &sled.digest_pending, |txn, k, _| {
+        txn.open_table(DIGEST_PENDING)
+            .map_err(engine)?
+            .insert(be_u64(k, "pending digest id")?, ())
             .map_err(engine)?;
-    }
+        Ok(())
+    })?;
     Ok(devices.len() as u64)
 }
 
 /// Incidents, their group map, their records and the device index.
-fn copy_incidents(sled: &SledEngine, txn: &WriteTransaction) -> StoreResult<u64> {
-    copy_id_keyed(&sled.incidents, txn, INCIDENTS)?;
-    let mut count = 0;
-    {
-        let mut by_device = txn.open_table(DEVICE_INCIDENTS).map_err(engine)?;
-        for item in sled.incidents.iter() {
-            let (_, v) = item.map_err(engine)?;
-            let inc: Incident = decode("incident", &v)?;
-            by_device
-                .insert((inc.device_id.as_str(), inc.id), ())
-                .map_err(engine)?;
-            count += 1;
-        }
-    }
-    let mut open = txn.open_table(INCIDENT_OPEN).map_err(engine)?;
-    for item in sled.incident_open.iter() {
-        let (k, v) = item.map_err(engine)?;
+fn copy_incidents(sled: &SledEngine, db: &Database) -> StoreResult<u64> {
+    let count = copy_tree(db, &sled.incidents, |txn, k, v| {
+        let id = be_u64(k, "incident id")?;
+        txn.open_table(INCIDENTS)
+            .map_err(engine)?
+            .insert(id, v)
+            .map_err(engine)?;
+        let inc: Incident = decode("incident", v)?;
+        txn.open_table(DEVICE_INCIDENTS)
+            .map_err(engine)?
+            .insert((inc.device_id.as_str(), id), ())
+            .map_err(engine)?;
+        Ok(())
+    })?;
+    copy_tree(db, &sled.incident_open, |txn, k, v| {
         // Group keys are text; sled's next-id counter (`\xff#next`) is not, and redb numbers
         // the next incident after the last one instead.
-        if let Ok(group) = std::str::from_utf8(&k) {
-            open.insert(group, be_u64(&v, "incident id")?)
+        if let Ok(group) = std::str::from_utf8(k) {
+            txn.open_table(INCIDENT_OPEN)
+                .map_err(engine)?
+                .insert(group, be_u64(v, "incident id")?)
                 .map_err(engine)?;
         }
-    }
-    let mut log = txn.open_table(INCIDENT_LOG).map_err(engine)?;
-    for item in sled.incident_log.iter() {
-        let (k, v) = item.map_err(engine)?;
+        Ok(())
+    })?;
+    copy_tree(db, &sled.incident_log, |txn, k, v| {
         let (Some(id), Some(n)) = (k.get(..8), k.get(8..12)) else {
             return Err(StoreError::Corrupt(
                 "incident entry key in the sled store".into(),
@@ -478,10 +507,13 @@ fn copy_incidents(sled: &SledEngine, txn: &WriteTransaction) -> StoreResult<u64>
         let n = u32::from_be_bytes(n.try_into().expect("four bytes"));
         // The entry count sled keeps under n = u32::MAX; redb reads the last entry instead.
         if n != u32::MAX {
-            log.insert((be_u64(id, "incident entry key")?, n), v.as_ref())
+            txn.open_table(INCIDENT_LOG)
+                .map_err(engine)?
+                .insert((be_u64(id, "incident entry key")?, n), v)
                 .map_err(engine)?;
         }
-    }
+        Ok(())
+    })?;
     Ok(count)
 }
 

@@ -584,3 +584,45 @@ fn nothing_to_convert_without_a_sled_store() {
         "nothing created"
     );
 }
+
+#[test]
+fn an_event_missing_from_sleds_timeline_is_still_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledEngine::open(dir.path()).unwrap();
+        s.insert_device(&test_device("d0")).unwrap();
+        let batch = DeviceBatch {
+            device_id: "d0".into(),
+            events: (1..=5).map(|seq| event(0, seq)).collect(),
+            facts: None,
+            state: Map::new(),
+            seen_at: base(),
+        };
+        assert_eq!(s.append(&[batch]).unwrap(), 5);
+        // Drop the timeline entry of seq 3, the third stored.
+        let (tid, _) = s.timeline_tree().iter().nth(2).unwrap().unwrap();
+        s.timeline_tree().remove(tid).unwrap();
+        s.timeline_tree().flush().unwrap();
+    }
+    let report = from_sled_if_present(dir.path())
+        .unwrap()
+        .expect("converted");
+    assert_eq!(report.events, 5);
+    let s = RedbStore::open(dir.path()).unwrap();
+    let mut seqs = Vec::new();
+    s.device_events_after("d0", 0, "", &mut |e| seqs.push(e.seq))
+        .unwrap();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let fleet = s
+        .events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let order: Vec<u64> = fleet.events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        order,
+        [3, 5, 4, 2, 1],
+        "after the others, so newest in the timeline"
+    );
+}
