@@ -10,10 +10,11 @@ mod accounts;
 pub(crate) mod conformance;
 mod digests;
 mod incidents;
+mod redb;
+mod reopen;
 mod sled_accounts;
 mod sled_digests;
 mod sled_incidents;
-mod sled_reopen;
 mod sled_store;
 pub mod space;
 
@@ -24,7 +25,9 @@ pub use digests::{Attachment, Channel, DigestCursor, DigestRecord, DigestStatus,
 pub use incidents::{
     Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
 };
-pub use sled_reopen::SledStore;
+pub use redb::RedbStore;
+/// The sled engine behind the reopening handle (`reopen.rs`).
+pub type SledStore = reopen::Reopening<sled_store::Engine>;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

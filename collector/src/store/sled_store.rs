@@ -392,6 +392,11 @@ impl Engine {
         &self.tokens
     }
 
+    /// Every derived state, whatever its name: the conversion to redb copies them all.
+    pub(super) fn derived_tree(&self) -> &sled::Tree {
+        &self.derived
+    }
+
     /// A new, increasing id for an audit entry (sled persists the counter).
     pub(super) fn audit_id(&self) -> StoreResult<u64> {
         self.db.generate_id().map_err(engine)
@@ -451,6 +456,12 @@ impl Engine {
                 .next_back()
                 .is_some()
         })
+    }
+}
+
+impl super::reopen::Backend for Engine {
+    fn open(path: &Path) -> StoreResult<Self> {
+        Engine::open(path)
     }
 }
 

@@ -1,11 +1,13 @@
-//! `SledStore`: the sled engine behind a handle that closes it at its first failed write and reopens it from disk.
+//! `Reopening`: a store engine behind a handle that closes it at its first failed write and reopens it from disk.
 //!
-//! sled keeps the error of a failed write (ENOSPC, say) for the life of its `Db`: every later
-//! write fails with it, even once the disk has room again, while reads go on serving the writes
-//! that never reached the disk. So at the first engine error this handle drops the engine:
-//! nothing is read from it after that (callers get `StoreError::Closed`), and `recover` opens
-//! the directory again, which yields exactly what is durable. Every holder of the store shares
-//! this one handle, so all of them see the reopened engine.
+//! Neither embedded engine can be trusted after a failed write (ENOSPC, say). sled keeps the
+//! error for the life of its `Db`: every later write fails with it, even once the disk has room
+//! again, while reads go on serving the writes that never reached the disk. redb refuses every
+//! later write with `PreviousIo` until the database is opened again. So at the first engine error
+//! this handle drops the engine: nothing is read from it after that (callers get
+//! `StoreError::Closed`), and `recover` opens the store again, which yields exactly what is
+//! durable. Every holder of the store shares this one handle, so all of them see the reopened
+//! engine. `SledStore` and `RedbStore` are this handle over their engines.
 //!
 //! Every trait method is forwarded through `with`; a method added to a store trait must be added
 //! to the lists below too, or its default (if any) runs over the forwarded methods.
@@ -16,7 +18,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::sled_store::Engine;
 use super::space;
 use super::{
     AccountStore, ApiTokenRecord, AuditEntry, AuditPage, Device, DeviceBatch, DigestCursor,
@@ -25,32 +26,39 @@ use super::{
     StoreResult, StoredEvent, TokenRecord, TokenRefusal, UserRecord,
 };
 
-/// The embedded store: a sled database in one directory, reopened after a failed write.
-pub struct SledStore {
+/// A store engine that can be opened from a path: what `Reopening` needs to reopen it.
+pub trait Backend: Store + Sized {
+    /// Opens (or creates) the engine's store at `path`. A store still held by an engine this
+    /// process dropped a moment ago (an operation finishing on it) is waited for briefly.
+    fn open(path: &Path) -> StoreResult<Self>;
+}
+
+/// An embedded store at one path, reopened after a failed write.
+pub struct Reopening<E> {
     path: PathBuf,
-    state: RwLock<State>,
+    state: RwLock<State<E>>,
     /// One reopen at a time (a second caller waits and then finds the store open).
     reopening: Mutex<()>,
 }
 
-enum State {
-    Open(Arc<Engine>),
+enum State<E> {
+    Open(Arc<E>),
     /// Closed after a failed write; the reason is the engine's error.
     Closed(String),
 }
 
-impl SledStore {
+impl<E: Backend> Reopening<E> {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
         room_to_open(path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            state: RwLock::new(State::Open(Arc::new(Engine::open(path)?))),
+            state: RwLock::new(State::Open(Arc::new(E::open(path)?))),
             reopening: Mutex::new(()),
         })
     }
 
-    fn engine(&self) -> StoreResult<Arc<Engine>> {
+    fn engine(&self) -> StoreResult<Arc<E>> {
         match &*self.state.read().expect("store state lock") {
             State::Open(e) => Ok(e.clone()),
             State::Closed(why) => Err(StoreError::Closed(why.clone())),
@@ -58,7 +66,7 @@ impl SledStore {
     }
 
     /// Runs `f` on the open engine; an engine error closes it.
-    fn with<T>(&self, f: impl FnOnce(&Engine) -> StoreResult<T>) -> StoreResult<T> {
+    fn with<T>(&self, f: impl FnOnce(&E) -> StoreResult<T>) -> StoreResult<T> {
         let engine = self.engine()?;
         let result = f(&engine);
         if let Err(StoreError::Engine(why)) = &result {
@@ -67,7 +75,7 @@ impl SledStore {
         result
     }
 
-    fn close(&self, failed: &Arc<Engine>, why: &str) {
+    fn close(&self, failed: &Arc<E>, why: &str) {
         let mut state = self.state.write().expect("store state lock");
         // Only the engine that failed: a reopened one must not be closed by a late error from
         // an operation that began on the old one.
@@ -82,7 +90,7 @@ impl SledStore {
 }
 
 #[cfg(test)]
-impl SledStore {
+impl<E: Backend> Reopening<E> {
     /// Closes the store as a failed write does, so tests can reach what follows one.
     pub(crate) fn close_as_if_failed(&self, why: &str) {
         let engine = self.engine().expect("the store is open");
@@ -117,7 +125,7 @@ macro_rules! forward {
     };
 }
 
-impl Store for SledStore {
+impl<E: Backend> Store for Reopening<E> {
     forward! {
         fn insert_device(&self, device: &Device) -> StoreResult<()>;
         fn device(&self, id: &str) -> StoreResult<Option<Device>>;
@@ -174,16 +182,16 @@ impl Store for SledStore {
             return Ok(false);
         }
         // The failed engine was dropped when it was closed; an operation still running on it
-        // holds sled's directory lock a moment longer, which `Engine::open` waits out.
+        // holds the engine's lock a moment longer, which `Backend::open` waits out.
         room_to_open(&self.path)?;
-        let engine = Engine::open(&self.path)?;
+        let engine = E::open(&self.path)?;
         *self.state.write().expect("store state lock") = State::Open(Arc::new(engine));
         tracing::warn!(path = %self.path.display(), "Store reopened from disk after a failed write");
         Ok(true)
     }
 }
 
-impl AccountStore for SledStore {
+impl<E: Backend> AccountStore for Reopening<E> {
     forward! {
         fn current_settings(&self) -> StoreResult<Option<SettingsVersion>>;
         fn put_settings(
@@ -209,7 +217,7 @@ impl AccountStore for SledStore {
     }
 }
 
-impl IncidentStore for SledStore {
+impl<E: Backend> IncidentStore for Reopening<E> {
     forward! {
         fn incident(&self, id: u64) -> StoreResult<Option<Incident>>;
         fn incidents(&self, q: &IncidentQuery) -> StoreResult<(Vec<Incident>, Option<u64>)>;
@@ -225,7 +233,7 @@ impl IncidentStore for SledStore {
     }
 }
 
-impl DigestStore for SledStore {
+impl<E: Backend> DigestStore for Reopening<E> {
     forward! {
         fn audience_events_from(
             &self,
