@@ -648,13 +648,13 @@ pub fn apply_op(store: &dyn Store, op: &AccountOp) -> Result<AccountOutcome, Acc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AccountStore, SledStore};
+    use crate::store::{AccountStore, RedbStore};
 
     const PW: &str = "twelve chars or more";
 
-    fn store() -> (tempfile::TempDir, SledStore) {
+    fn store() -> (tempfile::TempDir, RedbStore) {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
         (dir, s)
     }
 

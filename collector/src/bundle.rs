@@ -145,7 +145,7 @@ fn check_address(addr: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::ca::SchoolCa;
-    use crate::store::SledStore;
+    use crate::store::RedbStore;
     use crate::tokens;
     use caretaker_proto::bundle::Bundle;
 
@@ -194,7 +194,7 @@ mod tests {
         assert!(again.contains("already exists"), "{again}");
 
         // The token is in the store as a hash with the asked-for uses.
-        let store = SledStore::open(&dir.store()).unwrap();
+        let store = RedbStore::open(&dir.store()).unwrap();
         let rec = crate::store::Store::use_token(&store, &tokens::hash(&b.token), Utc::now())
             .unwrap()
             .expect("the bundle's token is accepted");

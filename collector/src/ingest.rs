@@ -341,7 +341,7 @@ mod tests {
 
     use chrono::Utc;
 
-    use crate::store::{SledStore, StoredEvent, test_device};
+    use crate::store::{RedbStore, StoredEvent, test_device};
 
     fn batch(device: &str, seq: u64) -> DeviceBatch {
         DeviceBatch {
@@ -387,7 +387,7 @@ mod tests {
     #[tokio::test]
     async fn submitted_batches_are_stored_in_queue_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
         store.insert_device(&test_device("a")).unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let hook: OnStored = {
@@ -414,7 +414,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_hook_never_stops_acks() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
         store.insert_device(&test_device("a")).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hook: OnStored = {

@@ -958,7 +958,7 @@ pub async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::store::RedbStore;
     use crate::store::StoreResult;
     use serde_json::json;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -968,7 +968,7 @@ mod tests {
     #[tokio::test]
     async fn a_newer_stream_replaces_the_older() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
         let (ca, _) = crate::ca::SchoolCa::generate("Test").unwrap();
         let c = Arc::new(Collector::new(store, ca, Default::default(), "t").unwrap());
         let first = c.stream_opened("d1");
@@ -991,7 +991,7 @@ mod tests {
 
     /// The real store, counting the events start-up reads back.
     struct Counting {
-        inner: SledStore,
+        inner: RedbStore,
         read: AtomicU64,
     }
 
@@ -1212,7 +1212,7 @@ mod tests {
 
     fn open(dir: &std::path::Path) -> Counting {
         Counting {
-            inner: SledStore::open(dir).unwrap(),
+            inner: RedbStore::open(dir).unwrap(),
             read: AtomicU64::new(0),
         }
     }
@@ -1370,7 +1370,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn resends_do_not_move_the_clock_verdict() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
         store
             .insert_device(&crate::store::test_device("a"))
             .unwrap();

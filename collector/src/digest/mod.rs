@@ -537,7 +537,7 @@ mod tests {
         );
     }
 
-    use crate::store::{DeviceBatch, DigestStore, SledStore, test_device};
+    use crate::store::{DeviceBatch, DigestStore, RedbStore, test_device};
 
     fn flagged(seq: u64, kind: &str, bypass: bool) -> StoredEvent {
         let now = Utc::now();
@@ -558,9 +558,9 @@ mod tests {
         }
     }
 
-    fn store_with(events: Vec<StoredEvent>) -> (tempfile::TempDir, SledStore) {
+    fn store_with(events: Vec<StoredEvent>) -> (tempfile::TempDir, RedbStore) {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
         s.insert_device(&test_device("d")).unwrap();
         s.append(&[DeviceBatch {
             device_id: "d".into(),
@@ -730,7 +730,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_scheduled_report_goes_once_after_its_period_to_the_right_accounts() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
         let (ca, _) = crate::ca::SchoolCa::generate("Test").unwrap();
         let c = Collector::new(store.clone(), ca, Default::default(), "t").unwrap();
         let by = crate::accounts::Actor::local_cli();

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::store::{
-    AccountStore, Device, DeviceBatch, EntryAction, IncidentQuery, IncidentStore, SledStore,
+    AccountStore, Device, DeviceBatch, EntryAction, IncidentQuery, IncidentStore, RedbStore,
     StoredEvent,
 };
 
@@ -45,8 +45,8 @@ fn ev(
 
 /// One laptop: enforcing the lock from Monday, failing from Wednesday; a pupil's stick refused
 /// twice on Tuesday (one incident, acknowledged on Thursday); a policy change by "manager".
-fn store_with_a_week(dir: &std::path::Path) -> SledStore {
-    let store = SledStore::open(dir).unwrap();
+fn store_with_a_week(dir: &std::path::Path) -> RedbStore {
+    let store = RedbStore::open(dir).unwrap();
     let monday = Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap();
     let mut dev: Device = crate::store::test_device("dev-1");
     dev.hostname = HOST.into();
@@ -166,7 +166,7 @@ fn week() -> PeriodSpec {
     }
 }
 
-fn sources(store: &SledStore) -> Sources<'_> {
+fn sources(store: &RedbStore) -> Sources<'_> {
     let mut src = Sources::offline(store, chrono_tz::Europe::London).unwrap();
     src.now = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
     src

@@ -1,9 +1,12 @@
 //! The collector's durable record: devices, events, enrolment tokens and policy versions, behind a trait.
 //!
-//! `SledStore` is the embedded default. Everything above this module talks to
-//! `dyn Store`, so a server-grade database can take over when a trust outgrows
-//! one machine. Invariant: `append_events` returns only once the events are
-//! durable, and a (device, seq) pair is stored at most once.
+//! `RedbStore` (one redb file in the data directory) is the embedded default; `PgStore` keeps
+//! the record in a PostgreSQL database several collectors share; `SledStore`, the embedded
+//! store until 2026-11, remains only so that `RedbStore` can convert an existing data
+//! directory at its first start. Everything above this module talks to `dyn Store`.
+//! Invariants: `append` returns only once the events are durable; events are kept in
+//! arrival order, and a sequence at or below its device's high-water mark is a resend, so a
+//! (device, seq) pair is stored at most once.
 
 mod accounts;
 #[cfg(test)]
@@ -47,7 +50,7 @@ impl StoreLocation {
     /// Opens the store (for PostgreSQL: connects and applies the schema's migrations).
     pub fn open(&self) -> StoreResult<std::sync::Arc<dyn Store>> {
         match self {
-            Self::Embedded(path) => Ok(std::sync::Arc::new(SledStore::open(path)?)),
+            Self::Embedded(path) => Ok(std::sync::Arc::new(RedbStore::open(path)?)),
             Self::Postgres(_) => Err(StoreError::Engine(
                 "this collector was built without PostgreSQL support".into(),
             )),

@@ -13,7 +13,7 @@ use crate::accounts::{self, Actor};
 use crate::auth::{Role, SignInLimiter};
 use crate::ca::SchoolCa;
 use crate::service::{Collector, IncomingEvent};
-use crate::store::{SledStore, Store, test_device};
+use crate::store::{RedbStore, Store, test_device};
 
 /// Roles in the order of the table's columns.
 const ROLES: [Role; 4] = [
@@ -114,7 +114,7 @@ struct Rig {
 /// and a safeguarding incident on it (a pupil's blocked USB stick).
 async fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
     let (ca, _) = SchoolCa::generate("Test School").unwrap();
     let collector = Arc::new(
         Collector::new(
