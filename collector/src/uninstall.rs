@@ -126,7 +126,7 @@ pub fn audit_issued(store: &dyn Store, device: &Device) {
 /// directory and store when none runs. Returns the device's hostname and code.
 pub async fn for_cli(dir: &DataDir, id: &str) -> anyhow::Result<(String, String)> {
     let req = AdminRequest::UninstallCode { id: id.to_string() };
-    match admin::ask(&dir, &req).await? {
+    match admin::ask(dir, &req).await? {
         Some(AdminResponse::UninstallCode { hostname, code, .. }) => Ok((hostname, code)),
         Some(AdminResponse::Error { message }) => bail!("{message}"),
         Some(other) => bail!("unexpected answer from the collector: {other:?}"),
