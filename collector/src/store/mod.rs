@@ -10,6 +10,7 @@ mod accounts;
 pub(crate) mod conformance;
 mod digests;
 mod incidents;
+mod pg;
 mod sled_accounts;
 mod sled_digests;
 mod sled_incidents;
@@ -24,6 +25,10 @@ pub use digests::{Attachment, Channel, DigestCursor, DigestRecord, DigestStatus,
 pub use incidents::{
     Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
 };
+pub use pg::PgStore;
+/// A real PostgreSQL for tests (a fresh database each): used by the store's tests and the end-to-end ones.
+#[doc(hidden)]
+pub use pg::rig as pg_rig;
 pub use sled_reopen::SledStore;
 
 use chrono::{DateTime, Utc};
