@@ -375,3 +375,165 @@ impl AccountStore for PgStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! What the contract suite cannot show: numbers handed out by two collectors writing at once.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::super::PgStore;
+    use super::super::rig::{DbGuard, test_database};
+    use crate::store::{AccountStore, AuditEntry, StoreError, UserRecord};
+
+    fn two_collectors() -> (Arc<PgStore>, Arc<PgStore>, DbGuard) {
+        let (url, guard) = test_database();
+        let a = PgStore::connect(&url).expect("first collector connects");
+        let b = PgStore::connect(&url).expect("second collector connects");
+        (Arc::new(a), Arc::new(b), guard)
+    }
+
+    fn entry(actor: &str, n: usize) -> AuditEntry {
+        AuditEntry {
+            id: 0,
+            at: Utc::now(),
+            actor: actor.into(),
+            action: "incident_viewed".into(),
+            target: n.to_string(),
+            detail: String::new(),
+            address: "192.0.2.1".into(),
+        }
+    }
+
+    #[test]
+    fn audit_ids_from_two_collectors_are_gapless_and_committed_in_order() {
+        let (a, b, _guard) = two_collectors();
+        const EACH: usize = 60;
+        let done = Arc::new(AtomicBool::new(false));
+        // A reader paging the log newest first must never see an id before every smaller one
+        // has committed: that is what lets it take "below the last id I saw" as complete.
+        let reader = {
+            let (a, done) = (a.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut looks = 0;
+                while !done.load(Ordering::SeqCst) || looks == 0 {
+                    let ids: Vec<u64> = a
+                        .audit_log(None, 100_000)
+                        .unwrap()
+                        .entries
+                        .iter()
+                        .map(|e| e.id)
+                        .collect();
+                    let expected: Vec<u64> = (1..=ids.len() as u64).rev().collect();
+                    assert_eq!(ids, expected, "a hole in the audit log as read");
+                    looks += 1;
+                }
+                looks
+            })
+        };
+        let writers: Vec<_> = [
+            (a.clone(), "ann"),
+            (a.clone(), "amy"),
+            (b.clone(), "bob"),
+            (b.clone(), "bea"),
+        ]
+        .into_iter()
+        .map(|(store, actor)| {
+            std::thread::spawn(move || {
+                (0..EACH)
+                    .map(|n| store.audit(&entry(actor, n)).unwrap())
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+        let mut all: Vec<u64> = Vec::new();
+        for w in writers {
+            let ids = w.join().unwrap();
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "one writer's ids increase: {ids:?}"
+            );
+            all.extend(ids);
+        }
+        done.store(true, Ordering::SeqCst);
+        assert!(reader.join().unwrap() > 0);
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (1..=4 * EACH as u64).collect::<Vec<_>>(),
+            "unique and gapless"
+        );
+        let log = b.audit_log(None, 4 * EACH).unwrap();
+        for actor in ["ann", "amy", "bob", "bea"] {
+            let targets: Vec<String> = log
+                .entries
+                .iter()
+                .rev()
+                .filter(|e| e.actor == actor)
+                .map(|e| e.target.clone())
+                .collect();
+            let expected: Vec<String> = (0..EACH).map(|n| n.to_string()).collect();
+            assert_eq!(targets, expected, "{actor}'s entries, each once, in order");
+        }
+    }
+
+    #[test]
+    fn settings_versions_from_two_collectors_are_numbered_once_each() {
+        let (a, b, _guard) = two_collectors();
+        const EACH: u64 = 30;
+        let put = |store: Arc<PgStore>, who: &'static str| {
+            std::thread::spawn(move || {
+                (0..EACH)
+                    .map(|n| {
+                        store
+                            .put_settings(json!({"by": who, "n": n}), who, Utc::now())
+                            .unwrap()
+                            .version
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        };
+        let (ta, tb) = (put(a.clone(), "ann"), put(b.clone(), "bob"));
+        let mut versions = ta.join().unwrap();
+        versions.extend(tb.join().unwrap());
+        versions.sort_unstable();
+        assert_eq!(versions, (1..=2 * EACH).collect::<Vec<_>>());
+        assert_eq!(a.current_settings().unwrap().unwrap().version, 2 * EACH);
+    }
+
+    #[test]
+    fn one_name_taken_by_two_collectors_at_once_goes_to_one_of_them() {
+        let (a, b, _guard) = two_collectors();
+        let user = |role: &str| UserRecord {
+            username: "ann".into(),
+            role: role.into(),
+            password_hash: "$argon2id$stand-in".into(),
+            disabled: false,
+            email: String::new(),
+            must_change_password: true,
+            created_at: Utc::now(),
+            created_by: "test".into(),
+            updated_at: Utc::now(),
+        };
+        let take = |store: Arc<PgStore>, role: &'static str| {
+            let u = user(role);
+            std::thread::spawn(move || store.insert_user(&u))
+        };
+        let (ta, tb) = (take(a.clone(), "dsl"), take(b.clone(), "technician"));
+        let results = [ta.join().unwrap(), tb.join().unwrap()];
+        let won: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        let lost = &results[1 - won[0]];
+        assert!(matches!(lost, Err(StoreError::Conflict(_))), "{lost:?}");
+        let stored = a.user("ann").unwrap().unwrap();
+        assert_eq!(
+            stored.role,
+            ["dsl", "technician"][won[0]],
+            "the winner's record stands"
+        );
+    }
+}
