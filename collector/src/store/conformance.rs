@@ -6,6 +6,12 @@
 //! store and a guard (its temporary directory, say) kept alive for the test. What belongs to
 //! one engine alone (sled's directory lock, its layout upgrades, a damaged record planted in
 //! one of its trees) stays in that engine's tests.
+//!
+//! `store_conformance_append_order!` adds the contract of the arrival-order layout (issue 15):
+//! a device's high-water mark decides what is a resend, so a sequence at or below it is
+//! skipped even if it was never stored, and gaps above it are stored. The backends with that
+//! layout (redb) run both lists; sled keeps its `(device, seq)` layout, which stores a gap's
+//! late sequence, and runs only the first while it is being retired as the default.
 
 use chrono::{Duration, Utc};
 use serde_json::{Map, Value, json};
@@ -53,6 +59,19 @@ macro_rules! store_conformance {
     };
 }
 pub(crate) use store_conformance;
+
+/// Instantiates the tests of the arrival-order layout (exactly-once by each device's
+/// high-water mark) for one backend, beside `store_conformance!`.
+macro_rules! store_conformance_append_order {
+    ($make:expr) => {
+        $crate::store::conformance::store_conformance!(@each $make;
+            a_sequence_at_or_below_the_high_water_mark_is_a_resend_and_gaps_above_are_stored,
+            a_group_holding_one_device_twice_sees_its_own_mark,
+            a_resend_mixed_into_a_new_batch_is_skipped_and_the_rest_stored,
+        );
+    };
+}
+pub(crate) use store_conformance_append_order;
 
 fn event(device: &str, seq: u64) -> StoredEvent {
     StoredEvent {
@@ -212,6 +231,161 @@ pub fn resent_events_are_stored_once_and_counted_once(s: &dyn Store) {
         },
     );
     assert_eq!(fleet.len(), 9, "and once in the fleet's timeline");
+}
+
+/// The sequence numbers of every event `q` lists, in listing order, walking all its pages.
+fn seqs_of(s: &dyn Store, q: EventQuery) -> Vec<u64> {
+    walk(s, &q).into_iter().map(|(_, seq)| seq).collect()
+}
+
+fn of_device(d: &str, limit: usize) -> EventQuery {
+    EventQuery {
+        device: Some(d.into()),
+        limit,
+        ..Default::default()
+    }
+}
+
+/// An agent whose spool was full dropped its oldest events and numbers on: the collector sees
+/// a gap, stores what is above it, and from then on anything at or below its highest stored
+/// sequence is a resend, whether or not it was ever stored.
+pub fn a_sequence_at_or_below_the_high_water_mark_is_a_resend_and_gaps_above_are_stored(
+    s: &dyn Store,
+) {
+    s.insert_device(&device("a")).unwrap();
+    assert_eq!(s.append(&[batch("a", 1..=3)]).unwrap(), 3);
+    assert_eq!(s.append(&[batch("a", 10..=11)]).unwrap(), 2, "a gap");
+    assert_eq!(
+        s.append(&[batch("a", 5..=5)]).unwrap(),
+        0,
+        "below the mark: a resend though never stored"
+    );
+    assert_eq!(s.append(&[batch("a", [7, 11, 12].into_iter())]).unwrap(), 1);
+    let d = s.device("a").unwrap().unwrap();
+    assert_eq!((d.event_count, d.highest_seq), (6, 12));
+    assert_eq!(seqs_of(s, of_device("a", 2)), [12, 11, 10, 3, 2, 1]);
+    let fleet = EventQuery {
+        limit: 4,
+        ..Default::default()
+    };
+    assert_eq!(seqs_of(s, fleet), [12, 11, 10, 3, 2, 1]);
+    let mut visited = Vec::new();
+    let highest = s
+        .device_events_after("a", 2, "", &mut |e| visited.push(e.seq))
+        .unwrap();
+    assert_eq!(visited, [3, 10, 11, 12]);
+    assert_eq!(highest, 12);
+    assert_eq!(
+        s.device_events_after("a", 4, "", &mut |_| {}).unwrap(),
+        12,
+        "from inside the gap"
+    );
+}
+
+/// One group commit may carry two batches of one device (two streams' batches queued, or a
+/// reconnect): the second is judged against the mark the first raised, and the device's
+/// record keeps both batches' counts and the state of the one that stored something.
+pub fn a_group_holding_one_device_twice_sees_its_own_mark(s: &dyn Store) {
+    for d in ["a", "b"] {
+        s.insert_device(&device(d)).unwrap();
+    }
+    let with_state = |seqs: std::ops::RangeInclusive<u64>, av: &str| DeviceBatch {
+        state: object(json!({"antivirus": {"status": av}})),
+        ..batch("a", seqs)
+    };
+    let new = s
+        .append(&[
+            batch("a", 1..=3),
+            batch("b", 1..=2),
+            with_state(2..=5, "second"),
+        ])
+        .unwrap();
+    assert_eq!(new, 3 + 2 + 2);
+    let a = s.device("a").unwrap().unwrap();
+    assert_eq!((a.event_count, a.highest_seq), (5, 5));
+    assert_eq!(a.state["antivirus"]["status"], "second");
+    let b = s.device("b").unwrap().unwrap();
+    assert_eq!((b.event_count, b.highest_seq), (2, 2));
+    // The fleet's timeline is arrival order, not sequence order.
+    let fleet = walk(
+        s,
+        &EventQuery {
+            limit: 3,
+            ..Default::default()
+        },
+    );
+    let expect: Vec<(String, u64)> = [("a", 5), ("a", 4), ("b", 2), ("b", 1)]
+        .into_iter()
+        .chain((1..=3).rev().map(|n| ("a", n)))
+        .map(|(d, n)| (d.to_string(), n))
+        .collect();
+    assert_eq!(fleet, expect);
+    // New events, then the same device's resends in the same group: the resends' older
+    // state must not overwrite the new.
+    let new = s
+        .append(&[with_state(6..=6, "newest"), with_state(4..=6, "stale")])
+        .unwrap();
+    assert_eq!(new, 1);
+    let a = s.device("a").unwrap().unwrap();
+    assert_eq!((a.event_count, a.highest_seq), (6, 6));
+    assert_eq!(a.state["antivirus"]["status"], "newest");
+    assert_eq!(seqs_of(s, of_device("a", 10)), [6, 5, 4, 3, 2, 1]);
+}
+
+/// A batch that starts with events already stored (its predecessor's ack was lost) and goes
+/// on with new ones: only the new are stored, counted, indexed and in the timeline.
+pub fn a_resend_mixed_into_a_new_batch_is_skipped_and_the_rest_stored(s: &dyn Store) {
+    s.insert_device(&device("a")).unwrap();
+    let flagged_batch = |seqs: std::ops::RangeInclusive<u64>| {
+        let at = Utc::now();
+        batch_of(
+            "a",
+            seqs.map(|n| flagged("a", n, "S1", at)).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(s.append(&[flagged_batch(1..=5)]).unwrap(), 5);
+    assert_eq!(s.append(&[flagged_batch(4..=7)]).unwrap(), 2);
+    let d = s.device("a").unwrap().unwrap();
+    assert_eq!((d.event_count, d.highest_seq), (7, 7));
+    let all: Vec<u64> = (1..=7).rev().collect();
+    assert_eq!(seqs_of(s, of_device("a", 3)), all);
+    for q in [
+        EventQuery {
+            limit: 3,
+            ..Default::default()
+        },
+        EventQuery {
+            limit: 3,
+            audience: Some("dsl".into()),
+            ..Default::default()
+        },
+        EventQuery {
+            limit: 3,
+            kind: Some("usb.inserted".into()),
+            ..Default::default()
+        },
+        EventQuery {
+            limit: 3,
+            user: Some("pupil1".into()),
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(seqs_of(s, q.clone()), all, "{q:?}");
+    }
+    let feed: Vec<u64> = s
+        .audience_events_from("dsl", 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.seq)
+        .collect();
+    assert_eq!(
+        feed,
+        (1..=7).collect::<Vec<_>>(),
+        "the DSL's feed, once each"
+    );
+    let incidents = all_incidents(s);
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].count, 7, "each stored event counted once");
 }
 
 pub fn an_unknown_device_aborts_the_whole_group(s: &dyn Store) {

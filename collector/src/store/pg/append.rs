@@ -179,7 +179,9 @@ pub(super) async fn append(
     update_devices(&tx, ids.iter().map(|id| &devices[*id])).await?;
 
     if !fresh.is_empty() {
-        fresh.sort_by(|a, b| (a.device, a.event.seq).cmp(&(b.device, b.event.seq)));
+        // In the group's order, which is the arrival order. (Sorting the rows by device and
+        // sequence would buy nothing: there is no unique index for concurrent inserts to
+        // deadlock on, and the device rows were locked in sorted order above.)
         let n = fresh.len() as i64;
         // The row lock taken here is held to the commit: ids are handed out in commit order.
         let first: i64 = tx

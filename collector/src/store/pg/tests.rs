@@ -16,6 +16,7 @@ fn fresh() -> (PgStore, DbGuard) {
 }
 
 crate::store::conformance::store_conformance!(fresh);
+crate::store::conformance::store_conformance_append_order!(fresh);
 
 fn event(device: &str, seq: u64) -> StoredEvent {
     StoredEvent {
