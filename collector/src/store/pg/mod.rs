@@ -149,7 +149,7 @@ impl PgStore {
             target,
             partitions: Arc::default(),
         };
-        store.run(|c| migrate(c))?;
+        store.run(migrate)?;
         Ok(store)
     }
 

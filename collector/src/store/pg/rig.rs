@@ -193,7 +193,8 @@ fn start_private(bin: PathBuf) -> Cluster {
         ))
         .args(["-w", "start"]);
     run(start, "pg_ctl start");
-    // The reaper: its own session, so a signal to this process's group does not take it too.
+    // The reaper: `setsid -f` forks it into a session of its own (so a signal to this
+    // process's group does not take it too) and returns at once.
     let reaper = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
          {runas}{pg_ctl} -D {data} -m immediate stop; rm -rf {dir}",
@@ -207,13 +208,14 @@ fn start_private(bin: PathBuf) -> Cluster {
         data = data.display(),
         dir = dir.display(),
     );
-    Command::new("setsid")
-        .args(["sh", "-c", &reaper])
+    let started = Command::new("setsid")
+        .args(["-f", "sh", "-c", &reaper])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("the cluster's reaper starts");
+    assert!(started.success(), "the cluster's reaper starts: {started}");
     Cluster {
         socket_dir: dir,
         port,
