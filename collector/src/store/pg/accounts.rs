@@ -128,13 +128,15 @@ impl AccountStore for PgStore {
     fn user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
         let username = username.to_string();
         self.run(move |c| async move {
-            Ok(c.query_opt(
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1"),
-                &[&username],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| user_from_row(&r)))
+            // Read on every signed-in page: prepared once per connection.
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+                ))
+                .await
+                .map_err(pg)?;
+            let row = c.query_opt(&st, &[&username]).await.map_err(pg)?;
+            Ok(row.map(|r| user_from_row(&r)))
         })
     }
 
@@ -239,14 +241,16 @@ impl AccountStore for PgStore {
     fn session(&self, hash: &str) -> StoreResult<Option<SessionRecord>> {
         let hash = hash.to_string();
         self.run(move |c| async move {
-            Ok(c.query_opt(
-                "SELECT username, created_at_ns, last_seen_ns, expires_at_ns, csrf \
-                 FROM sessions WHERE hash = $1",
-                &[&hash],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| session_from_row(&r)))
+            // Read on every signed-in page: prepared once per connection.
+            let st = c
+                .prepare_cached(
+                    "SELECT username, created_at_ns, last_seen_ns, expires_at_ns, csrf \
+                     FROM sessions WHERE hash = $1",
+                )
+                .await
+                .map_err(pg)?;
+            let row = c.query_opt(&st, &[&hash]).await.map_err(pg)?;
+            Ok(row.map(|r| session_from_row(&r)))
         })
     }
 
@@ -312,14 +316,16 @@ impl AccountStore for PgStore {
     fn api_token(&self, hash: &str) -> StoreResult<Option<ApiTokenRecord>> {
         let hash = hash.to_string();
         self.run(move |c| async move {
-            Ok(c.query_opt(
-                "SELECT hash, label, role, created_at_ns, created_by, revoked_at_ns \
-                 FROM api_tokens WHERE hash = $1",
-                &[&hash],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| api_token_from_row(&r)))
+            // Read on every API call: prepared once per connection.
+            let st = c
+                .prepare_cached(
+                    "SELECT hash, label, role, created_at_ns, created_by, revoked_at_ns \
+                     FROM api_tokens WHERE hash = $1",
+                )
+                .await
+                .map_err(pg)?;
+            let row = c.query_opt(&st, &[&hash]).await.map_err(pg)?;
+            Ok(row.map(|r| api_token_from_row(&r)))
         })
     }
 
@@ -333,13 +339,19 @@ impl AccountStore for PgStore {
         self.run(move |c| async move {
             // One statement, so one transaction: the counter row stays locked until the entry
             // it numbered has committed, which keeps ids in commit order across collectors.
-            let id: i64 = c
-                .query_one(
+            let st = c
+                .prepare_cached(
                     "WITH n AS (INSERT INTO counters (name, value) VALUES ('audit', 1) \
                      ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 \
                      RETURNING value) \
                      INSERT INTO audit (id, at_ns, actor, action, target, detail, address) \
                      SELECT value, $1, $2, $3, $4, $5, $6 FROM n RETURNING id",
+                )
+                .await
+                .map_err(pg)?;
+            let id: i64 = c
+                .query_one(
+                    &st,
                     &[&at, &e.actor, &e.action, &e.target, &e.detail, &e.address],
                 )
                 .await
