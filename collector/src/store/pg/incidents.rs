@@ -123,8 +123,9 @@ impl IncidentStore for PgStore {
         let user = q.user.clone();
         let limit = q.limit;
         self.run(move |c| async move {
-            // A NULL parameter leaves its filter out. The statement is unnamed, so it is planned
-            // with its values bound and a device's page can use incidents_by_device.
+            // A NULL parameter leaves its filter out. The statement is prepared for this call
+            // alone, so it is planned with its values bound: a device's page walks
+            // incidents_by_device, the default view incidents_open.
             let rows = c
                 .query(
                     &format!(
