@@ -8,7 +8,6 @@ use tokio_postgres::Row;
 use super::super::digests::{Channel, DigestCursor, DigestRecord, DigestStatus, DigestStore};
 use super::super::{StoreError, StoreResult, StoredEvent};
 use super::PgStore;
-use super::accounts::limit_plus_one;
 use super::incidents::{big, from_ns, ns, pg, unsigned};
 
 const DIGEST_COLUMNS: &str = "id, recipient, channel, kind, created_at_ns, subject, body_text, \
@@ -290,7 +289,7 @@ impl DigestStore for PgStore {
 
     fn digests(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<DigestRecord>> {
         let upper = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
-        let limit = limit_plus_one(limit) - 1;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |c| async move {
             c.query(
                 &format!(
