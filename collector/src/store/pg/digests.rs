@@ -253,7 +253,10 @@ impl DigestStore for PgStore {
         let id = big("digest id", d.id)?;
         let p = DigestParams::of(d)?;
         self.run(move |c| async move {
-            // Written whole, as the sled store does (an upsert on the id).
+            // Written whole, as the sled store does (an upsert on the id), except that a sent
+            // digest stays sent: every collector sends the pending digests it finds, and one
+            // whose attempt failed must not put back a digest another has delivered, to be
+            // sent again.
             let statement = format!(
                 "{INSERT_DIGEST} ON CONFLICT (id) DO UPDATE SET recipient = EXCLUDED.recipient, \
                  channel = EXCLUDED.channel, kind = EXCLUDED.kind, \
@@ -262,7 +265,8 @@ impl DigestStore for PgStore {
                  body_json = EXCLUDED.body_json, events = EXCLUDED.events, \
                  status = EXCLUDED.status, attempts = EXCLUDED.attempts, \
                  last_error = EXCLUDED.last_error, next_attempt_ns = EXCLUDED.next_attempt_ns, \
-                 sent_at_ns = EXCLUDED.sent_at_ns, attachment = EXCLUDED.attachment"
+                 sent_at_ns = EXCLUDED.sent_at_ns, attachment = EXCLUDED.attachment \
+                 WHERE digests.status <> 'sent' OR EXCLUDED.status = 'sent'"
             );
             let mut values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&id];
             values.extend(p.list());
@@ -319,5 +323,85 @@ impl DigestStore for PgStore {
             .map(digest_from_row)
             .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the contract suite cannot show: two collectors sending the same pending digest.
+
+    use chrono::{Duration, Utc};
+    use serde_json::json;
+
+    use super::super::PgStore;
+    use super::super::rig::test_database;
+    use crate::store::{Channel, DigestCursor, DigestRecord, DigestStatus, DigestStore};
+
+    #[test]
+    fn a_digest_one_collector_sent_is_not_put_back_by_another_whose_attempt_failed() {
+        let (url, _guard) = test_database();
+        let a = PgStore::connect(&url).unwrap();
+        let b = PgStore::connect(&url).unwrap();
+        let pending = DigestRecord {
+            id: 0,
+            recipient: "ann".into(),
+            channel: Channel::Webhook {
+                url: "https://hooks.school.example/dsl".into(),
+                kind: "json".into(),
+            },
+            kind: "urgent".into(),
+            created_at: Utc::now(),
+            subject: "Urgent".into(),
+            text: "text".into(),
+            html: "<p>html</p>".into(),
+            json: json!({"events": 2}),
+            events: 2,
+            status: DigestStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt: None,
+            sent_at: None,
+            attachment: None,
+        };
+        let recorded = a
+            .record_digests("ann", &DigestCursor::default(), vec![pending])
+            .unwrap()
+            .remove(0);
+        // Both collectors found it pending and tried it: `a` delivered, `b` timed out.
+        let mut sent = recorded.clone();
+        sent.status = DigestStatus::Sent;
+        sent.attempts = 1;
+        sent.sent_at = Some(Utc::now());
+        let mut failed = recorded.clone();
+        failed.attempts = 1;
+        failed.last_error = Some("timed out".into());
+        failed.next_attempt = Some(Utc::now() + Duration::minutes(1));
+        a.update_digest(&sent).unwrap();
+        b.update_digest(&failed).unwrap();
+        assert_eq!(b.digest(recorded.id).unwrap(), Some(sent.clone()));
+        assert!(
+            a.pending_digests().unwrap().is_empty(),
+            "not to be sent again"
+        );
+
+        // A failure recorded before the delivery is overwritten by it, as on one collector.
+        let mut second = recorded;
+        second.id = 0;
+        let second = b
+            .record_digests("ann", &DigestCursor::default(), vec![second])
+            .unwrap()
+            .remove(0);
+        let mut failed = second.clone();
+        failed.attempts = 1;
+        failed.last_error = Some("refused".into());
+        b.update_digest(&failed).unwrap();
+        assert_eq!(a.pending_digests().unwrap(), [failed.clone()]);
+        let mut delivered = failed;
+        delivered.status = DigestStatus::Sent;
+        delivered.attempts = 2;
+        delivered.sent_at = Some(Utc::now());
+        a.update_digest(&delivered).unwrap();
+        assert_eq!(b.digest(second.id).unwrap(), Some(delivered));
+        assert!(b.pending_digests().unwrap().is_empty());
     }
 }
