@@ -309,3 +309,90 @@ fn many_events_folded_at_once_make_the_incidents_the_embedded_store_makes() {
         );
     }
 }
+
+#[test]
+fn an_incident_closed_while_a_fold_waits_for_it_is_not_extended_but_followed() {
+    let (a, b, _guard) = two_collectors();
+    a.insert_device(&test_device("d")).unwrap();
+    let t0 = Utc::now();
+    a.append(&group(&["d".to_string()], 1..=1, t0)).unwrap();
+    let (incidents, _) = a
+        .incidents(&IncidentQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let first = incidents[0].id;
+    let id = first as i64;
+
+    // Collector a closes the incident, holding its row as add_incident_entry does, and commits
+    // only once collector b's fold of the next event is waiting for that row.
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let (go, wait_for_go) = tokio::sync::oneshot::channel::<()>();
+    let closer = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            a.run(move |mut c| async move {
+                let tx = c.transaction().await.map_err(super::pg)?;
+                tx.execute("SELECT 1 FROM incidents WHERE id = $1 FOR UPDATE", &[&id])
+                    .await
+                    .map_err(super::pg)?;
+                locked.send(()).expect("the test waits");
+                wait_for_go.await.expect("the test says go");
+                tx.execute(
+                    "UPDATE incidents SET status = 'closed' WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(super::pg)?;
+                tx.commit().await.map_err(super::pg)
+            })
+        })
+    };
+    is_locked.recv().unwrap();
+    let folding = {
+        let b = b.clone();
+        std::thread::spawn(move || b.append(&group(&["d".to_string()], 2..=2, t0)).unwrap())
+    };
+    loop {
+        let waiting: i64 = a
+            .run(|c| async move {
+                c.query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .map(|r| r.get(0))
+                .map_err(super::pg)
+            })
+            .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    go.send(()).unwrap();
+    closer.join().unwrap().unwrap();
+    assert_eq!(folding.join().unwrap(), 1);
+
+    let closed = a.incident(first).unwrap().unwrap();
+    assert_eq!(
+        (closed.count, closed.last_seq),
+        (1, 1),
+        "a fold that read the incident before it closed would have counted into it"
+    );
+    let (all, _) = a
+        .incidents(&IncidentQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let next = &all[0];
+    assert_ne!(next.id, first);
+    assert_eq!(
+        (next.first_seq, next.count),
+        (2, 1),
+        "the event opened a new incident"
+    );
+}
