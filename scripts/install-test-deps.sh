@@ -9,6 +9,7 @@
 #   chromium, chromium-driver, fonts-dejavu-core   a real headless browser over WebDriver, with fonts for screenshots (dashboard tests)
 #   poppler-utils                    pdftotext and pdftoppm read the monitoring report's PDF (report tests)
 #   openssh-server, openssh-client, iproute2, lintian, curl   sshd per network namespace, the .deb checked as Debian would, the API read inside a namespace (roll-out tests)
+#   postgresql                       a real PostgreSQL (15 on bookworm), run as a private cluster on a socket, never as the service (PostgreSQL store tests)
 set -euo pipefail
 
 sudo=""
@@ -23,7 +24,7 @@ fi
 packages=(clamav clamav-daemon faketime dpkg-dev xvfb xdotool i3lock dbus python3-dbusmock x11-utils
           busybox-static kmod dosfstools mtools xz-utils binutils systemd
           chromium chromium-driver fonts-dejavu-core poppler-utils
-          openssh-server openssh-client iproute2 lintian curl python3-aiosmtpd)
+          openssh-server openssh-client iproute2 lintian curl python3-aiosmtpd postgresql)
 backported=(qemu-system-x86 qemu-utils seabios)
 missing=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

@@ -15,4 +15,10 @@ if [ "$avail_kib" -lt $((6 * 1024 * 1024)) ]; then
 fi
 # Build every binary first: the end-to-end tests run the real caretaker-agent and caretaker-collector.
 cargo build --workspace --bins --locked
+# One private PostgreSQL for the whole run (the PostgreSQL store's tests make a database each in
+# it): on a socket in a temporary directory, stopped and removed however the run ends.
+pg_dir=$(mktemp -d -t caretaker-pg.XXXXXX)
+trap 'scripts/pg-cluster.sh stop "$pg_dir" || true; rm -rf "$pg_dir"' EXIT
+CARETAKER_TEST_PG=$(scripts/pg-cluster.sh start "$pg_dir")
+export CARETAKER_TEST_PG
 cargo test --workspace --locked

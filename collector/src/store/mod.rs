@@ -13,6 +13,7 @@ mod accounts;
 pub(crate) mod conformance;
 mod digests;
 mod incidents;
+mod pg;
 mod redb;
 mod reopen;
 mod sled_accounts;
@@ -28,6 +29,10 @@ pub use digests::{Attachment, Channel, DigestCursor, DigestRecord, DigestStatus,
 pub use incidents::{
     Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
 };
+pub use pg::PgStore;
+/// A real PostgreSQL for tests (a fresh database each): used by the store's tests and the end-to-end ones.
+#[doc(hidden)]
+pub use pg::rig as pg_rig;
 pub use redb::RedbStore;
 /// The sled engine behind the reopening handle (`reopen.rs`).
 pub type SledStore = reopen::Reopening<sled_store::Engine>;
@@ -51,9 +56,7 @@ impl StoreLocation {
     pub fn open(&self) -> StoreResult<std::sync::Arc<dyn Store>> {
         match self {
             Self::Embedded(path) => Ok(std::sync::Arc::new(RedbStore::open(path)?)),
-            Self::Postgres(_) => Err(StoreError::Engine(
-                "this collector was built without PostgreSQL support".into(),
-            )),
+            Self::Postgres(url) => Ok(std::sync::Arc::new(PgStore::connect(url)?)),
         }
     }
 
@@ -67,23 +70,8 @@ impl StoreLocation {
     pub fn describe(&self) -> String {
         match self {
             Self::Embedded(path) => path.display().to_string(),
-            Self::Postgres(url) => redact_password(url),
+            Self::Postgres(url) => pg::redact(url),
         }
-    }
-}
-
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (auth, host) = match rest.split_once('@') {
-        Some(parts) => parts,
-        None => return url.to_string(),
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
     }
 }
 
