@@ -150,6 +150,10 @@ fn cursor_params(c: &DigestCursor) -> StoreResult<(i64, i64, Option<i64>, Vec<i6
 }
 
 impl DigestStore for PgStore {
+    fn lead_digests(&self) -> StoreResult<bool> {
+        self.lead()
+    }
+
     fn audience_events_from(
         &self,
         audience: &str,

@@ -17,6 +17,7 @@ mod append;
 mod digests;
 mod events;
 mod incidents;
+mod leader;
 mod listing;
 #[doc(hidden)]
 pub mod rig;
@@ -68,6 +69,10 @@ pub struct PgStore {
     target: Arc<str>,
     /// Months whose event partition exists (made by this collector or another).
     partitions: Arc<Mutex<HashSet<i64>>>,
+    /// How to open a connection outside the pool (the digests' leader keeps one).
+    config: tokio_postgres::Config,
+    /// This collector's claim to send the digests (`leader.rs`).
+    leader: Arc<leader::Leader>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -130,7 +135,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Engine(format!("cannot start the PostgreSQL runtime: {e}")))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 // Each connection is checked with a round trip when taken from the pool, so
@@ -148,6 +153,8 @@ impl PgStore {
             pool,
             target,
             partitions: Arc::default(),
+            config,
+            leader: Arc::default(),
         };
         store.run(migrate)?;
         Ok(store)
