@@ -265,7 +265,12 @@ impl<'t> EventTables<'t> {
                 }
             }
             Err(error) => {
-                tracing::warn!(%device, seq, %error, "Copied an unreadable event as it is, unindexed");
+                tracing::warn!(
+                    %device,
+                    seq,
+                    %error,
+                    "Copied an unreadable event as it is, unindexed"
+                );
             }
         }
         Ok(())
@@ -480,11 +485,22 @@ fn copy_incidents(sled: &SledEngine, db: &Database) -> StoreResult<u64> {
             .map_err(engine)?
             .insert(id, v)
             .map_err(engine)?;
-        let inc: Incident = decode("incident", v)?;
-        txn.open_table(DEVICE_INCIDENTS)
-            .map_err(engine)?
-            .insert((inc.device_id.as_str(), id), ())
-            .map_err(engine)?;
+        // Like an unreadable event, an unreadable incident is kept as it is, unindexed.
+        match decode::<Incident>("incident", v) {
+            Ok(inc) => {
+                txn.open_table(DEVICE_INCIDENTS)
+                    .map_err(engine)?
+                    .insert((inc.device_id.as_str(), id), ())
+                    .map_err(engine)?;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    incident = id,
+                    %error,
+                    "Copied an unreadable incident as it is, unindexed"
+                );
+            }
+        }
         Ok(())
     })?;
     copy_tree(db, &sled.incident_open, |txn, k, v| {
