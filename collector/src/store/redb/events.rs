@@ -54,8 +54,8 @@ fn cursor_position(q: &EventQuery, tag: char) -> StoreResult<Option<u64>> {
         })
 }
 
-/// The index entries one stored event gets.
-fn index_keys(e: &StoredEvent, id: u64) -> Vec<Vec<u8>> {
+/// The index entries one stored event gets (the conversion from sled indexes with it too).
+pub(super) fn index_keys(e: &StoredEvent, id: u64) -> Vec<Vec<u8>> {
     let mut keys = vec![idx_key(IDX_KIND, &e.kind, id)];
     keys.extend(e.audience.iter().map(|a| idx_key(IDX_AUDIENCE, a, id)));
     if let Some(u) = &e.user {

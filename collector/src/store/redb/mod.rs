@@ -30,6 +30,7 @@ pub(super) mod migrate;
 mod tests;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition, WriteTransaction};
@@ -131,6 +132,21 @@ impl Engine {
         let file = dir.join(FILE);
         let mut builder = Database::builder();
         builder.set_cache_size(CACHE_BYTES);
+        // After an unclean stop (kill -9, power loss, a failed write) redb walks the whole file
+        // to rebuild its allocator state before it opens, which takes a while on a large store:
+        // say so, and how far it has got, so a slow start is not mistaken for a hang.
+        let shown = AtomicU32::new(u32::MAX);
+        let shown_file = file.clone();
+        builder.set_repair_callback(move |session| {
+            let tenth = (session.progress() * 10.0) as u32;
+            if shown.swap(tenth, Ordering::Relaxed) != tenth {
+                tracing::warn!(
+                    path = %shown_file.display(),
+                    done_percent = tenth * 10,
+                    "Store being repaired after an unclean stop"
+                );
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(3);
         let db = loop {
             match builder.create(&file) {
