@@ -161,23 +161,20 @@ impl Engine {
     }
 
     fn page_for_device(&self, q: &EventQuery, device: &str) -> StoreResult<EventPage> {
-        let upper = match cursor_position(q, 's')? {
-            Some(s) => Bound::Excluded((device, s)),
-            None => Bound::Included((device, u64::MAX)),
+        let below = match cursor_position(q, 's')? {
+            Some(s) => Bound::Excluded(s),
+            None => Bound::Unbounded,
         };
         let txn = self.read()?;
         let by_device = txn.open_table(BY_DEVICE).map_err(engine)?;
         let events = txn.open_table(EVENTS).map_err(engine)?;
-        let entries = by_device
-            .range((Bound::Included((device, 0)), upper))
-            .map_err(engine)?
-            .rev()
-            .map(|r| {
-                let (k, id) = r.map_err(engine)?;
-                Ok((k.value().1, load(&events, id.value())?))
+        let entries =
+            super::runs::pairs(&by_device, device, Bound::Unbounded, below, true)?.map(|r| {
+                let (seq, id) = r?;
+                Ok((seq, load(&events, id)?))
             });
         page_walk(q, 's', entries, |seq| {
-            any(by_device.range((device, 0)..(device, seq)))
+            super::runs::any_below(&by_device, device, seq)
         })
     }
 
@@ -251,6 +248,7 @@ impl Engine {
                     }
                 };
                 let mut fresh = 0u64;
+                let mut placed: Vec<(u64, u64)> = Vec::new();
                 for e in &batch.events {
                     if e.seq <= device.highest_seq {
                         continue; // a resend, or below a gap the agent reported: stored once
@@ -258,9 +256,7 @@ impl Engine {
                     let id = next;
                     next += 1;
                     events.insert(id, encode(e).as_slice()).map_err(engine)?;
-                    by_device
-                        .insert((batch.device_id.as_str(), e.seq), id)
-                        .map_err(engine)?;
+                    placed.push((e.seq, id));
                     for k in index_keys(e, id) {
                         idx.insert(k.as_slice(), ()).map_err(engine)?;
                     }
@@ -268,6 +264,9 @@ impl Engine {
                     device.highest_seq = e.seq;
                     fresh += 1;
                     stored.push((e, id));
+                }
+                for (seq, id, n) in super::runs::coalesce(placed) {
+                    super::runs::put(&mut by_device, &batch.device_id, seq, id, n)?;
                 }
                 device.last_seen = Some(batch.seen_at);
                 if let Some(f) = &batch.facts {
@@ -393,13 +392,16 @@ impl Store for Engine {
         let by_device = txn.open_table(BY_DEVICE).map_err(engine)?;
         let events = txn.open_table(EVENTS).map_err(engine)?;
         let mut highest = after_seq;
-        for r in by_device
-            .range((device, after_seq + 1)..=(device, u64::MAX))
-            .map_err(engine)?
-        {
-            let (k, id) = r.map_err(engine)?;
-            highest = highest.max(k.value().1);
-            let Some(v) = events.get(id.value()).map_err(engine)? else {
+        for r in super::runs::pairs(
+            &by_device,
+            device,
+            Bound::Excluded(after_seq),
+            Bound::Unbounded,
+            false,
+        )? {
+            let (seq, id) = r?;
+            highest = highest.max(seq);
+            let Some(v) = events.get(id).map_err(engine)? else {
                 continue;
             };
             if memchr_find(v.value(), needle.as_bytes()) {

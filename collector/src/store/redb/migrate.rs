@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, TableDefinition, WriteTransaction};
 
 use super::super::sled_store::Engine as SledEngine;
 use super::super::{Incident, Store, StoreError, StoreResult, StoredEvent};
@@ -238,7 +238,7 @@ fn index_keys(e: &StoredEvent, id: u64) -> Vec<Vec<u8>> {
 /// The tables an event is written to, opened once per transaction.
 struct EventTables<'t> {
     events: redb::Table<'t, u64, &'static [u8]>,
-    by_device: redb::Table<'t, (&'static str, u64), u64>,
+    by_device: redb::Table<'t, (&'static str, u64), (u64, u64)>,
     idx: redb::Table<'t, &'static [u8], ()>,
 }
 
@@ -257,7 +257,7 @@ impl<'t> EventTables<'t> {
     fn put(&mut self, id: u64, key: &[u8], raw: &[u8]) -> StoreResult<()> {
         let (device, seq) = split_event_key(key)?;
         self.events.insert(id, raw).map_err(engine)?;
-        self.by_device.insert((device, seq), id).map_err(engine)?;
+        super::runs::put(&mut self.by_device, device, seq, id, 1)?;
         match decode::<StoredEvent>("event", raw) {
             Ok(e) => {
                 for k in index_keys(&e, id) {
@@ -351,11 +351,8 @@ fn copy_events(sled: &SledEngine, db: &Database) -> StoreResult<Copied> {
             let mut tables = EventTables::open(&txn)?;
             for item in sled.events_tree().iter() {
                 let (key, raw) = item.map_err(engine)?;
-                let known = tables
-                    .by_device
-                    .get(split_event_key(&key)?)
-                    .map_err(engine)?
-                    .is_some();
+                let (device, seq) = split_event_key(&key)?;
+                let known = super::runs::contains(&tables.by_device, device, seq)?;
                 if !known {
                     tables.put(next_arrival, &key, &raw)?;
                     next_arrival += 1;

@@ -8,8 +8,8 @@
 //! allowed. That holds because each device has one live stream, which sends in sequence order.
 //!
 //! Tables (this module's; `accounts.rs`, `incidents.rs` and `digests.rs` define theirs):
-//! `devices` (id → JSON), `events` (arrival id → JSON), `by_device` ((device, seq) → arrival id:
-//! per-device listing and `device_events_after`), `idx` (`tag len value arrival-id` → (): the
+//! `devices` (id → JSON), `events` (arrival id → JSON), `device_runs` ((device, first seq) → (first
+//! arrival id, count), one run per batch: per-device listing and `device_events_after`; `runs.rs`), `idx` (`tag len value arrival-id` → (): the
 //! kind, audience and user indexes, each value's entries contiguous and in arrival order),
 //! `tokens` (hash → JSON), `policies` (version → JSON), `derived` (`name/device` → JSON),
 //! `meta` (the layout version and the next arrival id). A group commit is one write
@@ -26,6 +26,7 @@ mod events;
 mod incidents;
 mod meta;
 pub(super) mod migrate;
+mod runs;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +39,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{StoreError, StoreResult};
+pub(super) use runs::BY_DEVICE;
 
 /// The store as the rest of the collector holds it.
 pub type RedbStore = super::reopen::Reopening<Engine>;
@@ -55,7 +57,6 @@ const LAYOUT: u64 = 1;
 
 pub(super) const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-pub(super) const BY_DEVICE: TableDefinition<(&str, u64), u64> = TableDefinition::new("by_device");
 pub(super) const IDX: TableDefinition<&[u8], ()> = TableDefinition::new("idx");
 pub(super) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 pub(super) const POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("policies");
