@@ -59,6 +59,9 @@ pub(super) fn coalesce(pairs: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64,
     runs
 }
 
+/// `(seq, arrival id)` pairs, read lazily.
+pub(super) type Pairs<'a> = Box<dyn Iterator<Item = StoreResult<(u64, u64)>> + 'a>;
+
 /// `device`'s `(seq, arrival id)` pairs with a sequence in `range`, newest first (`rev`) or
 /// oldest first; runs are read lazily.
 pub(super) fn pairs<'a, T>(
@@ -67,7 +70,7 @@ pub(super) fn pairs<'a, T>(
     from: Bound<u64>,
     below: Bound<u64>,
     rev: bool,
-) -> StoreResult<Box<dyn Iterator<Item = StoreResult<(u64, u64)>> + 'a>>
+) -> StoreResult<Pairs<'a>>
 where
     T: ReadableTable<(&'static str, u64), (u64, u64)>,
 {
@@ -97,7 +100,7 @@ where
         redb::AccessGuard<'g, (&'static str, u64)>,
         redb::AccessGuard<'g, (u64, u64)>,
     );
-    let expand = move |r: Result<Entry<'_>, redb::StorageError>| -> Box<dyn Iterator<Item = StoreResult<(u64, u64)>>> {
+    let expand = move |r: Result<Entry<'_>, redb::StorageError>| -> Pairs<'static> {
         match r {
             Err(e) => Box::new(std::iter::once(Err(engine(e)))),
             Ok((k, v)) => {
