@@ -71,6 +71,65 @@ pub struct Incident {
     pub updated_at: DateTime<Utc>,
 }
 
+/// How a flagged event opens or counts into an incident: the one rule every backend folds by.
+impl Incident {
+    /// The incident `e` opens (the first of its group, or after the last one closed or went
+    /// quiet for longer than the grouping window).
+    pub fn opened_by(id: u64, category: Category, subject: String, e: &super::StoredEvent) -> Self {
+        Incident {
+            id,
+            category,
+            device_id: e.device_id.clone(),
+            user: e.user.clone(),
+            kind: e.kind.clone(),
+            title: crate::incidents::title(&e.kind, &e.details),
+            subject,
+            severity: e.severity.clone(),
+            audience: e.audience.clone(),
+            first_at: e.occurred_at,
+            last_at: e.occurred_at,
+            count: 1,
+            first_seq: e.seq,
+            last_seq: e.seq,
+            status: IncidentStatus::Open,
+            updated_at: e.received_at,
+        }
+    }
+
+    /// Whether `e` (of this incident's group) counts into it: it is not closed, and `e` is
+    /// within the grouping window of its latest event.
+    pub fn takes(&self, e: &super::StoredEvent) -> bool {
+        self.status != IncidentStatus::Closed
+            && (e.occurred_at - self.last_at).abs() <= crate::incidents::GROUP_WINDOW
+    }
+
+    /// Counts `e` in: the latest event (and its user) if it is the newest, the highest
+    /// severity, every audience; `true` when `e` became the latest.
+    pub fn count_in(&mut self, e: &super::StoredEvent) -> bool {
+        self.count += 1;
+        let newest = e.occurred_at >= self.last_at;
+        if newest {
+            self.last_at = e.occurred_at;
+            self.last_seq = e.seq;
+            if e.user.is_some() {
+                self.user.clone_from(&e.user);
+            }
+        }
+        if crate::incidents::severity_rank(&e.severity)
+            > crate::incidents::severity_rank(&self.severity)
+        {
+            self.severity.clone_from(&e.severity);
+        }
+        for a in &e.audience {
+            if !self.audience.contains(a) {
+                self.audience.push(a.clone());
+            }
+        }
+        self.updated_at = e.received_at;
+        newest
+    }
+}
+
 /// What an entry in an incident's record does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -37,49 +37,15 @@ pub(super) fn fold_event(
     {
         let mut inc: Incident =
             decode("incident", &raw).map_err(ConflictableTransactionError::Abort)?;
-        let recent = (e.occurred_at - inc.last_at).abs() <= incidents::GROUP_WINDOW;
-        if inc.status != IncidentStatus::Closed && recent {
-            inc.count += 1;
-            if e.occurred_at >= inc.last_at {
-                inc.last_at = e.occurred_at;
-                inc.last_seq = e.seq;
-                if e.user.is_some() {
-                    inc.user.clone_from(&e.user);
-                }
-            }
-            if incidents::severity_rank(&e.severity) > incidents::severity_rank(&inc.severity) {
-                inc.severity.clone_from(&e.severity);
-            }
-            for a in &e.audience {
-                if !inc.audience.contains(a) {
-                    inc.audience.push(a.clone());
-                }
-            }
-            inc.updated_at = e.received_at;
+        if inc.takes(e) {
+            inc.count_in(e);
             incidents_tx.insert(&id.to_be_bytes(), encode(&inc))?;
             return Ok(());
         }
     }
     let id = open.get(NEXT_ID)?.and_then(|v| id_of(&v)).unwrap_or(0) + 1;
     open.insert(NEXT_ID, &id.to_be_bytes())?;
-    let inc = Incident {
-        id,
-        category,
-        device_id: e.device_id.clone(),
-        user: e.user.clone(),
-        kind: e.kind.clone(),
-        title: incidents::title(&e.kind, &e.details),
-        subject,
-        severity: e.severity.clone(),
-        audience: e.audience.clone(),
-        first_at: e.occurred_at,
-        last_at: e.occurred_at,
-        count: 1,
-        first_seq: e.seq,
-        last_seq: e.seq,
-        status: IncidentStatus::Open,
-        updated_at: e.received_at,
-    };
+    let inc = Incident::opened_by(id, category, subject, e);
     incidents_tx.insert(&id.to_be_bytes(), encode(&inc))?;
     open.insert(group.as_bytes(), &id.to_be_bytes())?;
     idx.insert(idx_key(IDX_DEVICE_INCIDENT, &e.device_id, id), &[])?;

@@ -53,49 +53,15 @@ pub(super) fn fold_event(
         let existing = table.get(id).map_err(engine)?.map(|g| g.value().to_vec());
         if let Some(raw) = existing {
             let mut inc: Incident = decode("incident", &raw)?;
-            let recent = (e.occurred_at - inc.last_at).abs() <= incidents::GROUP_WINDOW;
-            if inc.status != IncidentStatus::Closed && recent {
-                inc.count += 1;
-                if e.occurred_at >= inc.last_at {
-                    inc.last_at = e.occurred_at;
-                    inc.last_seq = e.seq;
-                    if e.user.is_some() {
-                        inc.user.clone_from(&e.user);
-                    }
-                }
-                if incidents::severity_rank(&e.severity) > incidents::severity_rank(&inc.severity) {
-                    inc.severity.clone_from(&e.severity);
-                }
-                for a in &e.audience {
-                    if !inc.audience.contains(a) {
-                        inc.audience.push(a.clone());
-                    }
-                }
-                inc.updated_at = e.received_at;
+            if inc.takes(e) {
+                inc.count_in(e);
                 table.insert(id, encode(&inc).as_slice()).map_err(engine)?;
                 return Ok(());
             }
         }
     }
     let id = table.last().map_err(engine)?.map_or(0, |(k, _)| k.value()) + 1;
-    let inc = Incident {
-        id,
-        category,
-        device_id: e.device_id.clone(),
-        user: e.user.clone(),
-        kind: e.kind.clone(),
-        title: incidents::title(&e.kind, &e.details),
-        subject,
-        severity: e.severity.clone(),
-        audience: e.audience.clone(),
-        first_at: e.occurred_at,
-        last_at: e.occurred_at,
-        count: 1,
-        first_seq: e.seq,
-        last_seq: e.seq,
-        status: IncidentStatus::Open,
-        updated_at: e.received_at,
-    };
+    let inc = Incident::opened_by(id, category, subject, e);
     table.insert(id, encode(&inc).as_slice()).map_err(engine)?;
     open.insert(group.as_str(), id).map_err(engine)?;
     txn.open_table(DEVICE_INCIDENTS)

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
-use super::super::super::{Category, Incident, IncidentStatus, StoreResult, StoredEvent};
+use super::super::super::{Category, Incident, StoreResult, StoredEvent};
 use super::{INCIDENT_COLUMNS, big, incident_from_row, ns, pg, unsigned};
 use crate::incidents;
 
@@ -110,32 +110,17 @@ pub(in crate::store::pg) async fn fold_events(
     for (e, arrival, category, subject, group) in flagged {
         if let Some(&i) = current.get(&group) {
             let w = &mut working[i];
-            let recent = (e.occurred_at - w.inc.last_at).abs() <= incidents::GROUP_WINDOW;
-            if w.inc.status != IncidentStatus::Closed && recent {
-                extend(w, e, arrival);
+            if w.inc.takes(e) {
+                if w.inc.count_in(e) {
+                    w.last_arrival = arrival;
+                }
+                w.changed = true;
                 continue;
             }
         }
         current.insert(group, working.len());
         working.push(Working {
-            inc: Incident {
-                id: 0,
-                category,
-                device_id: e.device_id.clone(),
-                user: e.user.clone(),
-                kind: e.kind.clone(),
-                title: incidents::title(&e.kind, &e.details),
-                subject,
-                severity: e.severity.clone(),
-                audience: e.audience.clone(),
-                first_at: e.occurred_at,
-                last_at: e.occurred_at,
-                count: 1,
-                first_seq: e.seq,
-                last_seq: e.seq,
-                status: IncidentStatus::Open,
-                updated_at: e.received_at,
-            },
+            inc: Incident::opened_by(0, category, subject, e),
             first_arrival: arrival,
             last_arrival: arrival,
             opened: true,
@@ -193,29 +178,6 @@ pub(in crate::store::pg) async fn fold_events(
 }
 
 /// Counts `e` into an incident it joins (the embedded store's rules exactly).
-fn extend(w: &mut Working, e: &StoredEvent, arrival: i64) {
-    let inc = &mut w.inc;
-    inc.count += 1;
-    if e.occurred_at >= inc.last_at {
-        inc.last_at = e.occurred_at;
-        inc.last_seq = e.seq;
-        w.last_arrival = arrival;
-        if e.user.is_some() {
-            inc.user.clone_from(&e.user);
-        }
-    }
-    if incidents::severity_rank(&e.severity) > incidents::severity_rank(&inc.severity) {
-        inc.severity.clone_from(&e.severity);
-    }
-    for a in &e.audience {
-        if !inc.audience.contains(a) {
-            inc.audience.push(a.clone());
-        }
-    }
-    inc.updated_at = e.received_at;
-    w.changed = true;
-}
-
 /// Writes opened and extended incidents with one upsert (their rows are locked or new).
 async fn write_incidents(
     tx: &deadpool_postgres::Transaction<'_>,
