@@ -558,6 +558,23 @@ pub fn filters_select_through_every_access_path(s: &dyn Store) {
         })
         .unwrap();
     assert!(none.events.is_empty(), "by when it arrived");
+    // The device combines with a filter served by another index: only that device's events.
+    s.insert_device(&device("other")).unwrap();
+    s.append(&[batch_of("other", vec![flagged("other", 1, "S1", t0)])])
+        .unwrap();
+    for f in [
+        (|q: &mut EventQuery| q.audience = Some("dsl".into())) as fn(&mut EventQuery),
+        |q| q.user = Some("pupil1".into()),
+        |q| q.kind = Some("usb.inserted".into()),
+    ] {
+        let mut query = q(f);
+        query.device = Some("d".into());
+        assert_eq!(
+            walk(s, &query).len(),
+            5,
+            "one device's through another index"
+        );
+    }
 }
 
 pub fn a_cursor_not_handed_out_is_refused_not_read_as_the_start(s: &dyn Store) {

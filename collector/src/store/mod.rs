@@ -183,6 +183,55 @@ pub struct EventQuery {
     pub cursor: Option<String>,
 }
 
+impl EventQuery {
+    /// Whether `e` passes every filter (the backends walk the most selective path, then this).
+    pub(crate) fn matches(&self, e: &StoredEvent) -> bool {
+        self.device.as_ref().is_none_or(|d| &e.device_id == d)
+            && self.kind.as_ref().is_none_or(|k| &e.kind == k)
+            && self.since.is_none_or(|s| e.occurred_at >= s)
+            && self.until.is_none_or(|u| e.occurred_at < u)
+            && self.received_since.is_none_or(|s| e.received_at >= s)
+            && self.received_until.is_none_or(|u| e.received_at < u)
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|u| e.user.as_ref() == Some(u))
+            && self.severity.as_ref().is_none_or(|s| &e.severity == s)
+            && self
+                .audience
+                .as_ref()
+                .is_none_or(|a| e.audience.contains(a))
+            && self
+                .exclude_audience
+                .as_ref()
+                .is_none_or(|a| !e.audience.contains(a))
+    }
+
+    /// The position in the cursor for a listing whose cursors start with `tag` (`t` arrival
+    /// id, `s` sequence number). Anything else is refused rather than read as "from the start".
+    pub(crate) fn cursor_position(&self, tag: char) -> StoreResult<Option<u64>> {
+        let Some(c) = self.cursor.as_deref() else {
+            return Ok(None);
+        };
+        c.strip_prefix(tag)
+            .and_then(|n| n.parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                StoreError::BadCursor(format!(
+                    "cursor {c:?} is not one this listing handed out: pass `next` from the \
+                     previous page unchanged, with the same filters"
+                ))
+            })
+    }
+}
+
+/// Whether a stored event's JSON names a kind starting with `kind_prefix` (a byte search, so
+/// most events are skipped undecoded).
+pub(crate) fn json_kind_starts_with(json: &[u8], kind_prefix: &str) -> bool {
+    let needle = format!("\"kind\":\"{kind_prefix}");
+    json.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
 /// One page of events and the cursor for the next.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventPage {

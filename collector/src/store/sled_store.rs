@@ -93,41 +93,6 @@ fn seq_of_key(key: &[u8]) -> u64 {
     u64::from_be_bytes(tail)
 }
 
-fn memchr_find(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn matches(q: &EventQuery, e: &StoredEvent) -> bool {
-    q.kind.as_ref().is_none_or(|k| &e.kind == k)
-        && q.since.is_none_or(|s| e.occurred_at >= s)
-        && q.until.is_none_or(|u| e.occurred_at < u)
-        && q.received_since.is_none_or(|s| e.received_at >= s)
-        && q.received_until.is_none_or(|u| e.received_at < u)
-        && q.user.as_ref().is_none_or(|u| e.user.as_ref() == Some(u))
-        && q.severity.as_ref().is_none_or(|s| &e.severity == s)
-        && q.audience.as_ref().is_none_or(|a| e.audience.contains(a))
-        && q.exclude_audience
-            .as_ref()
-            .is_none_or(|a| !e.audience.contains(a))
-}
-
-/// The position in `q.cursor` for a listing whose cursors start with `tag` (`t` timeline id,
-/// `s` sequence number). Anything else is refused rather than read as "from the start".
-fn cursor_position(q: &EventQuery, tag: char) -> StoreResult<Option<u64>> {
-    let Some(c) = q.cursor.as_deref() else {
-        return Ok(None);
-    };
-    c.strip_prefix(tag)
-        .and_then(|n| n.parse().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            StoreError::BadCursor(format!(
-                "cursor {c:?} is not one this listing handed out: pass `next` from the previous \
-                 page unchanged, with the same filters"
-            ))
-        })
-}
-
 /// A secondary index key: `tag`, the value's length and bytes, then the timeline id, so one
 /// value's entries are contiguous and in arrival order.
 pub(super) fn idx_key(tag: u8, value: &str, tid: u64) -> Vec<u8> {
@@ -326,7 +291,7 @@ impl Engine {
     /// Walks an index newest first from the cursor, returning the page.
     fn page_from_index(&self, q: &EventQuery, tag: u8, value: &str) -> StoreResult<EventPage> {
         let prefix = idx_prefix(tag, value);
-        let upper = idx_key(tag, value, cursor_position(q, 't')?.unwrap_or(u64::MAX));
+        let upper = idx_key(tag, value, q.cursor_position('t')?.unwrap_or(u64::MAX));
         self.page_walk(q, self.idx.range(prefix.clone()..upper).rev(), |t| {
             self.idx
                 .range(prefix.clone()..idx_key(tag, value, t))
@@ -359,7 +324,7 @@ impl Engine {
                 continue;
             };
             let e: StoredEvent = decode("event", &v)?;
-            if matches(q, &e) {
+            if q.matches(&e) {
                 out.push(e);
                 if out.len() == q.limit {
                     break;
@@ -408,7 +373,7 @@ impl Engine {
 
     fn page_for_device(&self, q: &EventQuery, device: &str) -> StoreResult<EventPage> {
         let prefix = device_prefix(device);
-        let upper = match cursor_position(q, 's')? {
+        let upper = match q.cursor_position('s')? {
             Some(s) => event_key(device, s),
             None => {
                 let mut end = prefix.clone();
@@ -422,7 +387,7 @@ impl Engine {
             let (k, v) = item.map_err(engine)?;
             last_seq = Some(seq_of_key(&k));
             let e: StoredEvent = decode("event", &v)?;
-            if matches(q, &e) {
+            if q.matches(&e) {
                 out.push(e);
                 if out.len() == q.limit {
                     break;
@@ -449,7 +414,7 @@ impl Engine {
     }
 
     fn page_for_fleet(&self, q: &EventQuery) -> StoreResult<EventPage> {
-        let upper = cursor_position(q, 't')?.unwrap_or(u64::MAX);
+        let upper = q.cursor_position('t')?.unwrap_or(u64::MAX);
         self.page_walk(q, self.timeline.range(..upper.to_be_bytes()).rev(), |id| {
             self.timeline
                 .range(..id.to_be_bytes())
@@ -601,7 +566,6 @@ impl Store for Engine {
         if after_seq == u64::MAX {
             return Ok(after_seq);
         }
-        let needle = format!("\"kind\":\"{kind_prefix}");
         let mut end = device_prefix(device);
         *end.last_mut().expect("prefix is not empty") += 1;
         let start = event_key(device, after_seq + 1);
@@ -609,7 +573,7 @@ impl Store for Engine {
         for item in self.events.range(start..end) {
             let (k, v) = item.map_err(engine)?;
             highest = highest.max(seq_of_key(&k));
-            if memchr_find(&v, needle.as_bytes()) {
+            if super::json_kind_starts_with(&v, kind_prefix) {
                 let e: StoredEvent = decode("event", &v)?;
                 if e.kind.starts_with(kind_prefix) {
                     visit(&e);

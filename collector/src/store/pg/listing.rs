@@ -11,7 +11,7 @@ use super::PgStore;
 use super::events::{EVENT_COLUMNS, event_from_row};
 use super::incidents::{ns, pg};
 use crate::rules::{DSL, NETWORK_MANAGER};
-use crate::store::{EventPage, EventQuery, StoreError, StoreResult, StoredEvent};
+use crate::store::{EventPage, EventQuery, StoreResult, StoredEvent};
 
 /// Most index entries one page request reads (as in the embedded store).
 const MAX_SCAN: i64 = 200_000;
@@ -117,30 +117,14 @@ fn filters(q: &EventQuery, p: &mut Params) -> StoreResult<String> {
     Ok(all.join(" AND "))
 }
 
-/// The position in `q.cursor` for a listing whose cursors start with `tag`. Anything else is
-/// refused rather than read as "from the start".
-fn cursor_position(q: &EventQuery, tag: char) -> StoreResult<Option<u64>> {
-    let Some(c) = q.cursor.as_deref() else {
-        return Ok(None);
-    };
-    c.strip_prefix(tag)
-        .and_then(|n| n.parse().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            StoreError::BadCursor(format!(
-                "cursor {c:?} is not one this listing handed out: pass `next` from the previous \
-                 page unchanged, with the same filters"
-            ))
-        })
-}
-
 /// One page of `q`: the matching events among the next `MAX_SCAN` entries of its path, newest
 /// first, and a cursor at the last entry read when older ones remain.
 async fn page(client: deadpool_postgres::Object, q: EventQuery) -> StoreResult<EventPage> {
     let path = path_of(&q);
     let key = path.key;
-    let below =
-        cursor_position(&q, path.tag)?.map_or(i64::MAX, |c| i64::try_from(c).unwrap_or(i64::MAX));
+    let below = q
+        .cursor_position(path.tag)?
+        .map_or(i64::MAX, |c| i64::try_from(c).unwrap_or(i64::MAX));
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
 
     let mut p = Params::default();

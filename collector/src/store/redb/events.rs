@@ -23,37 +23,6 @@ const MAX_SCAN: usize = 200_000;
 
 type Events = ReadOnlyTable<u64, &'static [u8]>;
 
-fn matches(q: &EventQuery, e: &StoredEvent) -> bool {
-    q.kind.as_ref().is_none_or(|k| &e.kind == k)
-        && q.since.is_none_or(|s| e.occurred_at >= s)
-        && q.until.is_none_or(|u| e.occurred_at < u)
-        && q.received_since.is_none_or(|s| e.received_at >= s)
-        && q.received_until.is_none_or(|u| e.received_at < u)
-        && q.user.as_ref().is_none_or(|u| e.user.as_ref() == Some(u))
-        && q.severity.as_ref().is_none_or(|s| &e.severity == s)
-        && q.audience.as_ref().is_none_or(|a| e.audience.contains(a))
-        && q.exclude_audience
-            .as_ref()
-            .is_none_or(|a| !e.audience.contains(a))
-}
-
-/// The position in `q.cursor` for a listing whose cursors start with `tag` (`t` arrival id,
-/// `s` sequence number). Anything else is refused rather than read as "from the start".
-fn cursor_position(q: &EventQuery, tag: char) -> StoreResult<Option<u64>> {
-    let Some(c) = q.cursor.as_deref() else {
-        return Ok(None);
-    };
-    c.strip_prefix(tag)
-        .and_then(|n| n.parse().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            StoreError::BadCursor(format!(
-                "cursor {c:?} is not one this listing handed out: pass `next` from the previous \
-                 page unchanged, with the same filters"
-            ))
-        })
-}
-
 /// The index entries one stored event gets (the conversion from sled indexes with it too).
 pub(super) fn index_keys(e: &StoredEvent, id: u64) -> Vec<Vec<u8>> {
     let mut keys = vec![idx_key(IDX_KIND, &e.kind, id)];
@@ -71,10 +40,6 @@ fn load(events: &Events, id: u64) -> StoreResult<Option<StoredEvent>> {
         .map_err(engine)?
         .map(|v| decode("event", v.value()))
         .transpose()
-}
-
-fn memchr_find(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Whether a range holds anything.
@@ -105,7 +70,7 @@ fn page_walk(
         let (position, event) = item?;
         last = Some(position);
         if let Some(e) = event
-            && matches(q, &e)
+            && q.matches(&e)
         {
             out.push(e);
             if out.len() == q.limit {
@@ -129,7 +94,7 @@ impl Engine {
     }
 
     fn page_for_fleet(&self, q: &EventQuery) -> StoreResult<EventPage> {
-        let upper = cursor_position(q, 't')?.unwrap_or(u64::MAX);
+        let upper = q.cursor_position('t')?.unwrap_or(u64::MAX);
         let txn = self.read()?;
         let events = txn.open_table(EVENTS).map_err(engine)?;
         let entries = events.range(..upper).map_err(engine)?.rev().map(|r| {
@@ -141,7 +106,7 @@ impl Engine {
 
     fn page_from_index(&self, q: &EventQuery, tag: u8, value: &str) -> StoreResult<EventPage> {
         let prefix = idx_prefix(tag, value);
-        let upper = idx_key(tag, value, cursor_position(q, 't')?.unwrap_or(u64::MAX));
+        let upper = idx_key(tag, value, q.cursor_position('t')?.unwrap_or(u64::MAX));
         let txn = self.read()?;
         let idx = txn.open_table(IDX).map_err(engine)?;
         let events = txn.open_table(EVENTS).map_err(engine)?;
@@ -161,7 +126,7 @@ impl Engine {
     }
 
     fn page_for_device(&self, q: &EventQuery, device: &str) -> StoreResult<EventPage> {
-        let below = match cursor_position(q, 's')? {
+        let below = match q.cursor_position('s')? {
             Some(s) => Bound::Excluded(s),
             None => Bound::Unbounded,
         };
@@ -386,8 +351,6 @@ impl Store for Engine {
         if after_seq == u64::MAX {
             return Ok(after_seq);
         }
-        // The kind is inside the JSON; a cheap byte search skips most events undecoded.
-        let needle = format!("\"kind\":\"{kind_prefix}");
         let txn = self.read()?;
         let by_device = txn.open_table(BY_DEVICE).map_err(engine)?;
         let events = txn.open_table(EVENTS).map_err(engine)?;
@@ -404,7 +367,7 @@ impl Store for Engine {
             let Some(v) = events.get(id).map_err(engine)? else {
                 continue;
             };
-            if memchr_find(v.value(), needle.as_bytes()) {
+            if super::super::json_kind_starts_with(v.value(), kind_prefix) {
                 let e: StoredEvent = decode("event", v.value())?;
                 if e.kind.starts_with(kind_prefix) {
                     visit(&e);
