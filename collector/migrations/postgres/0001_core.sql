@@ -3,7 +3,10 @@
 -- Text keys are COLLATE "C" so that listings come back in byte order, as the embedded store's do.
 -- Times are bigint nanoseconds since the Unix epoch (columns named *_ns), as in 0002: the
 -- collector's clock reads nanoseconds, timestamptz keeps microseconds, and a record must read
--- back exactly as it was written.
+-- back exactly as it was written. Documents (details, states, policies) are `json`, not `jsonb`:
+-- nothing queries inside them, `json` keeps the text as written and costs only a validation on
+-- insert, and `jsonb` refuses a string holding U+0000, which an agent may report (a USB
+-- descriptor, a file name) and which would then fail every group it travels in.
 
 CREATE TABLE devices (
     id            text COLLATE "C" PRIMARY KEY,
@@ -20,7 +23,7 @@ CREATE TABLE devices (
     -- row's lock in every append, it is what keeps each (device, seq) stored once: a unique
     -- index cannot, since one on a partitioned table must contain the partition key.
     highest_seq   bigint NOT NULL DEFAULT 0,
-    state         jsonb NOT NULL DEFAULT '{}'
+    state         json NOT NULL DEFAULT '{}'
 );
 
 -- The next arrival id. Appends take its row lock just before allocating their ids and hold it
@@ -46,8 +49,8 @@ CREATE TABLE events (
     "user"      text COLLATE "C",
     severity    text NOT NULL,
     audience    text[] NOT NULL,
-    details     jsonb NOT NULL,
-    assessment  jsonb
+    details     json NOT NULL,
+    assessment  json
 ) PARTITION BY RANGE (received_at_ns);
 CREATE TABLE events_default PARTITION OF events DEFAULT;
 
@@ -75,7 +78,7 @@ CREATE TABLE tokens (
 
 CREATE TABLE policies (
     version    bigint PRIMARY KEY,
-    policy     jsonb NOT NULL,
+    policy     json NOT NULL,
     changed_by text NOT NULL,
     changed_at_ns bigint NOT NULL
 );
@@ -84,6 +87,6 @@ CREATE TABLE derived (
     name        text COLLATE "C" NOT NULL,
     device_id   text COLLATE "C" NOT NULL,
     through_seq bigint NOT NULL,
-    state       jsonb NOT NULL,
+    state       json NOT NULL,
     PRIMARY KEY (name, device_id)
 );

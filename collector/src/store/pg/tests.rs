@@ -337,3 +337,37 @@ fn a_password_never_reaches_a_message() {
         "postgres://care@/caretaker?host=/run/pg"
     );
 }
+
+/// A string with U+0000 in an event's details or a device's state (which `jsonb` and `text`
+/// refuse) is stored and read back as it came, so it cannot fail every group it travels in.
+#[test]
+fn a_nul_character_in_details_and_state_is_stored_as_sent() {
+    let (s, _guard) = fresh();
+    s.insert_device(&test_device("a")).unwrap();
+    let mut e = event("a", 1);
+    e.details = json!({"product": "Stick\u{0}Pro"})
+        .as_object()
+        .unwrap()
+        .clone();
+    e.assessment = Some(json!({"rule": "x\u{0}"}));
+    s.append(&[DeviceBatch {
+        events: vec![e.clone()],
+        state: json!({"usb": {"label": "\u{0}"}})
+            .as_object()
+            .unwrap()
+            .clone(),
+        ..batch("a", std::iter::empty())
+    }])
+    .unwrap();
+    let page = s
+        .events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.events, [e]);
+    assert_eq!(
+        s.device("a").unwrap().unwrap().state["usb"]["label"],
+        "\u{0}"
+    );
+}
