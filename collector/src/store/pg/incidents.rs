@@ -20,7 +20,7 @@ mod fold;
 // `append` should call `fold_events` once per group: a call per event costs about 1.3 ms
 // each (1,000 flagged events: 1.3 s one by one, 10-20 ms at once, debug build, local socket).
 #[allow(unused_imports)]
-pub(super) use fold::{fold_event, fold_events};
+pub(super) use fold::fold_events;
 
 /// A time as stored: nanoseconds since the Unix epoch (see the migration for why not
 /// timestamptz).

@@ -1,6 +1,6 @@
 //! The incident fold on PostgreSQL: a group commit's flagged events open or extend incidents in a fixed handful of statements inside the append transaction.
 //!
-//! The rules are the embedded store's (`sled_incidents::fold_event`), applied event by event in
+//! The rules are every backend's (`Incident::takes` and `count_in` in `store/incidents.rs`), applied event by event in
 //! the order given, but to rows read once and written once: the groups' rows in
 //! `incident_groups` are locked by one upsert, their latest incidents by one `SELECT ... FOR
 //! UPDATE`, and every opened or extended incident is written by one upsert. The append holds
@@ -26,17 +26,6 @@ struct Working {
     opened: bool,
     /// Changed by this fold, so written back.
     changed: bool,
-}
-
-/// Opens an incident for a flagged event, or counts it into its group's open incident if the
-/// last one was recent; see `fold_events`, which a group commit should call once instead of
-/// this once per event (three statements per event against a handful per group).
-pub(in crate::store::pg) async fn fold_event(
-    tx: &deadpool_postgres::Transaction<'_>,
-    e: &StoredEvent,
-    arrival_id: i64,
-) -> StoreResult<()> {
-    fold_events(tx, &[(e, arrival_id)]).await
 }
 
 /// Folds newly stored events (each with its arrival id, in the order stored) into incidents.
