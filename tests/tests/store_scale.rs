@@ -16,58 +16,56 @@ fn fields(out: &str) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-/// Under load every group commit holds hundreds of events: killed with -9 three times while
-/// the loadgen's agents stream (each resending only what was not acknowledged, as agents do),
-/// the collector must still list every event exactly once. An acknowledged event lost in a
-/// kill would be listed as lost, since no agent sends it again.
-#[test]
-fn kill9_during_group_commits_loses_nothing_acknowledged() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut collector = Collector::start(&tmp.path().join("collector"));
-    let (token, fp) = collector.token(&["--uses", "6"]);
-    let admin = std::fs::read_to_string(collector.dir.join("admin.token")).unwrap();
-    let loadgen = Command::new(env!("CARGO_BIN_EXE_caretaker-loadgen"))
+/// Starts the loadgen: `agents` agents of `events` events each, 4 batches of 200 in flight,
+/// spread over `collectors` (HOST:PORT,...), verified through the API on `api_port`.
+fn loadgen(
+    collectors: &str,
+    token: &str,
+    fp: &str,
+    agents: u32,
+    events: u32,
+    api_port: u16,
+    api_token: &str,
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_caretaker-loadgen"))
         .args([
             "--collector",
-            &collector.grpc_addr(),
+            collectors,
             "--token",
-            &token,
+            token,
             "--ca-fingerprint",
-            &fp,
+            fp,
+        ])
+        .args([
             "--agents",
-            "6",
+            &agents.to_string(),
             "--events",
-            "6000",
-            "--batch",
-            "200",
-            "--window",
-            "4",
+            &events.to_string(),
+        ])
+        .args(["--batch", "200", "--window", "4"])
+        .args([
             "--api",
-            &format!("https://localhost:{}", collector.web.port()),
+            &format!("https://localhost:{api_port}"),
             "--api-token",
-            admin.trim(),
+            api_token,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    let api = collector.api();
-    let stored = |api: &Api| -> u64 {
-        let (_, devices) = api.get("/api/v1/devices");
-        devices["devices"]
-            .as_array()
-            .map(|d| d.iter().filter_map(|d| d["event_count"].as_u64()).sum())
-            .unwrap_or(0)
-    };
-    for round in 1..=3u64 {
-        // Kill while events are flowing, a third of the way further each round.
-        wait_for(Duration::from_secs(60), "events flowing", || {
-            (stored(&api) >= round * 6 * 6000 / 4).then_some(())
-        });
-        collector.kill9();
-        std::thread::sleep(Duration::from_millis(200));
-        collector.serve();
-    }
+        .unwrap()
+}
+
+/// Each device's stored event count, as the API lists devices.
+fn event_counts(api: &Api) -> Vec<u64> {
+    let (_, devices) = api.get("/api/v1/devices");
+    devices["devices"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|d| d["event_count"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Waits for the loadgen and checks its verdict: `sent` events, none lost, none duplicated.
+fn assert_exactly_once(loadgen: std::process::Child, sent: &str) {
     let out = loadgen.wait_with_output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -75,11 +73,7 @@ fn kill9_during_group_commits_loses_nothing_acknowledged() {
     );
     assert!(out.status.success(), "{stdout}{stderr}");
     let f = fields(&stdout);
-    assert_eq!(
-        f.get("events").map(String::as_str),
-        Some("36000"),
-        "{stdout}"
-    );
+    assert_eq!(f.get("events").map(String::as_str), Some(sent), "{stdout}");
     assert_eq!(
         f.get("lost").map(String::as_str),
         Some("0"),
@@ -90,6 +84,38 @@ fn kill9_during_group_commits_loses_nothing_acknowledged() {
         Some("0"),
         "{stdout}{stderr}"
     );
+}
+
+/// Under load every group commit holds hundreds of events: killed with -9 three times while
+/// the loadgen's agents stream (each resending only what was not acknowledged, as agents do),
+/// the collector must still list every event exactly once. An acknowledged event lost in a
+/// kill would be listed as lost, since no agent sends it again.
+#[test]
+fn kill9_during_group_commits_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    let (token, fp) = collector.token(&["--uses", "6"]);
+    let admin = std::fs::read_to_string(collector.dir.join("admin.token")).unwrap();
+    let loadgen = loadgen(
+        &collector.grpc_addr(),
+        &token,
+        &fp,
+        6,
+        6000,
+        collector.web.port(),
+        admin.trim(),
+    );
+    let api = collector.api();
+    for round in 1..=3u64 {
+        // Kill while events are flowing, a quarter of the way further each round.
+        wait_for(Duration::from_secs(60), "events flowing", || {
+            (event_counts(&api).iter().sum::<u64>() >= round * 6 * 6000 / 4).then_some(())
+        });
+        collector.kill9();
+        std::thread::sleep(Duration::from_millis(200));
+        collector.serve();
+    }
+    assert_exactly_once(loadgen, "36000");
     collector.stop();
 }
 
@@ -111,67 +137,16 @@ fn two_collectors_on_one_postgres_lose_nothing_when_one_is_killed() {
     // A token made through either is good at both: tokens live in the database.
     let (token, fp) = second.token(&["--uses", "6"]);
     let admin = std::fs::read_to_string(second.dir.join("admin.token")).unwrap();
-    let loadgen = Command::new(env!("CARGO_BIN_EXE_caretaker-loadgen"))
-        .args([
-            "--collector",
-            &format!("{},{}", first.grpc_addr(), second.grpc_addr()),
-            "--token",
-            &token,
-            "--ca-fingerprint",
-            &fp,
-            "--agents",
-            "6",
-            "--events",
-            "5000",
-            "--batch",
-            "200",
-            "--window",
-            "4",
-            "--api",
-            &format!("https://localhost:{}", second.web.port()),
-            "--api-token",
-            admin.trim(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let both = format!("{},{}", first.grpc_addr(), second.grpc_addr());
+    let loadgen = loadgen(&both, &token, &fp, 6, 5000, second.web.port(), admin.trim());
     // Kill the first once both have stored events (so it held streams when it died).
-    let stored = |api: &Api| -> Vec<u64> {
-        let (_, devices) = api.get("/api/v1/devices");
-        devices["devices"]
-            .as_array()
-            .map(|d| d.iter().filter_map(|d| d["event_count"].as_u64()).collect())
-            .unwrap_or_default()
-    };
     let api = second.api();
     wait_for(Duration::from_secs(90), "all six agents streaming", || {
-        let counts = stored(&api);
+        let counts = event_counts(&api);
         (counts.len() == 6 && counts.iter().all(|&n| n >= 1000)).then_some(())
     });
     first.kill9();
-    let out = loadgen.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}{stderr}");
-    let f = fields(&stdout);
-    assert_eq!(
-        f.get("events").map(String::as_str),
-        Some("30000"),
-        "{stdout}"
-    );
-    assert_eq!(
-        f.get("lost").map(String::as_str),
-        Some("0"),
-        "{stdout}{stderr}"
-    );
-    assert_eq!(
-        f.get("duplicated").map(String::as_str),
-        Some("0"),
-        "{stdout}{stderr}"
-    );
+    assert_exactly_once(loadgen, "30000");
     // From the outside: the database's own rows, each (device, seq) once.
     let rows = pg.query(
         "trust",
