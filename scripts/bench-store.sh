@@ -6,7 +6,7 @@
 #
 # Uses release binaries from $BIN (default target/release; build them with
 # `cargo build --release -p caretaker-collector -p caretaker-tests --bins`). AGENTS and EVENTS
-# set the load (default 100 x 10000). Prints one line per case: rate, p99 ack, the collectors'
+# set the load (default 100 x 10000), BATCH and WINDOW what each agent keeps in flight. Prints one line per case: rate, p99 ack, the collectors'
 # peak RSS, the store's disk use (the data directory, or pg_database_size) against the events'
 # own size as JSON, and the time a restarted collector took to serve again.
 set -euo pipefail
@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
 AGENTS=${AGENTS:-100}
 EVENTS=${EVENTS:-10000}
+BATCH=${BATCH:-25}      # events per batch, and
+WINDOW=${WINDOW:-1}     # batches in flight per agent (the loadgen's defaults)
 PGBIN=/usr/lib/postgresql/15/bin
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(embedded pg1 pg2)
@@ -69,7 +71,7 @@ run_case() {
     local result
     result=$("$BIN/caretaker-loadgen" --collector "$addrs" \
         --token "$(jq -r .token <<<"$token")" --ca-fingerprint "$(jq -r .ca_fingerprint <<<"$token")" \
-        --agents "$AGENTS" --events "$EVENTS" --batch 500 --window 4 \
+        --agents "$AGENTS" --events "$EVENTS" --batch "$BATCH" --window "$WINDOW" \
         --api "https://localhost:${webs[0]}" --api-token "$(cat "${dirs[0]}/admin.token")" \
         2>"$work/$name.loadgen.log" | tail -1)
     local data; data=$(grep -o '[0-9]* bytes as JSON' "$work/$name.loadgen.log" | cut -d' ' -f1)
