@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
+LOADGEN=${LOADGEN:-$BIN/caretaker-loadgen}   # another build's collector can be measured with this loadgen
 AGENTS=${AGENTS:-100}
 EVENTS=${EVENTS:-10000}
 BATCH=${BATCH:-25}      # events per batch, and
@@ -69,7 +70,7 @@ run_case() {
     local token; token=$("$BIN/caretaker-collector" token create --json --uses "$AGENTS" --data-dir "${dirs[0]}")
     local addrs; addrs=$(printf 'localhost:%s,' "${grpcs[@]}"); addrs=${addrs%,}
     local result
-    result=$("$BIN/caretaker-loadgen" --collector "$addrs" \
+    result=$("$LOADGEN" --collector "$addrs" \
         --token "$(jq -r .token <<<"$token")" --ca-fingerprint "$(jq -r .ca_fingerprint <<<"$token")" \
         --agents "$AGENTS" --events "$EVENTS" --batch "$BATCH" --window "$WINDOW" \
         --api "https://localhost:${webs[0]}" --api-token "$(cat "${dirs[0]}/admin.token")" \
