@@ -1,8 +1,10 @@
 //! The local admin socket: lets `token create` and `device revoke` reach a running collector, which holds the store.
 //!
-//! sled allows one process per store, so while `serve` runs the CLI asks it
+//! The embedded store allows one process, so while `serve` runs the CLI asks it
 //! over `DATA_DIR/admin.sock` (mode 0600, and the peer must be root or the
 //! collector's own user). One JSON request per line, one JSON answer per line.
+//! A collector on a shared (PostgreSQL) store opens no socket: the CLI writes the
+//! database directly, as any number of processes may.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

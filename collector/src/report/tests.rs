@@ -1,4 +1,4 @@
-//! The report over a real sled store: figures from events and incident records, and no name in any governors' format.
+//! The report over a real store (the embedded default): figures from events and incident records, and no name in any governors' format.
 
 use chrono::{Duration, TimeZone, Utc};
 use serde_json::{Map, Value, json};
