@@ -176,8 +176,14 @@ impl PgStore {
     }
 
     /// Waits on this thread for a task on the store's runtime.
+    ///
+    /// The caller is often a task of the collector's own runtime, and tokio's cooperative
+    /// budget belongs to that task: polling a `JoinHandle` from inside it spends the budget,
+    /// and once it is spent the handle answers "not yet" for ever, because the caller's task
+    /// never yields to reset it (a collector starting over 100 devices hung here on its 129th
+    /// call). So the wait is taken out of the budget.
     fn wait<T>(task: tokio::task::JoinHandle<T>) -> StoreResult<T> {
-        futures::executor::block_on(task)
+        futures::executor::block_on(tokio::task::unconstrained(task))
             .map_err(|e| StoreError::Engine(format!("a PostgreSQL call failed: {e}")))
     }
 

@@ -371,3 +371,15 @@ fn a_nul_character_in_details_and_state_is_stored_as_sent() {
         "\u{0}"
     );
 }
+
+/// The store is called from the collector's own tasks: a task that makes many calls without
+/// yielding must not run out of tokio's cooperative budget on the way (it hung on the 129th
+/// call when each wait polled a JoinHandle within the caller's budget).
+#[tokio::test]
+async fn a_task_making_many_calls_without_yielding_is_not_starved() {
+    let (s, _g) = fresh();
+    s.insert_device(&test_device("d")).unwrap();
+    for _ in 0..300 {
+        s.device("d").unwrap().expect("the device");
+    }
+}
