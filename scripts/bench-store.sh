@@ -81,7 +81,7 @@ run_case() {
     if [ -n "$url" ]; then
         disk=$(pg_sql "$name" "SELECT pg_database_size(current_database())")  # the database is named after the case
     else
-        disk=$(du -sb "${dirs[0]}/store" | cut -f1)
+        disk=$(du -s --block-size=1 "${dirs[0]}/store" | cut -f1)  # blocks in use: redb's file is sparse as it grows
     fi
     # Start-up: stop the first collector, start it again, time until it serves.
     kill "${cpids[0]}"; wait "${cpids[0]}" 2>/dev/null || true
