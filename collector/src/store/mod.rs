@@ -183,7 +183,33 @@ pub struct EventQuery {
     pub cursor: Option<String>,
 }
 
+/// Which way a listing walks: the most selective filter's index, or the timeline. Every
+/// backend picks by this one order; `EventQuery::matches` then applies the other filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccessPath<'q> {
+    Audience(&'q str),
+    User(&'q str),
+    Device(&'q str),
+    Kind(&'q str),
+    Timeline,
+}
+
 impl EventQuery {
+    /// The listing's access path (see `AccessPath`).
+    pub(crate) fn access_path(&self) -> AccessPath<'_> {
+        if let Some(a) = &self.audience {
+            AccessPath::Audience(a)
+        } else if let Some(u) = &self.user {
+            AccessPath::User(u)
+        } else if let Some(d) = &self.device {
+            AccessPath::Device(d)
+        } else if let Some(k) = &self.kind {
+            AccessPath::Kind(k)
+        } else {
+            AccessPath::Timeline
+        }
+    }
+
     /// Whether `e` passes every filter (the backends walk the most selective path, then this).
     pub(crate) fn matches(&self, e: &StoredEvent) -> bool {
         self.device.as_ref().is_none_or(|d| &e.device_id == d)

@@ -9,6 +9,7 @@
 //! (`sled_accounts.rs`). A group commit is one transaction over devices, events, timeline,
 //! indexes and incidents, then one fsync.
 
+use super::AccessPath;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -541,17 +542,12 @@ impl Store for Engine {
     }
 
     fn events(&self, query: &EventQuery) -> StoreResult<EventPage> {
-        // The most selective access path first; `matches` applies the rest.
-        if let Some(a) = &query.audience {
-            self.page_from_index(query, IDX_AUDIENCE, a)
-        } else if let Some(u) = &query.user {
-            self.page_from_index(query, IDX_USER, u)
-        } else if let Some(d) = &query.device {
-            self.page_for_device(query, d)
-        } else if let Some(k) = &query.kind {
-            self.page_from_index(query, IDX_KIND, k)
-        } else {
-            self.page_for_fleet(query)
+        match query.access_path() {
+            AccessPath::Audience(a) => self.page_from_index(query, IDX_AUDIENCE, a),
+            AccessPath::User(u) => self.page_from_index(query, IDX_USER, u),
+            AccessPath::Device(d) => self.page_for_device(query, d),
+            AccessPath::Kind(k) => self.page_from_index(query, IDX_KIND, k),
+            AccessPath::Timeline => self.page_for_fleet(query),
         }
     }
 

@@ -5,6 +5,7 @@
 //! kind's, or the arrival order. The other filters apply to what the walk reads, and a walk
 //! reads at most `MAX_SCAN` entries before it returns a (possibly short) page with a cursor.
 
+use crate::store::AccessPath;
 use tokio_postgres::types::ToSql;
 
 use super::PgStore;
@@ -66,20 +67,18 @@ fn by_id(predicate: fn(&EventQuery, &mut Params) -> String) -> Path {
 
 /// The most selective access path first (as the embedded store chooses).
 fn path_of(q: &EventQuery) -> Path {
-    if q.audience.is_some() {
-        by_id(|q, p| audience_has(q.audience.as_deref().unwrap_or_default(), p))
-    } else if q.user.is_some() {
-        by_id(|q, p| format!("\"user\" = {}", p.bind(q.user.clone())))
-    } else if q.device.is_some() {
-        Path {
+    match q.access_path() {
+        AccessPath::Audience(_) => {
+            by_id(|q, p| audience_has(q.audience.as_deref().unwrap_or_default(), p))
+        }
+        AccessPath::User(_) => by_id(|q, p| format!("\"user\" = {}", p.bind(q.user.clone()))),
+        AccessPath::Device(_) => Path {
             predicate: |q, p| format!("device_id = {}", p.bind(q.device.clone())),
             key: "seq",
             tag: 's',
-        }
-    } else if q.kind.is_some() {
-        by_id(|q, p| format!("kind = {}", p.bind(q.kind.clone())))
-    } else {
-        by_id(|_, _| "TRUE".to_string())
+        },
+        AccessPath::Kind(_) => by_id(|q, p| format!("kind = {}", p.bind(q.kind.clone()))),
+        AccessPath::Timeline => by_id(|_, _| "TRUE".to_string()),
     }
 }
 
