@@ -312,8 +312,8 @@ fn replay_software(
 /// include the group just stored). An event that panics again is skipped as malformed.
 fn rebuild_software(counts: &mut FleetCounts, store: &dyn Store, device: &str, fold: FoldFn) {
     counts.remove_device(device);
-    let rebuilt = store.derived(SOFTWARE_STATE).and_then(|saved| {
-        if let Some((_, through, state)) = saved.into_iter().find(|(d, _, _)| d == device)
+    let rebuilt = store.derived_of(SOFTWARE_STATE, device).and_then(|saved| {
+        if let Some((through, state)) = saved
             && let Err(why) = counts.import_device(device, through, state)
         {
             tracing::warn!(%device, %why, "Saved software state unreadable; rebuilding it from events");

@@ -734,6 +734,12 @@ pub fn derived_states_round_trip_per_name_and_device(s: &dyn Store) {
         ],
         "the latest per device, and only this name's"
     );
+    assert_eq!(
+        s.derived_of("software", "a").unwrap(),
+        Some((7, json!({"x": 1})))
+    );
+    assert_eq!(s.derived_of("other", "a").unwrap(), Some((1, json!(null))));
+    assert_eq!(s.derived_of("software", "c").unwrap(), None);
 }
 
 fn user(name: &str, role: &str) -> UserRecord {

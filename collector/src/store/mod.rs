@@ -349,6 +349,16 @@ pub trait Store: AccountStore + IncidentStore + DigestStore + Send + Sync + 'sta
     ) -> StoreResult<()>;
     /// Every saved derived state called `name`: `(device, through_seq, state)`.
     fn derived(&self, name: &str) -> StoreResult<Vec<(String, u64, Value)>>;
+    /// The saved derived state `name` of one device: `(through_seq, state)`. The default reads
+    /// them all; a store shared by several collectors, where a device's state is re-read each
+    /// time its stream opens, should read only the one.
+    fn derived_of(&self, name: &str, device: &str) -> StoreResult<Option<(u64, Value)>> {
+        Ok(self
+            .derived(name)?
+            .into_iter()
+            .find(|(d, _, _)| d == device)
+            .map(|(_, through, state)| (through, state)))
+    }
 
     fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
     /// Uses a token once if it is valid at `now`; atomic against concurrent use.

@@ -245,6 +245,20 @@ impl Store for PgStore {
         })
     }
 
+    fn derived_of(&self, name: &str, device: &str) -> StoreResult<Option<(u64, Value)>> {
+        let (name, device) = (name.to_string(), device.to_string());
+        self.run(move |c| async move {
+            c.query_opt(
+                "SELECT through_seq, state FROM derived WHERE name = $1 AND device_id = $2",
+                &[&name, &device],
+            )
+            .await
+            .map_err(pg)?
+            .map(|r| Ok((unsigned("derived sequence", r.get(0))?, r.get(1))))
+            .transpose()
+        })
+    }
+
     fn derived(&self, name: &str) -> StoreResult<Vec<(String, u64, Value)>> {
         let name = name.to_string();
         self.run(move |c| async move {
