@@ -530,6 +530,20 @@ impl Collector {
             tracing::info!(version = stored.version, changed_by = %stored.changed_by, "Policy changed by another collector");
             self.policy.send_replace(Arc::new(stored));
         }
+        // Only devices streaming elsewhere that stored something this collector has not
+        // folded: a device's highest stored sequence at or below what the counts went
+        // through holds nothing new, so most refreshes read no events at all.
+        let elsewhere: Vec<&str> = {
+            let counts = self.software.lock().unwrap_or_else(|p| p.into_inner());
+            devices
+                .iter()
+                .filter(|d| !self.is_connected(&d.id) && d.highest_seq > counts.through_seq(&d.id))
+                .map(|d| d.id.as_str())
+                .collect()
+        };
+        if elsewhere.is_empty() {
+            return Ok(());
+        }
         // Folded apart from the live counts, so the ack path's fold never waits on these reads.
         let mut fresh = FleetCounts::default();
         let mut saved: std::collections::HashMap<String, (u64, Value)> = self
@@ -537,11 +551,6 @@ impl Collector {
             .derived(SOFTWARE_STATE)?
             .into_iter()
             .map(|(d, t, v)| (d, (t, v)))
-            .collect();
-        let elsewhere: Vec<&str> = devices
-            .iter()
-            .map(|d| d.id.as_str())
-            .filter(|id| !self.is_connected(id))
             .collect();
         for &id in &elsewhere {
             if let Some((through, state)) = saved.remove(id)
@@ -1219,6 +1228,72 @@ mod tests {
 
     fn count(c: &FleetCounts, name: &str) -> usize {
         c.count("dpkg", name)
+    }
+
+    /// Two collectors on one PostgreSQL: what one stores reaches the other's software counts at
+    /// its next refresh, and a refresh with nothing new leaves them as they are.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_shared_store_refresh_picks_up_what_another_collector_stored() {
+        let (url, _db) = crate::store::pg_rig::test_database();
+        let open = || -> Arc<Collector> {
+            let store: Arc<dyn Store> = Arc::new(crate::store::PgStore::connect(&url).unwrap());
+            let (ca, _) = crate::ca::SchoolCa::generate("Test").unwrap();
+            let c = Collector::new(store, ca, Default::default(), "t").unwrap();
+            c.set_shared();
+            Arc::new(c)
+        };
+        let (first, second) = (open(), open());
+        first
+            .store
+            .insert_device(&crate::store::test_device("a"))
+            .unwrap();
+        let installed = |c: &Collector| {
+            let mut names: Vec<(String, usize)> = c
+                .software_installations()
+                .into_iter()
+                .map(|(_, name, n)| (name, n))
+                .collect();
+            names.sort();
+            names
+        };
+        first
+            .commit(group(
+                "a",
+                vec![software_event("a", 1, "software.installed", "gimp")],
+            ))
+            .await
+            .unwrap();
+        let (f, s) = (first.clone(), second.clone());
+        tokio::task::spawn_blocking(move || s.refresh_from_shared_store())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(installed(&second), [("gimp".to_string(), 1)]);
+        let s = second.clone();
+        tokio::task::spawn_blocking(move || s.refresh_from_shared_store())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            installed(&second),
+            [("gimp".to_string(), 1)],
+            "nothing new: unchanged"
+        );
+        f.commit(group(
+            "a",
+            vec![software_event("a", 2, "software.installed", "steam")],
+        ))
+        .await
+        .unwrap();
+        let s = second.clone();
+        tokio::task::spawn_blocking(move || s.refresh_from_shared_store())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            installed(&second),
+            [("gimp".to_string(), 1), ("steam".to_string(), 1)]
+        );
     }
 
     /// Start-up reads each device's events once; after that only what arrived since.
