@@ -155,30 +155,11 @@ impl AccountStore for PgStore {
     }
 
     fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
-        let u = user.clone();
-        let (created, updated) = (ns(u.created_at)?, ns(u.updated_at)?);
-        let inserted = self.run(move |c| async move {
-            c.execute(
-                &format!(
-                    "INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                     ON CONFLICT (username) DO NOTHING"
-                ),
-                &[
-                    &u.username,
-                    &u.role,
-                    &u.password_hash,
-                    &u.disabled,
-                    &u.email,
-                    &u.must_change_password,
-                    &created,
-                    &u.created_by,
-                    &updated,
-                ],
-            )
-            .await
-            .map_err(pg)
-        })?;
-        if inserted == 0 {
+        let sql = format!(
+            "INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (username) DO NOTHING"
+        );
+        if self.write_user(sql, user)? == 0 {
             return Err(StoreError::Conflict(format!(
                 "there is already an account called {:?}",
                 user.username
@@ -188,29 +169,10 @@ impl AccountStore for PgStore {
     }
 
     fn update_user(&self, user: &UserRecord) -> StoreResult<()> {
-        let u = user.clone();
-        let (created, updated) = (ns(u.created_at)?, ns(u.updated_at)?);
-        let changed = self.run(move |c| async move {
-            c.execute(
-                "UPDATE users SET role = $2, password_hash = $3, disabled = $4, email = $5, \
-                 must_change_password = $6, created_at_ns = $7, created_by = $8, \
-                 updated_at_ns = $9 WHERE username = $1",
-                &[
-                    &u.username,
-                    &u.role,
-                    &u.password_hash,
-                    &u.disabled,
-                    &u.email,
-                    &u.must_change_password,
-                    &created,
-                    &u.created_by,
-                    &updated,
-                ],
-            )
-            .await
-            .map_err(pg)
-        })?;
-        if changed == 0 {
+        let sql = "UPDATE users SET role = $2, password_hash = $3, disabled = $4, email = $5, \
+                   must_change_password = $6, created_at_ns = $7, created_by = $8, \
+                   updated_at_ns = $9 WHERE username = $1";
+        if self.write_user(sql.to_string(), user)? == 0 {
             return Err(StoreError::Conflict(format!(
                 "there is no account called {:?}",
                 user.username
@@ -384,6 +346,33 @@ impl AccountStore for PgStore {
                 None
             };
             Ok(AuditPage { entries, next })
+        })
+    }
+}
+
+impl PgStore {
+    /// Runs `sql` with the user's fields as `$1`..`$9`, in `USER_COLUMNS` order; returns the
+    /// rows it wrote (0: the insert met an existing name, or the update found none).
+    fn write_user(&self, sql: String, user: &UserRecord) -> StoreResult<u64> {
+        let u = user.clone();
+        let (created, updated) = (ns(u.created_at)?, ns(u.updated_at)?);
+        self.run(move |c| async move {
+            c.execute(
+                &sql,
+                &[
+                    &u.username,
+                    &u.role,
+                    &u.password_hash,
+                    &u.disabled,
+                    &u.email,
+                    &u.must_change_password,
+                    &created,
+                    &u.created_by,
+                    &updated,
+                ],
+            )
+            .await
+            .map_err(pg)
         })
     }
 }
