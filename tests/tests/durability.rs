@@ -85,6 +85,14 @@ fn collector_kill9_mid_stream_loses_no_acknowledged_event_and_duplicates_none() 
         );
     }
     wait_drained(&state, Duration::from_secs(30));
+    // Drained is not connected: a kill can land after the last ack, leaving the agent in its
+    // reconnect backoff (seconds after three kills), and its `agent.stopping` has only the
+    // 3 s a clean stop gives to be delivered.
+    wait_for(Duration::from_secs(30), "the agent connected again", || {
+        agent_status(&state)
+            .contains("connected since")
+            .then_some(())
+    });
     stop_agent_and_wait_for_stopping(agent, &api, &device);
     assert_contiguous_and_complete(&api, &device);
 }
