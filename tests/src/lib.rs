@@ -58,13 +58,31 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A free TCP port on loopback (bound then released).
+/// A free TCP port on loopback for a server that cannot bind port 0 and report it.
+///
+/// Picked below the kernel's ephemeral range, so no outgoing connection (an agent's, a
+/// browser's) can be given it between this check and the server's bind, and never the same
+/// twice in one process. The collector needs none of this: it binds port 0 and says which
+/// ports it got (see `Collector::serve_through`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TAKEN: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(12_000));
+    let span = u32::from(high - low);
+    // Each process starts at a different place, so concurrent test binaries rarely meet.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = TAKEN.fetch_add(1, Ordering::SeqCst);
+        let port = low + ((start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {high}");
 }
 
 /// Runs a command to completion, returning (status ok, stdout, stderr).
@@ -135,6 +153,13 @@ fn signal(pid: i32, sig: &str) {
     assert!(ok, "kill -{sig} {pid} failed");
 }
 
+/// The addresses in the collector's ready line, `caretaker-collector: grpc=A web=https://B`.
+fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.trim().strip_prefix("caretaker-collector: grpc=")?;
+    let (grpc, web) = rest.split_once(" web=https://")?;
+    Some((grpc.parse().ok()?, web.parse().ok()?))
+}
+
 /// A collector data directory and, while serving, its process.
 pub struct Collector {
     pub dir: PathBuf,
@@ -144,7 +169,7 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// `init` in `dir`, then `serve` on fixed free loopback ports (so restarts reuse them).
+    /// `init` in `dir`, then `serve` on loopback ports the collector picks (restarts reuse them).
     pub fn start(dir: &Path) -> Self {
         Self::start_with_names(dir, &[])
     }
@@ -163,8 +188,11 @@ impl Collector {
         assert!(ok, "init failed: {out}{err}");
         let mut c = Collector {
             dir: dir.to_path_buf(),
-            grpc: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            web: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            // Port 0: the collector binds and reports the ports it got (`serve_through`
+            // learns them from its ready line), so no other process can take them between
+            // a probe and the bind; restarts then reuse them.
+            grpc: "127.0.0.1:0".parse().unwrap(),
+            web: "127.0.0.1:0".parse().unwrap(),
             proc: None,
         };
         c.serve();
@@ -222,10 +250,9 @@ impl Collector {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert!(
-            line.starts_with("caretaker-collector: grpc="),
-            "collector did not start: {line:?}"
-        );
+        let (grpc, web) =
+            parse_ready_line(&line).unwrap_or_else(|| panic!("collector did not start: {line:?}"));
+        (self.grpc, self.web) = (grpc, web);
         self.proc = Some(Proc {
             child,
             name: "collector".into(),
