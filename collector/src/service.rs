@@ -1166,6 +1166,8 @@ mod tests {
         }
     }
 
+    impl crate::store::PrivacyStore for Counting {}
+
     impl crate::store::IncidentStore for Counting {
         fn incident(&self, id: u64) -> StoreResult<Option<crate::store::Incident>> {
             self.inner.incident(id)

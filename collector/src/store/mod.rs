@@ -14,6 +14,7 @@ pub(crate) mod conformance;
 mod digests;
 mod incidents;
 mod pg;
+pub mod privacy;
 mod redb;
 mod reopen;
 mod sled_accounts;
@@ -33,6 +34,9 @@ pub use pg::PgStore;
 /// A real PostgreSQL for tests (a fresh database each): used by the store's tests and the end-to-end ones.
 #[doc(hidden)]
 pub use pg::rig as pg_rig;
+pub use privacy::{
+    ErasureCounts, Held, Hold, HoldTarget, PrivacyStore, PurgeCounts, PurgeCutoffs, SubjectRecords,
+};
 pub use redb::RedbStore;
 /// The sled engine behind the reopening handle (`reopen.rs`).
 pub type SledStore = reopen::Reopening<sled_store::Engine>;
@@ -315,7 +319,9 @@ pub(crate) fn test_device(id: &str) -> Device {
 ///
 /// Accounts (users, sessions, API tokens, the audit log) and incidents are separate traits so
 /// each stays readable; a store implements all three.
-pub trait Store: AccountStore + IncidentStore + DigestStore + Send + Sync + 'static {
+pub trait Store:
+    AccountStore + IncidentStore + DigestStore + PrivacyStore + Send + Sync + 'static
+{
     fn insert_device(&self, device: &Device) -> StoreResult<()>;
     fn device(&self, id: &str) -> StoreResult<Option<Device>>;
     fn devices(&self) -> StoreResult<Vec<Device>>;
