@@ -6,15 +6,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::{Digest, Sha256};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// `sha256:<hex>` of a DER certificate.
-pub fn fingerprint(der: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(der)))
 }
 
 /// Normalises a fingerprint as typed by a technician (case, colons, missing prefix).
@@ -137,16 +131,7 @@ pub fn device_config(
     Ok(cfg)
 }
 
-/// Reads every certificate in PEM text.
-pub fn certs_from_pem(pem: &str) -> std::io::Result<Vec<CertificateDer<'static>>> {
-    rustls_pemfile::certs(&mut pem.as_bytes()).collect()
-}
-
-/// Reads the first private key in PEM text.
-pub fn key_from_pem(pem: &str) -> std::io::Result<PrivateKeyDer<'static>> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())?
-        .ok_or_else(|| std::io::Error::other("no private key in PEM"))
-}
+pub use caretaker_proto::host::{certs_from_pem, fingerprint, key_from_pem};
 
 #[cfg(test)]
 mod tests {

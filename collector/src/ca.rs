@@ -10,7 +10,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
 /// How long a device certificate lasts. Renewal is later work; five years
@@ -42,17 +41,14 @@ pub struct SchoolCa {
     issuer: Issuer<'static, KeyPair>,
 }
 
-/// The pinned form of a certificate's identity: `sha256:<hex of the DER>`.
-pub fn fingerprint(der: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(der)))
-}
+pub use caretaker_proto::host::fingerprint;
 
 /// The PEM bytes of the first certificate in `pem` as DER.
 pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    let mut reader = std::io::BufReader::new(pem.as_bytes());
-    rustls_pemfile::certs(&mut reader)
-        .next()?
-        .ok()
+    caretaker_proto::host::certs_from_pem(pem)
+        .ok()?
+        .into_iter()
+        .next()
         .map(|c| c.to_vec())
 }
 

@@ -267,19 +267,9 @@ enum DeviceCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let mut filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // PostgreSQL's notices ("relation ... already exists, skipping" from the idempotent schema
     // set-up at every start) arrive at INFO; say them only when asked for by name.
-    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("tokio_postgres")) {
-        filter = filter.add_directive("tokio_postgres=warn".parse().expect("a valid directive"));
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in journald or a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    caretaker_proto::host::init_logging(&["tokio_postgres"]);
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

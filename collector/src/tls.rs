@@ -39,16 +39,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads every certificate in a PEM file's contents.
-pub fn certs_from_pem(pem: &str) -> io::Result<Vec<CertificateDer<'static>>> {
-    rustls_pemfile::certs(&mut pem.as_bytes()).collect()
-}
-
-/// Reads the first private key in a PEM file's contents.
-pub fn key_from_pem(pem: &str) -> io::Result<PrivateKeyDer<'static>> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())?
-        .ok_or_else(|| io::Error::other("no private key in PEM"))
-}
+pub use caretaker_proto::host::{certs_from_pem, key_from_pem};
 
 /// Accepts school-CA client certificates unless their device is revoked.
 #[derive(Debug)]

@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod convert;
+pub mod host;
 pub mod inventory;
 pub mod policy;
 pub mod uninstall;
