@@ -35,6 +35,7 @@ pub fn build(dir: &Path, name: &str, version: &str) -> PathBuf {
 
 /// Runs dpkg with `args`, waiting while another process holds its lock.
 pub fn dpkg(args: &[&str]) -> std::process::Output {
+    crate::require_root("install and remove packages with dpkg");
     for _ in 0..120 {
         let out = Command::new("dpkg").args(args).output().expect("dpkg runs");
         if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("lock") {

@@ -58,6 +58,7 @@ pub struct Network {
 
 impl Network {
     pub fn new() -> Self {
+        crate::require_root("make network namespaces with `ip netns` and run sshd in them");
         let ns = unique("net");
         ip(&["netns", "add", &ns]);
         let n = |args: &[&str]| {

@@ -32,15 +32,64 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A workspace binary; panics with a clear message if it was not built.
+/// A workspace binary; panics with a clear message if it was not built, or was built before
+/// a change to its sources (a test of stale code passes or fails for the wrong reason).
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
+    let built = std::fs::metadata(&p)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build --workspace --bins` first",
+                p.display()
+            )
+        });
+    check_fresh(name, &p, built);
     p
+}
+
+/// The source folders a workspace binary is built from.
+fn sources_of(name: &str) -> &'static [&'static str] {
+    match name {
+        "caretaker-collector" => &[
+            "collector/src",
+            "collector/migrations",
+            "proto/src",
+            "proto/proto",
+        ],
+        "caretaker-agent" => &["agent/src", "proto/src", "proto/proto"],
+        "caretaker-installer" => &["installer/src", "proto/src"],
+        _ => &["tests/src", "agent/src", "proto/src"],
+    }
+}
+
+/// Panics when a source file of `name` is newer than the binary; checked once per binary.
+fn check_fresh(name: &str, path: &Path, built: std::time::SystemTime) {
+    static CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if checked.iter().any(|c| c == name) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut stack: Vec<PathBuf> = sources_of(name).iter().map(|d| root.join(d)).collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.modified().is_ok_and(|m| m > built) {
+                panic!(
+                    "{} is older than {}: run `cargo build --workspace --bins` first",
+                    path.display(),
+                    e.path().display()
+                );
+            }
+        }
+    }
+    checked.push(name.to_string());
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -83,6 +132,23 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port between {low} and {high}");
+}
+
+/// Fails the test at once, saying what needs root, when it is not running as root: better
+/// than a `mount` or `ip netns` failing later with a message about something else.
+pub fn require_root(what: &str) {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .unwrap_or_default();
+    assert!(
+        uid == "0",
+        "this test needs root to {what} (effective uid {uid}); run scripts/test.sh as root"
+    );
 }
 
 /// Runs a command to completion, returning (status ok, stdout, stderr).
