@@ -53,6 +53,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print every kernel uevent this machine receives, one datagram per line in hex, as the
+    /// USB probe receives them (a diagnostic; the USB probe's test data is recorded with it).
+    #[command(hide = true)]
+    RecordUevents,
     /// Check this laptop's uninstall code before the agent is removed (the package's prerm
     /// runs it). Exits 0 if removal may go ahead; otherwise 2, and the attempt is reported to
     /// the collector. The code comes from the dashboard's device page or
@@ -130,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             runtime::run(config, shutdown).await
         }
         Command::Status { state_dir, json } => status(&StateDir::new(state_dir), json),
+        Command::RecordUevents => record_uevents().await,
         Command::UninstallCheck {
             code,
             state_dir,
@@ -149,6 +154,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             uninstall_check(&StateDir::new(state_dir), code.as_deref(), &action)
         }
+    }
+}
+
+/// Prints `uevent <hex>` for each kernel uevent until killed, after a `recording uevents` line
+/// that says the socket is bound (so a recorder knows when to start plugging).
+async fn record_uevents() -> anyhow::Result<()> {
+    use std::io::Write;
+    let socket = os::linux::uevent::UeventSocket::open().context("open the uevent socket")?;
+    println!("recording uevents");
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket.recv(&mut buf).await.context("receive a uevent")?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "uevent {}", hex::encode(&buf[..n]))?;
+        out.flush()?;
     }
 }
 

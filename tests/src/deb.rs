@@ -5,19 +5,24 @@ use std::process::Command;
 
 /// Builds `name_version_all.deb` in `dir` (a package that installs one small file).
 pub fn build(dir: &Path, name: &str, version: &str) -> PathBuf {
+    let readme = format!("usr/share/doc/{name}/README");
+    build_with(dir, name, version, &[(readme.as_str(), b"test\n")])
+}
+
+/// Builds `name_version_all.deb` in `dir` installing `files` (paths without a leading slash).
+pub fn build_with(dir: &Path, name: &str, version: &str, files: &[(&str, &[u8])]) -> PathBuf {
     let root = dir.join(format!("{name}-{version}"));
     std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
-    std::fs::create_dir_all(root.join("usr/share/doc").join(name)).unwrap();
     std::fs::write(
         root.join("DEBIAN/control"),
         format!("Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Caretaker tests <tests@caretaker.invalid>\nDescription: Caretaker test package\n Installed and removed by Caretaker's end-to-end tests.\n"),
     )
     .unwrap();
-    std::fs::write(
-        root.join("usr/share/doc").join(name).join("README"),
-        "test\n",
-    )
-    .unwrap();
+    for (path, data) in files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("a file path")).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
     let deb = dir.join(format!("{name}_{version}_all.deb"));
     let out = Command::new("dpkg-deb")
         .args(["--build", "--root-owner-group"])

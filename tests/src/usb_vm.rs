@@ -199,3 +199,77 @@ pub fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// What to do to a guest while its uevents are recorded.
+pub enum Plug {
+    /// A 16 MiB FAT stick with this USB serial (empty: none), plugged then unplugged.
+    Stick(&'static str),
+    /// A USB keyboard, plugged then unplugged.
+    Keyboard,
+}
+
+/// Records the kernel uevents a guest receives while `plug` happens: boots the static agent's
+/// `record-uevents` diagnostic (the same socket code the USB probe reads), plugs and unplugs,
+/// and returns each datagram in hex once the guest has been quiet for two seconds. This is
+/// how `agent/src/probe/usb/testdata/*.uevents.hex` are made (`caretaker-record-uevents`).
+pub fn record_uevents(plug: Plug) -> Vec<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut vm = Vm::boot(&guest_agent(), &["record-uevents"]);
+    assert!(
+        vm.wait_serial("recording uevents", Duration::from_secs(120)),
+        "the recorder did not start:\n{}",
+        vm.serial_output()
+    );
+    match plug {
+        Plug::Stick(serial) => {
+            let image = tmp.path().join("stick.img");
+            make_stick_image(&image, 16, "CARETAKER", &[]);
+            vm.plug_stick(&image, serial);
+        }
+        Plug::Keyboard => vm.plug_keyboard(),
+    }
+    let lines = |vm: &Vm| -> Vec<String> {
+        vm.serial_output()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("uevent ").map(str::to_string))
+            .collect()
+    };
+    let settled = |vm: &mut Vm| {
+        let (mut seen, mut quiet_since) = (0, Instant::now());
+        let start = Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(2) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "uevents never settled"
+            );
+            let now = lines(vm).len();
+            if now != seen {
+                (seen, quiet_since) = (now, Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    settled(&mut vm);
+    vm.unplug();
+    settled(&mut vm);
+    lines(&vm)
+}
+
+/// `(ACTION, SUBSYSTEM, DEVTYPE)` of each recorded uevent (hex, as `record_uevents` returns).
+pub fn uevent_outline(hex_lines: &[String]) -> Vec<(String, String, String)> {
+    hex_lines
+        .iter()
+        .map(|h| {
+            let bytes = hex::decode(h.trim()).expect("hex");
+            let field = |k: &str| {
+                bytes
+                    .split(|b| *b == 0)
+                    .filter_map(|f| std::str::from_utf8(f).ok())
+                    .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (field("ACTION"), field("SUBSYSTEM"), field("DEVTYPE"))
+        })
+        .collect()
+}

@@ -446,22 +446,12 @@ fn a_laptop_installs_enrols_upgrades_removes_and_purges_the_agent_package() {
 
 /// A tiny package that owns /usr/bin/caretaker-agent: the file conflict dpkg refuses.
 fn squatter(dir: &Path) -> PathBuf {
-    let root = dir.join("squatter");
-    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
-    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
-    std::fs::write(
-        root.join("DEBIAN/control"),
-        "Package: caretaker-e2e-squatter\nVersion: 1\nArchitecture: all\nMaintainer: Caretaker tests <tests@caretaker.invalid>\nDescription: owns the agent's path\n A file conflict for the roll-out test.\n",
+    caretaker_tests::deb::build_with(
+        dir,
+        "caretaker-e2e-squatter",
+        "1",
+        &[("usr/bin/caretaker-agent", b"#!/bin/sh\n")],
     )
-    .unwrap();
-    std::fs::write(root.join("usr/bin/caretaker-agent"), "#!/bin/sh\n").unwrap();
-    let deb = dir.join("squatter.deb");
-    let (ok, _, err) = run(Command::new("dpkg-deb")
-        .args(["--build", "--root-owner-group"])
-        .arg(&root)
-        .arg(&deb));
-    assert!(ok, "{err}");
-    deb
 }
 
 /// Parses the CSV into host → (result, reason, device, attempts, detail).

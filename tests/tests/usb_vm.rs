@@ -90,3 +90,36 @@ fn a_real_stick_is_seen_blocked_permitted_and_scanned() {
         w.vm.serial_output()
     );
 }
+
+/// The committed uevent recordings the USB probe's unit tests read are what the recorder makes
+/// today: a stick plugged and unplugged gives the same uevents (action, subsystem, device type)
+/// as `stick-serial-SN-TEST-0001.uevents.hex`, the USB ones in the same order (the SCSI
+/// layer's probes run asynchronously, so their order varies from run to run). Re-record with
+/// `caretaker-record-uevents` when a kernel change makes this fail.
+#[test]
+fn the_uevent_recorder_reproduces_the_committed_stick_recording() {
+    use caretaker_tests::usb_vm::{Plug, record_uevents, uevent_outline};
+    let committed: Vec<String> =
+        include_str!("../../agent/src/probe/usb/testdata/stick-serial-SN-TEST-0001.uevents.hex")
+            .lines()
+            .map(str::to_string)
+            .collect();
+    let recorded = record_uevents(Plug::Stick("SN-TEST-0001"));
+    let outline = uevent_outline(&recorded);
+    assert!(
+        outline
+            .iter()
+            .any(|(a, s, d)| a == "add" && s == "usb" && d == "usb_device"),
+        "no usb_device add in the recording: {outline:?}"
+    );
+    let expected = uevent_outline(&committed);
+    let usb_only = |o: &[(String, String, String)]| -> Vec<(String, String, String)> {
+        o.iter().filter(|e| e.1 == "usb").cloned().collect()
+    };
+    assert_eq!(usb_only(&outline), usb_only(&expected));
+    let sorted = |mut o: Vec<(String, String, String)>| {
+        o.sort();
+        o
+    };
+    assert_eq!(sorted(outline), sorted(expected));
+}
