@@ -83,7 +83,8 @@ pub async fn serve(
     // The socket file belongs to this process's user: only that user (or root) may ask.
     let me = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path)?);
     let path = path.to_path_buf();
-    tokio::spawn(async move {
+    let tasks = collector.tasks().clone();
+    tasks.clone().spawn(async move {
         // Out of descriptors (EMFILE) fails again at once: back off like the TCP listeners.
         let mut backoff = crate::listen::AcceptBackoff::new("admin");
         loop {
@@ -111,7 +112,7 @@ pub async fn serve(
                 continue;
             }
             let c = collector.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 if let Err(e) = handle(stream, c).await {
                     debug!(error = %e, "Admin connection failed");
                 }

@@ -134,7 +134,8 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
             let (c, d) = (collector.clone(), device.clone());
             let _ = tokio::task::spawn_blocking(move || c.resync_device(&d)).await;
         }
-        tokio::spawn(async move {
+        let tasks = collector.tasks().clone();
+        tasks.spawn(async move {
             pump(collector, device, inbound, tx, shutdown, &connected).await;
             drop(connected);
         });
@@ -173,7 +174,7 @@ impl pb::telemetry_server::Telemetry for GrpcApi {
         let collector = self.collector.clone();
         let shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
+        self.collector.tasks().spawn(async move {
             let mut known = known;
             loop {
                 let current = policies.borrow_and_update().clone();

@@ -179,11 +179,16 @@ pub fn check(
 }
 
 impl Ingest {
-    /// Starts the writer. It stops when every handle is dropped.
-    pub fn start(store: Arc<dyn Store>, on_stored: OnStored) -> Self {
+    /// Starts the writer on `tasks`. It stops once every handle is dropped and what was
+    /// queued is stored.
+    pub fn start(
+        store: Arc<dyn Store>,
+        on_stored: OnStored,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let gate = Arc::new(Gate::default());
-        tokio::spawn(writer(store, on_stored, rx, gate.clone()));
+        tasks.spawn(writer(store, on_stored, rx, gate.clone()));
         Self { tx, gate }
     }
 
@@ -397,7 +402,7 @@ mod tests {
                 order.extend(group.iter().flat_map(|b| b.events.iter().map(|e| e.seq)));
             })
         };
-        let ingest = Ingest::start(store.clone(), hook);
+        let ingest = Ingest::start(store.clone(), hook, &tokio_util::task::TaskTracker::new());
         let stream = StreamId::new();
         let mut waits = Vec::new();
         for seq in 1..=50 {
@@ -425,7 +430,7 @@ mod tests {
                 assert_ne!(group[0].events[0].seq, 2, "a bug in a derived-state fold");
             })
         };
-        let ingest = Ingest::start(store.clone(), hook);
+        let ingest = Ingest::start(store.clone(), hook, &tokio_util::task::TaskTracker::new());
         for seq in 1..=4 {
             ingest
                 .commit(batch("a", seq))

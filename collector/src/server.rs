@@ -58,6 +58,9 @@ impl ServeOptions {
     }
 }
 
+/// How long a stop waits for streams to end, and then for tasks to finish, before giving up.
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The addresses actually bound (useful when asked for port 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -111,6 +114,7 @@ pub async fn serve(
         _ => anyhow::bail!("--web-cert and --web-key go together: give both or neither"),
     };
     let collector = Arc::new(Collector::new(store, ca, revoked, &admin_token)?);
+    let tasks = collector.tasks().clone();
     if location.is_shared() {
         collector.set_shared();
     }
@@ -149,7 +153,7 @@ pub async fn serve(
     // Expired sign-in sessions are refused when used; this removes the ones never used again.
     {
         let (store, shutdown) = (collector.store.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(15 * 60));
             loop {
                 tokio::select! {
@@ -173,7 +177,7 @@ pub async fn serve(
     if !location.is_shared() {
         let (c, shutdown, path) = (collector.clone(), shutdown.clone(), dir.store());
         let floor = opts.min_free_space;
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut every = tokio::time::interval(STORE_CHECK);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -189,7 +193,7 @@ pub async fn serve(
     // Other collectors write a shared store too: re-read what this one holds in memory.
     if location.is_shared() {
         let (c, shutdown) = (collector.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut every = tokio::time::interval(crate::service::SHARED_REFRESH);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -209,7 +213,7 @@ pub async fn serve(
     // Keep the overview's open incidents fresh off the request path.
     {
         let (c, shutdown) = (collector.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut every = tokio::time::interval(crate::service::OPEN_INCIDENTS_REFRESH);
             loop {
                 tokio::select! {
@@ -226,7 +230,7 @@ pub async fn serve(
             }
         });
     }
-    tokio::spawn(crate::digest::run(
+    tasks.spawn(crate::digest::run(
         collector.clone(),
         opts.time_zone,
         shutdown.clone(),
@@ -249,6 +253,7 @@ pub async fn serve(
                 grpc_tls,
                 Gate::new(Listener::Grpc, limits.grpc),
                 shutdown.clone(),
+                &tasks,
             ),
             shutdown.clone().cancelled_owned(),
         );
@@ -264,13 +269,15 @@ pub async fn serve(
         ),
         Gate::new(Listener::Web, limits.web),
         shutdown.clone(),
+        tasks.clone(),
     );
     info!(grpc = %bound.grpc, web = %bound.web, "Collector serving");
     on_bound(bound);
-    // Streams end on shutdown; the deadline covers a client that ignores that.
+    // Streams end on shutdown, after storing and acking what they had received; the deadline
+    // covers a client that ignores that.
     let deadline = async {
         shutdown.cancelled().await;
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        tokio::time::sleep(STOP_DEADLINE).await;
     };
     let grpc = async {
         tokio::select! {
@@ -279,6 +286,26 @@ pub async fn serve(
         }
     };
     let (grpc_result, ()) = tokio::join!(grpc, web);
+    // The listeners are closed. Wait for every task (streams finishing their batches, the
+    // ingest writer storing what they queued, periodic work) before returning, so nothing
+    // acknowledged is cut off mid-write; the deadline is a backstop for a task that hangs.
+    tasks.close();
+    let started = std::time::Instant::now();
+    if tokio::time::timeout(STOP_DEADLINE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = tasks.len(),
+            waited_ms = started.elapsed().as_millis() as u64,
+            "Tasks still running at the stop deadline; stopping anyway"
+        );
+    } else {
+        info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "Every task finished"
+        );
+    }
     grpc_result?;
     info!("Collector stopped");
     Ok(())

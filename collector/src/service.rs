@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use caretaker_proto::policy::{PolicyDocument, PolicyError};
 use chrono::{DateTime, Utc};
@@ -73,6 +74,9 @@ pub struct Collector {
     revoked: Revoked,
     policy: watch::Sender<Arc<PolicyVersion>>,
     ingest: Ingest,
+    /// Every task the collector spawns (streams, connections, the ingest writer, periodic
+    /// work), so that a stop can wait for them to finish instead of cutting them off.
+    tasks: TaskTracker,
     limiter: FailureLimiter,
     admin_token_hash: String,
     /// The judgement of the current policy version.
@@ -419,6 +423,7 @@ impl Collector {
         for d in &devices {
             cache.put(d.clone());
         }
+        let tasks = TaskTracker::new();
         let on_stored = {
             let (software, store, cache) = (software.clone(), store.clone(), cache.clone());
             Arc::new(move |group: &[DeviceBatch]| {
@@ -429,7 +434,8 @@ impl Collector {
         Ok(Self {
             rules: std::sync::RwLock::new(Arc::new(Rules::new(&doc))),
             software,
-            ingest: Ingest::start(store.clone(), on_stored),
+            ingest: Ingest::start(store.clone(), on_stored, &tasks),
+            tasks,
             store,
             ca,
             revoked,
@@ -503,6 +509,11 @@ impl Collector {
     pub fn set_shared(&self) {
         self.shared
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The tracker every task of this collector is spawned on.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     /// True when other collectors write this store too.

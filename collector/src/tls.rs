@@ -240,16 +240,18 @@ pub fn grpc_incoming(
     tls: GrpcTls,
     gate: Arc<Gate>,
     shutdown: CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<GrpcConn>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(
+    let handshakes = tasks.clone();
+    tasks.spawn(accept_loop(
         listener,
         gate,
         shutdown,
         move |tcp, remote, slot| {
             let tls = tls.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 let hs = async {
                     let r = handshake(tcp, tls).await;
                     if let Err(e) = &r

@@ -256,6 +256,7 @@ pub async fn serve(
     router: Router,
     gate: Arc<crate::listen::Gate>,
     shutdown: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
 ) {
     use crate::listen::{Guarded, accept_loop, handshake};
     let acceptor = TlsAcceptor::from(tls);
@@ -277,7 +278,7 @@ pub async fn serve(
         let router = router.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let Ok(tls) = handshake(&slot, remote, acceptor.accept(tcp)).await else {
                 return;
             };
