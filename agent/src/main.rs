@@ -131,7 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 s.cancel();
             });
-            runtime::run(config, shutdown).await
+            Ok(runtime::run(config, shutdown).await?)
         }
         Command::Status { state_dir, json } => status(&StateDir::new(state_dir), json),
         Command::RecordUevents => record_uevents().await,

@@ -1,8 +1,8 @@
 //! `caretaker-agent run`: wires spool, probes, uplink, policy and status together, and stops them in order.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,24 +18,64 @@ use crate::status::{Status, StatusBoard};
 use crate::uplink::Uplink;
 use crate::{os, tls};
 
-/// Runs the agent until `shutdown`, then records `agent.stopping` and sends what it can.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let state = StateDir::new(&config.state_dir);
-    let enrollment = state.load_enrollment()?.with_context(|| {
-        format!(
-            "this machine is not enrolled (no {}); run `caretaker-agent enroll --collector HOST:PORT --token TOKEN --ca-fingerprint sha256:...` first",
-            state.enrollment().display()
-        )
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "this machine is not enrolled (no {}); run `caretaker-agent enroll --collector HOST:PORT --token TOKEN --ca-fingerprint sha256:...` first",
+        .0.display()
+    )]
+    NotEnrolled(PathBuf),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("{} holds no usable {what}", path.display())]
+    Pem {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    #[error("the enrolment's certificates do not make a TLS configuration")]
+    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Instance(#[from] crate::instance::InstanceError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+}
+
+/// Reads the PEM file at `path` and parses it with `parse`, naming the file on failure.
+fn read_pem<T>(
+    path: PathBuf,
+    what: &'static str,
+    parse: impl FnOnce(&str) -> std::io::Result<T>,
+) -> Result<T, StartError> {
+    let text = std::fs::read_to_string(&path).map_err(|e| crate::state::StateError::Read {
+        path: path.clone(),
+        source: e,
     })?;
-    let read = |p: std::path::PathBuf| {
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
-    };
-    let ca = tls::certs_from_pem(&read(state.ca())?)?
+    parse(&text).map_err(|e| StartError::Pem {
+        path,
+        what,
+        source: Some(e),
+    })
+}
+
+/// Runs the agent until `shutdown`, then records `agent.stopping` and sends what it can.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let state = StateDir::new(&config.state_dir);
+    let enrollment = state
+        .load_enrollment()?
+        .ok_or_else(|| StartError::NotEnrolled(state.enrollment()))?;
+    let ca = read_pem(state.ca(), "CA certificate", tls::certs_from_pem)?
         .into_iter()
         .next()
-        .context("no CA certificate in ca.pem")?;
-    let chain = tls::certs_from_pem(&read(state.cert())?)?;
-    let key = tls::key_from_pem(&read(state.key())?)?;
+        .ok_or_else(|| StartError::Pem {
+            path: state.ca(),
+            what: "CA certificate",
+            source: None,
+        })?;
+    let chain = read_pem(state.cert(), "certificate", tls::certs_from_pem)?;
+    let key = read_pem(state.key(), "private key", tls::key_from_pem)?;
     let tls = tls::device_config(ca, chain, key)?;
     let collector = config
         .collector

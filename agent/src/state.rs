@@ -76,18 +76,34 @@ impl StateDir {
             .create(&self.root)
     }
 
-    pub fn load_enrollment(&self) -> anyhow::Result<Option<Enrollment>> {
-        match fs::read(self.enrollment()) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is damaged ({e}); enrol again",
-                    self.enrollment().display()
-                )
-            })?)),
+    /// The enrolment record; `None` before enrolment.
+    pub fn load_enrollment(&self) -> Result<Option<Enrollment>, StateError> {
+        let path = self.enrollment();
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StateError::Damaged { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(source) => Err(StateError::Read { path, source }),
         }
     }
+}
+
+/// Why a file in the state folder could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is damaged; enrol again", path.display())]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Replaces `path` atomically (write, fsync, rename), with the given mode.

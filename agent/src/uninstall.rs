@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::event::NewEvent;
 use crate::spool::Spool;
-use crate::state::{StateDir, write_atomic};
+use crate::state::{StateDir, StateError, write_atomic};
 
 /// The result of checking a code on this laptop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl Check {
 }
 
 /// Checks `code` (as typed) against the stored hash.
-pub fn check(state: &StateDir, code: Option<&str>) -> anyhow::Result<Check> {
+pub fn check(state: &StateDir, code: Option<&str>) -> Result<Check, StateError> {
     let Some(enrollment) = state.load_enrollment()? else {
         return Ok(Check::NotEnrolled);
     };
@@ -51,7 +51,12 @@ pub fn check(state: &StateDir, code: Option<&str>) -> anyhow::Result<Check> {
         Ok(h) if !h.trim().is_empty() => h,
         Ok(_) => return Ok(Check::NoCodeYet),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Check::NoCodeYet),
-        Err(e) => return Err(e.into()),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: state.uninstall_hash(),
+                source,
+            });
+        }
     };
     Ok(match code.map(str::trim).filter(|c| !c.is_empty()) {
         None => Check::Missing,
