@@ -396,9 +396,10 @@ fn word_matches<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = usize>
         }
         let before = text[..i].chars().next_back();
         let after = text[i + name.len()..].chars().next();
-        // A trailing full stop ends a sentence, not a name.
+        // A full stop followed by a word continues a longer name (`alice.smith`); one
+        // followed by nothing or a space ends a sentence.
         let after_is_word = after.is_some_and(|c| {
-            word(c) && !(c == '.' && !text[i + name.len() + 1..].starts_with(|d: char| word(d)))
+            word(c) && (c != '.' || text[i + name.len() + 1..].starts_with(|d: char| word(d)))
         });
         (!before.is_some_and(word) && !after_is_word).then_some(i)
     })
