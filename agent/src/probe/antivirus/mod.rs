@@ -1,12 +1,14 @@
 //! Antivirus-currency probe: finds the antivirus product, how old its signatures are and whether
 //! it is running, and emits `antivirus.status` when the normalised status changes.
 //!
-//! Linux (ClamAV) is observed here through thin readers; all interpretation is in [`parse`],
-//! which also holds the Windows (Defender, Security Center) and macOS (XProtect) interpreters
-//! that those platforms' backends will feed. [`clamd::scan_stream`] is the INSTREAM client other
+//! Linux (ClamAV) is observed here through thin readers; all interpretation is in [`parse`]
+//! (one file per platform's formats: the Windows (Defender, Security Center) and macOS
+//! (XProtect) interpreters are there for those platforms' backends to feed) and the status is
+//! decided in [`decide`]. [`clamd::scan_stream`] is the INSTREAM client other
 //! features (removable media) use; they report findings with [`detection_event`].
 
 pub mod clamd;
+pub mod decide;
 pub mod parse;
 
 use std::collections::HashSet;
@@ -21,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventSink, NewEvent};
 use caretaker_proto::policy::{AntivirusPolicy, PolicyDocument};
-use parse::{Assessment, AvStatus, ClamavObservation, CvdHeader, ProductReport};
+use decide::{Assessment, AvStatus};
+use parse::{ClamavObservation, CvdHeader, ProductReport};
 
 pub const STATUS_EVENT: &str = "antivirus.status";
 pub const DETECTION_EVENT: &str = "antivirus.detection";
@@ -76,9 +79,9 @@ impl CheckReport {
         self.assessment.status
     }
 
-    /// The `antivirus.status` event's details (see [`parse::status_details`]).
+    /// The `antivirus.status` event's details (see [`decide::status_details`]).
     pub fn details(&self) -> Map<String, Value> {
-        parse::status_details(
+        decide::status_details(
             &self.products,
             &self.assessment,
             self.max_signature_age_hours,
@@ -119,7 +122,7 @@ pub async fn check(config: &AntivirusProbeConfig, policy: &AntivirusPolicy) -> C
         config.database_dir.display(),
         config.clamd_socket.display()
     );
-    let assessment = parse::normalise(
+    let assessment = decide::normalise(
         &products,
         policy.max_signature_age_hours,
         checked_at,
