@@ -3,6 +3,7 @@
 pub mod facts;
 pub mod locker;
 pub mod logind;
+pub mod mount;
 pub mod mountwatch;
 pub mod sdnotify;
 pub mod uevent;

@@ -27,7 +27,8 @@
 //! - Nobody logged in → pupil rules.
 //! - A scan that stops moving (a `mount` or a read on a dead stick that never returns): each
 //!   scan is a task the probe owns (`scan.rs`) with its own progress clock; one that has not
-//!   moved for `scan_stall_after` is aborted (its `mount` killed) and reported as
+//!   moved for `scan_stall_after` is aborted (a mount still under way is detached the moment
+//!   it returns, `os::linux::mount`) and reported as
 //!   `agent.probe_stalled` with the device; a gated stick is detached and stays so until it is
 //!   plugged in again, never let through unscanned. A restart of the probe aborts its scans.
 pub mod clamd;
@@ -47,6 +48,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventSink, NewEvent};
+use crate::os::linux::mount as os_mount;
 use caretaker_proto::policy::PolicyDocument;
 use caretaker_proto::policy::removable_media::RemovableMediaPolicy;
 use clamd::{ClamdAddr, ScanSummary};
@@ -705,8 +707,8 @@ impl State {
             let Some(w) = self.scan_watch.remove(&id) else {
                 continue;
             };
-            // Dropping the scan's future kills its `mount` (kill_on_drop); a thread left in
-            // an open or a read on the dead stick finishes on its own and is ignored.
+            // A thread left in mount(2), an open or a read on the dead stick finishes on its
+            // own and is ignored (a mount it completes is detached then: os::linux::mount).
             w.abort.abort();
             let stalled = now.saturating_duration_since(w.progress.last());
             self.scan_stalled(w, stalled).await;
@@ -781,11 +783,7 @@ impl State {
         if let Some(dir) = &w.private_dir {
             // Lazy: detaching a dead stick's filesystem needs no I/O from it. After the
             // reports, so a slow `umount` cannot delay them.
-            let umount = tokio::process::Command::new("umount")
-                .arg("-l")
-                .arg(dir)
-                .kill_on_drop(true)
-                .status();
+            let umount = os_mount::unmount(dir, true);
             let _ = tokio::time::timeout(Duration::from_secs(10), umount).await;
         }
     }
@@ -834,25 +832,21 @@ impl State {
     }
 }
 
-/// `blockdev --setro|--setrw /dev/X`; failures are logged (the device still gets scanned).
+/// Sets the medium's read-only flag; failures are logged (the device still gets scanned).
 async fn blockdev(dev_root: &Path, name: &str, read_only: bool) {
-    let flag = if read_only { "--setro" } else { "--setrw" };
-    match tokio::process::Command::new("blockdev")
-        .arg(flag)
-        .arg(dev_root.join(name))
-        .status()
-        .await
-    {
-        Ok(s) if s.success() => {}
-        Ok(s) => tracing::warn!("blockdev {flag} {name}: {s}"),
-        Err(e) => tracing::warn!("blockdev {flag} {name}: {e}"),
+    if let Err(e) = os_mount::set_read_only(&dev_root.join(name), read_only).await {
+        tracing::warn!(block = name, read_only, error = %e, "Cannot set the medium's read-only flag");
     }
 }
 
-async fn private_mount(cfg: &UsbProbeConfig, block: &str, dir: &Path) -> Result<(), String> {
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| e.to_string())?;
+/// Mounts the medium read-only, without set-uid, devices or execution, in the agent's private
+/// directory: as the filesystem its first bytes name, or else as each block filesystem the
+/// kernel has loaded in turn (what `mount` does when it cannot tell).
+async fn private_mount(
+    cfg: &UsbProbeConfig,
+    block: &str,
+    dir: &Path,
+) -> Result<(), os_mount::MountError> {
     let mut opts = "ro,nosuid,nodev,noexec".to_owned();
     if !cfg.mount_options.is_empty() {
         opts.push(',');
@@ -860,24 +854,30 @@ async fn private_mount(cfg: &UsbProbeConfig, block: &str, dir: &Path) -> Result<
     }
     let dev = cfg.dev_root.join(block);
     retry_while_busy(MOUNT_ATTEMPTS, MOUNT_RETRY, || async {
-        let out = tokio::process::Command::new("mount")
-            .arg("-o")
-            .arg(&opts)
-            .arg(&dev)
-            .arg(dir)
-            // An aborted scan (stalled) must not leave its `mount` behind.
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        let named = match os_mount::read_head(&dev, parse::FS_HEAD_LEN).await {
+            Ok(head) => parse::filesystem_type(&head),
+            Err(e) => {
+                tracing::debug!(block, error = %e, "Cannot read the medium's first bytes");
+                None
+            }
+        };
+        let candidates = match named {
+            Some(fs) => vec![fs.to_owned()],
+            None => os_mount::loaded_block_filesystems(Path::new(PROC_FILESYSTEMS)),
+        };
+        let mut last = None;
+        for fstype in &candidates {
+            match os_mount::mount(&dev, dir, fstype, &opts).await {
+                Err(e) if e.is_wrong_type() => last = Some(e),
+                r => return r,
+            }
         }
+        Err(last.unwrap_or(os_mount::MountError::NoFilesystem { dev: dev.clone() }))
     })
     .await
 }
+
+const PROC_FILESYSTEMS: &str = "/proc/filesystems";
 
 /// A disk that has just appeared can be briefly busy: the kernel may rescan its partitions
 /// (holding it exclusively) just after announcing it, and the mount then fails with EBUSY.
@@ -885,16 +885,20 @@ async fn private_mount(cfg: &UsbProbeConfig, block: &str, dir: &Path) -> Result<
 const MOUNT_ATTEMPTS: u32 = 8;
 const MOUNT_RETRY: Duration = Duration::from_millis(250);
 
-async fn retry_while_busy<F, Fut>(attempts: u32, delay: Duration, mut op: F) -> Result<(), String>
+async fn retry_while_busy<F, Fut>(
+    attempts: u32,
+    delay: Duration,
+    mut op: F,
+) -> Result<(), os_mount::MountError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), os_mount::MountError>>,
 {
     let mut tried = 1;
     loop {
         match op().await {
-            Err(e) if tried < attempts && e.contains("busy") => {
-                tracing::debug!("usb probe: {e}; trying again");
+            Err(e) if tried < attempts && e.is_busy() => {
+                tracing::debug!(error = %e, tried, "Medium busy; mounting it again");
                 tried += 1;
                 tokio::time::sleep(delay).await;
             }
@@ -904,11 +908,7 @@ where
 }
 
 async fn unmount(dir: &Path) {
-    let _ = tokio::process::Command::new("umount")
-        .arg(dir)
-        .kill_on_drop(true)
-        .status()
-        .await;
+    let _ = os_mount::unmount(dir, false).await;
     let _ = tokio::fs::remove_dir(dir).await;
 }
 
@@ -917,30 +917,40 @@ mod tests {
     use super::*;
     use caretaker_proto::policy::removable_media::{StorageMode, TemporaryPermission};
 
+    fn mount_failed(source: rustix::io::Errno) -> os_mount::MountError {
+        os_mount::MountError::Mount {
+            dev: "/dev/sdc".into(),
+            fstype: "vfat".into(),
+            source,
+        }
+    }
+
     #[tokio::test]
     async fn a_busy_mount_is_retried_and_other_failures_are_not() {
+        use rustix::io::Errno;
         let calls = std::cell::Cell::new(0);
         let busy_twice = || {
             calls.set(calls.get() + 1);
             let n = calls.get();
             async move {
                 if n <= 2 {
-                    Err("mount: mounting /dev/sdc failed: Device or resource busy".to_string())
+                    Err(mount_failed(Errno::BUSY))
                 } else {
                     Ok(())
                 }
             }
         };
-        assert_eq!(
-            retry_while_busy(5, Duration::ZERO, busy_twice).await,
-            Ok(())
+        assert!(
+            retry_while_busy(5, Duration::ZERO, busy_twice)
+                .await
+                .is_ok()
         );
         assert_eq!(calls.get(), 3);
 
         calls.set(0);
         let invalid = || {
             calls.set(calls.get() + 1);
-            async { Err("mount: invalid argument".to_string()) }
+            async { Err(mount_failed(Errno::INVAL)) }
         };
         assert!(retry_while_busy(5, Duration::ZERO, invalid).await.is_err());
         assert_eq!(calls.get(), 1, "only busy is retried");
@@ -948,7 +958,7 @@ mod tests {
         calls.set(0);
         let always_busy = || {
             calls.set(calls.get() + 1);
-            async { Err("Device or resource busy".to_string()) }
+            async { Err(mount_failed(Errno::BUSY)) }
         };
         assert!(
             retry_while_busy(3, Duration::ZERO, always_busy)

@@ -196,6 +196,36 @@ pub fn groups_of(user: &str, etc_group: &str) -> Vec<String> {
         .collect()
 }
 
+/// How much of a medium [`filesystem_type`] needs: btrfs keeps its signature at 64 KiB.
+pub const FS_HEAD_LEN: usize = 0x10048;
+
+/// The kernel filesystem type for a medium's first bytes, from the signatures of what sticks
+/// and cards carry (FAT, exFAT, NTFS, ext2/3/4, ISO 9660, XFS, btrfs); `None` for anything
+/// else. mount(2) needs the type named: naming it also loads its module, which a list of the
+/// loaded filesystems would not include.
+pub fn filesystem_type(head: &[u8]) -> Option<&'static str> {
+    let at = |offset: usize, sig: &[u8]| head.get(offset..offset + sig.len()) == Some(sig);
+    // exFAT and NTFS boot sectors carry the same 0x55AA mark as FAT: their names come first.
+    if at(3, b"EXFAT   ") {
+        Some("exfat")
+    } else if at(3, b"NTFS    ") {
+        Some("ntfs3")
+    } else if at(510, &[0x55, 0xAA]) && (at(54, b"FAT1") || at(82, b"FAT32")) {
+        Some("vfat")
+    } else if at(1080, &[0x53, 0xEF]) {
+        // ext4's driver serves ext2 and ext3 too.
+        Some("ext4")
+    } else if at(0x8001, b"CD001") {
+        Some("iso9660")
+    } else if at(0, b"XFSB") {
+        Some("xfs")
+    } else if at(0x10040, b"_BHRfS_M") {
+        Some("btrfs")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -326,6 +356,36 @@ pub(crate) mod tests {
         assert!(m[1].read_only && !m[0].read_only);
         assert_eq!(m[1].fs_type, "vfat");
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn filesystem_type_from_signatures() {
+        let fat16 = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/probe/usb/testdata/fat16-label-CARETAKER.head"
+        ))
+        .unwrap();
+        assert_eq!(filesystem_type(&fat16), Some("vfat"));
+        let with = |offset: usize, sig: &[u8]| {
+            let mut head = vec![0u8; FS_HEAD_LEN];
+            head[offset..offset + sig.len()].copy_from_slice(sig);
+            head
+        };
+        let mut fat32 = with(82, b"FAT32   ");
+        fat32[510..512].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(filesystem_type(&fat32), Some("vfat"));
+        let mut exfat = with(3, b"EXFAT   ");
+        exfat[510..512].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(filesystem_type(&exfat), Some("exfat"));
+        assert_eq!(filesystem_type(&with(3, b"NTFS    ")), Some("ntfs3"));
+        assert_eq!(filesystem_type(&with(1080, &[0x53, 0xEF])), Some("ext4"));
+        assert_eq!(filesystem_type(&with(0x8001, b"CD001")), Some("iso9660"));
+        assert_eq!(filesystem_type(&with(0, b"XFSB")), Some("xfs"));
+        assert_eq!(filesystem_type(&with(0x10040, b"_BHRfS_M")), Some("btrfs"));
+        // FAT's name without the boot sector mark is not taken for FAT.
+        assert_eq!(filesystem_type(&with(54, b"FAT16   ")), None);
+        assert_eq!(filesystem_type(&[0u8; 512]), None);
+        assert_eq!(filesystem_type(&[]), None);
     }
 
     #[test]
