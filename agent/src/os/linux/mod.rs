@@ -1,10 +1,12 @@
 //! Linux facts: hostname, distribution name, process liveness, resource usage.
 
 pub mod facts;
+pub mod files;
 pub mod locker;
 pub mod logind;
 pub mod mount;
 pub mod mountwatch;
+pub mod proc;
 pub mod sdnotify;
 pub mod uevent;
 pub mod untrusted;

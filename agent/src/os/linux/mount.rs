@@ -1,8 +1,7 @@
 //! The USB probe's own mounts: mount(2) and umount2(2) through rustix, the block device's
-//! read-only flag, a medium's first bytes (for its filesystem type) and the kernel's list of
-//! block filesystems. Thin: which type to try and when to retry are the probe's.
+//! read-only flag and the kernel's list of block filesystems. Thin: which type to try and
+//! when to retry are the probe's.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -177,21 +176,6 @@ pub async fn set_read_only(dev: &Path, read_only: bool) -> Result<(), ReadOnlyEr
     }
 }
 
-/// The first `len` bytes of a block device (fewer if it is shorter), where filesystems keep
-/// the signatures that say which they are.
-pub async fn read_head(dev: &Path, len: usize) -> std::io::Result<Vec<u8>> {
-    let dev = dev.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut head = Vec::with_capacity(len);
-        std::fs::File::open(&dev)?
-            .take(len as u64)
-            .read_to_end(&mut head)?;
-        Ok(head)
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
 /// Block filesystems the running kernel has loaded (`/proc/filesystems` without `nodev`), in
 /// its order; empty if it cannot be read.
 pub fn loaded_block_filesystems(proc_filesystems: &Path) -> Vec<String> {
@@ -247,16 +231,6 @@ mod tests {
     fn block_filesystems_leave_out_nodev_and_fuse() {
         let text = "nodev\tsysfs\nnodev\ttmpfs\n\text3\n\text4\nnodev\tfuse\n\tfuseblk\n\tvfat\n";
         assert_eq!(block_filesystems(text), ["ext3", "ext4", "vfat"]);
-    }
-
-    #[tokio::test]
-    async fn head_of_a_file_is_read_up_to_the_length() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::write(&path, [7u8; 100]).unwrap();
-        assert_eq!(read_head(&path, 64).await.unwrap(), vec![7u8; 64]);
-        assert_eq!(read_head(&path, 4096).await.unwrap().len(), 100);
-        assert!(read_head(&dir.path().join("absent"), 64).await.is_err());
     }
 
     #[tokio::test]

@@ -854,8 +854,8 @@ async fn private_mount(
     }
     let dev = cfg.dev_root.join(block);
     retry_while_busy(MOUNT_ATTEMPTS, MOUNT_RETRY, || async {
-        let named = match os_mount::read_head(&dev, parse::FS_HEAD_LEN).await {
-            Ok(head) => parse::filesystem_type(&head),
+        let named = match crate::os::linux::files::read_head(&dev, parse::FS_HEAD_LEN).await {
+            Ok(head) => head.as_deref().and_then(parse::filesystem_type),
             Err(e) => {
                 tracing::debug!(block, error = %e, "Cannot read the medium's first bytes");
                 None
