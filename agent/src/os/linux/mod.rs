@@ -10,6 +10,7 @@ pub mod proc;
 pub mod sdnotify;
 pub mod uevent;
 pub mod untrusted;
+pub mod usb_sysfs;
 pub mod x11;
 
 use super::HostFacts;

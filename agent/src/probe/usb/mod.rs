@@ -35,7 +35,6 @@ pub mod clamd;
 pub mod decide;
 pub mod parse;
 pub mod scan;
-pub mod sysfs;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -49,12 +48,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventSink, NewEvent};
 use crate::os::linux::mount as os_mount;
+use crate::os::linux::usb_sysfs::{self as sysfs, BlockFacts};
 use caretaker_proto::policy::PolicyDocument;
 use caretaker_proto::policy::removable_media::RemovableMediaPolicy;
 use clamd::{ClamdAddr, ScanSummary};
 use decide::{Decision, UsbDeviceFacts, UserInfo, decide};
 use parse::{MountEntry, Uevent};
-use sysfs::BlockFacts;
 
 /// Everything the probe touches, overridable for tests.
 #[derive(Debug, Clone)]
@@ -432,7 +431,8 @@ impl State {
         pol: &RemovableMediaPolicy,
         inputs: &UsbProbeInputs,
     ) {
-        let (facts, warnings) = sysfs::read_usb_device(&self.cfg.sys_root, devpath);
+        let (facts, warnings) =
+            parse::usb_device_facts(&sysfs::read_usb_device(&self.cfg.sys_root, devpath));
         for w in warnings {
             tracing::debug!("usb probe: {w}");
         }

@@ -1,6 +1,10 @@
-//! Pure interpreters for what the kernel gives us: uevent payloads, USB descriptors, mountinfo,
-//! and /etc/group. Malformed input yields warnings, never panics.
+//! Pure interpreters for what the kernel gives us: uevent payloads, USB descriptors and sysfs
+//! attributes, mountinfo, a medium's filesystem signature, and /etc/group. Malformed input
+//! yields warnings, never panics.
 use std::collections::BTreeMap;
+
+use super::decide::UsbDeviceFacts;
+use crate::os::linux::usb_sysfs::RawUsbDevice;
 
 /// One kernel uevent (`NETLINK_KOBJECT_UEVENT`, group 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +200,58 @@ pub fn groups_of(user: &str, etc_group: &str) -> Vec<String> {
         .collect()
 }
 
+/// A USB device's facts from its sysfs attributes; missing essentials (vendor and product
+/// ids) are warnings, not errors. Interface classes come from the raw descriptors (readable
+/// before authorisation) and then the interface directories (present after).
+pub fn usb_device_facts(raw: &RawUsbDevice) -> (UsbDeviceFacts, Vec<String>) {
+    let devpath = raw.devpath.as_str();
+    let mut w = Vec::new();
+    let mut hex4 =
+        |name: &str, value: &Option<String>| match value.as_deref().and_then(parse_hex_u16) {
+            Some(v) => format!("{v:04x}"),
+            None => {
+                w.push(format!("{devpath}: no readable {name}"));
+                String::new()
+            }
+        };
+    let vendor_id = hex4("idVendor", &raw.id_vendor);
+    let product_id = hex4("idProduct", &raw.id_product);
+    let mut interface_classes = match &raw.descriptors {
+        Some(d) => {
+            let (c, dw) = interface_classes_from_descriptors(d);
+            w.extend(dw.into_iter().map(|x| format!("{devpath}: {x}")));
+            c
+        }
+        None => Vec::new(),
+    };
+    for c in raw
+        .interface_classes
+        .iter()
+        .filter_map(|c| parse_hex_u16(c))
+    {
+        if !interface_classes.contains(&(c as u8)) {
+            interface_classes.push(c as u8);
+        }
+    }
+    let facts = UsbDeviceFacts {
+        devpath: devpath.to_owned(),
+        sys_name: devpath.rsplit('/').next().unwrap_or("").to_owned(),
+        vendor_id,
+        product_id,
+        serial: raw.serial.clone(),
+        manufacturer: raw.manufacturer.clone(),
+        product: raw.product.clone(),
+        device_class: raw
+            .device_class
+            .as_deref()
+            .and_then(parse_hex_u16)
+            .map(|c| c as u8),
+        interface_classes,
+        authorized: raw.authorized.as_deref().map(|a| a == "1"),
+    };
+    (facts, w)
+}
+
 /// How much of a medium [`filesystem_type`] needs: btrfs keeps its signature at 64 KiB.
 pub const FS_HEAD_LEN: usize = 0x10048;
 
@@ -356,6 +412,75 @@ pub(crate) mod tests {
         assert!(m[1].read_only && !m[0].read_only);
         assert_eq!(m[1].fs_type, "vfat");
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn usb_device_facts_from_sysfs_values() {
+        let mut descriptors = vec![18u8, 1];
+        descriptors.extend([0u8; 16]);
+        descriptors.extend([9, 2, 32, 0, 1, 1, 0, 0x80, 50, 9, 4, 0, 0, 2, 8, 6, 80, 0]);
+        let stick = RawUsbDevice {
+            devpath: "/devices/pci0000:00/0000:00:02.0/usb1/1-1".into(),
+            id_vendor: Some("46f4".into()),
+            id_product: Some("0001".into()),
+            product: Some("QEMU USB HARDDRIVE".into()),
+            device_class: Some("00".into()),
+            authorized: Some("0".into()),
+            descriptors: Some(descriptors),
+            ..Default::default()
+        };
+        let (f, w) = usb_device_facts(&stick);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(f.sys_name, "1-1");
+        assert_eq!(f.device_id(), "46f4:0001");
+        assert_eq!(
+            f.interface_classes,
+            [8],
+            "from descriptors while unauthorised"
+        );
+        assert_eq!(f.authorized, Some(false));
+        assert!(f.is_mass_storage());
+
+        let kbd = RawUsbDevice {
+            devpath: "/devices/pci0000:00/0000:00:02.0/usb1/1-2".into(),
+            id_vendor: Some("0627".into()),
+            id_product: Some("1".into()),
+            serial: Some("42".into()),
+            authorized: Some("1".into()),
+            interface_classes: vec!["03".into(), "03".into(), "zz".into()],
+            ..Default::default()
+        };
+        let (f, _) = usb_device_facts(&kbd);
+        assert_eq!(f.product_id, "0001");
+        assert_eq!(
+            f.interface_classes,
+            [3],
+            "from the interface directories, once each"
+        );
+        assert_eq!(f.serial.as_deref(), Some("42"));
+
+        let hub = RawUsbDevice {
+            devpath: "/devices/pci0000:00/0000:00:02.0/usb1".into(),
+            id_vendor: Some("1d6b".into()),
+            id_product: Some("0002".into()),
+            device_class: Some("09".into()),
+            ..Default::default()
+        };
+        let (f, _) = usb_device_facts(&hub);
+        assert!(f.is_root_hub() && f.is_hub());
+
+        let (f, w) = usb_device_facts(&RawUsbDevice {
+            devpath: "/devices/nowhere/1-9".into(),
+            ..Default::default()
+        });
+        assert_eq!(f.sys_name, "1-9");
+        assert_eq!(
+            w,
+            [
+                "/devices/nowhere/1-9: no readable idVendor",
+                "/devices/nowhere/1-9: no readable idProduct"
+            ]
+        );
     }
 
     #[test]
