@@ -1,5 +1,6 @@
 //! Linux facts: hostname, distribution name, process liveness, resource usage.
 
+pub mod dpkg;
 pub mod facts;
 pub mod files;
 pub mod locker;
