@@ -178,8 +178,8 @@ pub async fn set_read_only(dev: &Path, read_only: bool) -> Result<(), ReadOnlyEr
 
 /// Block filesystems the running kernel has loaded (`/proc/filesystems` without `nodev`), in
 /// its order; empty if it cannot be read.
-pub fn loaded_block_filesystems(proc_filesystems: &Path) -> Vec<String> {
-    std::fs::read_to_string(proc_filesystems)
+pub fn loaded_block_filesystems() -> Vec<String> {
+    std::fs::read_to_string("/proc/filesystems")
         .map(|text| block_filesystems(&text))
         .unwrap_or_default()
 }

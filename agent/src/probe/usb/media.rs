@@ -281,7 +281,7 @@ pub(super) async fn private_mount(
         };
         let candidates = match named {
             Some(fs) => vec![fs.to_owned()],
-            None => os_mount::loaded_block_filesystems(Path::new(PROC_FILESYSTEMS)),
+            None => os_mount::loaded_block_filesystems(),
         };
         let mut last = None;
         for fstype in &candidates {
@@ -294,8 +294,6 @@ pub(super) async fn private_mount(
     })
     .await
 }
-
-const PROC_FILESYSTEMS: &str = "/proc/filesystems";
 
 /// A disk that has just appeared can be briefly busy: the kernel may rescan its partitions
 /// (holding it exclusively) just after announcing it, and the mount then fails with EBUSY.

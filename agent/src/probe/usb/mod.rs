@@ -545,7 +545,7 @@ impl State {
             self.mounts.clear();
             return;
         }
-        let Ok(text) = tokio::fs::read_to_string(&self.cfg.mountinfo).await else {
+        let Ok(text) = crate::os::linux::mountwatch::read(&self.cfg.mountinfo).await else {
             return;
         };
         let (entries, _) = parse::parse_mountinfo(&text);
