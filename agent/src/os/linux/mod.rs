@@ -1,12 +1,17 @@
 //! Linux facts: hostname, distribution name, process liveness, resource usage.
 
+pub mod dpkg;
 pub mod facts;
+pub mod files;
 pub mod locker;
 pub mod logind;
+pub mod mount;
 pub mod mountwatch;
+pub mod proc;
 pub mod sdnotify;
 pub mod uevent;
 pub mod untrusted;
+pub mod usb_sysfs;
 pub mod x11;
 
 use super::HostFacts;

@@ -3,6 +3,7 @@
 //!
 //! A path that cannot be polled that way (a plain file in tests, an old kernel) falls back to a
 //! timer, so callers always get "maybe changed, re-read it" and never miss a change.
+//! [`read`] is that re-read.
 
 use std::fs::File;
 use std::path::Path;
@@ -10,6 +11,11 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+/// The mount table as text (`/proc/self/mountinfo`, or a plain file in tests).
+pub async fn read(mountinfo: &Path) -> std::io::Result<String> {
+    tokio::fs::read_to_string(mountinfo).await
+}
 
 /// Wakes the caller when the mount table may have changed.
 #[derive(Debug)]

@@ -1,15 +1,18 @@
 //! Antivirus-currency probe: finds the antivirus product, how old its signatures are and whether
 //! it is running, and emits `antivirus.status` when the normalised status changes.
 //!
-//! Linux (ClamAV) is observed here through thin readers; all interpretation is in [`parse`],
-//! which also holds the Windows (Defender, Security Center) and macOS (XProtect) interpreters
-//! that those platforms' backends will feed. [`clamd::scan_stream`] is the INSTREAM client other
+//! Linux (ClamAV) is observed here through the OS's thin readers (`os::linux::files` for the
+//! databases and freshclam's log, `os::linux::proc` for processes) and [`clamd`]; all
+//! interpretation is in [`parse`]
+//! (one file per platform's formats: the Windows (Defender, Security Center) and macOS
+//! (XProtect) interpreters are there for those platforms' backends to feed) and the status is
+//! decided in [`decide`]. [`clamd::scan_stream`] is the INSTREAM client other
 //! features (removable media) use; they report findings with [`detection_event`].
 
 pub mod clamd;
+pub mod decide;
 pub mod parse;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +23,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventSink, NewEvent};
+use crate::os::linux::files;
 use caretaker_proto::policy::{AntivirusPolicy, PolicyDocument};
-use parse::{Assessment, AvStatus, ClamavObservation, CvdHeader, ProductReport};
+use decide::{Assessment, AvStatus};
+use parse::{ClamavObservation, CvdHeader, ProductReport};
 
 pub const STATUS_EVENT: &str = "antivirus.status";
 pub const DETECTION_EVENT: &str = "antivirus.detection";
@@ -76,9 +81,9 @@ impl CheckReport {
         self.assessment.status
     }
 
-    /// The `antivirus.status` event's details (see [`parse::status_details`]).
+    /// The `antivirus.status` event's details (see [`decide::status_details`]).
     pub fn details(&self) -> Map<String, Value> {
-        parse::status_details(
+        decide::status_details(
             &self.products,
             &self.assessment,
             self.max_signature_age_hours,
@@ -119,7 +124,7 @@ pub async fn check(config: &AntivirusProbeConfig, policy: &AntivirusPolicy) -> C
         config.database_dir.display(),
         config.clamd_socket.display()
     );
-    let assessment = parse::normalise(
+    let assessment = decide::normalise(
         &products,
         policy.max_signature_age_hours,
         checked_at,
@@ -208,7 +213,7 @@ fn local_to_utc(n: NaiveDateTime) -> Option<DateTime<Utc>> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Thin readers
+// What the OS shows of ClamAV (the reads themselves are in `os::linux`)
 // ---------------------------------------------------------------------------------------------
 
 async fn observe_clamav(config: &AntivirusProbeConfig) -> ClamavObservation {
@@ -216,7 +221,7 @@ async fn observe_clamav(config: &AntivirusProbeConfig) -> ClamavObservation {
 
     let mut dailies: Vec<(String, CvdHeader)> = Vec::new();
     for name in DAILY_FILES.iter().chain(MAIN_FILES.iter()) {
-        match read_head(&config.database_dir.join(name)).await {
+        match files::read_head(&config.database_dir.join(name), parse::CVD_HEADER_LEN).await {
             Ok(None) => {}
             Ok(Some(bytes)) => {
                 obs.database_files.push((*name).to_owned());
@@ -243,7 +248,7 @@ async fn observe_clamav(config: &AntivirusProbeConfig) -> ClamavObservation {
     obs.clamd = Some(clamd);
     obs.warnings.extend(clamd_warnings);
 
-    match running_processes(&config.proc_root).await {
+    match crate::os::linux::proc::process_names(&config.proc_root).await {
         Some(names) => {
             obs.onaccess_running = Some(names.contains("clamonacc"));
             obs.freshclam_running = Some(names.contains("freshclam"));
@@ -254,7 +259,7 @@ async fn observe_clamav(config: &AntivirusProbeConfig) -> ClamavObservation {
         )),
     }
 
-    if let Some(tail) = read_tail(&config.freshclam_log, FRESHCLAM_LOG_TAIL).await {
+    if let Some(tail) = files::read_tail(&config.freshclam_log, FRESHCLAM_LOG_TAIL).await {
         let parsed = parse::parse_freshclam_log(&tail);
         obs.warnings.extend(parsed.warnings);
         obs.freshclam_last = parsed.value;
@@ -288,103 +293,9 @@ async fn ask_clamd(
     }
 }
 
-/// The first 512 bytes of a database; `Ok(None)` if the file does not exist.
-async fn read_head(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    use tokio::io::AsyncReadExt;
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut head = Vec::with_capacity(parse::CVD_HEADER_LEN);
-    file.take(parse::CVD_HEADER_LEN as u64)
-        .read_to_end(&mut head)
-        .await?;
-    Ok(Some(head))
-}
-
-/// The last `max` bytes of a text file, from the first whole line; `None` if unreadable.
-async fn read_tail(path: &Path, max: u64) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path).await.ok()?;
-    let len = file.metadata().await.ok()?.len();
-    let start = len.saturating_sub(max);
-    file.seek(std::io::SeekFrom::Start(start)).await.ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).await.ok()?;
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    Some(if start > 0 {
-        text.split_once('\n')
-            .map_or(String::new(), |(_, rest)| rest.to_owned())
-    } else {
-        text
-    })
-}
-
-/// Command names (`comm`) of running processes, or `None` if `proc_root` cannot be listed.
-async fn running_processes(proc_root: &Path) -> Option<HashSet<String>> {
-    let root = proc_root.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut names = HashSet::new();
-        for entry in std::fs::read_dir(&root).ok()?.flatten() {
-            let file_name = entry.file_name();
-            if !file_name
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-            {
-                continue;
-            }
-            // Processes exit between listing and reading: skip those silently.
-            if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
-                names.insert(comm.trim_end().to_owned());
-            }
-        }
-        Some(names)
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn running_processes_reads_comm_of_numeric_entries_only() {
-        let proc_root = tempfile::tempdir().unwrap();
-        for (dir, comm) in [
-            ("1", "systemd\n"),
-            ("412", "freshclam\n"),
-            ("self", "clamonacc\n"),
-        ] {
-            std::fs::create_dir(proc_root.path().join(dir)).unwrap();
-            std::fs::write(proc_root.path().join(dir).join("comm"), comm).unwrap();
-        }
-        std::fs::create_dir(proc_root.path().join("999")).unwrap(); // exited: no comm
-        let names = running_processes(proc_root.path()).await.unwrap();
-        let mut names: Vec<_> = names.into_iter().collect();
-        names.sort();
-        assert_eq!(names, ["freshclam", "systemd"]);
-        assert_eq!(
-            running_processes(&proc_root.path().join("absent")).await,
-            None
-        );
-    }
-
-    #[tokio::test]
-    async fn read_tail_starts_at_a_whole_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        std::fs::write(&path, "first line\nsecond line\nthird\n").unwrap();
-        assert_eq!(
-            read_tail(&path, 1024).await.unwrap(),
-            "first line\nsecond line\nthird\n"
-        );
-        assert_eq!(read_tail(&path, 15).await.unwrap(), "third\n");
-        assert_eq!(read_tail(&dir.path().join("absent"), 10).await, None);
-    }
 
     #[tokio::test]
     async fn observe_reports_processes_and_freshclam_from_configured_roots() {

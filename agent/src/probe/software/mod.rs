@@ -5,20 +5,30 @@
 //! Changes are seen through file watches (dpkg replaces `status` by rename, so the
 //! directory is watched), debounced, with a periodic full rescan as a backstop for anything
 //! the watches missed (and for snaps, which have no cheap watch).
+//!
+//! This file is the loop and its state; the inventory and its diff are in `diff.rs`, the events
+//! in `events.rs`, where a notification leads and when a burst has settled in `debounce.rs`,
+//! the pure parsers in `parse.rs` and the thin readers in `scan.rs`.
+mod debounce;
+mod diff;
+mod events;
 pub mod parse;
 mod scan;
+
+pub use debounce::Debounce;
+use debounce::{Route, route};
+pub use diff::{Change, Inventory, SoftwareItem, SoftwareKey, Source, replace_source};
+pub use events::{INVENTORY_FIELDS, change_event, executable_event, inventory_details};
 
 use crate::event::{EventSink, NewEvent};
 use caretaker_proto::policy::PolicyDocument;
 use caretaker_proto::policy::SoftwarePolicy;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
-use parse::AptRequester;
 use scan::{Found, Home, HomeIndex, WalkRules};
-use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -84,296 +94,6 @@ impl Default for SoftwareProbeConfig {
             ),
         }
     }
-}
-
-/// Where an installed program came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Source {
-    Dpkg,
-    Snap,
-    Flatpak,
-    AppImage,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Dpkg => "dpkg",
-            Source::Snap => "snap",
-            Source::Flatpak => "flatpak",
-            Source::AppImage => "appimage",
-        }
-    }
-}
-
-/// Identity of one installation: unique within its source (`name:arch` for dpkg,
-/// `system/<id>` or `user/<user>/<id>` for Flatpak, `<user>/<path>` for AppImages).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SoftwareKey {
-    pub source: Source,
-    pub id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SoftwareItem {
-    pub name: String,
-    pub version: String,
-    pub arch: Option<String>,
-    /// The user a per-user installation belongs to.
-    pub owner: Option<String>,
-    /// For AppImages, the path relative to the owner's home folder.
-    pub path: Option<String>,
-    pub installed_at: Option<DateTime<Utc>>,
-}
-
-pub type Inventory = BTreeMap<SoftwareKey, SoftwareItem>;
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    Installed(SoftwareKey, SoftwareItem),
-    Removed(SoftwareKey, SoftwareItem),
-    Upgraded {
-        key: SoftwareKey,
-        previous: SoftwareItem,
-        current: SoftwareItem,
-    },
-}
-
-/// Replaces everything `inventory` holds from `source` with `fresh`, and returns what
-/// changed. A version change is an upgrade (downgrades too: `software.upgraded` carries
-/// both versions); other differences (install time) update silently.
-pub fn replace_source(inventory: &mut Inventory, source: Source, fresh: Inventory) -> Vec<Change> {
-    let mut changes = Vec::new();
-    let old_keys: Vec<SoftwareKey> = inventory
-        .keys()
-        .filter(|k| k.source == source)
-        .cloned()
-        .collect();
-    for key in old_keys {
-        if !fresh.contains_key(&key) {
-            let item = inventory.remove(&key).expect("key listed above");
-            changes.push(Change::Removed(key, item));
-        }
-    }
-    for (key, item) in fresh {
-        debug_assert_eq!(key.source, source);
-        match inventory.insert(key.clone(), item.clone()) {
-            None => changes.push(Change::Installed(key, item)),
-            Some(prev) if prev.version != item.version => changes.push(Change::Upgraded {
-                key,
-                previous: prev,
-                current: item,
-            }),
-            Some(_) => {}
-        }
-    }
-    changes
-}
-
-/// Field order of each compact inventory item; trailing nulls are left off.
-pub const INVENTORY_FIELDS: [&str; 6] =
-    ["name", "version", "arch", "owner", "installed_at", "path"];
-
-/// The full inventory as `software.inventory` event details: items grouped by source, each
-/// a short array in `INVENTORY_FIELDS` order, split into parts of at most `max_items`.
-/// `batch` ties the parts together; the collector replaces a device's inventory once it has
-/// every part.
-pub fn inventory_details(
-    inv: &Inventory,
-    batch: &str,
-    max_items: usize,
-) -> Vec<Map<String, Value>> {
-    let max_items = max_items.max(1);
-    let entries: Vec<(&SoftwareKey, &SoftwareItem)> = inv.iter().collect();
-    let chunks: Vec<_> = if entries.is_empty() {
-        vec![&entries[..]]
-    } else {
-        entries.chunks(max_items).collect()
-    };
-    let parts = chunks.len();
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, chunk)| {
-            let mut by_source: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-            for (key, item) in chunk {
-                let mut row = vec![
-                    json!(item.name),
-                    json!(item.version),
-                    json!(item.arch),
-                    json!(item.owner),
-                    json!(item.installed_at.map(|t| t.timestamp())),
-                    json!(item.path),
-                ];
-                while row.last() == Some(&Value::Null) {
-                    row.pop();
-                }
-                by_source
-                    .entry(key.source.as_str())
-                    .or_default()
-                    .push(Value::Array(row));
-            }
-            let mut d = Map::new();
-            d.insert("batch".into(), json!(batch));
-            d.insert("part".into(), json!(i + 1));
-            d.insert("parts".into(), json!(parts));
-            d.insert("total".into(), json!(inv.len()));
-            d.insert("fields".into(), json!(INVENTORY_FIELDS));
-            d.insert("items".into(), json!(by_source));
-            d
-        })
-        .collect()
-}
-
-/// The event for one change. `requested_by` is who asked apt for it, where apt recorded it.
-pub fn change_event(change: &Change, requested_by: Option<&AptRequester>) -> NewEvent {
-    let (kind, key, item, previous) = match change {
-        Change::Installed(k, i) => ("software.installed", k, i, None),
-        Change::Removed(k, i) => ("software.removed", k, i, None),
-        Change::Upgraded {
-            key,
-            previous,
-            current,
-        } => ("software.upgraded", key, current, Some(previous)),
-    };
-    let mut d = Map::new();
-    d.insert("source".into(), json!(key.source.as_str()));
-    d.insert("name".into(), json!(item.name));
-    d.insert("version".into(), json!(item.version));
-    if let Some(p) = previous {
-        d.insert("previous_version".into(), json!(p.version));
-    }
-    let optional = [
-        ("architecture", item.arch.as_ref()),
-        ("owner", item.owner.as_ref()),
-        ("path", item.path.as_ref()),
-    ];
-    for (field, value) in optional {
-        if let Some(v) = value {
-            d.insert(field.into(), json!(v));
-        }
-    }
-    d.insert(
-        "scope".into(),
-        json!(if item.owner.is_some() {
-            "user"
-        } else {
-            "system"
-        }),
-    );
-    if let Some(t) = item
-        .installed_at
-        .filter(|_| !matches!(change, Change::Removed(..)))
-    {
-        d.insert("installed_at".into(), json!(t.to_rfc3339()));
-    }
-    if let Some(r) = requested_by {
-        d.insert(
-            "requested_by".into(),
-            json!({"user": r.user, "uid": r.uid, "via": "apt"}),
-        );
-    }
-    let user = item
-        .owner
-        .clone()
-        .or_else(|| requested_by.map(|r| r.user.clone()));
-    NewEvent::now(kind, user, d)
-}
-
-/// The `executable.in_user_area` event: where (relative to the home), whose, what kind, and
-/// a content hash. Never the content itself.
-pub fn executable_event(found: &Found) -> NewEvent {
-    let rel = found.path.strip_prefix(&found.home).unwrap_or(&found.path);
-    let mut d = Map::new();
-    d.insert("path".into(), json!(rel.to_string_lossy()));
-    d.insert("type".into(), json!(found.kind.as_str()));
-    if let parse::ExecutableType::AppImage(t) = found.kind {
-        d.insert("appimage_type".into(), json!(t));
-    }
-    d.insert("size".into(), json!(found.size));
-    d.insert("sha256".into(), json!(found.sha256));
-    if found.sha256.is_none() {
-        d.insert("hash_skipped".into(), json!("too_large_or_unreadable"));
-    }
-    d.insert("executable_bit".into(), json!(found.executable_bit));
-    d.insert(
-        "change".into(),
-        json!(if found.replaced {
-            "modified"
-        } else {
-            "created"
-        }),
-    );
-    NewEvent::now("executable.in_user_area", Some(found.user.clone()), d)
-}
-
-/// Coalesces bursts of notifications: due `quiet` after the last one, but never later than
-/// `max_wait` after the first, so a busy folder cannot postpone a re-read for ever.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Debounce {
-    first: Option<Instant>,
-    last: Option<Instant>,
-}
-
-impl Debounce {
-    pub fn touch(&mut self, now: Instant) {
-        self.first.get_or_insert(now);
-        self.last = Some(now);
-    }
-    pub fn due(&self, quiet: Duration, max_wait: Duration) -> Option<Instant> {
-        Some((self.last? + quiet).min(self.first? + max_wait))
-    }
-    /// True (and reset) when due at `now`.
-    pub fn take_due(&mut self, now: Instant, quiet: Duration, max_wait: Duration) -> bool {
-        if self.due(quiet, max_wait).is_some_and(|d| d <= now) {
-            *self = Debounce::default();
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Which re-read a changed path calls for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
-    Dpkg,
-    Flatpak,
-    Snap,
-    Home(PathBuf),
-    Ignore,
-}
-
-fn route(cfg: &SoftwareProbeConfig, path: &Path) -> Route {
-    if path.parent() == Some(cfg.dpkg_dir.as_path()) {
-        return if path.file_name().is_some_and(|n| n == "status") {
-            Route::Dpkg
-        } else {
-            Route::Ignore
-        };
-    }
-    if path.starts_with(&cfg.flatpak_system_dir) {
-        return Route::Flatpak;
-    }
-    if path.starts_with(&cfg.snapd_snaps_dir) {
-        return Route::Snap;
-    }
-    if let Ok(rel) = path.strip_prefix(&cfg.home_root) {
-        let mut parts = rel.components();
-        let Some(first) = parts.next() else {
-            return Route::Ignore;
-        };
-        let home = cfg.home_root.join(first);
-        if path.starts_with(scan::user_flatpak_root(&home)) {
-            return Route::Flatpak;
-        }
-        let rest = parts.as_path();
-        if cfg.home_exclude.iter().any(|x| rest.starts_with(x)) {
-            return Route::Ignore;
-        }
-        return Route::Home(path.to_path_buf());
-    }
-    Route::Ignore
 }
 
 /// Runs the probe until `shutdown`.

@@ -1,8 +1,9 @@
-//! Thin readers for the software probe: the only code here that touches the file system or
-//! snapd's socket. Each returns raw facts (or parsed via `parse`) and leaves decisions to
-//! `mod.rs`. Linux-only (owners and inode numbers come from `std::os::unix`).
+//! Thin readers for the software probe: home folders, Flatpak, apt's log and snapd's socket
+//! (dpkg's database is read through `os::linux::dpkg`). Each returns raw facts (or parsed via
+//! `parse`) and leaves decisions to `mod.rs`. Linux-only (owners and inode numbers come from `std::os::unix`).
 use super::parse::{self, ExecutableType};
 use super::{Inventory, SoftwareItem, SoftwareKey, Source};
+use crate::os::linux::dpkg;
 use crate::os::untrusted::open_regular;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -57,19 +58,12 @@ fn mtime(meta: &fs::Metadata) -> Option<DateTime<Utc>> {
 
 /// Reads dpkg's status database; install times come from each package's file list.
 pub fn read_dpkg(dpkg_dir: &Path) -> io::Result<(Inventory, Vec<String>)> {
-    let text = fs::read_to_string(dpkg_dir.join("status"))?;
-    let parsed = parse::parse_dpkg_status(&text);
-    let info = dpkg_dir.join("info");
+    let parsed = parse::parse_dpkg_status(&dpkg::read_status(dpkg_dir)?);
     let mut inv = Inventory::new();
     for p in parsed.value {
         let arch = p.architecture.clone();
-        // Multi-Arch: same packages keep `name:arch.list`; others `name.list`.
-        let list = arch
-            .as_ref()
-            .map(|a| info.join(format!("{}:{a}.list", p.name)))
-            .filter(|l| l.exists())
-            .unwrap_or_else(|| info.join(format!("{}.list", p.name)));
-        let installed_at = fs::metadata(&list).ok().as_ref().and_then(mtime);
+        let installed_at =
+            dpkg::list_written_at(dpkg_dir, &p.name, arch.as_deref()).map(DateTime::<Utc>::from);
         let id = match &arch {
             Some(a) => format!("{}:{a}", p.name),
             None => p.name.clone(),

@@ -2,8 +2,11 @@
 //! against temp folders (fake home root, Flatpak and dpkg trees) and against the machine's
 //! real dpkg with a real package built by `dpkg-deb` and installed by `dpkg -i`.
 use super::*;
+use parse::AptRequester;
+use serde_json::{Value, json};
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
 use std::process::Command;
 use tokio::sync::mpsc::Receiver;
 

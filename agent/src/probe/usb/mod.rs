@@ -27,14 +27,15 @@
 //! - Nobody logged in → pupil rules.
 //! - A scan that stops moving (a `mount` or a read on a dead stick that never returns): each
 //!   scan is a task the probe owns (`scan.rs`) with its own progress clock; one that has not
-//!   moved for `scan_stall_after` is aborted (its `mount` killed) and reported as
+//!   moved for `scan_stall_after` is aborted (a mount still under way is detached the moment
+//!   it returns, `os::linux::mount`) and reported as
 //!   `agent.probe_stalled` with the device; a gated stick is detached and stays so until it is
 //!   plugged in again, never let through unscanned. A restart of the probe aborts its scans.
 pub mod clamd;
 pub mod decide;
+mod media;
 pub mod parse;
 pub mod scan;
-pub mod sysfs;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -43,16 +44,17 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventSink, NewEvent};
+use crate::os::linux::usb_sysfs::{self as sysfs, BlockFacts};
 use caretaker_proto::policy::PolicyDocument;
 use caretaker_proto::policy::removable_media::RemovableMediaPolicy;
-use clamd::{ClamdAddr, ScanSummary};
+use clamd::ClamdAddr;
 use decide::{Decision, UsbDeviceFacts, UserInfo, decide};
+use media::{ScanDone, ScanWatch, blockdev};
 use parse::{MountEntry, Uevent};
-use sysfs::BlockFacts;
 
 /// Everything the probe touches, overridable for tests.
 #[derive(Debug, Clone)]
@@ -200,25 +202,6 @@ struct Tracked {
     facts: UsbDeviceFacts,
     decision: Decision,
     hold: Hold,
-}
-
-struct ScanDone {
-    usb_devpath: String,
-    block: String,
-    summary: ScanSummary,
-    /// Set when the agent itself mounted and owns the read-only flag.
-    gated: bool,
-}
-
-/// A running scan, as the probe watches it.
-struct ScanWatch {
-    usb_devpath: String,
-    block: String,
-    gated: bool,
-    progress: scan::Progress,
-    abort: AbortHandle,
-    /// The agent's own mount, to detach if the scan is aborted.
-    private_dir: Option<PathBuf>,
 }
 
 struct State {
@@ -430,7 +413,8 @@ impl State {
         pol: &RemovableMediaPolicy,
         inputs: &UsbProbeInputs,
     ) {
-        let (facts, warnings) = sysfs::read_usb_device(&self.cfg.sys_root, devpath);
+        let (facts, warnings) =
+            parse::usb_device_facts(&sysfs::read_usb_device(&self.cfg.sys_root, devpath));
         for w in warnings {
             tracing::debug!("usb probe: {w}");
         }
@@ -561,7 +545,7 @@ impl State {
             self.mounts.clear();
             return;
         }
-        let Ok(text) = tokio::fs::read_to_string(&self.cfg.mountinfo).await else {
+        let Ok(text) = crate::os::linux::mountwatch::read(&self.cfg.mountinfo).await else {
             return;
         };
         let (entries, _) = parse::parse_mountinfo(&text);
@@ -614,349 +598,14 @@ impl State {
             );
         }
     }
-
-    /// Scans in a task the probe owns; `mount_point` None means the agent mounts read-only itself.
-    fn spawn_scan(
-        &mut self,
-        usb_devpath: String,
-        block: String,
-        mount_point: Option<PathBuf>,
-        gated: bool,
-    ) {
-        let Some(addr) = self.cfg.clamd.clone() else {
-            return;
-        };
-        let progress = scan::Progress::default();
-        let private_dir = self.cfg.scan_mount_dir.join(&block);
-        let own_mount = mount_point.is_none().then(|| private_dir.clone());
-        let job = scan::ScanJob {
-            addr,
-            block: block.clone(),
-            mount_point,
-            private_dir,
-            progress: progress.clone(),
-            cancel: self.shutdown.child_token(),
-        };
-        let run = self.cfg.scanner.run(&self.cfg, job);
-        let (dp, b) = (usb_devpath.clone(), block.clone());
-        let abort = self.scans.spawn(async move {
-            ScanDone {
-                usb_devpath: dp,
-                block: b,
-                summary: run.await,
-                gated,
-            }
-        });
-        self.scan_watch.insert(
-            abort.id(),
-            ScanWatch {
-                usb_devpath,
-                block,
-                gated,
-                progress,
-                abort,
-                private_dir: own_mount,
-            },
-        );
-    }
-
-    async fn scan_joined(
-        &mut self,
-        joined: Result<(tokio::task::Id, ScanDone), tokio::task::JoinError>,
-    ) {
-        match joined {
-            // A scan no longer watched was aborted as stalled and already reported; a result
-            // that raced the abort is dropped with it (the stick stays as the stall left it).
-            Ok((id, done)) => {
-                if self.scan_watch.remove(&id).is_some() {
-                    self.scan_finished(done).await;
-                }
-            }
-            Err(e) => {
-                if let Some(w) = self.scan_watch.remove(&e.id()) {
-                    tracing::error!(block = w.block, error = %e, "Medium scan failed");
-                    let summary = ScanSummary {
-                        errors: vec![format!("the scan failed: {e}")],
-                        ..Default::default()
-                    };
-                    self.scan_finished(ScanDone {
-                        usb_devpath: w.usb_devpath,
-                        block: w.block,
-                        summary,
-                        gated: w.gated,
-                    })
-                    .await;
-                }
-            }
-        }
-    }
-
-    /// Aborts and reports every scan that has not moved for its gap.
-    async fn check_scans(&mut self) {
-        let now = tokio::time::Instant::now();
-        let gap = self.cfg.scan_stall_after;
-        let due: Vec<tokio::task::Id> = self
-            .scan_watch
-            .iter()
-            .filter(|(_, w)| w.progress.stalled(now, gap))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let Some(w) = self.scan_watch.remove(&id) else {
-                continue;
-            };
-            // Dropping the scan's future kills its `mount` (kill_on_drop); a thread left in
-            // an open or a read on the dead stick finishes on its own and is ignored.
-            w.abort.abort();
-            let stalled = now.saturating_duration_since(w.progress.last());
-            self.scan_stalled(w, stalled).await;
-        }
-    }
-
-    async fn scan_stalled(&mut self, w: ScanWatch, stalled: Duration) {
-        let stick = match self.devices.get_mut(&w.usb_devpath) {
-            None => "removed",
-            Some(_) if !w.gated => "allowed_by_policy",
-            Some(t) => {
-                let detached = self.cfg.manage_authorization
-                    && sysfs::set_authorized(&self.cfg.sys_root, &w.usb_devpath, false).is_ok();
-                if detached {
-                    t.hold = Hold::Unscanned;
-                    t.facts.authorized = Some(false);
-                    "blocked"
-                } else {
-                    // Still read-only: only a clean scan makes it writable.
-                    "read_only"
-                }
-            }
-        };
-        let stalled_secs = stalled.as_secs();
-        let mut d = self
-            .devices
-            .get(&w.usb_devpath)
-            .map(|t| t.facts.details())
-            .unwrap_or_default();
-        tracing::warn!(
-            block = w.block,
-            device_id = d.get("device_id").and_then(serde_json::Value::as_str),
-            stalled_secs,
-            stick,
-            "Medium scan stalled; aborted"
-        );
-        d.insert("probe".into(), json!("usb"));
-        d.insert("unit".into(), json!("medium_scan"));
-        d.insert("block".into(), json!(w.block));
-        d.insert("stalled_secs".into(), json!(stalled_secs));
-        d.insert(
-            "max_gap_secs".into(),
-            json!(self.cfg.scan_stall_after.as_secs_f64()),
-        );
-        d.insert("action".into(), json!("aborted"));
-        d.insert("stick".into(), json!(stick));
-        self.emit("agent.probe_stalled", self.current_user(), d)
-            .await;
-        let summary = ScanSummary {
-            errors: vec![format!("the scan made no progress for {stalled_secs} s")],
-            cancelled: true,
-            ..Default::default()
-        };
-        self.scan_finished(ScanDone {
-            usb_devpath: w.usb_devpath.clone(),
-            block: w.block.clone(),
-            summary,
-            gated: w.gated,
-        })
-        .await;
-        if stick == "blocked"
-            && let Some(t) = self.devices.get(&w.usb_devpath)
-        {
-            let mut d = t.facts.details();
-            d.insert(
-                "reason".into(),
-                json!("its scan stalled; plug it in again to scan it again"),
-            );
-            d.insert("enforced".into(), json!(true));
-            self.emit("usb.blocked", self.current_user(), d).await;
-        }
-        if let Some(dir) = &w.private_dir {
-            // Lazy: detaching a dead stick's filesystem needs no I/O from it. After the
-            // reports, so a slow `umount` cannot delay them.
-            let umount = tokio::process::Command::new("umount")
-                .arg("-l")
-                .arg(dir)
-                .kill_on_drop(true)
-                .status();
-            let _ = tokio::time::timeout(Duration::from_secs(10), umount).await;
-        }
-    }
-
-    async fn scan_finished(&mut self, done: ScanDone) {
-        let s = &done.summary;
-        let Some(t) = self.devices.get(&done.usb_devpath) else {
-            return;
-        };
-        let mut d = t.facts.details();
-        d.insert("block".into(), json!(done.block));
-        d.insert("result".into(), json!(s.result()));
-        d.insert("files_scanned".into(), json!(s.files));
-        d.insert("bytes_scanned".into(), json!(s.bytes));
-        d.insert("duration_ms".into(), json!(s.duration_ms));
-        d.insert("errors".into(), json!(s.errors));
-        self.emit("media.scanned", self.current_user(), d).await;
-        match s.result() {
-            "infected" => {
-                let mut d = t.facts.details();
-                d.insert("block".into(), json!(done.block));
-                d.insert("detections".into(), json!(s.detections));
-                let detach = done.gated && self.cfg.manage_authorization;
-                d.insert(
-                    "action".into(),
-                    json!(if detach { "detached" } else { "reported" }),
-                );
-                self.emit("media.infected", self.current_user(), d).await;
-                if detach {
-                    let dp = done.usb_devpath.clone();
-                    if sysfs::set_authorized(&self.cfg.sys_root, &dp, false).is_ok()
-                        && let Some(t) = self.devices.get_mut(&dp)
-                    {
-                        t.hold = Hold::Quarantined;
-                        t.facts.authorized = Some(false);
-                        let mut d = t.facts.details();
-                        d.insert("reason".into(), json!("malware found on the medium"));
-                        d.insert("enforced".into(), json!(true));
-                        self.emit("usb.blocked", self.current_user(), d).await;
-                    }
-                }
-            }
-            "clean" if done.gated => blockdev(&self.cfg.dev_root, &done.block, false).await,
-            _ => {}
-        }
-    }
-}
-
-/// `blockdev --setro|--setrw /dev/X`; failures are logged (the device still gets scanned).
-async fn blockdev(dev_root: &Path, name: &str, read_only: bool) {
-    let flag = if read_only { "--setro" } else { "--setrw" };
-    match tokio::process::Command::new("blockdev")
-        .arg(flag)
-        .arg(dev_root.join(name))
-        .status()
-        .await
-    {
-        Ok(s) if s.success() => {}
-        Ok(s) => tracing::warn!("blockdev {flag} {name}: {s}"),
-        Err(e) => tracing::warn!("blockdev {flag} {name}: {e}"),
-    }
-}
-
-async fn private_mount(cfg: &UsbProbeConfig, block: &str, dir: &Path) -> Result<(), String> {
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut opts = "ro,nosuid,nodev,noexec".to_owned();
-    if !cfg.mount_options.is_empty() {
-        opts.push(',');
-        opts.push_str(&cfg.mount_options);
-    }
-    let dev = cfg.dev_root.join(block);
-    retry_while_busy(MOUNT_ATTEMPTS, MOUNT_RETRY, || async {
-        let out = tokio::process::Command::new("mount")
-            .arg("-o")
-            .arg(&opts)
-            .arg(&dev)
-            .arg(dir)
-            // An aborted scan (stalled) must not leave its `mount` behind.
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    })
-    .await
-}
-
-/// A disk that has just appeared can be briefly busy: the kernel may rescan its partitions
-/// (holding it exclusively) just after announcing it, and the mount then fails with EBUSY.
-/// Seen once in three runs of the VM test. Such failures are retried; others are not.
-const MOUNT_ATTEMPTS: u32 = 8;
-const MOUNT_RETRY: Duration = Duration::from_millis(250);
-
-async fn retry_while_busy<F, Fut>(attempts: u32, delay: Duration, mut op: F) -> Result<(), String>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let mut tried = 1;
-    loop {
-        match op().await {
-            Err(e) if tried < attempts && e.contains("busy") => {
-                tracing::debug!("usb probe: {e}; trying again");
-                tried += 1;
-                tokio::time::sleep(delay).await;
-            }
-            r => return r,
-        }
-    }
-}
-
-async fn unmount(dir: &Path) {
-    let _ = tokio::process::Command::new("umount")
-        .arg(dir)
-        .kill_on_drop(true)
-        .status()
-        .await;
-    let _ = tokio::fs::remove_dir(dir).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use caretaker_proto::policy::removable_media::{StorageMode, TemporaryPermission};
+    use clamd::ScanSummary;
 
-    #[tokio::test]
-    async fn a_busy_mount_is_retried_and_other_failures_are_not() {
-        let calls = std::cell::Cell::new(0);
-        let busy_twice = || {
-            calls.set(calls.get() + 1);
-            let n = calls.get();
-            async move {
-                if n <= 2 {
-                    Err("mount: mounting /dev/sdc failed: Device or resource busy".to_string())
-                } else {
-                    Ok(())
-                }
-            }
-        };
-        assert_eq!(
-            retry_while_busy(5, Duration::ZERO, busy_twice).await,
-            Ok(())
-        );
-        assert_eq!(calls.get(), 3);
-
-        calls.set(0);
-        let invalid = || {
-            calls.set(calls.get() + 1);
-            async { Err("mount: invalid argument".to_string()) }
-        };
-        assert!(retry_while_busy(5, Duration::ZERO, invalid).await.is_err());
-        assert_eq!(calls.get(), 1, "only busy is retried");
-
-        calls.set(0);
-        let always_busy = || {
-            calls.set(calls.get() + 1);
-            async { Err("Device or resource busy".to_string()) }
-        };
-        assert!(
-            retry_while_busy(3, Duration::ZERO, always_busy)
-                .await
-                .is_err()
-        );
-        assert_eq!(calls.get(), 3, "gives up after the attempts");
-    }
     use parse::tests::{KEYBOARD, NO_SERIAL, STICK, recorded};
     use std::fs;
 

@@ -1,6 +1,10 @@
-//! Pure interpreters for what the kernel gives us: uevent payloads, USB descriptors, mountinfo,
-//! and /etc/group. Malformed input yields warnings, never panics.
+//! Pure interpreters for what the kernel gives us: uevent payloads, USB descriptors and sysfs
+//! attributes, mountinfo, a medium's filesystem signature, and /etc/group. Malformed input
+//! yields warnings, never panics.
 use std::collections::BTreeMap;
+
+use super::decide::UsbDeviceFacts;
+use crate::os::linux::usb_sysfs::RawUsbDevice;
 
 /// One kernel uevent (`NETLINK_KOBJECT_UEVENT`, group 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +200,88 @@ pub fn groups_of(user: &str, etc_group: &str) -> Vec<String> {
         .collect()
 }
 
+/// A USB device's facts from its sysfs attributes; missing essentials (vendor and product
+/// ids) are warnings, not errors. Interface classes come from the raw descriptors (readable
+/// before authorisation) and then the interface directories (present after).
+pub fn usb_device_facts(raw: &RawUsbDevice) -> (UsbDeviceFacts, Vec<String>) {
+    let devpath = raw.devpath.as_str();
+    let mut w = Vec::new();
+    let mut hex4 =
+        |name: &str, value: &Option<String>| match value.as_deref().and_then(parse_hex_u16) {
+            Some(v) => format!("{v:04x}"),
+            None => {
+                w.push(format!("{devpath}: no readable {name}"));
+                String::new()
+            }
+        };
+    let vendor_id = hex4("idVendor", &raw.id_vendor);
+    let product_id = hex4("idProduct", &raw.id_product);
+    let mut interface_classes = match &raw.descriptors {
+        Some(d) => {
+            let (c, dw) = interface_classes_from_descriptors(d);
+            w.extend(dw.into_iter().map(|x| format!("{devpath}: {x}")));
+            c
+        }
+        None => Vec::new(),
+    };
+    for c in raw
+        .interface_classes
+        .iter()
+        .filter_map(|c| parse_hex_u16(c))
+    {
+        if !interface_classes.contains(&(c as u8)) {
+            interface_classes.push(c as u8);
+        }
+    }
+    let facts = UsbDeviceFacts {
+        devpath: devpath.to_owned(),
+        sys_name: devpath.rsplit('/').next().unwrap_or("").to_owned(),
+        vendor_id,
+        product_id,
+        serial: raw.serial.clone(),
+        manufacturer: raw.manufacturer.clone(),
+        product: raw.product.clone(),
+        device_class: raw
+            .device_class
+            .as_deref()
+            .and_then(parse_hex_u16)
+            .map(|c| c as u8),
+        interface_classes,
+        authorized: raw.authorized.as_deref().map(|a| a == "1"),
+    };
+    (facts, w)
+}
+
+/// How much of a medium [`filesystem_type`] needs: btrfs keeps its signature at 64 KiB.
+pub const FS_HEAD_LEN: usize = 0x10048;
+
+/// The kernel filesystem type for a medium's first bytes, from the signatures of what sticks
+/// and cards carry (FAT, exFAT, NTFS, ext2/3/4, ISO 9660, XFS, btrfs); `None` for anything
+/// else. mount(2) needs the type named: naming it also loads its module, which a list of the
+/// loaded filesystems would not include.
+pub fn filesystem_type(head: &[u8]) -> Option<&'static str> {
+    let at = |offset: usize, sig: &[u8]| head.get(offset..offset + sig.len()) == Some(sig);
+    // exFAT and NTFS boot sectors carry the same 0x55AA mark as FAT: their names come first.
+    if at(3, b"EXFAT   ") {
+        Some("exfat")
+    } else if at(3, b"NTFS    ") {
+        Some("ntfs3")
+    } else if at(510, &[0x55, 0xAA]) && (at(54, b"FAT1") || at(82, b"FAT32")) {
+        Some("vfat")
+    } else if at(1080, &[0x53, 0xEF]) {
+        // ext4's driver serves ext2 and ext3 too.
+        Some("ext4")
+    } else if at(0x8001, b"CD001") {
+        Some("iso9660")
+    } else if at(0, b"XFSB") {
+        Some("xfs")
+    } else if at(0x10040, b"_BHRfS_M") {
+        Some("btrfs")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -326,6 +412,105 @@ pub(crate) mod tests {
         assert!(m[1].read_only && !m[0].read_only);
         assert_eq!(m[1].fs_type, "vfat");
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn usb_device_facts_from_sysfs_values() {
+        let mut descriptors = vec![18u8, 1];
+        descriptors.extend([0u8; 16]);
+        descriptors.extend([9, 2, 32, 0, 1, 1, 0, 0x80, 50, 9, 4, 0, 0, 2, 8, 6, 80, 0]);
+        let stick = RawUsbDevice {
+            devpath: "/devices/pci0000:00/0000:00:02.0/usb1/1-1".into(),
+            id_vendor: Some("46f4".into()),
+            id_product: Some("0001".into()),
+            product: Some("QEMU USB HARDDRIVE".into()),
+            device_class: Some("00".into()),
+            authorized: Some("0".into()),
+            descriptors: Some(descriptors),
+            ..Default::default()
+        };
+        let (f, w) = usb_device_facts(&stick);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(f.sys_name, "1-1");
+        assert_eq!(f.device_id(), "46f4:0001");
+        assert_eq!(
+            f.interface_classes,
+            [8],
+            "from descriptors while unauthorised"
+        );
+        assert_eq!(f.authorized, Some(false));
+        assert!(f.is_mass_storage());
+
+        let kbd = RawUsbDevice {
+            devpath: "/devices/pci0000:00/0000:00:02.0/usb1/1-2".into(),
+            id_vendor: Some("0627".into()),
+            id_product: Some("1".into()),
+            serial: Some("42".into()),
+            authorized: Some("1".into()),
+            interface_classes: vec!["03".into(), "03".into(), "zz".into()],
+            ..Default::default()
+        };
+        let (f, _) = usb_device_facts(&kbd);
+        assert_eq!(f.product_id, "0001");
+        assert_eq!(
+            f.interface_classes,
+            [3],
+            "from the interface directories, once each"
+        );
+        assert_eq!(f.serial.as_deref(), Some("42"));
+
+        let hub = RawUsbDevice {
+            devpath: "/devices/pci0000:00/0000:00:02.0/usb1".into(),
+            id_vendor: Some("1d6b".into()),
+            id_product: Some("0002".into()),
+            device_class: Some("09".into()),
+            ..Default::default()
+        };
+        let (f, _) = usb_device_facts(&hub);
+        assert!(f.is_root_hub() && f.is_hub());
+
+        let (f, w) = usb_device_facts(&RawUsbDevice {
+            devpath: "/devices/nowhere/1-9".into(),
+            ..Default::default()
+        });
+        assert_eq!(f.sys_name, "1-9");
+        assert_eq!(
+            w,
+            [
+                "/devices/nowhere/1-9: no readable idVendor",
+                "/devices/nowhere/1-9: no readable idProduct"
+            ]
+        );
+    }
+
+    #[test]
+    fn filesystem_type_from_signatures() {
+        let fat16 = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/probe/usb/testdata/fat16-label-CARETAKER.head"
+        ))
+        .unwrap();
+        assert_eq!(filesystem_type(&fat16), Some("vfat"));
+        let with = |offset: usize, sig: &[u8]| {
+            let mut head = vec![0u8; FS_HEAD_LEN];
+            head[offset..offset + sig.len()].copy_from_slice(sig);
+            head
+        };
+        let mut fat32 = with(82, b"FAT32   ");
+        fat32[510..512].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(filesystem_type(&fat32), Some("vfat"));
+        let mut exfat = with(3, b"EXFAT   ");
+        exfat[510..512].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(filesystem_type(&exfat), Some("exfat"));
+        assert_eq!(filesystem_type(&with(3, b"NTFS    ")), Some("ntfs3"));
+        assert_eq!(filesystem_type(&with(1080, &[0x53, 0xEF])), Some("ext4"));
+        assert_eq!(filesystem_type(&with(0x8001, b"CD001")), Some("iso9660"));
+        assert_eq!(filesystem_type(&with(0, b"XFSB")), Some("xfs"));
+        assert_eq!(filesystem_type(&with(0x10040, b"_BHRfS_M")), Some("btrfs"));
+        // FAT's name without the boot sector mark is not taken for FAT.
+        assert_eq!(filesystem_type(&with(54, b"FAT16   ")), None);
+        assert_eq!(filesystem_type(&[0u8; 512]), None);
+        assert_eq!(filesystem_type(&[]), None);
     }
 
     #[test]

@@ -123,11 +123,11 @@ impl fmt::Debug for Scanner {
 async fn real_scan(cfg: UsbProbeConfig, job: ScanJob) -> ScanSummary {
     match job.mount_point {
         Some(mp) => super::clamd::scan_tree(&job.addr, &mp, &job.cancel, &job.progress).await,
-        None => match super::private_mount(&cfg, &job.block, &job.private_dir).await {
+        None => match super::media::private_mount(&cfg, &job.block, &job.private_dir).await {
             Ok(()) => {
                 let dir = &job.private_dir;
                 let s = super::clamd::scan_tree(&job.addr, dir, &job.cancel, &job.progress).await;
-                super::unmount(dir).await;
+                super::media::unmount(dir).await;
                 s
             }
             Err(e) => ScanSummary {

@@ -1,9 +1,8 @@
-//! Thin readers/writers of sysfs under a configurable root (tests build fake /sys trees in temp dirs).
+//! The USB probe's thin reads and writes of sysfs, under a configurable root (tests build fake
+//! /sys trees in temp dirs): devices and block devices as sysfs shows them, and the
+//! `authorized` switches. What the values mean is `probe::usb::parse`'s.
 use std::fs;
 use std::path::{Path, PathBuf};
-
-use super::decide::UsbDeviceFacts;
-use super::parse::{interface_classes_from_descriptors, parse_hex_u16};
 
 /// A block device as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -31,58 +30,48 @@ fn attr(dir: &Path, name: &str) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Reads a USB device's attributes; missing ones are None (plus a warning for the essentials).
-pub fn read_usb_device(root: &Path, devpath: &str) -> (UsbDeviceFacts, Vec<String>) {
+/// A USB device's attributes as sysfs holds them, trimmed; missing or empty ones are `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawUsbDevice {
+    pub devpath: String,
+    pub id_vendor: Option<String>,
+    pub id_product: Option<String>,
+    pub serial: Option<String>,
+    pub manufacturer: Option<String>,
+    pub product: Option<String>,
+    pub device_class: Option<String>,
+    pub authorized: Option<String>,
+    /// The raw descriptors, which exist before authorisation.
+    pub descriptors: Option<Vec<u8>>,
+    /// `bInterfaceClass` of each interface directory (these exist only once authorised).
+    pub interface_classes: Vec<String>,
+}
+
+/// Reads a USB device's attributes.
+pub fn read_usb_device(root: &Path, devpath: &str) -> RawUsbDevice {
     let dir = abs(root, devpath);
-    let mut w = Vec::new();
-    let hex4 =
-        |name: &str, w: &mut Vec<String>| match attr(&dir, name).as_deref().and_then(parse_hex_u16)
-        {
-            Some(v) => format!("{v:04x}"),
-            None => {
-                w.push(format!("{devpath}: no readable {name}"));
-                String::new()
-            }
-        };
-    let vendor_id = hex4("idVendor", &mut w);
-    let product_id = hex4("idProduct", &mut w);
-    // The raw descriptors exist before authorisation; interface directories only after.
-    let mut interface_classes = match fs::read(dir.join("descriptors")) {
-        Ok(raw) => {
-            let (c, dw) = interface_classes_from_descriptors(&raw);
-            w.extend(dw.into_iter().map(|x| format!("{devpath}: {x}")));
-            c
-        }
-        Err(_) => Vec::new(),
-    };
+    let mut interface_classes = Vec::new();
     if let Ok(rd) = fs::read_dir(&dir) {
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().contains(':')
                 && let Some(c) = attr(&e.path(), "bInterfaceClass")
-                    .as_deref()
-                    .and_then(parse_hex_u16)
-                && !interface_classes.contains(&(c as u8))
             {
-                interface_classes.push(c as u8);
+                interface_classes.push(c);
             }
         }
     }
-    let facts = UsbDeviceFacts {
+    RawUsbDevice {
         devpath: devpath.to_owned(),
-        sys_name: devpath.rsplit('/').next().unwrap_or("").to_owned(),
-        vendor_id,
-        product_id,
+        id_vendor: attr(&dir, "idVendor"),
+        id_product: attr(&dir, "idProduct"),
         serial: attr(&dir, "serial"),
         manufacturer: attr(&dir, "manufacturer"),
         product: attr(&dir, "product"),
-        device_class: attr(&dir, "bDeviceClass")
-            .as_deref()
-            .and_then(parse_hex_u16)
-            .map(|c| c as u8),
+        device_class: attr(&dir, "bDeviceClass"),
+        authorized: attr(&dir, "authorized"),
+        descriptors: fs::read(dir.join("descriptors")).ok(),
         interface_classes,
-        authorized: attr(&dir, "authorized").map(|a| a == "1"),
-    };
-    (facts, w)
+    }
 }
 
 /// Resolves the symlinks in a `/sys/bus/...` or `/sys/class/...` directory to devpaths ("/devices/...").
@@ -283,26 +272,25 @@ pub(crate) mod tests {
             devs,
             vec![HUB.to_string(), STICK.to_string(), KBD.to_string()]
         );
-        let (stick, w) = read_usb_device(t.path(), STICK);
-        assert!(w.is_empty(), "{w:?}");
-        assert_eq!(stick.device_id(), "46f4:0001");
+        let stick = read_usb_device(t.path(), STICK);
+        assert_eq!(stick.id_vendor.as_deref(), Some("46f4"));
+        assert_eq!(stick.id_product.as_deref(), Some("0001"));
         assert_eq!(stick.serial, None);
         assert_eq!(stick.product.as_deref(), Some("QEMU USB HARDDRIVE"));
-        assert_eq!(
-            stick.interface_classes,
-            vec![8],
-            "from descriptors while unauthorised"
+        assert_eq!(stick.descriptors.as_ref().map(Vec::len), Some(36));
+        assert!(
+            stick.interface_classes.is_empty(),
+            "unauthorised: no interfaces"
         );
-        assert_eq!(stick.authorized, Some(false));
-        let (kbd, _) = read_usb_device(t.path(), KBD);
+        assert_eq!(stick.authorized.as_deref(), Some("0"));
+        let kbd = read_usb_device(t.path(), KBD);
         assert_eq!(
             kbd.interface_classes,
-            vec![3],
+            ["03"],
             "from the interface directory"
         );
         assert_eq!(kbd.serial.as_deref(), Some("42"));
-        let (hub, _) = read_usb_device(t.path(), HUB);
-        assert!(hub.is_root_hub() && hub.is_hub());
+        assert_eq!(kbd.descriptors, None);
         assert_eq!(root_hubs(t.path()), vec![HUB.to_string()]);
     }
 
@@ -326,11 +314,16 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn missing_device_gives_warnings_not_panics() {
+    fn missing_device_reads_as_nothing() {
         let t = tempfile::tempdir().unwrap();
-        let (f, w) = read_usb_device(t.path(), "/devices/nowhere/1-9");
-        assert_eq!(f.sys_name, "1-9");
-        assert_eq!(w.len(), 2);
+        let raw = read_usb_device(t.path(), "/devices/nowhere/1-9");
+        assert_eq!(
+            raw,
+            RawUsbDevice {
+                devpath: "/devices/nowhere/1-9".into(),
+                ..Default::default()
+            }
+        );
         assert!(enumerate_usb_devices(t.path()).is_empty());
     }
 
@@ -343,6 +336,9 @@ pub(crate) mod tests {
             "0"
         );
         set_authorized(t.path(), STICK, true).unwrap();
-        assert_eq!(read_usb_device(t.path(), STICK).0.authorized, Some(true));
+        assert_eq!(
+            read_usb_device(t.path(), STICK).authorized.as_deref(),
+            Some("1")
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Unit tests for the software parsers, over recorded real inputs in `testdata/`.
 use super::*;
+use chrono::NaiveDate;
 use std::time::Instant;
 
-const REAL_STATUS: &str = include_str!("testdata/dpkg-status-debian12");
+const REAL_STATUS: &str = include_str!("../testdata/dpkg-status-debian12");
 
 #[test]
 fn real_dpkg_status_parses_every_package_quickly() {
@@ -25,7 +26,7 @@ fn real_dpkg_status_parses_every_package_quickly() {
 
 #[test]
 fn malformed_dpkg_stanzas_are_warnings() {
-    let parsed = parse_dpkg_status(include_str!("testdata/dpkg-status-malformed"));
+    let parsed = parse_dpkg_status(include_str!("../testdata/dpkg-status-malformed"));
     let names: Vec<&str> = parsed.value.iter().map(|p| p.name.as_str()).collect();
     // config-files means removed; unpacked is mid-upgrade and still present.
     assert_eq!(names, ["good-one", "mid-upgrade"]);
@@ -40,7 +41,7 @@ fn malformed_dpkg_stanzas_are_warnings() {
 
 #[test]
 fn real_apt_history_parses() {
-    let parsed = parse_apt_history(include_str!("testdata/apt-history-debian12.log"));
+    let parsed = parse_apt_history(include_str!("../testdata/apt-history-debian12.log"));
     assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
     assert_eq!(parsed.value.len(), 17);
     let last = parsed.value.last().unwrap();
@@ -74,7 +75,7 @@ fn real_apt_history_parses() {
 
 #[test]
 fn apt_history_attributes_the_matching_transaction() {
-    let h = parse_apt_history(include_str!("testdata/apt-history-sudo.log")).value;
+    let h = parse_apt_history(include_str!("../testdata/apt-history-sudo.log")).value;
     let since = |d: u32| {
         NaiveDate::from_ymd_opt(2026, 11, d)
             .unwrap()
@@ -145,7 +146,7 @@ fn flatpak_version_from_metainfo_or_commit() {
 
 #[test]
 fn snapd_reply_parses_and_bad_entries_are_warnings() {
-    let body = include_bytes!("testdata/snapd-v2-snaps.json");
+    let body = include_bytes!("../testdata/snapd-v2-snaps.json");
     let parsed = parse_snapd_snaps(body);
     assert_eq!(parsed.value.len(), 2);
     assert_eq!(parsed.value[1].name, "firefox");
@@ -251,7 +252,7 @@ fn passwd_maps_uids() {
 
 #[test]
 fn reg_export_utf16_skips_components_updates_and_subkeys() {
-    let parsed = parse_reg_export(include_bytes!("testdata/uninstall-hklm.reg"));
+    let parsed = parse_reg_export(include_bytes!("../testdata/uninstall-hklm.reg"));
     assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
     let names: Vec<&str> = parsed
         .value
@@ -315,7 +316,7 @@ fn reg_export_utf8_regedit4_with_user_hive_and_oddities() {
 
 #[test]
 fn powershell_json_array_and_single_object() {
-    let parsed = parse_uninstall_json(include_bytes!("testdata/uninstall-powershell.json"));
+    let parsed = parse_uninstall_json(include_bytes!("../testdata/uninstall-powershell.json"));
     assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
     let names: Vec<&str> = parsed
         .value
@@ -334,7 +335,7 @@ fn powershell_json_array_and_single_object() {
     assert_eq!(parsed.value[0].key, "LibreOffice 24.8");
     assert_eq!(parsed.value[2].scope, "machine_32bit");
     let single = parse_uninstall_json(include_bytes!(
-        "testdata/uninstall-powershell-single-utf16.json"
+        "../testdata/uninstall-powershell-single-utf16.json"
     ));
     assert!(single.warnings.is_empty(), "{:?}", single.warnings);
     assert_eq!(single.value.len(), 1);
