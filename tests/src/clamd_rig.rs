@@ -1,6 +1,7 @@
 //! Test rig: a real clamd on a private socket in a temp dir, with locally built databases.
 //!
-//! Reusable by any integration test (`#[path = "support/clamd_rig.rs"] mod clamd_rig;`).
+//! Used by the end-to-end tests (`caretaker_tests::clamd_rig`) and, included by path, by the
+//! agent's own unit tests (`agent/src/probe/usb/clamd.rs`): std and `tempfile` only.
 //! Needs Debian packages `clamav` (sigtool), `clamav-daemon` (clamd) and `faketime` (old
 //! databases); a missing tool fails the test with the package to install, it never skips.
 //! Databases are built with `sigtool --unsigned` (a `.cud` file clamd loads without a

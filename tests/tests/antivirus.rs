@@ -1,4 +1,4 @@
-//! The antivirus probe against a real clamd (see `support/clamd_rig.rs`): status checks,
+//! The antivirus probe against a real clamd (see `tests/src/clamd_rig.rs`): status checks,
 //! INSTREAM scans, and the probe's `run` loop emitting events only on change.
 
 use std::sync::Arc;

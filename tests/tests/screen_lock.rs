@@ -1,5 +1,5 @@
 //! The screen-lock probe against real parts: dbus-daemon, dbusmock's logind, Xvfb,
-//! xdotool and Debian's i3lock (see tests/support/desktop_rig.rs).
+//! xdotool and Debian's i3lock (see tests/src/desktop_rig.rs).
 
 use std::path::PathBuf;
 use std::sync::Arc;

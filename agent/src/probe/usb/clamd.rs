@@ -106,20 +106,31 @@ pub async fn scan_tree(
     s
 }
 
+/// The end-to-end tests' real clamd (one copy of the rig, included by path: the tests crate
+/// depends on this one, so this one cannot depend on it).
 #[cfg(test)]
-#[path = "test_clamd.rs"]
-pub(crate) mod test_clamd;
+#[path = "../../../../tests/src/clamd_rig.rs"]
+pub(crate) mod clamd_rig;
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) use super::test_clamd::{TestClamd, eicar};
+    pub(crate) use super::clamd_rig::{EICAR_SIGNATURE, eicar};
+
+    /// A started real clamd with the rig's one-signature database, refusing streams over
+    /// 1 MiB (so a test can show an oversized file is reported, not passed as clean).
+    pub(crate) fn real_clamd() -> super::clamd_rig::ClamdRig {
+        let mut rig = super::clamd_rig::ClamdRig::with_fresh_database();
+        rig.extra_conf.push("StreamMaxLength 1M".into());
+        rig.start();
+        rig
+    }
 
     #[tokio::test]
     async fn real_clamd_finds_eicar_in_a_tree() {
-        let clamd = TestClamd::start(None);
-        let addr = ClamdAddr::Unix(clamd.sock.clone());
+        let clamd = real_clamd();
+        let addr = ClamdAddr::Unix(clamd.socket());
         let media = tempfile::tempdir().unwrap();
         std::fs::create_dir(media.path().join("sub")).unwrap();
         std::fs::write(media.path().join("notes.txt"), "homework").unwrap();
@@ -132,11 +143,7 @@ pub(crate) mod tests {
             &Progress::default(),
         )
         .await;
-        assert_eq!(
-            s.detections,
-            vec!["Caretaker.Test.EICAR.UNOFFICIAL".to_string()],
-            "{s:?}"
-        );
+        assert_eq!(s.detections, vec![EICAR_SIGNATURE.to_string()], "{s:?}");
         assert_eq!(s.files, 2, "symlink not followed");
         assert_eq!(s.bytes, 8 + eicar().len() as u64);
         assert_eq!(s.result(), "infected");

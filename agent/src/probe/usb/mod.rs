@@ -1056,7 +1056,7 @@ mod tests {
 
     #[tokio::test]
     async fn mounted_medium_is_reported_and_scanned_by_real_clamd() {
-        let clamd = clamd::tests::TestClamd::start(None);
+        let clamd = clamd::tests::real_clamd();
         let sys = fake_sys();
         let r = sys.path();
         // The medium: a mounted directory with EICAR, and /dev/sda holding a FAT boot sector.
@@ -1070,7 +1070,7 @@ mod tests {
         )
         .unwrap();
         let mut c = cfg(r);
-        c.clamd = Some(ClamdAddr::Unix(clamd.sock.clone()));
+        c.clamd = Some(ClamdAddr::Unix(clamd.socket()));
         c.mountinfo = r.join("mountinfo");
         c.mount_poll = Duration::from_millis(5);
         fs::write(&c.mountinfo, "").unwrap();
@@ -1098,7 +1098,7 @@ mod tests {
         let inf = rig.next("media.infected").await;
         assert_eq!(
             inf.details["detections"],
-            json!(["Caretaker.Test.EICAR.UNOFFICIAL"])
+            json!([clamd::tests::EICAR_SIGNATURE])
         );
         assert_eq!(
             inf.details["action"], "reported",
