@@ -39,6 +39,26 @@ pub enum SpoolError {
     },
 }
 
+/// Why a spool on disk could not be used as it was (it is then moved aside, never deleted).
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolDamage {
+    #[error("{0}")]
+    Engine(#[from] sled::Error),
+    #[error("the storage engine panicked while opening it")]
+    EnginePanicked,
+    #[error("an entry is unreadable: {0}")]
+    Entry(#[source] serde_json::Error),
+}
+
+/// Why the sequence reservation file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FloorUnreadable {
+    #[error("unreadable")]
+    NotANumber,
+    #[error("unreadable ({0})")]
+    Io(#[source] std::io::Error),
+}
+
 /// An event with its sequence number, as spooled and sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpooledEvent {
@@ -218,14 +238,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 }
 
 /// The reserved floor: `Ok(None)` when there is no file yet, `Err` why it cannot be used.
-fn read_floor(path: &Path) -> Result<Option<u64>, String> {
+fn read_floor(path: &Path) -> Result<Option<u64>, FloorUnreadable> {
     match fs::read_to_string(path) {
         Ok(s) => match s.trim().parse::<u64>() {
             Ok(n) if n >= 1 => Ok(Some(n)),
-            _ => Err("unreadable".into()),
+            _ => Err(FloorUnreadable::NotANumber),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("unreadable ({e})")),
+        Err(e) => Err(FloorUnreadable::Io(e)),
     }
 }
 
@@ -254,15 +274,14 @@ fn read_ledger(path: &Path) -> Option<Ledger> {
     }
 }
 
-fn open_db(dir: &Path) -> Result<sled::Db, String> {
+fn open_db(dir: &Path) -> Result<sled::Db, SpoolDamage> {
     // sled can panic on some damaged files rather than return an error.
     let dir = dir.to_path_buf();
     match std::panic::catch_unwind(move || {
         sled::Config::new().path(dir).flush_every_ms(None).open()
     }) {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the storage engine panicked while opening it".into()),
+        Ok(opened) => Ok(opened?),
+        Err(_) => Err(SpoolDamage::EnginePanicked),
     }
 }
 
@@ -302,6 +321,7 @@ impl Spool {
                 ));
                 fs::rename(dir, &moved_to).map_err(io_err(dir))?;
                 let lost = ledger.as_ref().and_then(|l| l.missing(&[]));
+                let reason = reason.to_string();
                 tracing::error!(%reason, moved_to = %moved_to.display(), lost = lost.map(|l| l.count), "Spool was unreadable; moved it aside and started a new one");
                 notes.push(OpenNote::MovedAside {
                     reason,
@@ -341,7 +361,7 @@ impl Spool {
                 seen + 1
             }
             Err(why) => {
-                notes.push(Self::floor_lost(&why, seen + 1));
+                notes.push(Self::floor_lost(&why.to_string(), seen + 1));
                 seen + 1
             }
         };
@@ -444,13 +464,12 @@ impl Spool {
 
     /// Reads every entry once, so damage shows at open time rather than mid-stream, and
     /// counts what is there in the same pass.
-    fn check(db: &sled::Db) -> Result<Tally, String> {
-        let tree = db.open_tree("events").map_err(|e| e.to_string())?;
+    fn check(db: &sled::Db) -> Result<Tally, SpoolDamage> {
+        let tree = db.open_tree("events")?;
         let mut t = Tally::default();
         for item in tree.iter() {
-            let (k, v) = item.map_err(|e| e.to_string())?;
-            serde_json::from_slice::<SpooledEvent>(&v)
-                .map_err(|e| format!("an entry is unreadable: {e}"))?;
+            let (k, v) = item?;
+            serde_json::from_slice::<SpooledEvent>(&v).map_err(SpoolDamage::Entry)?;
             let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             t.bytes += (k.len() + v.len()) as u64;
             t.count += 1;
