@@ -28,6 +28,8 @@ mod incidents;
 mod meta;
 pub(super) mod migrate;
 mod privacy;
+#[cfg(test)]
+mod privacy_tests;
 mod runs;
 #[cfg(test)]
 mod tests;
