@@ -47,38 +47,47 @@ pub(super) fn put(
     Ok(())
 }
 
-/// Forgets `device`'s sequence `seq` (a purged event): its run is cut in two around it, so
-/// listings and `device_events_after` never walk over removed events. Nothing happens if it
-/// is not stored.
-pub(super) fn remove(
+/// Forgets `device`'s sequences `seqs` (purged events; ascending, each once): each run holding
+/// some is cut around them, so listings and `device_events_after` never walk over removed
+/// events. A run loses many at once (a purge takes the oldest first), so this costs a few
+/// writes per run, not per event. Sequences not stored are ignored.
+pub(super) fn remove_many(
     table: &mut redb::Table<(&str, u64), (u64, u64)>,
     device: &str,
-    seq: u64,
+    seqs: &[u64],
 ) -> StoreResult<()> {
-    let found = table
-        .range((device, 0)..=(device, seq))
-        .map_err(engine)?
-        .next_back()
-        .transpose()
-        .map_err(engine)?
-        .map(|(k, v)| (k.value().1, v.value()));
-    let Some((first, (id, n))) = found else {
-        return Ok(());
-    };
-    if seq >= first + n {
-        return Ok(());
-    }
-    table.remove((device, first)).map_err(engine)?;
-    if seq > first {
-        table
-            .insert((device, first), (id, seq - first))
-            .map_err(engine)?;
-    }
-    if seq + 1 < first + n {
-        let after = seq + 1 - first;
-        table
-            .insert((device, seq + 1), (id + after, n - after))
-            .map_err(engine)?;
+    let mut i = 0;
+    while i < seqs.len() {
+        let seq = seqs[i];
+        let found = table
+            .range((device, 0)..=(device, seq))
+            .map_err(engine)?
+            .next_back()
+            .transpose()
+            .map_err(engine)?
+            .map(|(k, v)| (k.value().1, v.value()));
+        let Some((first, (id, n))) = found.filter(|(first, (_, n))| seq < first + n) else {
+            i += 1;
+            continue;
+        };
+        let end = first + n;
+        let within = seqs[i..].iter().take_while(|s| **s < end).count();
+        table.remove((device, first)).map_err(engine)?;
+        let mut from = first;
+        for &gone in &seqs[i..i + within] {
+            if gone > from {
+                table
+                    .insert((device, from), (id + (from - first), gone - from))
+                    .map_err(engine)?;
+            }
+            from = gone + 1;
+        }
+        if from < end {
+            table
+                .insert((device, from), (id + (from - first), end - from))
+                .map_err(engine)?;
+        }
+        i += within;
     }
     Ok(())
 }
@@ -272,9 +281,9 @@ mod tests {
             put(&mut t, "d", 1, 100, 10).unwrap();
             put(&mut t, "d", 20, 300, 3).unwrap();
             put(&mut t, "e", 1, 110, 2).unwrap();
-            for seq in [1, 5, 6, 10, 21, 15, 99] {
-                remove(&mut t, "d", seq).unwrap();
-            }
+            remove_many(&mut t, "d", &[1, 5, 6]).unwrap();
+            remove_many(&mut t, "d", &[10, 15, 21, 99]).unwrap();
+            remove_many(&mut t, "d", &[5]).unwrap();
             let left: Vec<(u64, u64)> = pairs(&t, "d", Bound::Unbounded, Bound::Unbounded, false)
                 .unwrap()
                 .collect::<StoreResult<_>>()
