@@ -780,6 +780,27 @@ mod tests {
         crate::store::conformance::store_conformance!(reopened);
     }
 
+    /// Never served, so retention and erasure are refused, not pretended: the store stays
+    /// open and as it was.
+    #[test]
+    fn privacy_operations_are_refused_with_the_reason() {
+        use crate::store::{PrivacyStore, PurgeCutoffs};
+        let (s, _dir) = fresh();
+        for err in [
+            s.purge_expired(&PurgeCutoffs::default(), 10).err(),
+            s.erase_subject("al", "p").err(),
+            s.holds().err(),
+        ] {
+            let err = err.expect("refused");
+            assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+            assert!(err.to_string().contains("only read to convert it to redb"));
+        }
+        assert!(
+            s.closed_because().is_none(),
+            "a refusal does not close the store"
+        );
+    }
+
     #[test]
     fn a_store_held_elsewhere_is_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
