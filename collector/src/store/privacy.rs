@@ -296,7 +296,6 @@ pub trait PrivacyStore {
 fn unbuilt() -> super::StoreError {
     super::StoreError::Engine("not built yet".into())
 }
-impl PrivacyStore for super::PgStore {}
 
 /// Whether `text` names `name` as a whole word (not inside a longer name: erasing `al` leaves
 /// `alice`), as a path component (`/home/alice/x`) or a value on its own.
