@@ -25,7 +25,7 @@ use crate::store::privacy::{
     ErasureCounts, Held, Hold, HoldTarget, PrivacyStore, PurgeCounts, PurgeCutoffs, SubjectRecords,
     event_names, text_names, value_names,
 };
-use crate::store::{AuditEntry, DigestRecord, StoreError, StoreResult, StoredEvent};
+use crate::store::{AuditEntry, DigestRecord, Incident, StoreError, StoreResult, StoredEvent};
 
 /// Events read per round trip when a scan looks for a name in events' details.
 const PAGE: i64 = 1_000;
@@ -212,8 +212,7 @@ impl EventsNaming {
 /// Every record naming `user` but the events (see `SubjectRecords`), oldest first.
 async fn others_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<SubjectRecords> {
     let name = user.to_string();
-    let mut out = SubjectRecords::default();
-    out.incidents = tx
+    let incidents: Vec<Incident> = tx
         .query(
             &format!(
                 "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE user_name = $1 \
@@ -226,12 +225,11 @@ async fn others_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<SubjectR
         .iter()
         .map(incident_from_row)
         .collect::<StoreResult<_>>()?;
-    let ids: Vec<i64> = out
-        .incidents
+    let ids: Vec<i64> = incidents
         .iter()
         .map(|i| big("incident id", i.id))
         .collect::<StoreResult<_>>()?;
-    out.incident_entries = tx
+    let incident_entries = tx
         .query(
             "SELECT incident, n, at_ns, author, action, body FROM incident_entries \
              WHERE incident = ANY($1) OR author = $2 ORDER BY at_ns, incident, n",
@@ -242,9 +240,13 @@ async fn others_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<SubjectR
         .iter()
         .map(entry_from_row)
         .collect::<StoreResult<_>>()?;
-    out.audit = audit_naming(tx, user).await?;
-    out.digests = digests_naming(tx, user).await?;
-    Ok(out)
+    Ok(SubjectRecords {
+        events: Vec::new(),
+        incidents,
+        incident_entries,
+        audit: audit_naming(tx, user).await?,
+        digests: digests_naming(tx, user).await?,
+    })
 }
 
 /// Whether an audit entry is by or about `user`.

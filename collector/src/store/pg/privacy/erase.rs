@@ -26,7 +26,7 @@ use super::{
 use crate::store::privacy::{
     ErasureCounts, Held, rename_in_event, rename_in_text, rename_in_value, text_names,
 };
-use crate::store::{Incident, StoreResult};
+use crate::store::StoreResult;
 
 /// `text` with `user` replaced: the whole value when it is the name, else each whole word.
 fn renamed(text: &str, user: &str, pseudonym: &str) -> Option<String> {
@@ -327,25 +327,28 @@ async fn erase_incidents(
         )
         .await
         .map_err(pg)?;
-    let mut incidents: HashMap<u64, Option<Incident>> = HashMap::new();
+    // Whether each entry's incident is kept by a hold, read once per incident.
+    let mut kept: HashMap<u64, bool> = HashMap::new();
     for r in &entries {
         let mut e = entry_from_row(r)?;
-        if !incidents.contains_key(&e.incident) {
-            let i = tx
-                .query_opt(
-                    &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
-                    &[&big("incident id", e.incident)?],
-                )
-                .await
-                .map_err(pg)?
-                .map(|r| incident_from_row(&r))
-                .transpose()?;
-            incidents.insert(e.incident, i);
-        }
-        if incidents[&e.incident]
-            .as_ref()
-            .is_some_and(|i| held.keeps_incident(i))
-        {
+        let keeps = match kept.get(&e.incident) {
+            Some(&k) => k,
+            None => {
+                let k = tx
+                    .query_opt(
+                        &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
+                        &[&big("incident id", e.incident)?],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .map(|r| incident_from_row(&r))
+                    .transpose()?
+                    .is_some_and(|i| held.keeps_incident(&i));
+                kept.insert(e.incident, k);
+                k
+            }
+        };
+        if keeps {
             continue;
         }
         let author = renamed(&e.by, user, pseudonym);
