@@ -533,6 +533,21 @@ fn sync_dir(dir: &Path) -> StoreResult<()> {
         .map_err(|e| io("cannot sync", dir, &e))
 }
 
+/// Removes the fresh copy an erasure was writing when the process stopped: the store's file is
+/// still the complete one (renamed records, old copies in freed pages until the erasure runs
+/// again), and the partial copy only takes room.
+pub(super) fn discard_partial(dir: &Path) -> StoreResult<()> {
+    let partial = dir.join(ERASING);
+    if partial.exists() {
+        std::fs::remove_file(&partial).map_err(|e| io("cannot remove", &partial, &e))?;
+        tracing::warn!(
+            path = %partial.display(),
+            "Unfinished store rewrite of an erasure discarded; run the erasure again"
+        );
+    }
+    Ok(())
+}
+
 /// Replaces the store's file by a fresh copy of its live records, so nothing an erasure
 /// renamed survives in a freed page, removes the retired sled files (which hold the names
 /// as they were before the conversion), and returns the engine opened on the new file. The
@@ -540,9 +555,7 @@ fn sync_dir(dir: &Path) -> StoreResult<()> {
 pub(super) fn rewrite(store: Engine, dir: &Path) -> StoreResult<Engine> {
     let file = dir.join(FILE);
     let partial = dir.join(ERASING);
-    if partial.exists() {
-        std::fs::remove_file(&partial).map_err(|e| io("cannot remove", &partial, &e))?;
-    }
+    discard_partial(dir)?;
     let tables = {
         let fresh = Database::create(&partial).map_err(engine)?;
         let from = store.db.begin_read().map_err(engine)?;

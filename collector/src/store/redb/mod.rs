@@ -154,6 +154,7 @@ impl Engine {
         })?;
         // A school upgrading from the sled store: converted once, here, before the file opens.
         migrate::from_sled_if_present(dir)?;
+        erase::discard_partial(dir)?;
         let file = dir.join(FILE);
         let mut builder = Database::builder();
         builder.set_cache_size(CACHE_BYTES);

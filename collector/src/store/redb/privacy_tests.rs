@@ -191,3 +191,16 @@ fn a_held_name_stays_in_the_store_file() {
         "held records keep the name: {naming:?}"
     );
 }
+
+/// A copy an erasure was writing when the process stopped is discarded at the next open; the
+/// store opens on its own file, whole.
+#[test]
+fn an_unfinished_rewrite_is_discarded_at_open() {
+    let (s, dir) = seeded();
+    drop(s);
+    let partial = dir.path().join("caretaker.redb.erasing");
+    std::fs::write(&partial, b"half a copy").unwrap();
+    let s = RedbStore::open(dir.path()).unwrap();
+    assert!(!partial.exists());
+    assert_eq!(s.device("d").unwrap().unwrap().event_count, 3);
+}
