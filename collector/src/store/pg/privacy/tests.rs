@@ -323,7 +323,9 @@ fn erasure_leaves_no_copy_of_the_name_in_the_database_files() {
     let name = "zorbalina";
     s.insert_device(&test_device("a")).unwrap();
     let now = Utc::now();
-    let mut events: Vec<StoredEvent> = (1..=200)
+    // More than two pages of the scan (`PAGE`), so paging is what finds them all.
+    let n = 2 * super::PAGE as u64 + 500;
+    let mut events: Vec<StoredEvent> = (1..=n)
         .map(|i| StoredEvent {
             user: Some(if i % 2 == 0 { name } else { "bob" }.into()),
             details: object(json!({"path": format!("/home/{name}/file{i}")})),
@@ -336,7 +338,7 @@ fn erasure_leaves_no_copy_of_the_name_in_the_database_files() {
         details: object(json!({"path": format!("/home/{name}/Downloads/x.AppImage")})),
         audience: vec!["network_manager".into(), "dsl".into()],
         severity: "warning".into(),
-        ..event("a", 201, now, true)
+        ..event("a", n + 1, now, true)
     });
     let mut state = Map::new();
     state.insert("session".into(), json!({"user": name}));
@@ -348,7 +350,7 @@ fn erasure_leaves_no_copy_of_the_name_in_the_database_files() {
     s.put_derived(
         "software",
         "a",
-        201,
+        n + 1,
         &json!({"paths": [format!("/home/{name}/bin")]}),
     )
     .unwrap();
@@ -416,10 +418,13 @@ fn erasure_leaves_no_copy_of_the_name_in_the_database_files() {
     let counts = s.erase_subject(name, "user-5e1d").unwrap();
     assert_eq!(
         (counts.events, counts.incidents, counts.devices),
-        (201, 1, 1)
+        (n + 1, 1, 1)
     );
     assert_eq!(files_naming(&s, name), Vec::<String>::new());
     assert!(!files_naming(&s, "user-5e1d").is_empty());
-    assert_eq!(s.subject_records("user-5e1d").unwrap().events.len(), 201);
+    assert_eq!(
+        s.subject_records("user-5e1d").unwrap().events.len() as u64,
+        n + 1
+    );
     assert!(s.subject_records(name).unwrap().events.is_empty());
 }
