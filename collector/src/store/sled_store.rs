@@ -429,6 +429,41 @@ impl super::reopen::Backend for Engine {
     fn open(path: &Path) -> StoreResult<Self> {
         Engine::open(path)
     }
+
+    fn rewrite_clean(self, _path: &Path) -> StoreResult<Self> {
+        Err(sled_is_read_only())
+    }
+}
+
+/// The sled engine only converts old data directories to redb and is never served: retention,
+/// holds and erasure are refused outright rather than half done.
+fn sled_is_read_only() -> StoreError {
+    StoreError::Conflict("the sled store is only read to convert it to redb".into())
+}
+
+impl super::PrivacyStore for Engine {
+    fn purge_expired(
+        &self,
+        _cutoffs: &super::PurgeCutoffs,
+        _limit: usize,
+    ) -> StoreResult<super::PurgeCounts> {
+        Err(sled_is_read_only())
+    }
+    fn put_hold(&self, _hold: &super::Hold) -> StoreResult<()> {
+        Err(sled_is_read_only())
+    }
+    fn release_hold(&self, _target: &super::HoldTarget) -> StoreResult<bool> {
+        Err(sled_is_read_only())
+    }
+    fn holds(&self) -> StoreResult<Vec<super::Hold>> {
+        Err(sled_is_read_only())
+    }
+    fn subject_records(&self, _user: &str) -> StoreResult<super::SubjectRecords> {
+        Err(sled_is_read_only())
+    }
+    fn erase_subject(&self, _user: &str, _pseudonym: &str) -> StoreResult<super::ErasureCounts> {
+        Err(sled_is_read_only())
+    }
 }
 
 impl Store for Engine {
@@ -743,6 +778,27 @@ mod tests {
         }
 
         crate::store::conformance::store_conformance!(reopened);
+    }
+
+    /// Never served, so retention and erasure are refused, not pretended: the store stays
+    /// open and as it was.
+    #[test]
+    fn privacy_operations_are_refused_with_the_reason() {
+        use crate::store::{PrivacyStore, PurgeCutoffs};
+        let (s, _dir) = fresh();
+        for err in [
+            s.purge_expired(&PurgeCutoffs::default(), 10).err(),
+            s.erase_subject("al", "p").err(),
+            s.holds().err(),
+        ] {
+            let err = err.expect("refused");
+            assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+            assert!(err.to_string().contains("only read to convert it to redb"));
+        }
+        assert!(
+            s.closed_because().is_none(),
+            "a refusal does not close the store"
+        );
     }
 
     #[test]

@@ -62,7 +62,7 @@ fn api_token_from_row(r: &Row) -> ApiTokenRecord {
     }
 }
 
-fn audit_from_row(r: &Row) -> StoreResult<AuditEntry> {
+pub(super) fn audit_from_row(r: &Row) -> StoreResult<AuditEntry> {
     Ok(AuditEntry {
         id: unsigned("audit id", r.get(0))?,
         at: from_ns(r.get(1)),

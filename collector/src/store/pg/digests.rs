@@ -10,7 +10,7 @@ use super::super::{StoreError, StoreResult, StoredEvent};
 use super::PgStore;
 use super::incidents::{big, from_ns, ns, pg, unsigned};
 
-const DIGEST_COLUMNS: &str = "id, recipient, channel, kind, created_at_ns, subject, body_text, \
+pub(super) const DIGEST_COLUMNS: &str = "id, recipient, channel, kind, created_at_ns, subject, body_text, \
      body_html, body_json, events, status, attempts, last_error, next_attempt_ns, sent_at_ns, \
      attachment";
 
@@ -21,7 +21,7 @@ fn status_label(s: DigestStatus) -> &'static str {
     }
 }
 
-fn digest_from_row(r: &Row) -> StoreResult<DigestRecord> {
+pub(super) fn digest_from_row(r: &Row) -> StoreResult<DigestRecord> {
     let channel: serde_json::Value = r.get(2);
     let status: String = r.get(10);
     let attempts: i32 = r.get(11);

@@ -19,6 +19,7 @@ mod events;
 mod incidents;
 mod leader;
 mod listing;
+mod privacy;
 #[doc(hidden)]
 pub mod rig;
 #[cfg(test)]
@@ -48,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "accounts_incidents_digests",
         include_str!("../../../migrations/postgres/0002_accounts_incidents_digests.sql"),
     ),
+    (
+        3,
+        "privacy",
+        include_str!("../../../migrations/postgres/0003_privacy.sql"),
+    ),
 ];
 
 /// Advisory lock keys (transaction-level), one per thing collectors must not do at once.
@@ -55,6 +61,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 const LOCK_MIGRATE: i64 = 0x6361_7265_0000_0001;
 const LOCK_POLICY: i64 = 0x6361_7265_0000_0002;
 const LOCK_PARTITION: i64 = 0x6361_7265_0000_0003;
+/// Purges, erasures and hold changes: each reads the holds in force and must not meet another.
+const LOCK_PRIVACY: i64 = 0x6361_7265_0000_0004;
 
 /// Connections per collector: appends, the API's listings and the dashboard's reads at once,
 /// well under PostgreSQL's default of 100 connections for a handful of collectors.
@@ -73,6 +81,9 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     /// This collector's claim to send the digests (`leader.rs`).
     leader: Arc<leader::Leader>,
+    /// Whether a purge drops a monthly partition whose events have all expired (always, but
+    /// in the tests that hold a purge to its batch size; see `privacy/purge.rs`).
+    drop_partitions: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -155,6 +166,7 @@ impl PgStore {
             partitions: Arc::default(),
             config,
             leader: Arc::default(),
+            drop_partitions: true,
         };
         store.run(migrate)?;
         Ok(store)
@@ -185,6 +197,15 @@ impl PgStore {
     fn wait<T>(task: tokio::task::JoinHandle<T>) -> StoreResult<T> {
         futures::executor::block_on(tokio::task::unconstrained(task))
             .map_err(|e| StoreError::Engine(format!("a PostgreSQL call failed: {e}")))
+    }
+
+    /// This store with purges that delete rows only, never a whole partition: the shared
+    /// privacy suite holds every purge call to its batch size, which a dropped partition is
+    /// not (`privacy/purge.rs`); the partition path has tests of its own.
+    #[cfg(test)]
+    pub(crate) fn rows_only(mut self) -> Self {
+        self.drop_partitions = false;
+        self
     }
 
     /// The months whose event partition is known to exist, shared by this store's calls.

@@ -18,6 +18,14 @@ fn fresh() -> (PgStore, DbGuard) {
 crate::store::conformance::store_conformance!(fresh);
 crate::store::conformance::store_conformance_append_order!(fresh);
 
+/// The privacy suite holds each purge call to its batch size, so it runs on the rows path;
+/// dropping whole partitions has its own tests (`privacy/tests.rs`).
+fn fresh_rows_only() -> (PgStore, DbGuard) {
+    let (store, guard) = fresh();
+    (store.rows_only(), guard)
+}
+crate::store::conformance_privacy::store_conformance_privacy!(fresh_rows_only);
+
 fn event(device: &str, seq: u64) -> StoredEvent {
     StoredEvent {
         device_id: device.into(),
