@@ -1177,7 +1177,30 @@ mod tests {
         }
     }
 
-    impl crate::store::PrivacyStore for Counting {}
+    impl crate::store::PrivacyStore for Counting {
+        fn purge_expired(
+            &self,
+            c: &crate::store::PurgeCutoffs,
+            l: usize,
+        ) -> StoreResult<crate::store::PurgeCounts> {
+            self.inner.purge_expired(c, l)
+        }
+        fn put_hold(&self, h: &crate::store::Hold) -> StoreResult<()> {
+            self.inner.put_hold(h)
+        }
+        fn release_hold(&self, t: &crate::store::HoldTarget) -> StoreResult<bool> {
+            self.inner.release_hold(t)
+        }
+        fn holds(&self) -> StoreResult<Vec<crate::store::Hold>> {
+            self.inner.holds()
+        }
+        fn subject_records(&self, u: &str) -> StoreResult<crate::store::SubjectRecords> {
+            self.inner.subject_records(u)
+        }
+        fn erase_subject(&self, u: &str, p: &str) -> StoreResult<crate::store::ErasureCounts> {
+            self.inner.erase_subject(u, p)
+        }
+    }
 
     impl crate::store::IncidentStore for Counting {
         fn incident(&self, id: u64) -> StoreResult<Option<crate::store::Incident>> {

@@ -256,45 +256,25 @@ pub struct ErasureCounts {
 /// Retention, holds and subject access. The collector calls these; backends implement
 /// them with the rules above.
 pub trait PrivacyStore {
-    /// Removes at most about `limit` expired records that no hold keeps, oldest first, in one
-    /// transaction, and keeps the devices' stored event counts right. Returns what it removed;
-    /// an empty count means nothing more has expired.
-    fn purge_expired(&self, cutoffs: &PurgeCutoffs, limit: usize) -> StoreResult<PurgeCounts> {
-        let _ = (cutoffs, limit);
-        Err(unbuilt())
-    }
+    /// Removes expired records that no hold keeps, oldest first, in one transaction, and keeps
+    /// the devices' stored event counts right: at most about `limit` rows deleted one by one
+    /// (an incident goes with its whole record). PostgreSQL may also drop one past month's
+    /// events partition whose events have all expired and none is held, whatever its size,
+    /// since dropping it costs about the same for a million events as for ten. Returns what
+    /// it removed; an empty count means nothing more has expired.
+    fn purge_expired(&self, cutoffs: &PurgeCutoffs, limit: usize) -> StoreResult<PurgeCounts>;
     /// Places a hold (placing one already in force replaces its reason).
-    fn put_hold(&self, hold: &Hold) -> StoreResult<()> {
-        let _ = hold;
-        Err(unbuilt())
-    }
+    fn put_hold(&self, hold: &Hold) -> StoreResult<()>;
     /// Releases a hold; `false` when there was none.
-    fn release_hold(&self, target: &HoldTarget) -> StoreResult<bool> {
-        let _ = target;
-        Err(unbuilt())
-    }
-    fn holds(&self) -> StoreResult<Vec<Hold>> {
-        Err(unbuilt())
-    }
+    fn release_hold(&self, target: &HoldTarget) -> StoreResult<bool>;
+    fn holds(&self) -> StoreResult<Vec<Hold>>;
     /// Every record naming `user` (see `SubjectRecords`).
-    fn subject_records(&self, user: &str) -> StoreResult<SubjectRecords> {
-        let _ = user;
-        Err(unbuilt())
-    }
+    fn subject_records(&self, user: &str) -> StoreResult<SubjectRecords>;
     /// Replaces `user` by `pseudonym` in every stored record a hold does not keep (events and
     /// their user index, incidents, incident entries, audit entries, digests, device state),
     /// and leaves no copy of the name in the store's files outside held records (an embedded
-    /// store rewrites or compacts its file). Returns what it changed and kept.
-    fn erase_subject(&self, user: &str, pseudonym: &str) -> StoreResult<ErasureCounts> {
-        let _ = (user, pseudonym);
-        Err(unbuilt())
-    }
-}
-
-// TEMPORARY while the backends are built in parallel (2026-12-01): removed at merge, so a
-// backend without these fails to compile.
-fn unbuilt() -> super::StoreError {
-    super::StoreError::Engine("not built yet".into())
+    /// store rewrites its file). Returns what it changed and kept.
+    fn erase_subject(&self, user: &str, pseudonym: &str) -> StoreResult<ErasureCounts>;
 }
 
 /// Whether `text` names `name` as a whole word (not inside a longer name: erasing `al` leaves

@@ -23,10 +23,10 @@ use super::super::incidents::{INCIDENT_COLUMNS, big, entry_from_row, incident_fr
 use super::{
     EventsNaming, audit_naming, digests_naming, lock_and_read_holds, others_naming, plain_in_json,
 };
+use crate::store::StoreResult;
 use crate::store::privacy::{
     ErasureCounts, Held, rename_in_event, rename_in_text, rename_in_value, text_names,
 };
-use crate::store::StoreResult;
 
 /// `text` with `user` replaced: the whole value when it is the name, else each whole word.
 fn renamed(text: &str, user: &str, pseudonym: &str) -> Option<String> {
