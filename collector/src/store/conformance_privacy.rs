@@ -25,6 +25,7 @@ macro_rules! store_conformance_privacy {
             subject_records_find_every_record_naming_a_user_and_no_other,
             erasure_renames_everywhere_outside_holds_and_is_idempotent,
             a_hold_on_the_user_keeps_every_record_from_erasure,
+            an_erasure_drops_every_dsl_report_pdf_and_no_other_attachment,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -42,6 +43,7 @@ pub(crate) use store_conformance_privacy;
 mod subject;
 pub use subject::{
     a_hold_on_the_user_keeps_every_record_from_erasure,
+    an_erasure_drops_every_dsl_report_pdf_and_no_other_attachment,
     erasure_renames_everywhere_outside_holds_and_is_idempotent,
     subject_records_find_every_record_naming_a_user_and_no_other,
 };

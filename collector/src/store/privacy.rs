@@ -344,6 +344,26 @@ pub fn rename_in_value(v: &mut Value, name: &str, pseudonym: &str) -> bool {
     }
 }
 
+/// Whether a digest names `user` in its subject or bodies.
+pub fn digest_names(d: &DigestRecord, user: &str) -> bool {
+    [&d.subject, &d.text, &d.html]
+        .iter()
+        .any(|t| text_names(t, user))
+        || value_names(&d.json, user)
+}
+
+/// How a DSL report's PDF is named when a digest carries it (`digest/mod.rs`).
+pub const DSL_REPORT_ATTACHMENT: &str = "caretaker-dsl-";
+
+/// Whether `d` carries a DSL report's PDF: it names pupils inside compressed PDF text, which
+/// cannot be searched or renamed, so an erasure drops it from every digest (the report can be
+/// made again from the store, which then holds the pseudonym; the message's own text stays).
+pub fn carries_dsl_report(d: &DigestRecord) -> bool {
+    d.attachment
+        .as_ref()
+        .is_some_and(|a| a.name.starts_with(DSL_REPORT_ATTACHMENT))
+}
+
 /// Whether `e` names `user`: as its user or anywhere in its details.
 pub fn event_names(e: &StoredEvent, user: &str) -> bool {
     e.user.as_deref() == Some(user) || e.details.values().any(|v| value_names(v, user))

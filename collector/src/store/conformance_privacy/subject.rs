@@ -222,6 +222,48 @@ pub fn erasure_renames_everywhere_outside_holds_and_is_idempotent(s: &dyn Store)
     );
 }
 
+/// A DSL report's PDF names pupils inside compressed text no search reaches, so an erasure
+/// drops it from every digest, even one whose message does not name the person; a governors'
+/// report (counts only) keeps its PDF.
+pub fn an_erasure_drops_every_dsl_report_pdf_and_no_other_attachment(s: &dyn Store) {
+    let t = Utc::now();
+    let pdf = |name: &str| {
+        let mut d = digest(
+            t,
+            "Your report for November is attached.",
+            DigestStatus::Sent,
+        );
+        d.attachment = Some(Attachment {
+            name: name.into(),
+            content_type: "application/pdf".into(),
+            data_base64: "JVBERi0=".into(),
+        });
+        d
+    };
+    s.record_digests(
+        "dsl1",
+        &DigestCursor::default(),
+        vec![
+            pdf("caretaker-dsl-2026-11-01.pdf"),
+            pdf("caretaker-governors-2026-11-01.pdf"),
+        ],
+    )
+    .unwrap();
+    s.erase_subject("alice", "user-1234").unwrap();
+    let kept: Vec<Option<String>> = s
+        .digests(None, 10)
+        .unwrap()
+        .iter()
+        .map(|d| d.attachment.as_ref().map(|a| a.name.clone()))
+        .collect();
+    assert!(kept.contains(&None), "the DSL report is dropped: {kept:?}");
+    assert!(
+        kept.contains(&Some("caretaker-governors-2026-11-01.pdf".into())),
+        "{kept:?}"
+    );
+    assert_eq!(kept.len(), 2, "the digests themselves stay: {kept:?}");
+}
+
 pub fn a_hold_on_the_user_keeps_every_record_from_erasure(s: &dyn Store) {
     seed_subjects(s);
     s.put_hold(&hold(HoldTarget::User("al".into()), "case 3"))

@@ -23,7 +23,7 @@ use super::incidents::{
 use super::{LOCK_PRIVACY, PgStore};
 use crate::store::privacy::{
     ErasureCounts, Held, Hold, HoldTarget, PrivacyStore, PurgeCounts, PurgeCutoffs, SubjectRecords,
-    event_names, text_names, value_names,
+    digest_names, event_names, text_names,
 };
 use crate::store::{AuditEntry, DigestRecord, Incident, StoreError, StoreResult, StoredEvent};
 
@@ -276,13 +276,6 @@ async fn audit_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<Vec<Audit
 }
 
 /// Whether a digest's subject or bodies name `user`.
-fn digest_names(d: &DigestRecord, user: &str) -> bool {
-    text_names(&d.subject, user)
-        || text_names(&d.text, user)
-        || text_names(&d.html, user)
-        || value_names(&d.json, user)
-}
-
 async fn digests_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<Vec<DigestRecord>> {
     // `body_json` is jsonb, whose text is PostgreSQL's own rendering, so the substring test
     // is left out for names that rendering could escape.

@@ -15,7 +15,8 @@ use redb::{
 use serde_json::Value;
 
 use super::super::privacy::{
-    Held, event_names, rename_in_event, rename_in_text, rename_in_value, text_names, value_names,
+    Held, carries_dsl_report, digest_names, event_names, rename_in_event, rename_in_text,
+    rename_in_value, text_names,
 };
 use super::super::{
     AuditEntry, Device, DigestRecord, ErasureCounts, Incident, IncidentEntry, StoreError,
@@ -56,13 +57,6 @@ fn audit_names(a: &AuditEntry, user: &str) -> bool {
     [&a.actor, &a.target, &a.detail]
         .iter()
         .any(|t| t.as_str() == user || text_names(t, user))
-}
-
-fn digest_names(d: &DigestRecord, user: &str) -> bool {
-    [&d.subject, &d.text, &d.html]
-        .iter()
-        .any(|t| text_names(t, user))
-        || value_names(&d.json, user)
 }
 
 /// `text` with `user` renamed (a whole field equal to the name, or whole words in it).
@@ -201,20 +195,23 @@ pub(super) fn erase_subject(
         Ok(true)
     })?;
     rewrite_each(&txn, DIGESTS, "digest", |d: &mut DigestRecord| {
-        if !digest_names(d, user) {
+        let names = digest_names(d, user);
+        if !names && !carries_dsl_report(d) {
             return Ok(false);
         }
-        for t in [&mut d.subject, &mut d.text, &mut d.html] {
-            if let Some(r) = rename_in_text(t, user, pseudonym) {
-                *t = r;
+        if names {
+            for t in [&mut d.subject, &mut d.text, &mut d.html] {
+                if let Some(r) = rename_in_text(t, user, pseudonym) {
+                    *t = r;
+                }
             }
+            rename_in_value(&mut d.json, user, pseudonym);
+            counts.digests += 1;
         }
-        rename_in_value(&mut d.json, user, pseudonym);
-        // A report PDF cannot be renamed in place: it goes, and the count says so.
+        // A report PDF cannot be renamed in place: it goes, and the log says how many.
         if d.attachment.take().is_some() {
             dropped += 1;
         }
-        counts.digests += 1;
         Ok(true)
     })?;
     erase_device_state(&txn, &held, user, pseudonym, &mut counts)?;

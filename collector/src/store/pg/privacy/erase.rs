@@ -136,6 +136,24 @@ pub(super) async fn erase(
                 .map_err(pg)?;
             touched.insert("digests".into());
         }
+        // A DSL report's PDF names pupils where no search reaches (see `carries_dsl_report`).
+        let reports = tx
+            .execute(
+                "UPDATE digests SET attachment = NULL WHERE attachment->>'name' LIKE $1",
+                &[&format!(
+                    "{}%",
+                    crate::store::privacy::DSL_REPORT_ATTACHMENT
+                )],
+            )
+            .await
+            .map_err(pg)?;
+        if reports > 0 {
+            tracing::info!(
+                digest_attachments_dropped = reports,
+                "DSL report copies dropped"
+            );
+            touched.insert("digests".into());
+        }
         tx.commit().await.map_err(pg)?;
     }
     rewrite(&client, &touched).await;
