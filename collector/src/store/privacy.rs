@@ -344,6 +344,24 @@ pub fn rename_in_value(v: &mut Value, name: &str, pseudonym: &str) -> bool {
     }
 }
 
+/// Whether an incident names `user`: as its user, or in its title or subject (a path in a
+/// home folder).
+pub fn incident_names(i: &Incident, user: &str) -> bool {
+    i.user.as_deref() == Some(user) || text_names(&i.title, user) || text_names(&i.subject, user)
+}
+
+/// Whether an incident's entry names `user`: written by them, or naming them in its text.
+pub fn entry_names(e: &IncidentEntry, user: &str) -> bool {
+    text_names(&e.by, user) || text_names(&e.text, user)
+}
+
+/// Whether an audit entry is by or about `user`.
+pub fn audit_names(a: &AuditEntry, user: &str) -> bool {
+    [&a.actor, &a.target, &a.detail]
+        .iter()
+        .any(|t| text_names(t, user))
+}
+
 /// Whether a digest names `user` in its subject or bodies.
 pub fn digest_names(d: &DigestRecord, user: &str) -> bool {
     [&d.subject, &d.text, &d.html]

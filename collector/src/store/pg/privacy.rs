@@ -23,7 +23,7 @@ use super::incidents::{
 use super::{LOCK_PRIVACY, PgStore};
 use crate::store::privacy::{
     ErasureCounts, Held, Hold, HoldTarget, PrivacyStore, PurgeCounts, PurgeCutoffs, SubjectRecords,
-    digest_names, event_names, text_names,
+    audit_names, digest_names, entry_names, event_names, incident_names, text_names,
 };
 use crate::store::{AuditEntry, DigestRecord, Incident, StoreError, StoreResult, StoredEvent};
 
@@ -216,7 +216,7 @@ async fn others_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<SubjectR
         .query(
             &format!(
                 "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE user_name = $1 \
-                 ORDER BY first_at_ns, id"
+                 OR strpos(title, $1) > 0 OR strpos(subject, $1) > 0 ORDER BY first_at_ns, id"
             ),
             &[&name],
         )
@@ -224,6 +224,7 @@ async fn others_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<SubjectR
         .map_err(pg)?
         .iter()
         .map(incident_from_row)
+        .filter(|i| i.as_ref().map_or(true, |i| incident_names(i, user)))
         .collect::<StoreResult<_>>()?;
     let ids: Vec<i64> = incidents
         .iter()
@@ -232,13 +233,19 @@ async fn others_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<SubjectR
     let incident_entries = tx
         .query(
             "SELECT incident, n, at_ns, author, action, body FROM incident_entries \
-             WHERE incident = ANY($1) OR author = $2 ORDER BY at_ns, incident, n",
+             WHERE incident = ANY($1) OR strpos(author, $2) > 0 OR strpos(body, $2) > 0 \
+             ORDER BY at_ns, incident, n",
             &[&ids, &name],
         )
         .await
         .map_err(pg)?
         .iter()
         .map(entry_from_row)
+        .filter(|e| {
+            e.as_ref().map_or(true, |e| {
+                ids.contains(&(e.incident as i64)) || entry_names(e, user)
+            })
+        })
         .collect::<StoreResult<_>>()?;
     Ok(SubjectRecords {
         events: Vec::new(),
@@ -249,16 +256,11 @@ async fn others_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<SubjectR
     })
 }
 
-/// Whether an audit entry is by or about `user`.
-fn audit_names(a: &AuditEntry, user: &str) -> bool {
-    a.actor == user || text_names(&a.target, user) || text_names(&a.detail, user)
-}
-
 async fn audit_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<Vec<AuditEntry>> {
     let rows = tx
         .query(
             &format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit WHERE actor = $1 \
+                "SELECT {AUDIT_COLUMNS} FROM audit WHERE strpos(actor, $1) > 0 \
                  OR strpos(target, $1) > 0 OR strpos(detail, $1) > 0 ORDER BY id"
             ),
             &[&user],

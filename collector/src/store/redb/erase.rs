@@ -15,8 +15,8 @@ use redb::{
 use serde_json::Value;
 
 use super::super::privacy::{
-    Held, carries_dsl_report, digest_names, event_names, rename_in_event, rename_in_text,
-    rename_in_value, text_names,
+    Held, audit_names, carries_dsl_report, digest_names, entry_names, event_names, incident_names,
+    rename_in_event, rename_in_text, rename_in_value,
 };
 use super::super::{
     AuditEntry, Device, DigestRecord, ErasureCounts, Incident, IncidentEntry, StoreError,
@@ -43,20 +43,6 @@ fn may_name(raw: &[u8], user: &str) -> bool {
         return true;
     }
     raw.windows(n.len()).any(|w| w == n)
-}
-
-fn incident_names(i: &Incident, user: &str) -> bool {
-    i.user.as_deref() == Some(user) || text_names(&i.title, user) || text_names(&i.subject, user)
-}
-
-fn entry_names(e: &IncidentEntry, user: &str) -> bool {
-    e.by == user || text_names(&e.by, user) || text_names(&e.text, user)
-}
-
-fn audit_names(a: &AuditEntry, user: &str) -> bool {
-    [&a.actor, &a.target, &a.detail]
-        .iter()
-        .any(|t| t.as_str() == user || text_names(t, user))
 }
 
 /// `text` with `user` renamed (a whole field equal to the name, or whole words in it).
