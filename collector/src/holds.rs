@@ -67,7 +67,7 @@ impl Desk {
     pub async fn holds(&self) -> DeskResult<Vec<Hold>> {
         self.require(Permission::ViewHolds)?;
         let mut h = self.with_store(|s| s.holds()).await?;
-        h.sort_by(|a, b| b.at.cmp(&a.at));
+        h.sort_by_key(|h| std::cmp::Reverse(h.at));
         Ok(h)
     }
 
