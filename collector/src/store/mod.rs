@@ -11,6 +11,8 @@
 mod accounts;
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance_privacy;
 mod digests;
 mod incidents;
 mod pg;

@@ -297,9 +297,6 @@ fn unbuilt() -> super::StoreError {
     super::StoreError::Engine("not built yet".into())
 }
 impl PrivacyStore for super::PgStore {}
-impl PrivacyStore for super::redb::Engine {}
-impl PrivacyStore for super::sled_store::Engine {}
-impl<E: super::reopen::Backend> PrivacyStore for super::reopen::Reopening<E> {}
 
 /// Whether `text` names `name` as a whole word (not inside a longer name: erasing `al` leaves
 /// `alice`), as a path component (`/home/alice/x`) or a value on its own.

@@ -25,12 +25,20 @@ use super::{
     IncidentQuery, IncidentStore, PolicyVersion, SessionRecord, SettingsVersion, Store, StoreError,
     StoreResult, StoredEvent, TokenRecord, TokenRefusal, UserRecord,
 };
+use super::{
+    ErasureCounts, Hold, HoldTarget, PrivacyStore, PurgeCounts, PurgeCutoffs, SubjectRecords,
+};
 
 /// A store engine that can be opened from a path: what `Reopening` needs to reopen it.
 pub trait Backend: Store + Sized {
     /// Opens (or creates) the engine's store at `path`. A store still held by an engine this
     /// process dropped a moment ago (an operation finishing on it) is waited for briefly.
     fn open(path: &Path) -> StoreResult<Self>;
+
+    /// Rewrites the store's files so that nothing an erasure renamed survives in them (old
+    /// copies in freed pages), and returns the engine opened again on them. `Reopening`
+    /// calls it with no other holder of the engine.
+    fn rewrite_clean(self, path: &Path) -> StoreResult<Self>;
 }
 
 /// An embedded store at one path, reopened after a failed write.
@@ -255,5 +263,68 @@ impl<E: Backend> DigestStore for Reopening<E> {
         fn digest(&self, id: u64) -> StoreResult<Option<DigestRecord>>;
         fn digests(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<DigestRecord>>;
         fn pending_digests(&self) -> StoreResult<Vec<DigestRecord>>;
+    }
+}
+
+/// How long an erasure waits for operations already running on the engine to finish before
+/// it rewrites the file.
+const REWRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl<E: Backend> PrivacyStore for Reopening<E> {
+    forward! {
+        fn purge_expired(&self, cutoffs: &PurgeCutoffs, limit: usize) -> StoreResult<PurgeCounts>;
+        fn put_hold(&self, hold: &Hold) -> StoreResult<()>;
+        fn release_hold(&self, target: &HoldTarget) -> StoreResult<bool>;
+        fn holds(&self) -> StoreResult<Vec<Hold>>;
+        fn subject_records(&self, user: &str) -> StoreResult<SubjectRecords>;
+    }
+
+    /// Renames in the engine, then has the engine rewrite its files with no one else using
+    /// it: callers wait on the state lock meanwhile (they are not refused), and operations
+    /// already running are waited for, since a write finishing on the old file after the
+    /// rewrite would be lost.
+    fn erase_subject(&self, user: &str, pseudonym: &str) -> StoreResult<ErasureCounts> {
+        let counts = self.with(|e| e.erase_subject(user, pseudonym))?;
+        let _one = self.reopening.lock().expect("store reopen lock");
+        let mut state = self.state.write().expect("store state lock");
+        let rewriting = State::Closed("the store file is being rewritten after an erasure".into());
+        let State::Open(shared) = std::mem::replace(&mut *state, rewriting) else {
+            let State::Closed(why) = &*state else {
+                unreachable!("replaced by Closed")
+            };
+            return Err(StoreError::Closed(why.clone()));
+        };
+        let deadline = std::time::Instant::now() + REWRITE_WAIT;
+        let mut shared = shared;
+        let engine = loop {
+            match Arc::try_unwrap(shared) {
+                Ok(e) => break e,
+                Err(still) if std::time::Instant::now() < deadline => {
+                    shared = still;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(still) => {
+                    *state = State::Open(still);
+                    return Err(StoreError::Conflict(
+                        "the name was replaced, but the store stayed busy, so its file may still \
+                         hold old copies of it: run the erasure again"
+                            .into(),
+                    ));
+                }
+            }
+        };
+        match engine.rewrite_clean(&self.path) {
+            Ok(e) => {
+                *state = State::Open(Arc::new(e));
+                Ok(counts)
+            }
+            Err(err) => {
+                // The engine was consumed: leave the store closed for `recover` to reopen
+                // from disk (the file is the old one, or the complete new one).
+                *state = State::Closed(err.to_string());
+                tracing::error!(error = %err, "Store rewrite after an erasure failed; the store is closed until it reopens");
+                Err(err)
+            }
+        }
     }
 }

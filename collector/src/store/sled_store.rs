@@ -429,6 +429,41 @@ impl super::reopen::Backend for Engine {
     fn open(path: &Path) -> StoreResult<Self> {
         Engine::open(path)
     }
+
+    fn rewrite_clean(self, _path: &Path) -> StoreResult<Self> {
+        Err(sled_is_read_only())
+    }
+}
+
+/// The sled engine only converts old data directories to redb and is never served: retention,
+/// holds and erasure are refused outright rather than half done.
+fn sled_is_read_only() -> StoreError {
+    StoreError::Conflict("the sled store is only read to convert it to redb".into())
+}
+
+impl super::PrivacyStore for Engine {
+    fn purge_expired(
+        &self,
+        _cutoffs: &super::PurgeCutoffs,
+        _limit: usize,
+    ) -> StoreResult<super::PurgeCounts> {
+        Err(sled_is_read_only())
+    }
+    fn put_hold(&self, _hold: &super::Hold) -> StoreResult<()> {
+        Err(sled_is_read_only())
+    }
+    fn release_hold(&self, _target: &super::HoldTarget) -> StoreResult<bool> {
+        Err(sled_is_read_only())
+    }
+    fn holds(&self) -> StoreResult<Vec<super::Hold>> {
+        Err(sled_is_read_only())
+    }
+    fn subject_records(&self, _user: &str) -> StoreResult<super::SubjectRecords> {
+        Err(sled_is_read_only())
+    }
+    fn erase_subject(&self, _user: &str, _pseudonym: &str) -> StoreResult<super::ErasureCounts> {
+        Err(sled_is_read_only())
+    }
 }
 
 impl Store for Engine {

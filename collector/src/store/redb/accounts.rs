@@ -233,7 +233,8 @@ impl AccountStore for Engine {
     fn audit(&self, entry: &AuditEntry) -> StoreResult<u64> {
         write(self, Commit::Durable, |txn| {
             let mut t = txn.open_table(AUDIT).map_err(engine)?;
-            let id = t.last().map_err(engine)?.map_or(0, |(k, _)| k.value()) + 1;
+            let last = t.last().map_err(engine)?.map(|(k, _)| k.value());
+            let id = super::next_id(txn, last, super::privacy::FLOOR_AUDIT)?;
             let mut e = entry.clone();
             e.id = id;
             t.insert(id, encode(&e).as_slice()).map_err(engine)?;

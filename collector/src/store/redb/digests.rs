@@ -81,9 +81,10 @@ impl DigestStore for Engine {
                 .map_err(engine)?
                 .last()
                 .map_err(engine)?
-                .map_or(0, |(k, _)| k.value());
+                .map(|(k, _)| k.value());
+            let first = super::next_id(txn, last, super::privacy::FLOOR_DIGESTS)?;
             let mut out = Vec::with_capacity(digests.len());
-            for (id, mut d) in (last + 1..).zip(digests) {
+            for (id, mut d) in (first..).zip(digests) {
                 d.id = id;
                 put(txn, &d)?;
                 out.push(d);

@@ -60,7 +60,8 @@ pub(super) fn fold_event(
             }
         }
     }
-    let id = table.last().map_err(engine)?.map_or(0, |(k, _)| k.value()) + 1;
+    let last = table.last().map_err(engine)?.map(|(k, _)| k.value());
+    let id = super::next_id(txn, last, super::privacy::FLOOR_INCIDENTS)?;
     let inc = Incident::opened_by(id, category, subject, e);
     table.insert(id, encode(&inc).as_slice()).map_err(engine)?;
     open.insert(group.as_str(), id).map_err(engine)?;

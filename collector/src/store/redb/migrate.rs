@@ -283,7 +283,7 @@ fn convert(sled: &SledEngine, partial: &Path) -> StoreResult<MigrationReport> {
     let db = builder
         .create(partial)
         .map_err(|e| engine(format!("creating {}: {e}", partial.display())))?;
-    let target = Engine { db };
+    let target = Engine::new(db);
     target.prepare()?;
     let events = copy_events(sled, &target.db)?;
     let devices = copy_records(sled, &target.db)?;

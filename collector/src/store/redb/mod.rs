@@ -22,10 +22,12 @@
 
 mod accounts;
 mod digests;
+mod erase;
 mod events;
 mod incidents;
 mod meta;
 pub(super) mod migrate;
+mod privacy;
 mod runs;
 #[cfg(test)]
 mod tests;
@@ -113,6 +115,26 @@ pub(super) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResu
 /// The redb engine: one database file.
 pub struct Engine {
     pub(super) db: Database,
+    /// Where the retention purge's pass has got (`privacy.rs`).
+    purge: privacy::PurgeState,
+}
+
+impl Engine {
+    /// The engine over an open database.
+    pub(super) fn new(db: Database) -> Self {
+        Self {
+            db,
+            purge: Default::default(),
+        }
+    }
+}
+
+/// The id after the highest one a table (whose ids are its last key plus one) ever gave out:
+/// after `last`, and after what a purge removed (`floor`, a `meta` key), so none is reused.
+pub(super) fn next_id(txn: &WriteTransaction, last: Option<u64>, floor: &str) -> StoreResult<u64> {
+    let meta = txn.open_table(META).map_err(engine)?;
+    let floor = meta.get(floor).map_err(engine)?.map_or(0, |v| v.value());
+    Ok(last.unwrap_or(0).max(floor) + 1)
 }
 
 impl Engine {
@@ -165,7 +187,7 @@ impl Engine {
                 Err(e) => return Err(engine(format!("opening {}: {e}", file.display()))),
             }
         };
-        let store = Self { db };
+        let store = Self::new(db);
         store.prepare()?;
         Ok(store)
     }
@@ -207,11 +229,16 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     accounts::create_tables(txn)?;
     incidents::create_tables(txn)?;
     digests::create_tables(txn)?;
+    privacy::create_tables(txn)?;
     Ok(())
 }
 
 impl super::reopen::Backend for Engine {
     fn open(path: &Path) -> StoreResult<Self> {
         Engine::open(path)
+    }
+
+    fn rewrite_clean(self, path: &Path) -> StoreResult<Self> {
+        erase::rewrite(self, path)
     }
 }

@@ -47,6 +47,42 @@ pub(super) fn put(
     Ok(())
 }
 
+/// Forgets `device`'s sequence `seq` (a purged event): its run is cut in two around it, so
+/// listings and `device_events_after` never walk over removed events. Nothing happens if it
+/// is not stored.
+pub(super) fn remove(
+    table: &mut redb::Table<(&str, u64), (u64, u64)>,
+    device: &str,
+    seq: u64,
+) -> StoreResult<()> {
+    let found = table
+        .range((device, 0)..=(device, seq))
+        .map_err(engine)?
+        .next_back()
+        .transpose()
+        .map_err(engine)?
+        .map(|(k, v)| (k.value().1, v.value()));
+    let Some((first, (id, n))) = found else {
+        return Ok(());
+    };
+    if seq >= first + n {
+        return Ok(());
+    }
+    table.remove((device, first)).map_err(engine)?;
+    if seq > first {
+        table
+            .insert((device, first), (id, seq - first))
+            .map_err(engine)?;
+    }
+    if seq + 1 < first + n {
+        let after = seq + 1 - first;
+        table
+            .insert((device, seq + 1), (id + after, n - after))
+            .map_err(engine)?;
+    }
+    Ok(())
+}
+
 /// A batch's new events as runs: `(first seq, first id, count)` for consecutive `(seq, id)`.
 pub(super) fn coalesce(pairs: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64, u64)> {
     let mut runs: Vec<(u64, u64, u64)> = Vec::new();
@@ -222,5 +258,34 @@ mod tests {
                 written.iter().any(|p| p.0 == cut)
             );
         }
+    }
+
+    /// Removing sequences (a purge) from the front, middle and end of runs leaves exactly the
+    /// other pairs, and a sequence not stored is ignored.
+    #[test]
+    fn removed_sequences_cut_their_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(BY_DEVICE).unwrap();
+            put(&mut t, "d", 1, 100, 10).unwrap();
+            put(&mut t, "d", 20, 300, 3).unwrap();
+            put(&mut t, "e", 1, 110, 2).unwrap();
+            for seq in [1, 5, 6, 10, 21, 15, 99] {
+                remove(&mut t, "d", seq).unwrap();
+            }
+            let left: Vec<(u64, u64)> = pairs(&t, "d", Bound::Unbounded, Bound::Unbounded, false)
+                .unwrap()
+                .collect::<StoreResult<_>>()
+                .unwrap();
+            let mut want: Vec<(u64, u64)> = [2, 3, 4, 7, 8, 9].map(|s| (s, 99 + s)).to_vec();
+            want.extend([(20, 300), (22, 302)]);
+            assert_eq!(left, want);
+            assert!(!contains(&t, "d", 5).unwrap() && contains(&t, "d", 7).unwrap());
+            assert!(!any_below(&t, "d", 2).unwrap() && any_below(&t, "d", 3).unwrap());
+            assert_eq!(t.len().unwrap(), 5, "2..=4, 7..=9, 20, 22, e");
+        }
+        txn.commit().unwrap();
     }
 }

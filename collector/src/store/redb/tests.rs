@@ -14,6 +14,7 @@ fn fresh() -> (RedbStore, tempfile::TempDir) {
 
 crate::store::conformance::store_conformance!(fresh);
 crate::store::conformance::store_conformance_append_order!(fresh);
+crate::store::conformance_privacy::store_conformance_privacy!(fresh);
 
 /// The contract holds for a handle reopened after a failed write, too: every table and
 /// counter comes back with the engine.
@@ -30,6 +31,7 @@ mod after_a_reopen {
 
     crate::store::conformance::store_conformance!(reopened);
     crate::store::conformance::store_conformance_append_order!(reopened);
+    crate::store::conformance_privacy::store_conformance_privacy!(reopened);
 }
 
 fn event(device: &str, seq: u64) -> StoredEvent {

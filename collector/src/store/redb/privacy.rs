@@ -1,0 +1,474 @@
+//! The redb `PrivacyStore`: the retention purge in bounded batches, and legal holds (the `holds` table).
+//!
+//! A purge call first looks for expired records in read transactions (which never hold up a
+//! group commit), at most `SCAN` entries each, resuming where the previous call stopped; then
+//! it removes what it found in one write transaction, checking each record again there
+//! against the holds then in force. Records are keyed in arrival (or id) order, so a pass walks
+//! each table oldest first; a call that finds nothing until every table's pass is complete
+//! returns zero counts, and the next pass starts at the front again. Subject access and
+//! erasure are in `erase.rs`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::super::privacy::{Held, Hold, HoldTarget, PurgeCounts, PurgeCutoffs};
+use super::super::{
+    AuditEntry, Device, DigestRecord, ErasureCounts, Incident, PrivacyStore, StoreResult,
+    StoredEvent, SubjectRecords,
+};
+use super::accounts::AUDIT;
+use super::digests::{DIGEST_PENDING, DIGESTS};
+use super::incidents::{DEVICE_INCIDENTS, INCIDENT_LOG, INCIDENT_OPEN, INCIDENTS};
+use super::{BY_DEVICE, DEVICES, EVENTS, Engine, IDX, META, decode, encode, engine};
+
+/// Hold key (`HoldTarget::key`) → the hold (JSON).
+pub(super) const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("holds");
+
+/// `meta` keys: the highest id a purge removed from a table whose next id is "last plus
+/// one", so that an id is never given out twice once its record is gone.
+pub(super) const FLOOR_INCIDENTS: &str = "floor_incidents";
+pub(super) const FLOOR_AUDIT: &str = "floor_audit";
+pub(super) const FLOOR_DIGESTS: &str = "floor_digests";
+
+/// Most entries one read transaction of the purge looks at.
+const SCAN: usize = 50_000;
+
+/// Where the purge's current pass has got in each table: the next key to look at, or `None`
+/// once that table's pass is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PurgeCursor {
+    events: Option<u64>,
+    incidents: Option<u64>,
+    audit: Option<u64>,
+    digests: Option<u64>,
+}
+
+impl Default for PurgeCursor {
+    fn default() -> Self {
+        Self {
+            events: Some(0),
+            incidents: Some(0),
+            audit: Some(0),
+            digests: Some(0),
+        }
+    }
+}
+
+impl PurgeCursor {
+    fn complete(&self) -> bool {
+        self.events.is_none()
+            && self.incidents.is_none()
+            && self.audit.is_none()
+            && self.digests.is_none()
+    }
+}
+
+/// The purge's cursor, kept by the engine (a reopened engine starts a new pass).
+pub(super) type PurgeState = Mutex<PurgeCursor>;
+
+/// Ids a read transaction found expired, to remove (after checking again) in a write one.
+#[derive(Default)]
+struct Found {
+    events: Vec<u64>,
+    incidents: Vec<u64>,
+    audit: Vec<u64>,
+    digests: Vec<u64>,
+}
+
+impl Found {
+    fn len(&self) -> usize {
+        self.events.len() + self.incidents.len() + self.audit.len() + self.digests.len()
+    }
+}
+
+/// Creates this module's tables.
+pub(super) fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
+    txn.open_table(HOLDS).map_err(engine)?;
+    Ok(())
+}
+
+/// The holds in force, as read by `txn`.
+pub(super) fn holds_in<T: ReadableTable<&'static str, &'static [u8]>>(
+    table: &T,
+) -> StoreResult<Vec<Hold>> {
+    table
+        .iter()
+        .map_err(engine)?
+        .map(|r| {
+            let (_, v) = r.map_err(engine)?;
+            decode("hold", v.value())
+        })
+        .collect()
+}
+
+/// What the holds in force keep, read in a write transaction.
+pub(super) fn held_in_write(txn: &WriteTransaction) -> StoreResult<Held> {
+    let holds = holds_in(&txn.open_table(HOLDS).map_err(engine)?)?;
+    let incidents = txn.open_table(INCIDENTS).map_err(engine)?;
+    Held::new(&holds, |id| incident_in(&incidents, id))
+}
+
+fn held_in_read(txn: &ReadTransaction) -> StoreResult<Held> {
+    let holds = holds_in(&txn.open_table(HOLDS).map_err(engine)?)?;
+    let incidents = txn.open_table(INCIDENTS).map_err(engine)?;
+    Held::new(&holds, |id| incident_in(&incidents, id))
+}
+
+pub(super) fn incident_in<T: ReadableTable<u64, &'static [u8]>>(
+    table: &T,
+    id: u64,
+) -> StoreResult<Option<Incident>> {
+    table
+        .get(id)
+        .map_err(engine)?
+        .map(|v| decode("incident", v.value()))
+        .transpose()
+}
+
+/// Looks at `table`'s entries from `from` on, pushing the keys `expired` picks into `out`
+/// until it holds `want` or `budget` entries were looked at. Returns where to go on next time
+/// (`None`: the table's end was reached).
+fn scan<T, R>(
+    table: &T,
+    from: u64,
+    want: usize,
+    budget: &mut usize,
+    out: &mut Vec<u64>,
+    what: &str,
+    mut expired: impl FnMut(&R) -> bool,
+) -> StoreResult<Option<u64>>
+where
+    T: ReadableTable<u64, &'static [u8]>,
+    R: serde::de::DeserializeOwned,
+{
+    for r in table.range(from..).map_err(engine)? {
+        let (k, v) = r.map_err(engine)?;
+        if out.len() >= want || *budget == 0 {
+            return Ok(Some(k.value()));
+        }
+        *budget -= 1;
+        if expired(&decode::<R>(what, v.value())?) {
+            out.push(k.value());
+        }
+    }
+    Ok(None)
+}
+
+/// Raises a table's id floor to `last` (its highest id before a purge removed from it).
+fn raise_floor(txn: &WriteTransaction, key: &str, last: Option<u64>) -> StoreResult<()> {
+    let Some(last) = last else { return Ok(()) };
+    let mut meta = txn.open_table(META).map_err(engine)?;
+    let floor = meta.get(key).map_err(engine)?.map_or(0, |v| v.value());
+    if last > floor {
+        meta.insert(key, last).map_err(engine)?;
+    }
+    Ok(())
+}
+
+fn last_key<T: ReadableTable<u64, &'static [u8]>>(table: &T) -> StoreResult<Option<u64>> {
+    Ok(table.last().map_err(engine)?.map(|(k, _)| k.value()))
+}
+
+impl Engine {
+    /// One read transaction's look for expired records, from `cur` on; returns what it found
+    /// and where the next look starts.
+    fn find_expired(
+        &self,
+        cutoffs: &PurgeCutoffs,
+        limit: usize,
+        cur: PurgeCursor,
+    ) -> StoreResult<(Found, PurgeCursor)> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let held = held_in_read(&txn)?;
+        let mut found = Found::default();
+        let mut next = cur;
+        let mut budget = SCAN;
+        if let Some(from) = cur.events {
+            let none = cutoffs.technical.is_none() && cutoffs.safeguarding.is_none();
+            next.events = if none {
+                None
+            } else {
+                let t = txn.open_table(EVENTS).map_err(engine)?;
+                scan(
+                    &t,
+                    from,
+                    limit,
+                    &mut budget,
+                    &mut found.events,
+                    "event",
+                    |e| cutoffs.event_expired(e) && !held.keeps_event(e),
+                )?
+            };
+        }
+        if let Some(from) = cur.incidents
+            && found.len() < limit
+        {
+            let t = txn.open_table(INCIDENTS).map_err(engine)?;
+            let want = limit - found.len();
+            next.incidents = scan(
+                &t,
+                from,
+                want,
+                &mut budget,
+                &mut found.incidents,
+                "incident",
+                |i: &Incident| cutoffs.incident_expired(i) && !held.keeps_incident(i),
+            )?;
+        }
+        if let Some(from) = cur.audit
+            && found.len() < limit
+        {
+            next.audit = if cutoffs.audit.is_none() {
+                None
+            } else {
+                let t = txn.open_table(AUDIT).map_err(engine)?;
+                let want = limit - found.len();
+                scan(
+                    &t,
+                    from,
+                    want,
+                    &mut budget,
+                    &mut found.audit,
+                    "audit entry",
+                    |a: &AuditEntry| cutoffs.audit_expired(a) && !held.keeps_audit(a),
+                )?
+            };
+        }
+        if let Some(from) = cur.digests
+            && found.len() < limit
+        {
+            next.digests = if cutoffs.digests.is_none() {
+                None
+            } else {
+                let t = txn.open_table(DIGESTS).map_err(engine)?;
+                let want = limit - found.len();
+                scan(
+                    &t,
+                    from,
+                    want,
+                    &mut budget,
+                    &mut found.digests,
+                    "digest",
+                    |d: &DigestRecord| cutoffs.digest_expired(d),
+                )?
+            };
+        }
+        Ok((found, next))
+    }
+
+    /// Removes what `find_expired` found that is still expired and unheld, in one write
+    /// transaction.
+    fn remove_expired(&self, cutoffs: &PurgeCutoffs, found: &Found) -> StoreResult<PurgeCounts> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let held = held_in_write(&txn)?;
+        let mut counts = PurgeCounts::default();
+        remove_events(&txn, cutoffs, &held, &found.events, &mut counts)?;
+        remove_incidents(&txn, cutoffs, &held, &found.incidents, &mut counts)?;
+        {
+            let mut audit = txn.open_table(AUDIT).map_err(engine)?;
+            let last = last_key(&audit)?;
+            for &id in &found.audit {
+                let Some(a) = audit
+                    .get(id)
+                    .map_err(engine)?
+                    .map(|v| decode::<AuditEntry>("audit entry", v.value()))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                if cutoffs.audit_expired(&a) && !held.keeps_audit(&a) {
+                    audit.remove(id).map_err(engine)?;
+                    counts.audit_entries += 1;
+                }
+            }
+            drop(audit);
+            if counts.audit_entries > 0 {
+                raise_floor(&txn, FLOOR_AUDIT, last)?;
+            }
+        }
+        {
+            let mut digests = txn.open_table(DIGESTS).map_err(engine)?;
+            let mut pending = txn.open_table(DIGEST_PENDING).map_err(engine)?;
+            let last = last_key(&digests)?;
+            for &id in &found.digests {
+                let Some(d) = digests
+                    .get(id)
+                    .map_err(engine)?
+                    .map(|v| decode::<DigestRecord>("digest", v.value()))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                if cutoffs.digest_expired(&d) {
+                    digests.remove(id).map_err(engine)?;
+                    pending.remove(id).map_err(engine)?;
+                    counts.digests += 1;
+                }
+            }
+            drop((digests, pending));
+            if counts.digests > 0 {
+                raise_floor(&txn, FLOOR_DIGESTS, last)?;
+            }
+        }
+        txn.commit().map_err(engine)?;
+        Ok(counts)
+    }
+}
+
+/// Removes the expired, unheld events among `ids` with their index entries and their place in
+/// the device's runs, and lowers their devices' counts (never their high-water marks).
+fn remove_events(
+    txn: &WriteTransaction,
+    cutoffs: &PurgeCutoffs,
+    held: &Held,
+    ids: &[u64],
+    counts: &mut PurgeCounts,
+) -> StoreResult<()> {
+    let mut events = txn.open_table(EVENTS).map_err(engine)?;
+    let mut idx = txn.open_table(IDX).map_err(engine)?;
+    let mut runs = txn.open_table(BY_DEVICE).map_err(engine)?;
+    let mut per_device: HashMap<String, u64> = HashMap::new();
+    for &id in ids {
+        let Some(e) = events
+            .get(id)
+            .map_err(engine)?
+            .map(|v| decode::<StoredEvent>("event", v.value()))
+            .transpose()?
+        else {
+            continue;
+        };
+        if !cutoffs.event_expired(&e) || held.keeps_event(&e) {
+            continue;
+        }
+        events.remove(id).map_err(engine)?;
+        for k in super::events::index_keys(&e, id) {
+            idx.remove(k.as_slice()).map_err(engine)?;
+        }
+        super::runs::remove(&mut runs, &e.device_id, e.seq)?;
+        *per_device.entry(e.device_id.clone()).or_default() += 1;
+        counts.count_event(&e);
+    }
+    let mut devices = txn.open_table(DEVICES).map_err(engine)?;
+    for (id, n) in per_device {
+        let raw = devices.get(id.as_str()).map_err(engine)?;
+        let Some(raw) = raw.map(|v| v.value().to_vec()) else {
+            continue;
+        };
+        let mut d: Device = decode("device", &raw)?;
+        d.event_count = d.event_count.saturating_sub(n);
+        devices
+            .insert(id.as_str(), encode(&d).as_slice())
+            .map_err(engine)?;
+    }
+    Ok(())
+}
+
+/// Removes the expired (closed), unheld incidents among `ids` with their records, their
+/// device index entry and, if it still points at them, their group's entry (so the group's
+/// next flagged event opens a new incident).
+fn remove_incidents(
+    txn: &WriteTransaction,
+    cutoffs: &PurgeCutoffs,
+    held: &Held,
+    ids: &[u64],
+    counts: &mut PurgeCounts,
+) -> StoreResult<()> {
+    let mut incidents = txn.open_table(INCIDENTS).map_err(engine)?;
+    let mut log = txn.open_table(INCIDENT_LOG).map_err(engine)?;
+    let mut by_device = txn.open_table(DEVICE_INCIDENTS).map_err(engine)?;
+    let mut open = txn.open_table(INCIDENT_OPEN).map_err(engine)?;
+    let last = last_key(&incidents)?;
+    let removed_before = counts.incidents;
+    for &id in ids {
+        let Some(i) = incident_in(&incidents, id)? else {
+            continue;
+        };
+        if !cutoffs.incident_expired(&i) || held.keeps_incident(&i) {
+            continue;
+        }
+        incidents.remove(id).map_err(engine)?;
+        let entries: Vec<(u64, u32)> = log
+            .range((id, 0)..=(id, u32::MAX))
+            .map_err(engine)?
+            .map(|r| r.map(|(k, _)| k.value()).map_err(engine))
+            .collect::<StoreResult<_>>()?;
+        for k in &entries {
+            log.remove(*k).map_err(engine)?;
+        }
+        counts.incident_entries += entries.len() as u64;
+        by_device
+            .remove((i.device_id.as_str(), id))
+            .map_err(engine)?;
+        let group = crate::incidents::group_key(&i.device_id, &i.kind, &i.subject);
+        let current = open.get(group.as_str()).map_err(engine)?.map(|v| v.value());
+        if current == Some(id) {
+            open.remove(group.as_str()).map_err(engine)?;
+        }
+        counts.incidents += 1;
+    }
+    drop((incidents, log, by_device, open));
+    if counts.incidents > removed_before {
+        raise_floor(txn, FLOOR_INCIDENTS, last)?;
+    }
+    Ok(())
+}
+
+impl PrivacyStore for Engine {
+    fn purge_expired(&self, cutoffs: &PurgeCutoffs, limit: usize) -> StoreResult<PurgeCounts> {
+        let limit = limit.max(1);
+        let mut cur = self.purge.lock().expect("purge cursor lock");
+        loop {
+            let (found, next) = self.find_expired(cutoffs, limit, *cur)?;
+            if found.len() == 0 {
+                if next.complete() {
+                    *cur = PurgeCursor::default();
+                    return Ok(PurgeCounts::default());
+                }
+                // Nothing in this window: look on (a new read transaction) before saying so.
+                *cur = next;
+                continue;
+            }
+            let counts = self.remove_expired(cutoffs, &found)?;
+            *cur = next;
+            if counts.total() > 0 {
+                return Ok(counts);
+            }
+        }
+    }
+
+    fn put_hold(&self, hold: &Hold) -> StoreResult<()> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        txn.open_table(HOLDS)
+            .map_err(engine)?
+            .insert(hold.target.key().as_str(), encode(hold).as_slice())
+            .map_err(engine)?;
+        txn.commit().map_err(engine)
+    }
+
+    fn release_hold(&self, target: &HoldTarget) -> StoreResult<bool> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let existed = txn
+            .open_table(HOLDS)
+            .map_err(engine)?
+            .remove(target.key().as_str())
+            .map_err(engine)?
+            .is_some();
+        txn.commit().map_err(engine)?;
+        Ok(existed)
+    }
+
+    fn holds(&self) -> StoreResult<Vec<Hold>> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        holds_in(&txn.open_table(HOLDS).map_err(engine)?)
+    }
+
+    fn subject_records(&self, user: &str) -> StoreResult<SubjectRecords> {
+        super::erase::subject_records(self, user)
+    }
+
+    fn erase_subject(&self, user: &str, pseudonym: &str) -> StoreResult<ErasureCounts> {
+        super::erase::erase_subject(self, user, pseudonym)
+    }
+}
