@@ -201,6 +201,7 @@ async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
                     };
                     crate::subject::export(
                         c.store.as_ref(),
+                        c.pseudonym_key(),
                         &crate::accounts::Actor::local_cli(),
                         &req,
                     )

@@ -173,6 +173,7 @@ async fn offline_export(
     tz: chrono_tz::Tz,
 ) -> anyhow::Result<ExportFiles> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let key = PseudonymKey::load(&dir)?;
         let store = dir.open_store_offline()?;
         let school = store
             .current_settings()?
@@ -184,7 +185,12 @@ async fn offline_export(
             time_zone: tz,
             made_at: Utc::now(),
         };
-        Ok(super::export(store.as_ref(), &Actor::local_cli(), &req)?)
+        Ok(super::export(
+            store.as_ref(),
+            &key,
+            &Actor::local_cli(),
+            &req,
+        )?)
     })
     .await?
 }

@@ -57,7 +57,12 @@ impl Desk {
                 time_zone: tz,
                 made_at: Utc::now(),
             };
-            Ok(super::export(c.store.as_ref(), &actor, &req))
+            Ok(super::export(
+                c.store.as_ref(),
+                c.pseudonym_key(),
+                &actor,
+                &req,
+            ))
         })
         .await??;
         Ok(files)

@@ -197,8 +197,13 @@ pub fn render(
 }
 
 /// Every record naming `req.user`, rendered, and the export audited (`subject_exported`).
+///
+/// The audit entry names the person by their pseudonym, as an erasure's does: a lookup made
+/// after an erasure (to check it, or a second request) must not write the erased name back,
+/// and whoever reads the log can still match an entry to a name they already know.
 pub fn export(
     store: &dyn Store,
+    key: &PseudonymKey,
     actor: &Actor,
     req: &ExportRequest<'_>,
 ) -> Result<ExportFiles, SubjectError> {
@@ -209,7 +214,7 @@ pub fn export(
         store,
         actor,
         "subject_exported",
-        req.user,
+        &pseudonym(key, req.user),
         &files.counts.summary(),
     );
     tracing::info!(records = files.counts.total(), "Subject access export made");
