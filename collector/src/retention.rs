@@ -159,6 +159,10 @@ async fn tick(c: &Arc<Collector>, batch: usize, shutdown: &CancellationToken) {
         tracing::debug!("Nothing has expired");
         return;
     }
+    let c2 = c.clone();
+    if let Err(e) = blocking(move || c2.reload_devices()).await {
+        tracing::warn!(error = %e, "Devices not re-read after the purge; their event counts are stale");
+    }
     let (store, detail) = (c.store.clone(), audit_detail(&n));
     let _ = blocking(move || {
         accounts::audit(store.as_ref(), &system(), "records_purged", "", &detail);
