@@ -223,6 +223,7 @@ async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
                         staff,
                         tz,
                     )
+                    .inspect(|_| crate::subject::reload_after_erasure(c))
                     .map(AdminResponse::SubjectErased)
                 })
                 .await

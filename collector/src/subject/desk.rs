@@ -87,14 +87,18 @@ impl Desk {
         let actor = self.actor.clone();
         let user = user.to_string();
         Ok(blocking(move || {
-            Ok(super::erase(
+            let r = super::erase(
                 c.store.as_ref(),
                 c.pseudonym_key(),
                 &actor,
                 &user,
                 staff,
                 tz,
-            ))
+            );
+            if r.is_ok() {
+                super::reload_after_erasure(&c);
+            }
+            Ok(r)
         })
         .await??)
     }

@@ -388,5 +388,17 @@ pub fn erase(
     Ok(report)
 }
 
+/// After an erasure by a running collector: what it holds in memory is re-read from the store,
+/// so no page or API answer serves the name from a copy (the devices' state, the overview's
+/// open incidents). Blocking.
+pub fn reload_after_erasure(c: &crate::service::Collector) {
+    if let Err(e) = c.reload_devices() {
+        tracing::warn!(error = %e, "Devices not re-read after an erasure");
+    }
+    if let Err(e) = c.refresh_open_incidents() {
+        tracing::warn!(error = %e, "Open incidents not re-read after an erasure");
+    }
+}
+
 #[cfg(test)]
 mod tests;
