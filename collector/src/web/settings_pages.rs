@@ -58,6 +58,8 @@ struct SettingsPage {
     terms: String,
     licences: String,
     reports: String,
+    retention: crate::settings::Retention,
+    retention_technical_min: u32,
 }
 
 async fn settings_page(
@@ -170,6 +172,8 @@ async fn settings_page(
                 .map(|r| format!("{}, {}, {}", r.audience, r.period, r.recipients.join(" ")))
                 .collect::<Vec<_>>()
                 .join("\n"),
+            retention_technical_min: crate::settings::Retention::technical_days_needed(&s.terms).0,
+            retention: s.retention.clone(),
         },
     ))
 }
