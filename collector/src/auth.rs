@@ -94,9 +94,10 @@ impl Role {
         }
     }
 
-    /// The access table of the dashboard issue: network manager everything; technician fleet,
-    /// devices, technical events, enrolment and revocation; DSL safeguarding records; governor
-    /// the report without names.
+    /// The access table of the dashboard issue: network manager everything but placing and
+    /// releasing legal holds (the DSL's, issue 13); technician fleet, devices, technical events,
+    /// enrolment and revocation; DSL safeguarding records and legal holds; governor the report
+    /// without names.
     pub fn may(self, p: Permission) -> bool {
         use Permission::*;
         match self {
