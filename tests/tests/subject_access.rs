@@ -407,8 +407,11 @@ fn the_export_holds_every_record_naming_alice_and_erasure_leaves_no_trace_of_her
             "the audit log forgot the name: {a}"
         );
     }
+    // Her records are still hers under the pseudonym: a later request finds them there.
     let (_, v) = nm.get("/api/v1/subject/alice");
-    assert_eq!(v["counts"]["events"], 0, "nothing names alice now: {v}");
+    assert_eq!(v["pseudonym"], pseudonym.as_str(), "{v}");
+    assert_eq!(v["counts"]["events"], 5, "{v}");
+    assert!(!names(&v["records"].to_string(), "alice"), "{v}");
 
     // The store's files: stopped, so every byte it wrote is on disk and nothing is mid-write.
     collector.stop();
@@ -562,6 +565,10 @@ fn usernames_of_technical_events_are_pseudonymised_at_the_edge_and_the_dsls_keep
         "the DSL's incident names her: {v}"
     );
 
+    // A subject access request finds her records under either.
+    let (doc, _) = export(&collector, tmp.path(), "carol", "sar-carol");
+    assert_eq!(doc["pseudonym"], p.as_str());
+    assert_eq!(doc["counts"]["events"], 3, "{doc}");
     // The same pseudonym erasure gives, so her records stay together.
     let said = cli_ok(
         &collector,

@@ -33,9 +33,13 @@ impl Desk {
         self.require(Permission::SubjectAccess)?;
         super::check_name(user)?;
         let u = user.to_string();
-        let (records, account) = self
-            .with_store(move |s| Ok((s.subject_records(&u)?, s.user(&u)?.map(|a| a.role))))
-            .await?;
+        let c = self.c.clone();
+        let (records, account) = blocking(move || {
+            let records = super::collect(c.store.as_ref(), c.pseudonym_key(), &u);
+            Ok((records, c.store.user(&u)?.map(|a| a.role)))
+        })
+        .await?;
+        let records = records?;
         Ok(SubjectSummary {
             user: user.to_string(),
             counts: RecordCounts::of(&records),

@@ -55,6 +55,7 @@ struct DigestRow {
 struct ExportHtml<'a> {
     css: &'static str,
     subject: &'a str,
+    pseudonym: &'a str,
     school: &'a str,
     made_at: String,
     time_zone: &'a str,
@@ -71,12 +72,14 @@ struct ExportHtml<'a> {
 pub fn render(
     r: &SubjectRecords,
     req: &ExportRequest<'_>,
+    pseudonym: &str,
     counts: RecordCounts,
 ) -> Result<String, SubjectError> {
     let tz = req.time_zone;
     let page = ExportHtml {
         css: crate::report::output::CSS,
         subject: req.user,
+        pseudonym,
         school: req.school,
         made_at: date_time(req.made_at, tz),
         time_zone: tz.name(),

@@ -166,6 +166,8 @@ pub struct ExportRequest<'a> {
 #[derive(Serialize)]
 struct ExportDocument<'a> {
     subject: &'a str,
+    /// The name's pseudonym: records stored under it are the person's too.
+    pseudonym: &'a str,
     school: &'a str,
     made_at: DateTime<Utc>,
     made_by: &'a str,
@@ -178,11 +180,13 @@ struct ExportDocument<'a> {
 pub fn render(
     records: &SubjectRecords,
     req: &ExportRequest<'_>,
+    pseudonym: &str,
     made_by: &str,
 ) -> Result<ExportFiles, SubjectError> {
     let counts = RecordCounts::of(records);
     let doc = ExportDocument {
         subject: req.user,
+        pseudonym,
         school: req.school,
         made_at: req.made_at,
         made_by,
@@ -192,11 +196,67 @@ pub fn render(
     };
     let json =
         serde_json::to_string_pretty(&doc).map_err(|e| SubjectError::Render(e.to_string()))?;
-    let html = html::render(records, req, counts)?;
+    let html = html::render(records, req, pseudonym, counts)?;
     Ok(ExportFiles { json, html, counts })
 }
 
-/// Every record naming `req.user`, rendered, and the export audited (`subject_exported`).
+/// Every record about `user`: those naming them, and those naming their pseudonym (stored so at
+/// the edge, or erased earlier), which are still about them for whoever holds the key. Each
+/// record once, oldest event first.
+pub fn collect(
+    store: &dyn Store,
+    key: &PseudonymKey,
+    user: &str,
+) -> Result<SubjectRecords, SubjectError> {
+    let mut r = store.subject_records(user)?;
+    let more = store.subject_records(&pseudonym(key, user))?;
+    merge(&mut r, more);
+    Ok(r)
+}
+
+/// Adds `more`'s records to `r`, each once.
+fn merge(r: &mut SubjectRecords, more: SubjectRecords) {
+    use std::collections::HashSet;
+    let events: HashSet<(String, u64)> = r
+        .events
+        .iter()
+        .map(|e| (e.device_id.clone(), e.seq))
+        .collect();
+    r.events.extend(
+        more.events
+            .into_iter()
+            .filter(|e| !events.contains(&(e.device_id.clone(), e.seq))),
+    );
+    r.events.sort_by_key(|e| e.occurred_at);
+    let incidents: HashSet<u64> = r.incidents.iter().map(|i| i.id).collect();
+    r.incidents.extend(
+        more.incidents
+            .into_iter()
+            .filter(|i| !incidents.contains(&i.id)),
+    );
+    let entries: HashSet<(u64, u32)> = r
+        .incident_entries
+        .iter()
+        .map(|e| (e.incident, e.n))
+        .collect();
+    r.incident_entries.extend(
+        more.incident_entries
+            .into_iter()
+            .filter(|e| !entries.contains(&(e.incident, e.n))),
+    );
+    let audit: HashSet<u64> = r.audit.iter().map(|a| a.id).collect();
+    r.audit
+        .extend(more.audit.into_iter().filter(|a| !audit.contains(&a.id)));
+    let digests: HashSet<u64> = r.digests.iter().map(|d| d.id).collect();
+    r.digests.extend(
+        more.digests
+            .into_iter()
+            .filter(|d| !digests.contains(&d.id)),
+    );
+}
+
+/// Every record about `req.user` (see `collect`), rendered, and the export audited
+/// (`subject_exported`).
 ///
 /// The audit entry names the person by their pseudonym, as an erasure's does: a lookup made
 /// after an erasure (to check it, or a second request) must not write the erased name back,
@@ -208,13 +268,14 @@ pub fn export(
     req: &ExportRequest<'_>,
 ) -> Result<ExportFiles, SubjectError> {
     check_name(req.user)?;
-    let records = store.subject_records(req.user)?;
-    let files = render(&records, req, &actor.name)?;
+    let records = collect(store, key, req.user)?;
+    let p = pseudonym(key, req.user);
+    let files = render(&records, req, &p, &actor.name)?;
     accounts::audit(
         store,
         actor,
         "subject_exported",
-        &pseudonym(key, req.user),
+        &p,
         &files.counts.summary(),
     );
     tracing::info!(records = files.counts.total(), "Subject access export made");

@@ -133,12 +133,13 @@ fn the_export_renders_every_record_as_json_and_escaped_html() {
         time_zone: chrono_tz::Europe::London,
         made_at: Utc.with_ymd_and_hms(2026, 12, 1, 1, 30, 0).unwrap(),
     };
-    let f = render(&records, &req, "nm").unwrap();
+    let f = render(&records, &req, "user-0123456789abcdef", "nm").unwrap();
     assert_eq!(f.counts.total(), 3);
     let doc: serde_json::Value = serde_json::from_str(&f.json).unwrap();
     assert_eq!(doc["subject"], "alice");
     assert_eq!(doc["school"], "Hill School");
     assert_eq!(doc["made_by"], "nm");
+    assert_eq!(doc["pseudonym"], "user-0123456789abcdef");
     assert_eq!(doc["counts"]["events"], 1);
     assert_eq!(doc["records"]["incidents"][0]["id"], 4);
     assert!(f.html.contains("Hill School") && f.html.contains("Records naming alice"));
@@ -214,4 +215,30 @@ fn names_the_store_could_not_hold_are_refused() {
     assert!(check_name("a\nb").is_err());
     assert!(check_name(&"a".repeat(300)).is_err());
     assert!(check_name("alice.smith@school").is_ok());
+}
+
+#[test]
+fn records_under_the_pseudonym_join_the_persons_once() {
+    let mut r = SubjectRecords {
+        events: vec![event(Some("alice"), &[], json!({}))],
+        incidents: vec![incident(4, "alice")],
+        ..Default::default()
+    };
+    let mut later = event(Some("user-1"), &[], json!({}));
+    later.seq = 9;
+    later.occurred_at = Utc.with_ymd_and_hms(2026, 11, 30, 10, 0, 0).unwrap();
+    let mut earlier = later.clone();
+    earlier.seq = 3;
+    earlier.occurred_at = Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap();
+    let more = SubjectRecords {
+        // The same event found twice (its details name both) counts once.
+        events: vec![later, r.events[0].clone(), earlier],
+        incidents: vec![incident(4, "user-1"), incident(5, "user-1")],
+        ..Default::default()
+    };
+    merge(&mut r, more);
+    let seqs: Vec<u64> = r.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![3, 7, 9], "each once, oldest first");
+    let ids: Vec<u64> = r.incidents.iter().map(|i| i.id).collect();
+    assert_eq!(ids, vec![4, 5]);
 }
