@@ -156,6 +156,12 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
                        "digests_days": days("digests_days", "Digests")?}),
             );
         }
+        // A checkbox sends nothing when unticked.
+        "usernames" => set(
+            &mut doc,
+            "pseudonymise_usernames",
+            json!(one(f, "pseudonymise_usernames") == "yes"),
+        ),
         other => return Err(format!("There is no settings section called {other:?}.")),
     }
     Ok(doc)
@@ -214,6 +220,17 @@ mod tests {
         let e = Settings::parse_strict(&doc).unwrap_err().to_string();
         assert!(e.contains("retention.technical_days"), "{e}");
         assert!(apply(&json!({}), "retention", &f("a year")).is_err());
+    }
+
+    #[test]
+    fn pseudonymising_usernames_is_a_checkbox_that_keeps_the_rest() {
+        let on = fields(&[("pseudonymise_usernames", "yes")]);
+        let doc = apply(&json!({"school_name": "Hill"}), "usernames", &on).unwrap();
+        let s = Settings::parse_strict(&doc).unwrap();
+        assert!(s.pseudonymise_usernames);
+        assert_eq!(s.school_name, "Hill");
+        let doc = apply(&doc, "usernames", &fields(&[])).unwrap();
+        assert!(!Settings::parse_strict(&doc).unwrap().pseudonymise_usernames);
     }
 
     #[test]

@@ -60,6 +60,7 @@ struct SettingsPage {
     reports: String,
     retention: crate::settings::Retention,
     retention_technical_min: u32,
+    pseudonymise_usernames: bool,
 }
 
 async fn settings_page(
@@ -174,6 +175,7 @@ async fn settings_page(
                 .join("\n"),
             retention_technical_min: crate::settings::Retention::technical_days_needed(&s.terms).0,
             retention: s.retention.clone(),
+            pseudonymise_usernames: s.pseudonymise_usernames,
         },
     ))
 }
