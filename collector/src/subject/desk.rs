@@ -13,7 +13,10 @@ use crate::service::blocking;
 #[derive(Debug, Clone, Serialize)]
 pub struct SubjectSummary {
     pub user: String,
+    /// Records about them: naming them, or their pseudonym.
     pub counts: RecordCounts,
+    /// Of those, how many name them (what an erasure would change, holds aside).
+    pub named: u64,
     /// The person's dashboard role, when they are staff.
     pub account: Option<String>,
 }
@@ -28,21 +31,24 @@ impl From<SubjectError> for DeskError {
 }
 
 impl Desk {
-    /// How many records name `user` (network manager and DSL).
+    /// How many records are about `user` (network manager and DSL).
     pub async fn subject_summary(&self, user: &str) -> DeskResult<SubjectSummary> {
         self.require(Permission::SubjectAccess)?;
         super::check_name(user)?;
         let u = user.to_string();
         let c = self.c.clone();
-        let (records, account) = blocking(move || {
-            let records = super::collect(c.store.as_ref(), c.pseudonym_key(), &u);
-            Ok((records, c.store.user(&u)?.map(|a| a.role)))
+        let (records, named, account) = blocking(move || {
+            let mut records = c.store.subject_records(&u)?;
+            let named = RecordCounts::of(&records).total();
+            let p = super::pseudonym(c.pseudonym_key(), &u);
+            super::merge(&mut records, c.store.subject_records(&p)?);
+            Ok((records, named, c.store.user(&u)?.map(|a| a.role)))
         })
         .await?;
-        let records = records?;
         Ok(SubjectSummary {
             user: user.to_string(),
             counts: RecordCounts::of(&records),
+            named,
             account,
         })
     }

@@ -410,6 +410,10 @@ mod tests {
             page.contains("Erased") && page.contains(&format!("by {p}")),
             "{page}"
         );
+        assert!(
+            !page.contains("Erase pupil1"),
+            "nothing names the name any more, so nothing is left to erase: {page}"
+        );
         let left = c.store.subject_records("pupil1").unwrap();
         assert!(left.events.is_empty() && left.incidents.is_empty());
         assert_eq!(c.store.subject_records(&p).unwrap().incidents.len(), 1);
