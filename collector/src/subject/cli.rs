@@ -15,8 +15,8 @@ use crate::datadir::DataDir;
 /// A subject access request's commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum SubjectCommand {
-    /// Write every record naming a login name (events, incidents and their records, audit
-    /// entries, digests) as FILE.json and as printable FILE.html, both always: the JSON for
+    /// Write every record about a login name (naming it, or its pseudonym: events, incidents
+    /// and their records, audit entries, digests) as FILE.json and as printable FILE.html, both always: the JSON for
     /// machines, the HTML for the person who asked. Neither file may exist yet. Audited.
     Export {
         #[arg(long, default_value = "/var/lib/caretaker-collector")]
@@ -37,6 +37,7 @@ pub enum SubjectCommand {
     Erase {
         #[arg(long, default_value = "/var/lib/caretaker-collector")]
         data_dir: PathBuf,
+        /// The login name, exactly as the laptops report it.
         #[arg(long)]
         user: String,
         /// Do not ask to type the name again.
@@ -46,6 +47,7 @@ pub enum SubjectCommand {
         /// account itself is kept.
         #[arg(long)]
         staff: bool,
+        /// The school's time zone, in which the dates of holds are shown.
         #[arg(long, default_value = "Europe/London")]
         time_zone: chrono_tz::Tz,
     },
