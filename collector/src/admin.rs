@@ -1,4 +1,4 @@
-//! The local admin socket: lets `token create` and `device revoke` reach a running collector, which holds the store.
+//! The local admin socket: lets `token create`, `device revoke`, `subject` and the other commands reach a running collector, which holds the store.
 //!
 //! The embedded store allows one process, so while `serve` runs the CLI asks it
 //! over `DATA_DIR/admin.sock` (mode 0600, and the peer must be root or the
@@ -43,6 +43,19 @@ pub enum AdminRequest {
         /// The IANA zone days are counted in.
         time_zone: String,
     },
+    /// Every record naming a person (`subject export`); audited.
+    SubjectExport {
+        user: String,
+        /// The IANA zone the HTML shows times in.
+        time_zone: String,
+    },
+    /// A person's name replaced by its pseudonym (`subject erase`); audited.
+    SubjectErase {
+        user: String,
+        /// A dashboard account's name is erased only when this says it is meant.
+        staff: bool,
+        time_zone: String,
+    },
 }
 
 /// The collector's answer.
@@ -65,6 +78,8 @@ pub enum AdminResponse {
     Report {
         files: Vec<crate::report::ReportFile>,
     },
+    SubjectExport(crate::subject::ExportFiles),
+    SubjectErased(crate::subject::ErasureReport),
     Error {
         message: String,
     },
@@ -176,12 +191,55 @@ async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
                     },
                 }
             }
+            Ok(AdminRequest::SubjectExport { user, time_zone }) => {
+                subject(&c, &time_zone, move |c, tz| {
+                    let school = c.settings()?.school_name;
+                    let req = crate::subject::ExportRequest {
+                        user: &user,
+                        school: &school,
+                        time_zone: tz,
+                        made_at: Utc::now(),
+                    };
+                    crate::subject::export(
+                        c.store.as_ref(),
+                        c.pseudonym_key(),
+                        &crate::accounts::Actor::local_cli(),
+                        &req,
+                    )
+                    .map(AdminResponse::SubjectExport)
+                })
+                .await
+            }
+            Ok(AdminRequest::SubjectErase {
+                user,
+                staff,
+                time_zone,
+            }) => {
+                subject(&c, &time_zone, move |c, tz| {
+                    crate::subject::erase(
+                        c.store.as_ref(),
+                        c.pseudonym_key(),
+                        &crate::accounts::Actor::local_cli(),
+                        &user,
+                        staff,
+                        tz,
+                    )
+                    .inspect(|_| crate::subject::reload_after_erasure(c))
+                    .map(AdminResponse::SubjectErased)
+                })
+                .await
+            }
             Ok(AdminRequest::Account(op)) => {
                 let store = c.store.clone();
+                let settings_changed = matches!(op, crate::accounts::AccountOp::SettingsSet { .. });
                 let result = tokio::task::spawn_blocking(move || {
                     crate::accounts::apply_op(store.as_ref(), &op)
                 })
                 .await;
+                // The collector keeps a copy of the switches ingest reads per event.
+                if settings_changed && let Err(e) = c.reload_privacy_settings() {
+                    warn!(error = %e, "Settings not re-read after a change");
+                }
                 match result {
                     Ok(Ok(outcome)) => AdminResponse::Account(outcome),
                     Ok(Err(e)) => AdminResponse::Error {
@@ -198,6 +256,31 @@ async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
         w.write_all(&out).await?;
     }
     Ok(())
+}
+
+/// Runs a subject request off the async threads, in the named time zone.
+async fn subject(
+    c: &Arc<Collector>,
+    time_zone: &str,
+    f: impl FnOnce(&Collector, chrono_tz::Tz) -> Result<AdminResponse, crate::subject::SubjectError>
+    + Send
+    + 'static,
+) -> AdminResponse {
+    let Ok(tz) = time_zone.parse::<chrono_tz::Tz>() else {
+        return AdminResponse::Error {
+            message: format!("unknown time zone {time_zone}"),
+        };
+    };
+    let c = c.clone();
+    match tokio::task::spawn_blocking(move || f(&c, tz)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => AdminResponse::Error {
+            message: e.to_string(),
+        },
+        Err(e) => AdminResponse::Error {
+            message: e.to_string(),
+        },
+    }
 }
 
 /// Makes an enrolment token through the running collector, or in the store when none runs;

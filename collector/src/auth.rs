@@ -49,6 +49,16 @@ pub enum Permission {
     ManageSettings,
     /// The collector's Prometheus metrics (counts and timings, nothing about anyone).
     ViewMetrics,
+    /// See the legal holds in force (what the purge and erasure keep).
+    ViewHolds,
+    /// Place and release legal holds: the DSL's alone, since releasing one lets a case's
+    /// records expire; the network manager, who sets retention, sees them.
+    ManageHolds,
+    /// Export every record naming a person (a subject access request): network manager and DSL.
+    SubjectAccess,
+    /// Replace a person's name by its pseudonym everywhere (erasure): the network manager's
+    /// alone, as the one who answers the school's data protection officer.
+    EraseSubject,
 }
 
 impl Role {
@@ -84,13 +94,14 @@ impl Role {
         }
     }
 
-    /// The access table of the dashboard issue: network manager everything; technician fleet,
-    /// devices, technical events, enrolment and revocation; DSL safeguarding records; governor
-    /// the report without names.
+    /// The access table of the dashboard issue: network manager everything but placing and
+    /// releasing legal holds (the DSL's, issue 13); technician fleet, devices, technical events,
+    /// enrolment and revocation; DSL safeguarding records and legal holds; governor the report
+    /// without names.
     pub fn may(self, p: Permission) -> bool {
         use Permission::*;
         match self {
-            Role::NetworkManager => true,
+            Role::NetworkManager => !matches!(p, ManageHolds),
             Role::Technician => matches!(
                 p,
                 ViewFleet
@@ -102,7 +113,10 @@ impl Role {
                     | ViewSoftware
                     | ViewMetrics
             ),
-            Role::Dsl => matches!(p, Safeguarding | GovernorsReport),
+            Role::Dsl => matches!(
+                p,
+                Safeguarding | GovernorsReport | ViewHolds | ManageHolds | SubjectAccess
+            ),
             Role::Governor => matches!(p, GovernorsReport),
         }
     }
@@ -260,6 +274,10 @@ mod tests {
         assert!(!Role::Technician.may(Safeguarding) && !Role::Technician.may(EditPolicy));
         assert!(!Role::Technician.may(ManageUsers));
         assert!(Role::Dsl.may(Safeguarding));
+        assert!(Role::Dsl.may(ManageHolds) && Role::NetworkManager.may(ViewHolds));
+        assert!(Role::Dsl.may(SubjectAccess) && !Role::Dsl.may(EraseSubject));
+        assert!(Role::NetworkManager.may(EraseSubject) && !Role::Technician.may(SubjectAccess));
+        assert!(!Role::NetworkManager.may(ManageHolds) && !Role::Technician.may(ViewHolds));
         assert!(!Role::Dsl.may(EditPolicy) && !Role::Dsl.may(Enrol) && !Role::Dsl.may(ManageUsers));
         assert!(Role::Governor.may(GovernorsReport));
         for p in [ViewFleet, ViewDevices, Safeguarding, ViewPolicy, ViewAudit] {

@@ -118,6 +118,16 @@ impl SchoolCa {
         &self.cert_der
     }
 
+    /// A secret for `purpose` derived from the CA's private key: every collector of a trust
+    /// holds the same key (`init --join` copies it), so they derive the same secret, and no
+    /// second key file has to be made, copied and kept.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        caretaker_proto::uninstall::hmac_sha256(
+            &self.issuer.key().serialize_der(),
+            purpose.as_bytes(),
+        )
+    }
+
     /// The fingerprint technicians pin when enrolling (`sha256:...`).
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.cert_der)

@@ -93,7 +93,7 @@ pub struct DeviceList {
 
 /// A person's desk: the operations their role allows.
 pub struct Desk {
-    c: Arc<Collector>,
+    pub(crate) c: Arc<Collector>,
     pub actor: Actor,
 }
 
@@ -126,7 +126,7 @@ impl Desk {
         self.actor.role.may(p)
     }
 
-    fn require(&self, p: Permission) -> DeskResult<()> {
+    pub(crate) fn require(&self, p: Permission) -> DeskResult<()> {
         if self.may(p) {
             Ok(())
         } else {
@@ -135,7 +135,7 @@ impl Desk {
     }
 
     /// Runs store work off the async threads with the store in hand.
-    async fn with_store<T: Send + 'static>(
+    pub(crate) async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn crate::store::Store) -> Result<T, StoreError> + Send + 'static,
     ) -> DeskResult<T> {

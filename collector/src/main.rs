@@ -1,4 +1,4 @@
-//! `caretaker-collector`: command-line wiring for init, serve, user, token, bundle and device commands.
+//! `caretaker-collector`: command-line wiring for init, serve, user, token, bundle, device and subject commands.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -81,6 +81,13 @@ enum Command {
         /// An HTTP/1 request whose headers have not all arrived by then is dropped.
         #[arg(long, default_value = "15s")]
         header_timeout: humantime::Duration,
+        /// How often records past their retention (the settings' `retention`) are removed;
+        /// the first run comes a minute after start, or sooner if this is shorter.
+        #[arg(long, default_value = "1h")]
+        purge_every: humantime::Duration,
+        /// Records removed per purge transaction; ingest gets the store between them.
+        #[arg(long, default_value_t = caretaker_collector::retention::DEFAULT_BATCH)]
+        purge_batch: usize,
     },
     /// Dashboard accounts (works whether or not `serve` runs).
     User {
@@ -116,6 +123,12 @@ enum Command {
     /// The monitoring report for governors or the DSL, as HTML, PDF or CSV (works whether or
     /// not `serve` runs).
     Report(caretaker_collector::report::cli::ReportArgs),
+    /// A person's records: export every one naming them (JSON and HTML), or erase their name
+    /// (a pseudonym instead, except under legal hold). Works whether or not `serve` runs.
+    Subject {
+        #[command(subcommand)]
+        command: caretaker_collector::subject::cli::SubjectCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -282,6 +295,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Report(args) => caretaker_collector::report::cli::run(args).await,
+        Command::Subject { command } => caretaker_collector::subject::cli::run(command).await,
         Command::Init {
             data_dir,
             hostnames,
@@ -319,6 +333,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             handshake_timeout,
             idle_timeout,
             header_timeout,
+            purge_every,
+            purge_batch,
         } => {
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
@@ -337,6 +353,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         handshake: handshake_timeout.into(),
                         idle: idle_timeout.into(),
                         header_read: header_timeout.into(),
+                    },
+                    purge: caretaker_collector::retention::PurgeOptions {
+                        every: purge_every.into(),
+                        batch: purge_batch,
                     },
                     ..ServeOptions::new(grpc_listen, web_listen)
                 },

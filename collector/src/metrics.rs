@@ -57,6 +57,22 @@ pub enum AuthKind {
     DeviceCertificate,
 }
 
+/// A kind of record the purge removes (`crate::retention`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum PurgedKind {
+    TechnicalEvents,
+    SafeguardingEvents,
+    Incidents,
+    IncidentEntries,
+    AuditEntries,
+    Digests,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurgedLabels {
+    pub kind: PurgedKind,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: Listener,
@@ -98,6 +114,8 @@ pub struct Metrics {
     pub security_log_suppressed: Counter,
     /// Devices with an event stream open now.
     pub devices_connected: Gauge,
+    /// Records removed past their retention, per kind.
+    pub records_purged: Family<PurgedLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,6 +141,7 @@ impl Metrics {
             auth_failures: Family::default(),
             security_log_suppressed: Counter::default(),
             devices_connected: Gauge::default(),
+            records_purged: Family::default(),
         };
         m.store_writable.set(1);
         registry.register(
@@ -180,7 +199,28 @@ impl Metrics {
             "Devices with an event stream open",
             m.devices_connected.clone(),
         );
+        registry.register(
+            "records_purged",
+            "Records removed past their retention",
+            m.records_purged.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts what a purge batch removed.
+    pub fn purged(&self, c: &crate::store::PurgeCounts) {
+        for (kind, n) in [
+            (PurgedKind::TechnicalEvents, c.technical_events),
+            (PurgedKind::SafeguardingEvents, c.safeguarding_events),
+            (PurgedKind::Incidents, c.incidents),
+            (PurgedKind::IncidentEntries, c.incident_entries),
+            (PurgedKind::AuditEntries, c.audit_entries),
+            (PurgedKind::Digests, c.digests),
+        ] {
+            self.records_purged
+                .get_or_create(&PurgedLabels { kind })
+                .inc_by(n);
+        }
     }
 
     /// Counts a failed authentication.
@@ -235,6 +275,17 @@ mod tests {
         );
         assert!(text.contains("caretaker_events_stored_total 7"), "{text}");
         assert!(text.contains("caretaker_store_writable 1"), "{text}");
+        m.purged(&crate::store::PurgeCounts {
+            technical_events: 3,
+            digests: 1,
+            ..Default::default()
+        });
+        assert!(
+            m.render()
+                .contains(r#"caretaker_records_purged_total{kind="TechnicalEvents"} 3"#),
+            "{}",
+            m.render()
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

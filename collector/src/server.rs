@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub timeouts: Timeouts,
     /// Connection caps; derived from the open-file limit when not given.
     pub limits: Option<ListenLimits>,
+    /// How often expired records are purged, and how many a batch.
+    pub purge: crate::retention::PurgeOptions,
 }
 
 impl ServeOptions {
@@ -54,6 +56,7 @@ impl ServeOptions {
             min_free_space: crate::store::space::DEFAULT_FLOOR,
             timeouts: Timeouts::default(),
             limits: None,
+            purge: Default::default(),
         }
     }
 }
@@ -233,6 +236,11 @@ pub async fn serve(
     tasks.spawn(crate::digest::run(
         collector.clone(),
         opts.time_zone,
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::retention::run(
+        collector.clone(),
+        opts.purge,
         shutdown.clone(),
     ));
     let api = GrpcApi::new(collector.clone(), shutdown.clone());

@@ -102,6 +102,10 @@ pub struct Collector {
     /// Other collectors write the same store (PostgreSQL): what this one holds in memory is
     /// re-read from it (`refresh_from_shared_store`, `resync_device`).
     shared: std::sync::atomic::AtomicBool,
+    /// Keys the pseudonyms stored for usernames (`crate::subject`).
+    pseudonym_key: crate::subject::PseudonymKey,
+    /// The settings' `pseudonymise_usernames`, as last read: ingest asks per event.
+    pseudonymise: std::sync::atomic::AtomicBool,
 }
 
 /// How often a collector sharing its store re-reads devices, revocations, the policy and
@@ -225,7 +229,7 @@ impl Drop for StreamGuard {
 }
 
 const MAX_KIND: usize = 64;
-const MAX_USER: usize = 256;
+pub(crate) const MAX_USER: usize = 256;
 const MAX_FACT: usize = 256;
 
 fn valid_kind(kind: &str) -> bool {
@@ -419,6 +423,10 @@ impl Collector {
             store.as_ref(),
             &devices,
         )?));
+        let pseudonym_key = crate::subject::PseudonymKey::from_ca(&ca);
+        let pseudonymise = store.current_settings()?.is_some_and(|v| {
+            crate::settings::Settings::parse_lenient(&v.settings).pseudonymise_usernames
+        });
         let cache = Arc::new(DeviceCache::default());
         for d in &devices {
             cache.put(d.clone());
@@ -449,7 +457,23 @@ impl Collector {
             uninstall: Default::default(),
             clocks: Default::default(),
             shared: Default::default(),
+            pseudonym_key,
+            pseudonymise: pseudonymise.into(),
         })
+    }
+
+    /// The key usernames' pseudonyms are made with.
+    pub fn pseudonym_key(&self) -> &crate::subject::PseudonymKey {
+        &self.pseudonym_key
+    }
+
+    /// Re-reads the settings' privacy switches (blocking): after a settings change through
+    /// the admin socket, or by another collector of a shared store.
+    pub fn reload_privacy_settings(&self) -> Result<(), StoreError> {
+        let on = self.settings()?.pseudonymise_usernames;
+        self.pseudonymise
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Every open incident, as read at most `OPEN_INCIDENTS_MAX_AGE` ago (blocking).
@@ -541,6 +565,7 @@ impl Collector {
             tracing::info!(version = stored.version, changed_by = %stored.changed_by, "Policy changed by another collector");
             self.policy.send_replace(Arc::new(stored));
         }
+        self.reload_privacy_settings()?;
         // Only devices streaming elsewhere that stored something this collector has not
         // folded: a device's highest stored sequence at or below what the counts went
         // through holds nothing new, so most refreshes read no events at all.
@@ -584,6 +609,31 @@ impl Collector {
             }
         }
         Ok(())
+    }
+
+    /// Saves the software state of every device whose counts this collector keeps, so a
+    /// purge that follows removes no event the saved state does not cover (a save that failed
+    /// after a group would leave it behind). On a shared store only the devices streaming here:
+    /// another collector saves its own, and an older copy must not overwrite it. Returns how
+    /// many were saved.
+    pub fn save_software_states(&self) -> usize {
+        let shared = self.is_shared();
+        let mut saved = 0;
+        for d in self.devices.snapshot() {
+            if shared && !self.is_connected(&d.id) {
+                continue;
+            }
+            // One device at a time, so the ack path's fold waits for one save at most.
+            let counts = self.software.lock().unwrap_or_else(|p| p.into_inner());
+            save_software_state(&counts, self.store.as_ref(), &d.id);
+            saved += 1;
+        }
+        saved
+    }
+
+    /// Re-reads every device after a purge, whose removals changed their stored event counts.
+    pub fn reload_devices(&self) -> Result<(), StoreError> {
+        self.devices.reload_all(self.store.as_ref()).map(|_| ())
     }
 
     /// Before a device's stream is read on a shared store: its software counts are rebuilt
@@ -761,6 +811,7 @@ impl Collector {
     ) -> Result<DeviceBatch, String> {
         let now = Utc::now();
         let rules = self.rules.read().expect("rules lock").clone();
+        let pseudonymise = self.pseudonymise.load(std::sync::atomic::Ordering::Relaxed);
         let mut state = Map::new();
         let mut out = Vec::with_capacity(events.len());
         for (i, e) in events.into_iter().enumerate() {
@@ -781,13 +832,7 @@ impl Collector {
                 return Err(at("occurred_at is missing or out of range".into()));
             };
             let verdict = rules.classify(&e.kind, &e.details);
-            if let Some((facet, value)) = rules::state_facet(&e.kind, &e.details) {
-                state.insert(facet, value);
-            }
-            if let Some(value) = rules::lifecycle(&e.kind, &e.details) {
-                state.insert("lifecycle".into(), value);
-            }
-            out.push(StoredEvent {
+            let mut stored = StoredEvent {
                 device_id: device_id.to_string(),
                 seq: e.seq,
                 kind: e.kind,
@@ -798,7 +843,19 @@ impl Collector {
                 severity: verdict.severity.to_string(),
                 audience: verdict.audience,
                 assessment: verdict.assessment,
-            });
+            };
+            // After classification, which may read the name (pupil or staff rules), and
+            // before the device's state facets, which are copied from the details.
+            if pseudonymise {
+                crate::subject::pseudonymise_technical(&self.pseudonym_key, &mut stored);
+            }
+            if let Some((facet, value)) = rules::state_facet(&stored.kind, &stored.details) {
+                state.insert(facet, value);
+            }
+            if let Some(value) = rules::lifecycle(&stored.kind, &stored.details) {
+                state.insert("lifecycle".into(), value);
+            }
+            out.push(stored);
         }
         // A batch that is all resends (no seq above the highest stored) is judged already, and
         // the store keeps no state facet from it: judging it again would move the clock
@@ -932,6 +989,10 @@ impl Collector {
         let store = self.store.clone();
         let by = changed_by.to_string();
         let v = blocking(move || store.put_settings(normalised, &by, Utc::now())).await?;
+        self.pseudonymise.store(
+            parsed.pseudonymise_usernames,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tracing::info!(version = v.version, changed_by = %v.changed_by, "Settings changed");
         Ok(v)
     }

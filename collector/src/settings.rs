@@ -141,6 +141,127 @@ pub struct ReportSchedule {
     pub recipients: Vec<String>,
 }
 
+/// How long each kind of record is kept, in days; 0 keeps it for ever (a school's explicit
+/// choice, never a default). The purge task (`crate::retention`) removes what is older.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Technical events (audience without the DSL) and closed technical incidents. 400 days:
+    /// the governors' report compares a term with the one before and replays each device's
+    /// state from up to 60 days before the earlier one, and a report of a whole school year
+    /// (September to July, made in the summer holiday) needs about 335 days plus that
+    /// lookback; 400 leaves a few weeks' slack. Shorter than the terms in the settings need is
+    /// refused (`Retention::technical_days_needed`).
+    pub technical_days: u32,
+    /// Safeguarding events (the DSL's) and closed safeguarding incidents with their records.
+    /// Seven years (2,557 days), the common schools' default for pupil records of concern.
+    /// The IRMS toolkit keeps child-protection files much longer (until the child is 25, or
+    /// more); a school may lengthen this, or hold a case (legal hold) so nothing about it
+    /// expires.
+    pub safeguarding_days: u32,
+    /// The audit log. One year: long enough to answer "who looked at this pupil's record"
+    /// across a school year and a complaint made after it; at least 90 days, so a short
+    /// setting cannot wipe the trail of the change that set it.
+    pub audit_days: u32,
+    /// Digests and reports sent (their bodies name pupils). One year, like the audit log: the
+    /// DSL's own record is the incident, the digest only a notification of it; at least 30
+    /// days, which the digest engine's "sent once per due time" needs.
+    pub digests_days: u32,
+}
+
+/// Days in seven years (two leap days).
+pub const SEVEN_YEARS_DAYS: u32 = 7 * 365 + 2;
+/// The least audit retention accepted (see `Retention::audit_days`).
+pub const MIN_AUDIT_DAYS: u32 = 90;
+/// The least digest retention accepted (see `Retention::digests_days`).
+pub const MIN_DIGESTS_DAYS: u32 = 30;
+/// The least technical retention accepted with no terms in the settings: a month's report
+/// against the month before (62 days) plus the report's 60-day lookback, with slack.
+pub const MIN_TECHNICAL_DAYS: u32 = 130;
+/// How far before a period the governors' report replays state (`report::gather`'s
+/// `LOOKBACK_DAYS`).
+const REPORT_LOOKBACK_DAYS: i64 = 60;
+/// How long after a term ends its report may still be made (a scheduled one goes at once; a
+/// governors' meeting may be weeks later).
+const REPORT_AFTER_TERM_DAYS: i64 = 30;
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            technical_days: 400,
+            safeguarding_days: SEVEN_YEARS_DAYS,
+            audit_days: 365,
+            digests_days: 365,
+        }
+    }
+}
+
+impl Retention {
+    /// The technical retention the term reports need: for each term after the first, from 60
+    /// days before the term before it starts to a month after the term ends.
+    pub fn technical_days_needed(terms: &[Term]) -> (u32, Option<String>) {
+        let mut sorted: Vec<&Term> = terms.iter().collect();
+        sorted.sort_by_key(|t| t.start);
+        let mut need = (MIN_TECHNICAL_DAYS, None);
+        for w in sorted.windows(2) {
+            let from = w[0].start - chrono::Duration::days(REPORT_LOOKBACK_DAYS);
+            let to = w[1].end + chrono::Duration::days(REPORT_AFTER_TERM_DAYS);
+            let days = u32::try_from((to - from).num_days()).unwrap_or(u32::MAX);
+            if days > need.0 {
+                need = (days, Some(w[1].name.clone()));
+            }
+        }
+        need
+    }
+
+    fn validate(&self, terms: &[Term]) -> Result<(), SettingsError> {
+        let bad = |m: String| Err(SettingsError::Invalid(m));
+        let (need, term) = Self::technical_days_needed(terms);
+        if self.technical_days != 0 && self.technical_days < need {
+            return bad(match term {
+                Some(t) => format!(
+                    "retention.technical_days is {} but the report for {t} compared with the \
+                     term before needs {need} days of technical events",
+                    self.technical_days
+                ),
+                None => format!(
+                    "retention.technical_days must be at least {need} (a month's report against \
+                     the month before, with its 60-day lookback), or 0 to keep them",
+                ),
+            });
+        }
+        if self.safeguarding_days != 0 && self.safeguarding_days < self.technical_days {
+            return bad(format!(
+                "retention.safeguarding_days ({}) must not be shorter than \
+                 retention.technical_days ({})",
+                self.safeguarding_days, self.technical_days
+            ));
+        }
+        if self.audit_days != 0 && self.audit_days < MIN_AUDIT_DAYS {
+            return bad(format!(
+                "retention.audit_days must be at least {MIN_AUDIT_DAYS}, or 0 to keep it"
+            ));
+        }
+        if self.digests_days != 0 && self.digests_days < MIN_DIGESTS_DAYS {
+            return bad(format!(
+                "retention.digests_days must be at least {MIN_DIGESTS_DAYS}, or 0 to keep them"
+            ));
+        }
+        Ok(())
+    }
+
+    /// What has expired at `now` (a period of 0 keeps that kind for ever).
+    pub fn cutoffs(&self, now: chrono::DateTime<chrono::Utc>) -> crate::store::PurgeCutoffs {
+        let before = |days: u32| (days > 0).then(|| now - chrono::Duration::days(days.into()));
+        crate::store::PurgeCutoffs {
+            technical: before(self.technical_days),
+            safeguarding: before(self.safeguarding_days),
+            audit: before(self.audit_days),
+            digests: before(self.digests_days),
+        }
+    }
+}
+
 /// The settings document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,6 +277,13 @@ pub struct Settings {
     pub digests: Vec<DigestSchedule>,
     pub urgent: Urgent,
     pub reports: Vec<ReportSchedule>,
+    pub retention: Retention,
+    /// Store a keyed pseudonym (`user-` and 16 hex digits, `crate::subject::pseudonym`)
+    /// instead of the login name in technical events (those not meant for the DSL), in their
+    /// user and wherever their details name it. Off by default: a technician matching a
+    /// laptop's problem to the pupil in front of them needs the name, and a school turns this
+    /// on when it decides it does not. The DSL's records always keep names.
+    pub pseudonymise_usernames: bool,
 }
 
 impl Default for Settings {
@@ -170,6 +298,8 @@ impl Default for Settings {
             digests: Vec::new(),
             urgent: Urgent::default(),
             reports: Vec::new(),
+            retention: Retention::default(),
+            pseudonymise_usernames: false,
         }
     }
 }
@@ -240,6 +370,7 @@ impl Settings {
                 return bad(format!("reports[{i}].period must be week, month or term"));
             }
         }
+        self.retention.validate(&self.terms)?;
         Ok(())
     }
 }
@@ -273,5 +404,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("digests[0].at"), "{e}");
+    }
+
+    #[test]
+    fn retention_defaults_and_what_has_expired() {
+        let s = Settings::parse_strict(&json!({"retention": {"audit_days": 0}})).unwrap();
+        assert_eq!(s.retention.technical_days, 400);
+        assert_eq!(s.retention.safeguarding_days, 2557);
+        let now = chrono::DateTime::parse_from_rfc3339("2027-01-10T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let c = s.retention.cutoffs(now);
+        assert_eq!(c.technical, Some(now - chrono::Duration::days(400)));
+        assert_eq!(c.digests, Some(now - chrono::Duration::days(365)));
+        assert_eq!(c.audit, None, "0 keeps the audit log");
+    }
+
+    #[test]
+    fn the_data_inventory_states_the_retention_defaults() {
+        let kept = caretaker_proto::inventory::KEPT;
+        let r = Retention::default();
+        assert!(kept.contains(&format!("| {} days |", r.technical_days)), "{kept}");
+        assert_eq!(r.safeguarding_days, 2557);
+        assert!(kept.contains("| 7 years (2,557 days) |"), "{kept}");
+        assert_eq!((r.audit_days, r.digests_days), (365, 365));
+        assert!(kept.contains(&format!("At least {MIN_AUDIT_DAYS} days")), "{kept}");
+        assert!(kept.contains(&format!("At least {MIN_DIGESTS_DAYS} days")), "{kept}");
+    }
+
+    #[test]
+    fn a_retention_too_short_for_the_reports_names_its_field() {
+        let e = Settings::parse_strict(&json!({"retention": {"technical_days": 90}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retention.technical_days must be at least 130"), "{e}");
+        // Autumn compared with summer: 60 days before 20 April to a month after 18 December.
+        let terms = json!([
+            {"name": "Summer 2026", "start": "2026-04-20", "end": "2026-07-22"},
+            {"name": "Autumn 2026", "start": "2026-09-03", "end": "2026-12-18"},
+        ]);
+        let (need, term) = Retention::technical_days_needed(
+            &serde_json::from_value::<Vec<Term>>(terms.clone()).unwrap(),
+        );
+        assert_eq!((need, term.as_deref()), (332, Some("Autumn 2026")));
+        let e = Settings::parse_strict(
+            &json!({"terms": terms, "retention": {"technical_days": 300}}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("retention.technical_days is 300"), "{e}");
+        assert!(e.contains("Autumn 2026") && e.contains("332"), "{e}");
+        assert!(
+            Settings::parse_strict(&json!({"terms": terms, "retention": {"technical_days": 0}}))
+                .is_ok()
+        );
+        let e = Settings::parse_strict(&json!({"retention": {"audit_days": 7}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retention.audit_days"), "{e}");
+        let e = Settings::parse_strict(&json!({"retention": {"safeguarding_days": 200}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retention.safeguarding_days"), "{e}");
+        let e = Settings::parse_strict(&json!({"retention": {"technical_day": 400}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retention.technical_day"), "{e}");
     }
 }

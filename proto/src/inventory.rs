@@ -94,10 +94,26 @@ impl Kind {
 }
 
 /// Where every event is kept, whatever its kind.
-pub const STORED: &str = "On the laptop: the agent's spool (`/var/lib/caretaker-agent/spool`, root only) until the collector acknowledges it, normally within seconds when online. On the collector: the `events` store tree with its indexes (by audience, by user, by kind), in the data directory.";
+pub const STORED: &str = "On the laptop: the agent's spool (`/var/lib/caretaker-agent/spool`, root only) until the collector acknowledges it, normally within seconds when online. On the collector: its store, either one file in the data directory (`store/caretaker.redb`, readable by the collector's account only) or, for a trust's several collectors, a PostgreSQL database the school runs. There each event is kept once with its indexes (by device, audience, user and kind); incidents and their records, the audit log, the digests and reports sent, and the legal holds are kept beside the events. A copy of the store in a backup lives as long as the school keeps that backup: retention below applies to the live store, so backups should be kept no longer than the shortest period.";
 
-/// How long, today. Retention limits are future work (issue 13).
-pub const KEPT: &str = "On the laptop: until the collector acknowledges it (or, if the laptop is offline so long that the spool fills, until it is the oldest and is dropped, which is itself recorded). On the collector: indefinitely. There is no retention limit yet; limits per kind of record are planned work.";
+/// How long each kind of record is kept: the collector's settings (`retention`), whose
+/// defaults `collector/src/settings.rs` checks against these words.
+pub const KEPT: &str = "On the laptop: until the collector acknowledges it (or, if the laptop is offline so long that the spool fills, until it is the oldest and is dropped, which is itself recorded).
+
+On the collector, each kind of record for as long as the school's settings say (the `retention` section, changed by the network manager; every change is versioned with who made it). An hourly task removes what is older, in small batches, and records in the audit log how many of each kind it removed (never what they said). The defaults, and why:
+
+| Record | Kept by default | Why that long |
+|---|---|---|
+| Technical events (every event whose audience is not the DSL), and technical incidents once closed | 400 days | The governors' termly report compares a term with the one before and replays each laptop's state from up to 60 days before that; a report of a whole school year made in the summer holiday needs about 395 days. A shorter setting than the school's term dates need is refused. |
+| Safeguarding events (those the DSL sees), and safeguarding incidents with their records once closed | 7 years (2,557 days) | The usual schools' period for records of a concern about a pupil. The IRMS toolkit keeps child-protection files much longer (until the pupil is 25, or more): the school may lengthen this, or place a legal hold. |
+| The audit log | 1 year | Answers who looked at or changed what across a school year and a complaint made after it. At least 90 days can be set. |
+| Digests and reports sent (their bodies name pupils) | 1 year | The DSL's record is the incident; a digest only announces it. At least 30 days can be set. |
+
+An open incident is never removed, nor its record; a closed one goes when both its last event and its last change are older than its period. 0 keeps a kind for ever, which the school must choose explicitly.
+
+**Legal holds.** The DSL can place a hold on an incident, a laptop or a user (with a reason, such as a case reference); while it is in force nothing about that incident, laptop or user expires or is pseudonymised, and placing and releasing it are recorded in the audit log. The network manager can see the holds but not place or release them.
+
+**Subject access.** Every record naming a person (events, incidents and their records, audit entries, digests) can be exported for a subject access request (`caretaker-collector subject export`, or from the dashboard), and a person's name can be replaced by a stable pseudonym everywhere it is stored except under a legal hold (`subject erase`); both are recorded in the audit log.";
 
 /// Roles: the network manager sees everything; this is the usual technical audience.
 const TECHNICAL: &str = "Network manager and IT technician (device timeline, event list, technical incidents). Not the DSL, not governors.";

@@ -574,6 +574,23 @@ impl Api {
         )
     }
 
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .json(body),
+        )
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(
+            self.client
+                .delete(format!("{}{path}", self.base))
+                .bearer_auth(&self.token),
+        )
+    }
+
     /// GET `path` as a signed-in browser would (its session cookie, no token); returns
     /// (status, body text).
     pub fn get_with_cookie(&self, path: &str, cookie: &str) -> (u16, String) {

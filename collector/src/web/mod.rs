@@ -8,11 +8,13 @@
 
 mod api;
 mod guard;
+mod holds;
 mod pages;
 mod policy_form;
 mod report_pages;
 mod settings_form;
 mod settings_pages;
+mod subject_pages;
 mod uninstall;
 mod views;
 
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -115,6 +117,11 @@ const SOFTWARE: &[Permission] = &[ViewSoftware];
 const SETTINGS: &[Permission] = &[ManageSettings];
 /// Prometheus scrapes with a technician's (or network manager's) API token.
 const METRICS: &[Permission] = &[ViewMetrics];
+const VIEW_HOLDS: &[Permission] = &[ViewHolds];
+const MANAGE_HOLDS: &[Permission] = &[ManageHolds];
+/// Subject access: the network manager and the DSL export; only the network manager erases.
+const SUBJECT: &[Permission] = &[SubjectAccess];
+const ERASE: &[Permission] = &[EraseSubject];
 /// The network manager sees every digest; a DSL their own (the desk filters).
 const DIGESTS: &[Permission] = &[ManageSettings, Safeguarding];
 
@@ -166,12 +173,19 @@ fn table() -> Vec<(RouteRule, Handler)> {
         r(Method::POST, "/users/{name}/{action}", AnyOf(USERS), post(pages::user_action)),
         r(Method::POST, "/api-tokens", AnyOf(USERS), post(pages::create_api_token)),
         r(Method::GET, "/audit", AnyOf(AUDIT), get(pages::audit)),
+        r(Method::GET, "/subject", AnyOf(SUBJECT), get(subject_pages::subject)),
+        r(Method::GET, "/subject/{user}/export.json", AnyOf(SUBJECT), get(subject_pages::export_json)),
+        r(Method::GET, "/subject/{user}/export.html", AnyOf(SUBJECT), get(subject_pages::export_html)),
+        r(Method::POST, "/subject/{user}/erase", AnyOf(ERASE), post(subject_pages::erase)),
         r(Method::GET, "/settings", AnyOf(SETTINGS), get(settings_pages::settings)),
         r(Method::POST, "/settings/{section}", AnyOf(SETTINGS), post(settings_pages::set_settings_section)),
         r(Method::GET, "/digests", AnyOf(DIGESTS), get(settings_pages::digests)),
         r(Method::GET, "/report", AnyOf(REPORT), get(report_pages::report)),
         r(Method::GET, "/report/download", AnyOf(REPORT), get(report_pages::download)),
         r(Method::GET, "/static/report.css", Public, get(report_pages::css)),
+        r(Method::GET, "/holds", AnyOf(VIEW_HOLDS), get(holds::page)),
+        r(Method::POST, "/holds", AnyOf(MANAGE_HOLDS), post(holds::place_form)),
+        r(Method::POST, "/holds/release", AnyOf(MANAGE_HOLDS), post(holds::release_form)),
         r(Method::GET, "/api/v1/devices", AnyOf(DEVICES), get(api::devices)),
         r(Method::GET, "/api/v1/events", AnyOf(EVENTS), get(api::events)),
         r(Method::GET, "/api/v1/fleet", AnyOf(FLEET), get(api::fleet)),
@@ -180,11 +194,16 @@ fn table() -> Vec<(RouteRule, Handler)> {
         r(Method::PUT, "/api/v1/policy", AnyOf(EDIT_POLICY), put(api::put_policy)),
         r(Method::GET, "/api/v1/policy/history", AnyOf(POLICY), get(api::policy_history)),
         r(Method::GET, "/api/v1/audit", AnyOf(AUDIT), get(api::audit)),
+        r(Method::GET, "/api/v1/subject/{user}", AnyOf(SUBJECT), get(subject_pages::api_export)),
+        r(Method::POST, "/api/v1/subject/{user}/erase", AnyOf(ERASE), post(subject_pages::api_erase)),
         r(Method::GET, "/api/v1/metrics", AnyOf(METRICS), get(metrics)),
         r(Method::GET, "/api/v1/digests", AnyOf(DIGESTS), get(api::digests)),
         r(Method::GET, "/api/v1/incidents", AnyOf(INCIDENTS), get(api::incidents)),
         r(Method::GET, "/api/v1/incidents/{id}", AnyOf(INCIDENTS), get(api::incident)),
         r(Method::POST, "/api/v1/incidents/{id}/entries", AnyOf(INCIDENTS), post(api::add_entry)),
+        r(Method::GET, "/api/v1/holds", AnyOf(VIEW_HOLDS), get(holds::list)),
+        r(Method::POST, "/api/v1/holds", AnyOf(MANAGE_HOLDS), post(holds::place)),
+        r(Method::DELETE, "/api/v1/holds/{target}", AnyOf(MANAGE_HOLDS), delete(holds::release)),
     ]
 }
 

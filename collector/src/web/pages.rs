@@ -485,6 +485,7 @@ struct DevicePage {
     events: Vec<EventRow>,
     next: Option<String>,
     message: Option<String>,
+    holdbox: super::holds::HoldBox,
 }
 
 #[derive(Deserialize, Default)]
@@ -556,6 +557,12 @@ async fn device_page(
             row: DeviceRow::new(&d, desk.is_online(&d), tz, now),
             next,
             message,
+            holdbox: super::holds::HoldBox::load(
+                desk,
+                crate::store::HoldTarget::Device(d.id.clone()),
+                tz,
+            )
+            .await,
         },
     ))
 }
@@ -778,6 +785,7 @@ struct IncidentPage {
     entries: Vec<EntryRow>,
     actions: Vec<(&'static str, &'static str)>,
     error: Option<String>,
+    holdbox: super::holds::HoldBox,
 }
 
 async fn incident_page(
@@ -812,6 +820,8 @@ async fn incident_page(
                 ("reopened", "Reopened"),
             ],
             error,
+            holdbox: super::holds::HoldBox::load(desk, crate::store::HoldTarget::Incident(id), tz)
+                .await,
         },
     ))
 }

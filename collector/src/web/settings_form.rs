@@ -141,6 +141,27 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             }
             set(&mut doc, "reports", json!(out));
         }
+        "retention" => {
+            let days = |k: &str, what: &str| {
+                one(f, k)
+                    .parse::<u32>()
+                    .map_err(|_| format!("{what} must be a whole number of days (0 keeps them)."))
+            };
+            set(
+                &mut doc,
+                "retention",
+                json!({"technical_days": days("technical_days", "Technical events")?,
+                       "safeguarding_days": days("safeguarding_days", "Safeguarding records")?,
+                       "audit_days": days("audit_days", "The audit log")?,
+                       "digests_days": days("digests_days", "Digests")?}),
+            );
+        }
+        // A checkbox sends nothing when unticked.
+        "usernames" => set(
+            &mut doc,
+            "pseudonymise_usernames",
+            json!(one(f, "pseudonymise_usernames") == "yes"),
+        ),
         other => return Err(format!("There is no settings section called {other:?}.")),
     }
     Ok(doc)
@@ -175,6 +196,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn retention_days_from_the_form_and_a_short_one_refused_by_name() {
+        let f = |tech: &str| {
+            fields(&[
+                ("technical_days", tech),
+                ("safeguarding_days", "2557"),
+                ("audit_days", "365"),
+                ("digests_days", "365"),
+            ])
+        };
+        let doc = apply(&json!({}), "retention", &f("450")).unwrap();
+        assert_eq!(
+            Settings::parse_strict(&doc)
+                .unwrap()
+                .retention
+                .technical_days,
+            450
+        );
+        let doc = apply(&json!({}), "retention", &f("30")).unwrap();
+        let e = Settings::parse_strict(&doc).unwrap_err().to_string();
+        assert!(e.contains("retention.technical_days"), "{e}");
+        assert!(apply(&json!({}), "retention", &f("a year")).is_err());
+    }
+
+    #[test]
+    fn pseudonymising_usernames_is_a_checkbox_that_keeps_the_rest() {
+        let on = fields(&[("pseudonymise_usernames", "yes")]);
+        let doc = apply(&json!({"school_name": "Hill"}), "usernames", &on).unwrap();
+        let s = Settings::parse_strict(&doc).unwrap();
+        assert!(s.pseudonymise_usernames);
+        assert_eq!(s.school_name, "Hill");
+        let doc = apply(&doc, "usernames", &fields(&[])).unwrap();
+        assert!(!Settings::parse_strict(&doc).unwrap().pseudonymise_usernames);
     }
 
     #[test]

@@ -58,6 +58,9 @@ struct SettingsPage {
     terms: String,
     licences: String,
     reports: String,
+    retention: crate::settings::Retention,
+    retention_technical_min: u32,
+    pseudonymise_usernames: bool,
 }
 
 async fn settings_page(
@@ -170,6 +173,9 @@ async fn settings_page(
                 .map(|r| format!("{}, {}, {}", r.audience, r.period, r.recipients.join(" ")))
                 .collect::<Vec<_>>()
                 .join("\n"),
+            retention_technical_min: crate::settings::Retention::technical_days_needed(&s.terms).0,
+            retention: s.retention.clone(),
+            pseudonymise_usernames: s.pseudonymise_usernames,
         },
     ))
 }

@@ -75,6 +75,18 @@ const EXPECTED: &[(&str, &str, [bool; 4])] = &[
     ),
     ("POST", "/api-tokens", [true, false, false, false]),
     ("GET", "/audit", [true, false, false, false]),
+    ("GET", "/subject", [true, false, true, false]),
+    (
+        "GET",
+        "/subject/{user}/export.json",
+        [true, false, true, false],
+    ),
+    (
+        "GET",
+        "/subject/{user}/export.html",
+        [true, false, true, false],
+    ),
+    ("POST", "/subject/{user}/erase", [true, false, false, false]),
     ("GET", "/settings", [true, false, false, false]),
     ("POST", "/settings/{section}", [true, false, false, false]),
     ("GET", "/digests", [true, false, true, false]),
@@ -89,6 +101,12 @@ const EXPECTED: &[(&str, &str, [bool; 4])] = &[
     ("PUT", "/api/v1/policy", [true, false, false, false]),
     ("GET", "/api/v1/policy/history", [true, false, false, false]),
     ("GET", "/api/v1/audit", [true, false, false, false]),
+    ("GET", "/api/v1/subject/{user}", [true, false, true, false]),
+    (
+        "POST",
+        "/api/v1/subject/{user}/erase",
+        [true, false, false, false],
+    ),
     ("GET", "/api/v1/digests", [true, false, true, false]),
     ("GET", "/api/v1/incidents", [true, true, true, false]),
     ("GET", "/api/v1/incidents/{id}", [true, false, true, false]),
@@ -98,6 +116,16 @@ const EXPECTED: &[(&str, &str, [bool; 4])] = &[
         [true, false, true, false],
     ),
     ("GET", "/api/v1/metrics", [true, true, false, false]),
+    ("GET", "/holds", [true, false, true, false]),
+    ("POST", "/holds", [false, false, true, false]),
+    ("POST", "/holds/release", [false, false, true, false]),
+    ("GET", "/api/v1/holds", [true, false, true, false]),
+    ("POST", "/api/v1/holds", [false, false, true, false]),
+    (
+        "DELETE",
+        "/api/v1/holds/{target}",
+        [false, false, true, false],
+    ),
 ];
 
 const PASSWORD: &str = "a long enough password";
@@ -222,6 +250,7 @@ fn request_for(
             },
         )
         .replace("INC", &rig.incident.to_string())
+        .replace("{target}", &format!("incident:{}?reason=closed", rig.incident))
         .replace("{user}", "pupil1")
         .replace("{section}", "antivirus")
         .replace("{name}/{action}", "victim/enable");
@@ -230,6 +259,14 @@ fn request_for(
         ("PUT", "/api/v1/policy") => Some((
             json!({"policy": {"antivirus": {"max_signature_age_hours": 48}}}).to_string(),
             "application/json",
+        )),
+        ("POST", "/api/v1/holds") => Some((
+            json!({"target": format!("incident:{}", rig.incident), "reason": "CP-1"}).to_string(),
+            "application/json",
+        )),
+        ("POST", "/holds" | "/holds/release") => Some((
+            format!("_csrf={csrf}&target=incident%3A{}&reason=CP-1", rig.incident),
+            "application/x-www-form-urlencoded",
         )),
         ("POST", p) if p.starts_with("/api/") => Some((
             json!({"action": "note", "text": "checked"}).to_string(),

@@ -36,7 +36,7 @@ pub struct Chrome {
 impl Chrome {
     pub fn new(desk: &Desk, title: impl Into<String>, section: &str) -> Self {
         use Permission::*;
-        let items: [(&'static str, &'static str, bool); 11] = [
+        let items: [(&'static str, &'static str, bool); 13] = [
             ("/fleet", "Overview", desk.may(ViewFleet)),
             ("/devices", "Devices", desk.may(ViewDevices)),
             (
@@ -53,6 +53,7 @@ impl Chrome {
             ("/enrol", "Enrolment", desk.may(Enrol)),
             ("/users", "Users", desk.may(ManageUsers)),
             ("/audit", "Audit log", desk.may(ViewAudit)),
+            ("/subject", "Subject access", desk.may(SubjectAccess)),
             ("/settings", "Settings", desk.may(ManageSettings)),
             (
                 "/digests",
@@ -60,6 +61,7 @@ impl Chrome {
                 desk.may(Safeguarding) && !desk.may(ManageSettings),
             ),
             ("/report", "Report", desk.may(GovernorsReport)),
+            ("/holds", "Legal holds", desk.may(ViewHolds)),
         ];
         Self {
             title: title.into(),

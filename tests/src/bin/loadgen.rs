@@ -18,6 +18,9 @@
 //! requests before the flood. Its last line is `idle=N held=H before_p50_ms=.. before_p99_ms=..
 //! during_p50_ms=.. during_p99_ms=.. failed=F`.
 //!
+//! `--occurred-days-ago N` dates every event N days in the past (as an agent's spool would
+//! after a long time offline), so a store can be filled with records past their retention.
+//!
 //! Otherwise its last line is `events=N seconds=T rate=R/s p99_ack_ms=L lost=X duplicated=Y`,
 //! where N is the number of events sent, T the time from the first send to the
 //! last acknowledgement, and L the 99th percentile of the time from sending a
@@ -94,6 +97,10 @@ struct Args {
     /// back, and say so (`lost=unchecked`).
     #[arg(long)]
     no_verify: bool,
+    /// Date every event this many days in the past (records past their retention, for the
+    /// purge's tests and benchmark).
+    #[arg(long, default_value_t = 0)]
+    occurred_days_ago: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -173,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
             window: args.window,
             mix: args.mix,
             agent: index as u64,
+            days_ago: args.occurred_days_ago,
         };
         tasks.push(tokio::spawn(async move {
             let _permit = streaming.acquire_owned().await.expect("semaphore");
@@ -595,6 +603,8 @@ struct Load {
     mix: Mix,
     /// The agent's index, which seeds its realistic mix.
     agent: u64,
+    /// How far in the past the events are dated.
+    days_ago: u32,
 }
 
 /// Streams `load.events` events as one agent; returns each batch's send-to-ack latency.
@@ -645,6 +655,7 @@ async fn stream_once(
         window,
         mix,
         agent,
+        days_ago,
     } = load;
     let channel = device_channel(dir, addr).await?;
     let mut client = pb::telemetry_client::TelemetryClient::new(channel);
@@ -656,7 +667,7 @@ async fn stream_once(
     let mut in_flight: std::collections::VecDeque<(u64, Instant)> = Default::default();
     let mut next = *acked + 1;
     // Realistic events are dated as if sent over the last `m` five-minute heartbeats.
-    let now = chrono::Utc::now();
+    let now = chrono::Utc::now() - chrono::Duration::days(days_ago.into());
     while *acked < m {
         while next <= m && in_flight.len() < window {
             let last = (next + batch - 1).min(m);
@@ -666,7 +677,11 @@ async fn stream_once(
                         let mut d = Map::new();
                         d.insert("i".into(), Value::from(seq));
                         d.insert("note".into(), Value::from("synthetic load"));
-                        caretaker_tests::pb_event(seq, "load.synthetic", d)
+                        let mut e = caretaker_tests::pb_event(seq, "load.synthetic", d);
+                        if days_ago > 0 {
+                            e.occurred_at = Some(caretaker_proto::convert::timestamp_from(now));
+                        }
+                        e
                     }
                     Mix::Realistic => {
                         let at = now - chrono::Duration::minutes(5 * (m - seq) as i64);

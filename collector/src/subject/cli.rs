@@ -1,0 +1,240 @@
+//! `caretaker-collector subject export|erase`: asks a running collector over the admin socket, or opens the store itself when none runs.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+
+use super::{ErasureReport, ExportFiles, ExportRequest, PseudonymKey};
+use crate::accounts::Actor;
+use crate::admin::{self, AdminRequest, AdminResponse};
+use crate::datadir::DataDir;
+
+/// A subject access request's commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum SubjectCommand {
+    /// Write every record about a login name (naming it, or its pseudonym: events, incidents
+    /// and their records, audit entries, digests) as FILE.json and as printable FILE.html, both always: the JSON for
+    /// machines, the HTML for the person who asked. Neither file may exist yet. Audited.
+    Export {
+        #[arg(long, default_value = "/var/lib/caretaker-collector")]
+        data_dir: PathBuf,
+        /// The login name, exactly as the laptops report it.
+        #[arg(long)]
+        user: String,
+        /// Where to write: FILE.json and FILE.html (a .json or .html ending is dropped first).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The school's time zone, in which the HTML shows times.
+        #[arg(long, default_value = "Europe/London")]
+        time_zone: chrono_tz::Tz,
+    },
+    /// Replace a login name by its pseudonym everywhere it is stored, except in records under
+    /// legal hold; says what it changed and what it kept and why. Audited under the
+    /// pseudonym, never the name.
+    Erase {
+        #[arg(long, default_value = "/var/lib/caretaker-collector")]
+        data_dir: PathBuf,
+        /// The login name, exactly as the laptops report it.
+        #[arg(long)]
+        user: String,
+        /// Do not ask to type the name again.
+        #[arg(long)]
+        yes: bool,
+        /// The name is a dashboard account (a member of staff) and erasing it is intended; the
+        /// account itself is kept.
+        #[arg(long)]
+        staff: bool,
+        /// The school's time zone, in which the dates of holds are shown.
+        #[arg(long, default_value = "Europe/London")]
+        time_zone: chrono_tz::Tz,
+    },
+}
+
+/// FILE.json and FILE.html for `--out FILE`.
+pub fn out_paths(out: &Path) -> (PathBuf, PathBuf) {
+    let base = match out.extension().and_then(|e| e.to_str()) {
+        Some("json" | "html") => out.with_extension(""),
+        _ => out.to_path_buf(),
+    };
+    let with = |ext: &str| {
+        let mut s = base.clone().into_os_string();
+        s.push(".");
+        s.push(ext);
+        PathBuf::from(s)
+    };
+    (with("json"), with("html"))
+}
+
+/// Writes a new file readable by its owner only (it names a person), never over another.
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Runs the command.
+pub async fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
+    match cmd {
+        SubjectCommand::Export {
+            data_dir,
+            user,
+            out,
+            time_zone,
+        } => {
+            super::check_name(&user)?;
+            let (json_path, html_path) = out_paths(&out);
+            for p in [&json_path, &html_path] {
+                if p.exists() {
+                    bail!("{} exists already; choose another --out", p.display());
+                }
+            }
+            let dir = DataDir::new(data_dir);
+            dir.check()?;
+            let ask = AdminRequest::SubjectExport {
+                user: user.clone(),
+                time_zone: time_zone.name().to_string(),
+            };
+            let files = match admin::ask(&dir, &ask).await? {
+                Some(AdminResponse::SubjectExport(f)) => f,
+                Some(AdminResponse::Error { message }) => bail!("{message}"),
+                Some(other) => bail!("unexpected answer from the collector: {other:?}"),
+                None => offline_export(dir, user.clone(), time_zone).await?,
+            };
+            write_new(&json_path, files.json.as_bytes())?;
+            write_new(&html_path, files.html.as_bytes())?;
+            println!(
+                "Wrote {} and {}: {} records naming {user} ({}).",
+                json_path.display(),
+                html_path.display(),
+                files.counts.total(),
+                files.counts.summary()
+            );
+            Ok(())
+        }
+        SubjectCommand::Erase {
+            data_dir,
+            user,
+            yes,
+            staff,
+            time_zone,
+        } => {
+            super::check_name(&user)?;
+            let dir = DataDir::new(data_dir);
+            dir.check()?;
+            if !yes {
+                confirm(&user)?;
+            }
+            let ask = AdminRequest::SubjectErase {
+                user: user.clone(),
+                staff,
+                time_zone: time_zone.name().to_string(),
+            };
+            let report = match admin::ask(&dir, &ask).await? {
+                Some(AdminResponse::SubjectErased(r)) => r,
+                Some(AdminResponse::Error { message }) => bail!("{message}"),
+                Some(other) => bail!("unexpected answer from the collector: {other:?}"),
+                None => offline_erase(dir, user, staff, time_zone).await?,
+            };
+            for line in report.lines() {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Asks for the name again: an erasure cannot be undone.
+fn confirm(user: &str) -> anyhow::Result<()> {
+    eprintln!(
+        "This replaces {user} by a pseudonym in every record not under legal hold, and cannot be undone."
+    );
+    eprint!("Type the login name again to go on: ");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the confirmation (use --yes where no one can type it)")?;
+    if line.trim_end_matches(['\r', '\n']) != user {
+        bail!("the name typed did not match; nothing was changed");
+    }
+    Ok(())
+}
+
+async fn offline_export(
+    dir: DataDir,
+    user: String,
+    tz: chrono_tz::Tz,
+) -> anyhow::Result<ExportFiles> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let key = PseudonymKey::load(&dir)?;
+        let store = dir.open_store_offline()?;
+        let school = store
+            .current_settings()?
+            .map(|v| crate::settings::Settings::parse_lenient(&v.settings).school_name)
+            .unwrap_or_else(|| crate::settings::Settings::default().school_name);
+        let req = ExportRequest {
+            user: &user,
+            school: &school,
+            time_zone: tz,
+            made_at: Utc::now(),
+        };
+        Ok(super::export(
+            store.as_ref(),
+            &key,
+            &Actor::local_cli(),
+            &req,
+        )?)
+    })
+    .await?
+}
+
+async fn offline_erase(
+    dir: DataDir,
+    user: String,
+    staff: bool,
+    tz: chrono_tz::Tz,
+) -> anyhow::Result<ErasureReport> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let key = PseudonymKey::load(&dir)?;
+        let store = dir.open_store_offline()?;
+        Ok(super::erase(
+            store.as_ref(),
+            &key,
+            &Actor::local_cli(),
+            &user,
+            staff,
+            tz,
+        )?)
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_names_both_files_from_one_base() {
+        let (j, h) = out_paths(Path::new("/tmp/sar-alice"));
+        assert_eq!(
+            (j.to_str(), h.to_str()),
+            (Some("/tmp/sar-alice.json"), Some("/tmp/sar-alice.html"))
+        );
+        let (j, h) = out_paths(Path::new("/tmp/sar.alice.html"));
+        assert_eq!(
+            (j.to_str(), h.to_str()),
+            (Some("/tmp/sar.alice.json"), Some("/tmp/sar.alice.html"))
+        );
+        let (j, _) = out_paths(Path::new("out.json"));
+        assert_eq!(j.to_str(), Some("out.json"));
+    }
+}
