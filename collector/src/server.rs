@@ -238,7 +238,7 @@ pub async fn serve(
         opts.time_zone,
         shutdown.clone(),
     ));
-    tokio::spawn(crate::retention::run(
+    tasks.spawn(crate::retention::run(
         collector.clone(),
         opts.purge,
         shutdown.clone(),
