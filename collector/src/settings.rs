@@ -424,12 +424,21 @@ mod tests {
     fn the_data_inventory_states_the_retention_defaults() {
         let kept = caretaker_proto::inventory::KEPT;
         let r = Retention::default();
-        assert!(kept.contains(&format!("| {} days |", r.technical_days)), "{kept}");
+        assert!(
+            kept.contains(&format!("| {} days |", r.technical_days)),
+            "{kept}"
+        );
         assert_eq!(r.safeguarding_days, 2557);
         assert!(kept.contains("| 7 years (2,557 days) |"), "{kept}");
         assert_eq!((r.audit_days, r.digests_days), (365, 365));
-        assert!(kept.contains(&format!("At least {MIN_AUDIT_DAYS} days")), "{kept}");
-        assert!(kept.contains(&format!("At least {MIN_DIGESTS_DAYS} days")), "{kept}");
+        assert!(
+            kept.contains(&format!("At least {MIN_AUDIT_DAYS} days")),
+            "{kept}"
+        );
+        assert!(
+            kept.contains(&format!("At least {MIN_DIGESTS_DAYS} days")),
+            "{kept}"
+        );
     }
 
     #[test]
@@ -437,7 +446,10 @@ mod tests {
         let e = Settings::parse_strict(&json!({"retention": {"technical_days": 90}}))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("retention.technical_days must be at least 130"), "{e}");
+        assert!(
+            e.contains("retention.technical_days must be at least 130"),
+            "{e}"
+        );
         // Autumn compared with summer: 60 days before 20 April to a month after 18 December.
         let terms = json!([
             {"name": "Summer 2026", "start": "2026-04-20", "end": "2026-07-22"},
@@ -447,11 +459,10 @@ mod tests {
             &serde_json::from_value::<Vec<Term>>(terms.clone()).unwrap(),
         );
         assert_eq!((need, term.as_deref()), (332, Some("Autumn 2026")));
-        let e = Settings::parse_strict(
-            &json!({"terms": terms, "retention": {"technical_days": 300}}),
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            Settings::parse_strict(&json!({"terms": terms, "retention": {"technical_days": 300}}))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("retention.technical_days is 300"), "{e}");
         assert!(e.contains("Autumn 2026") && e.contains("332"), "{e}");
         assert!(

@@ -128,7 +128,21 @@ fn purged_counts(api: &Api) -> (usize, BTreeMap<String, u64>) {
 #[test]
 fn the_purge_removes_exactly_what_expired_keeps_what_is_held_and_ingest_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut collector = Collector::start(&tmp.path().join("collector"));
+    let collector = Collector::start(&tmp.path().join("collector"));
+    purge_scenario(tmp.path(), collector);
+}
+
+/// The same on a trust's PostgreSQL store (row deletes there, under the digest leader).
+#[test]
+fn the_purge_on_postgresql_removes_exactly_what_expired_and_keeps_what_is_held() {
+    let pg = pg_rig::PgCluster::start();
+    let url = pg.create_database("retention");
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start_with_init(&tmp.path().join("collector"), &["--store", &url]);
+    purge_scenario(tmp.path(), collector);
+}
+
+fn purge_scenario(tmp: &Path, mut collector: Collector) {
     // Keep everything while the store is filled.
     set_settings(
         &collector,
@@ -136,7 +150,7 @@ fn the_purge_removes_exactly_what_expired_keeps_what_is_held_and_ingest_goes_on(
                               "audit_days": 0, "digests_days": 0}}),
     );
     let (token, fp) = collector.token(&["--uses", "20"]);
-    let work = |n: &str| tmp.path().join(n);
+    let work = |n: &str| tmp.join(n);
     // Ancient (everything expired), a year and a half old (technical expired, safeguarding
     // kept), recent (nothing expired): the realistic mix has heartbeats, screen-lock,
     // antivirus and software reports and pupils' sticks, the last two partly the DSL's.

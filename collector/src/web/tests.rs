@@ -250,7 +250,10 @@ fn request_for(
             },
         )
         .replace("INC", &rig.incident.to_string())
-        .replace("{target}", &format!("incident:{}?reason=closed", rig.incident))
+        .replace(
+            "{target}",
+            &format!("incident:{}?reason=closed", rig.incident),
+        )
         .replace("{user}", "pupil1")
         .replace("{section}", "antivirus")
         .replace("{name}/{action}", "victim/enable");
@@ -265,7 +268,10 @@ fn request_for(
             "application/json",
         )),
         ("POST", "/holds" | "/holds/release") => Some((
-            format!("_csrf={csrf}&target=incident%3A{}&reason=CP-1", rig.incident),
+            format!(
+                "_csrf={csrf}&target=incident%3A{}&reason=CP-1",
+                rig.incident
+            ),
             "application/x-www-form-urlencoded",
         )),
         ("POST", p) if p.starts_with("/api/") => Some((
