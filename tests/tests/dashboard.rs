@@ -231,6 +231,27 @@ fn each_role_sees_its_part_and_the_dsl_keeps_a_record_that_only_grows() {
     );
     assert!(csv.contains("acknowledged,Spoke to the pupil"), "{csv}");
 
+    // A legal hold from the incident page (a case reference required): it shows there as
+    // held, and on the Legal holds page.
+    b.goto(&incident_url);
+    b.fill("#hold-reason", "CP-2026-14 police request");
+    b.click("form[action='/holds'] button[type=submit]");
+    let held = b.wait_for_text("#hold", "On legal hold", Duration::from_secs(10));
+    assert!(held.contains("CP-2026-14 police request"), "{held}");
+    b.screenshot("dashboard-incident-held");
+    b.goto(&format!("{base}/holds"));
+    b.wait_for_text("main", "CP-2026-14", Duration::from_secs(5));
+    b.screenshot("dashboard-holds");
+    // Subject access: the DSL may export a pupil's records, not erase them.
+    b.goto(&format!("{base}/subject?user=pupil7"));
+    b.wait_for_text("main", "Download the records", Duration::from_secs(5));
+    assert_eq!(
+        b.count("form[action$='/erase']"),
+        0,
+        "erasure is the network manager's"
+    );
+    b.screenshot("dashboard-subject");
+
     // The pupil's chronology, and the device the incident concerns, are open to the DSL.
     b.goto(&format!("{base}/pupils/pupil7"));
     assert!(b.text("main").contains("USB storage blocked"));
