@@ -57,74 +57,52 @@ fn renamed(text: &str, user: &str, pseudonym: &str) -> Option<String> {
 /// table (redb's reads never block the group commit), so memory holds only what names them.
 pub(super) fn subject_records(store: &Engine, user: &str) -> StoreResult<SubjectRecords> {
     let txn = store.db.begin_read().map_err(engine)?;
-    let mut out = SubjectRecords::default();
+    let named = |bytes: &[u8]| may_name(bytes, user);
+    let incidents: Vec<Incident> = collect(
+        &txn,
+        INCIDENTS,
+        "incident",
+        |_| true,
+        |i| incident_names(i, user),
+    )?;
+    let ids: std::collections::HashSet<u64> = incidents.iter().map(|i| i.id).collect();
+    Ok(SubjectRecords {
+        events: collect(&txn, EVENTS, "event", named, |e| event_names(e, user))?,
+        // An entry of their incident need not name them: every entry is read (they are few).
+        incident_entries: collect(
+            &txn,
+            INCIDENT_LOG,
+            "incident entry",
+            |_| true,
+            |e: &IncidentEntry| ids.contains(&e.incident) || entry_names(e, user),
+        )?,
+        incidents,
+        audit: collect(&txn, AUDIT, "audit entry", named, |a| audit_names(a, user))?,
+        digests: collect(&txn, DIGESTS, "digest", named, |d| digest_names(d, user))?,
+    })
+}
+
+/// The records of `def`, in key order, whose bytes pass `prefilter` (cheap, before decoding)
+/// and which `keep` accepts once decoded.
+fn collect<K: Key + 'static, R: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    def: TableDefinition<K, &[u8]>,
+    what: &str,
+    prefilter: impl Fn(&[u8]) -> bool,
+    keep: impl Fn(&R) -> bool,
+) -> StoreResult<Vec<R>> {
+    let mut out = Vec::new();
     for r in txn
-        .open_table(EVENTS)
+        .open_table(def)
         .map_err(engine)?
         .iter()
         .map_err(engine)?
     {
         let (_, v) = r.map_err(engine)?;
-        if may_name(v.value(), user) {
-            let e: StoredEvent = decode("event", v.value())?;
-            if event_names(&e, user) {
-                out.events.push(e);
-            }
-        }
-    }
-    let mut ids = std::collections::HashSet::new();
-    for r in txn
-        .open_table(INCIDENTS)
-        .map_err(engine)?
-        .iter()
-        .map_err(engine)?
-    {
-        let (_, v) = r.map_err(engine)?;
-        let i: Incident = decode("incident", v.value())?;
-        if incident_names(&i, user) {
-            ids.insert(i.id);
-            out.incidents.push(i);
-        }
-    }
-    for r in txn
-        .open_table(INCIDENT_LOG)
-        .map_err(engine)?
-        .iter()
-        .map_err(engine)?
-    {
-        let (k, v) = r.map_err(engine)?;
-        if ids.contains(&k.value().0) || may_name(v.value(), user) {
-            let e: IncidentEntry = decode("incident entry", v.value())?;
-            if ids.contains(&e.incident) || entry_names(&e, user) {
-                out.incident_entries.push(e);
-            }
-        }
-    }
-    for r in txn
-        .open_table(AUDIT)
-        .map_err(engine)?
-        .iter()
-        .map_err(engine)?
-    {
-        let (_, v) = r.map_err(engine)?;
-        if may_name(v.value(), user) {
-            let a: AuditEntry = decode("audit entry", v.value())?;
-            if audit_names(&a, user) {
-                out.audit.push(a);
-            }
-        }
-    }
-    for r in txn
-        .open_table(DIGESTS)
-        .map_err(engine)?
-        .iter()
-        .map_err(engine)?
-    {
-        let (_, v) = r.map_err(engine)?;
-        if may_name(v.value(), user) {
-            let d: DigestRecord = decode("digest", v.value())?;
-            if digest_names(&d, user) {
-                out.digests.push(d);
+        if prefilter(v.value()) {
+            let rec: R = decode(what, v.value())?;
+            if keep(&rec) {
+                out.push(rec);
             }
         }
     }
