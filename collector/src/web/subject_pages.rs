@@ -102,6 +102,28 @@ fn file_name(user: &str, ext: &str) -> String {
     format!("subject-access-{safe}.{ext}")
 }
 
+/// An export as a response: `disposition` is `attachment` (a download) or `inline` (opened in
+/// the browser), under a file name made from the login name.
+fn file(
+    body: impl IntoResponse,
+    content_type: &'static str,
+    disposition: &str,
+    user: &str,
+    ext: &str,
+) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("{disposition}; filename=\"{}\"", file_name(user, ext)),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 async fn export(st: &AppState, desk: &Desk, user: &str) -> Result<ExportFiles, DeskError> {
     desk.subject_export(user, st.options.time_zone).await
 }
@@ -113,17 +135,13 @@ pub async fn export_json(
     Path(user): Path<String>,
 ) -> PageResult {
     let f = export(&st, &desk, &user).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/json".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}\"", file_name(&user, "json")),
-            ),
-        ],
+    Ok(file(
         f.json,
-    )
-        .into_response())
+        "application/json",
+        "attachment",
+        &user,
+        "json",
+    ))
 }
 
 /// `GET /subject/{user}/export.html`: the printable page, opened in the browser; audited.
@@ -133,17 +151,13 @@ pub async fn export_html(
     Path(user): Path<String>,
 ) -> PageResult {
     let f = export(&st, &desk, &user).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("inline; filename=\"{}\"", file_name(&user, "html")),
-            ),
-        ],
+    Ok(file(
         f.html,
-    )
-        .into_response())
+        "text/html; charset=utf-8",
+        "inline",
+        &user,
+        "html",
+    ))
 }
 
 #[derive(Debug, Deserialize)]
