@@ -165,12 +165,7 @@ fn state_series(
             state.insert(dev.clone(), *ok);
             next += 1;
         }
-        let mut c = DayCount {
-            day: *day,
-            good: 0,
-            bad: 0,
-            unknown: 0,
-        };
+        let mut c = DayCount::zero(*day);
         for d in src.devices.iter().filter(|d| active_at(d, day_end)) {
             match state.get(&d.id) {
                 Some(true) => c.good += 1,
@@ -212,12 +207,7 @@ fn software_series(src: &Sources, incidents: &[Recorded], days: &[NaiveDate]) ->
                 })
                 .map(|(i, _)| i.device_id.as_str())
                 .collect();
-            let mut c = DayCount {
-                day: *day,
-                good: 0,
-                bad: 0,
-                unknown: 0,
-            };
+            let mut c = DayCount::zero(*day);
             for d in src.devices.iter().filter(|d| active_at(d, day_end)) {
                 if flagged.contains(d.id.as_str()) {
                     c.bad += 1;

@@ -102,16 +102,28 @@ fn file_name(user: &str, ext: &str) -> String {
     format!("subject-access-{safe}.{ext}")
 }
 
-/// An export as a response: `disposition` is `attachment` (a download) or `inline` (opened in
-/// the browser), under a file name made from the login name.
-fn file(
-    body: impl IntoResponse,
-    content_type: &'static str,
-    disposition: &str,
-    user: &str,
-    ext: &str,
-) -> Response {
-    (
+/// The two shapes of a subject export.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// The records as a download.
+    Json,
+    /// The printable page, opened in the browser.
+    Html,
+}
+
+/// Makes the export; the desk audits it.
+async fn export(st: &AppState, desk: &Desk, user: &str) -> Result<ExportFiles, DeskError> {
+    desk.subject_export(user, st.options.time_zone).await
+}
+
+/// The export in `shape`, under a file name made from the login name.
+async fn download(st: &AppState, desk: &Desk, user: &str, shape: Shape) -> PageResult {
+    let f = export(st, desk, user).await?;
+    let (body, content_type, disposition, ext) = match shape {
+        Shape::Json => (f.json, "application/json", "attachment", "json"),
+        Shape::Html => (f.html, "text/html; charset=utf-8", "inline", "html"),
+    };
+    Ok((
         [
             (header::CONTENT_TYPE, content_type.to_string()),
             (
@@ -121,11 +133,7 @@ fn file(
         ],
         body,
     )
-        .into_response()
-}
-
-async fn export(st: &AppState, desk: &Desk, user: &str) -> Result<ExportFiles, DeskError> {
-    desk.subject_export(user, st.options.time_zone).await
+        .into_response())
 }
 
 /// `GET /subject/{user}/export.json`: the records as a download; audited.
@@ -134,14 +142,7 @@ pub async fn export_json(
     Extension(desk): D,
     Path(user): Path<String>,
 ) -> PageResult {
-    let f = export(&st, &desk, &user).await?;
-    Ok(file(
-        f.json,
-        "application/json",
-        "attachment",
-        &user,
-        "json",
-    ))
+    download(&st, &desk, &user, Shape::Json).await
 }
 
 /// `GET /subject/{user}/export.html`: the printable page, opened in the browser; audited.
@@ -150,14 +151,7 @@ pub async fn export_html(
     Extension(desk): D,
     Path(user): Path<String>,
 ) -> PageResult {
-    let f = export(&st, &desk, &user).await?;
-    Ok(file(
-        f.html,
-        "text/html; charset=utf-8",
-        "inline",
-        &user,
-        "html",
-    ))
+    download(&st, &desk, &user, Shape::Html).await
 }
 
 #[derive(Debug, Deserialize)]
