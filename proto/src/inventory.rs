@@ -6,6 +6,9 @@
 //! the checked-in file differs). Field paths name nested fields the way the details are built:
 //! `products[].name` is `name` in each object of the `products` array, `requested_by.user` is
 //! `user` inside the `requested_by` object.
+//!
+//! Over 600 lines on purpose: it is one table, an entry per field of every kind, kept in one
+//! file so the agent's check and `PRIVACY.md` have a single source.
 
 use serde_json::{Map, Value};
 
@@ -61,6 +64,11 @@ const fn f(path: &'static str, about: &'static str, personal: Personal) -> Field
         personal,
         opaque: false,
     }
+}
+
+/// A field that says nothing about a person: most of them, so the personal ones stand out.
+const fn plain(path: &'static str, about: &'static str) -> Field {
+    f(path, about, Personal::No)
 }
 
 /// One event kind.
@@ -122,306 +130,204 @@ const TECHNICAL: &str = "Network manager and IT technician (device timeline, eve
 
 /// Fields the agent's spool may put in place of any kind's details.
 pub const ANY_KIND: &[Field] = &[
-    f(
+    plain(
         "truncated",
         "True when the details were over 64 KiB and were replaced by this note.",
-        Personal::No,
     ),
-    f(
-        "original_bytes",
-        "Size of the details that were replaced.",
-        Personal::No,
-    ),
+    plain("original_bytes", "Size of the details that were replaced."),
 ];
 
 const USB_DEVICE: &[Field] = &[
-    f(
+    plain(
         "sys_name",
         "The port the device is in, as the kernel names it (e.g. `1-1`).",
-        Personal::No,
     ),
-    f(
+    plain(
         "device_id",
         "Vendor and product id, `vvvv:pppp`, as policies write it.",
-        Personal::No,
     ),
-    f("vendor_id", "USB vendor id.", Personal::No),
-    f("product_id", "USB product id.", Personal::No),
+    plain("vendor_id", "USB vendor id."),
+    plain("product_id", "USB product id."),
     f(
         "serial",
         "The device's own serial number, so a stick can be allowed or recognised again.",
         Personal::Indirect("a personal stick's serial can be linked to its owner"),
     ),
-    f(
-        "manufacturer",
-        "Manufacturer string the device reports.",
-        Personal::No,
-    ),
-    f(
-        "product",
-        "Product string the device reports.",
-        Personal::No,
-    ),
-    f("device_class", "USB device class.", Personal::No),
-    f(
+    plain("manufacturer", "Manufacturer string the device reports."),
+    plain("product", "Product string the device reports."),
+    plain("device_class", "USB device class."),
+    plain(
         "interface_classes",
         "USB interface classes (mass storage, keyboard, ...).",
-        Personal::No,
     ),
-    f(
+    plain(
         "mass_storage",
         "Whether it is storage (what the removable-media rules apply to).",
-        Personal::No,
     ),
 ];
 
 const USB_INSERTED: &[Field] = &[
-    f(
+    plain(
         "decision",
         "`allow`, `allow_after_scan` or `block`, under the policy.",
-        Personal::No,
     ),
     f(
         "account",
         "Whether pupil or staff rules applied (nobody logged in counts as pupil).",
         Personal::Indirect("says whether the logged-in person is a pupil or staff"),
     ),
-    f("reason", "Why it was blocked.", Personal::No),
-    f(
+    plain("reason", "Why it was blocked."),
+    plain(
         "present_at_start",
         "It was already plugged in when the agent started.",
-        Personal::No,
     ),
-    f(
+    plain(
         "antivirus_current",
         "Whether the laptop's antivirus was up to date at the time.",
-        Personal::No,
     ),
-    f(
+    plain(
         "antivirus_problem",
         "What was wrong with the antivirus, if anything.",
-        Personal::No,
     ),
 ];
 
 const USB_BLOCKED: &[Field] = &[
-    f("reason", "Why it was blocked.", Personal::No),
-    f(
-        "enforced",
-        "Whether the agent could actually detach it.",
-        Personal::No,
-    ),
+    plain("reason", "Why it was blocked."),
+    plain("enforced", "Whether the agent could actually detach it."),
 ];
 
-const BLOCK: Field = f(
+const BLOCK: Field = plain(
     "block",
     "The kernel's name of the disk or partition (e.g. `sdb1`).",
-    Personal::No,
 );
 
 const MEDIA_MOUNTED: &[Field] = &[
     BLOCK,
-    f("removable", "The kernel's removable flag.", Personal::No),
-    f("size_bytes", "Size of the disk or partition.", Personal::No),
-    f("fs_type", "Filesystem type.", Personal::No),
-    f("read_only", "Mounted read-only.", Personal::No),
-    f(
-        "by_agent",
-        "Mounted by the agent itself for a scan.",
-        Personal::No,
-    ),
+    plain("removable", "The kernel's removable flag."),
+    plain("size_bytes", "Size of the disk or partition."),
+    plain("fs_type", "Filesystem type."),
+    plain("read_only", "Mounted read-only."),
+    plain("by_agent", "Mounted by the agent itself for a scan."),
 ];
 
 const MEDIA_SCANNED: &[Field] = &[
     BLOCK,
-    f(
-        "result",
-        "`clean`, `infected` or `incomplete`.",
-        Personal::No,
-    ),
-    f(
-        "files_scanned",
-        "How many files were scanned.",
-        Personal::No,
-    ),
-    f(
-        "bytes_scanned",
-        "How many bytes were scanned.",
-        Personal::No,
-    ),
-    f("duration_ms", "How long the scan took.", Personal::No),
-    f(
+    plain("result", "`clean`, `infected` or `incomplete`."),
+    plain("files_scanned", "How many files were scanned."),
+    plain("bytes_scanned", "How many bytes were scanned."),
+    plain("duration_ms", "How long the scan took."),
+    plain(
         "errors",
         "What could not be scanned and why, without file names.",
-        Personal::No,
     ),
 ];
 
 const MEDIA_INFECTED: &[Field] = &[
     BLOCK,
-    f(
+    plain(
         "detections",
         "Malware signature names only; never the names of the files.",
-        Personal::No,
     ),
-    f("action", "`detached` or `reported`.", Personal::No),
+    plain("action", "`detached` or `reported`."),
 ];
 
 const PROBE_STALL: &[Field] = &[
-    f(
-        "probe",
-        "Which part of the agent stopped making progress.",
-        Personal::No,
-    ),
-    f("stalled_secs", "For how long.", Personal::No),
-    f(
-        "max_gap_secs",
-        "The longest gap it is allowed.",
-        Personal::No,
-    ),
-    f(
+    plain("probe", "Which part of the agent stopped making progress."),
+    plain("stalled_secs", "For how long."),
+    plain("max_gap_secs", "The longest gap it is allowed."),
+    plain(
         "action",
         "`restarted`, `reported` or (a medium's scan) `aborted`.",
-        Personal::No,
     ),
-    f(
+    plain(
         "restarts_last_hour",
         "Restarts of that probe in the last hour.",
-        Personal::No,
     ),
-    f(
+    plain(
         "unit",
         "`medium_scan` when a USB stick's scan is what stalled.",
-        Personal::No,
     ),
     BLOCK,
-    f(
+    plain(
         "stick",
         "What became of the stick: `blocked`, `read_only`, `allowed_by_policy` or `removed`.",
-        Personal::No,
     ),
 ];
 
 const SPOOL_RECOVERED: &[Field] = &[
-    f("reason", "What happened to the spool.", Personal::No),
-    f(
+    plain("reason", "What happened to the spool."),
+    plain(
         "moved_to",
         "Where a damaged spool was set aside (the agent's own folder).",
-        Personal::No,
     ),
-    f("lost", "How many events were lost.", Personal::No),
-    f(
-        "lost_first_seq",
-        "Lowest sequence number lost.",
-        Personal::No,
-    ),
-    f(
-        "lost_last_seq",
-        "Highest sequence number lost.",
-        Personal::No,
-    ),
-    f("next_seq", "Where numbering continues.", Personal::No),
-    f(
+    plain("lost", "How many events were lost."),
+    plain("lost_first_seq", "Lowest sequence number lost."),
+    plain("lost_last_seq", "Highest sequence number lost."),
+    plain("next_seq", "Where numbering continues."),
+    plain(
         "collector_highest_seq",
         "The highest number the collector had stored for this laptop.",
-        Personal::No,
     ),
-    f(
-        "renumbered",
-        "How many unsent events were renumbered.",
-        Personal::No,
-    ),
+    plain("renumbered", "How many unsent events were renumbered."),
 ];
 
 const EVENTS_DROPPED: &[Field] = &[
-    f("count", "How many events were dropped.", Personal::No),
-    f("first_seq", "Lowest sequence number dropped.", Personal::No),
-    f("last_seq", "Highest sequence number dropped.", Personal::No),
-    f("reason", "Why (`spool full`).", Personal::No),
-    f("spool_max_bytes", "The spool's size bound.", Personal::No),
+    plain("count", "How many events were dropped."),
+    plain("first_seq", "Lowest sequence number dropped."),
+    plain("last_seq", "Highest sequence number dropped."),
+    plain("reason", "Why (`spool full`)."),
+    plain("spool_max_bytes", "The spool's size bound."),
 ];
 
 const ANTIVIRUS_STATUS: &[Field] = &[
-    f(
+    plain(
         "status",
         "`current`, `stale`, `disabled`, `missing` or `unknown`.",
-        Personal::No,
     ),
-    f("reason", "Why, in words.", Personal::No),
-    f(
+    plain("reason", "Why, in words."),
+    plain(
         "max_signature_age_hours",
         "The policy's limit on signature age.",
-        Personal::No,
     ),
-    f(
-        "products",
-        "One entry per antivirus product found.",
-        Personal::No,
-    ),
-    f("products[].name", "Product name.", Personal::No),
-    f("products[].engine_version", "Engine version.", Personal::No),
-    f(
+    plain("products", "One entry per antivirus product found."),
+    plain("products[].name", "Product name."),
+    plain("products[].engine_version", "Engine version."),
+    plain(
         "products[].signature_version",
         "Signature database version.",
-        Personal::No,
     ),
-    f(
+    plain(
         "products[].signatures_built_at",
         "When the signatures were built.",
-        Personal::No,
     ),
-    f(
-        "products[].signature_age_hours",
-        "Their age in hours.",
-        Personal::No,
-    ),
-    f(
+    plain("products[].signature_age_hours", "Their age in hours."),
+    plain(
         "products[].realtime_protection",
         "Whether real-time protection is on.",
-        Personal::No,
     ),
-    f(
+    plain(
         "products[].service_responding",
         "Whether its service answered.",
-        Personal::No,
     ),
-    f("products[].status", "This product's status.", Personal::No),
-    f("products[].reason", "Why, in words.", Personal::No),
-    f(
+    plain("products[].status", "This product's status."),
+    plain("products[].reason", "Why, in words."),
+    plain(
         "products[].updater",
         "The signature updater (freshclam), when there is one.",
-        Personal::No,
     ),
-    f("products[].updater.name", "Updater name.", Personal::No),
-    f(
-        "products[].updater.running",
-        "Whether it is running.",
-        Personal::No,
-    ),
-    f(
-        "products[].updater.last_run_at",
-        "When it last ran.",
-        Personal::No,
-    ),
-    f(
+    plain("products[].updater.name", "Updater name."),
+    plain("products[].updater.running", "Whether it is running."),
+    plain("products[].updater.last_run_at", "When it last ran."),
+    plain(
         "products[].updater.last_run_ok",
         "Whether that run succeeded.",
-        Personal::No,
     ),
-    f(
-        "products[].updater.last_error",
-        "Its last error message.",
-        Personal::No,
-    ),
+    plain("products[].updater.last_error", "Its last error message."),
 ];
 
 const DEVICE_FACTS: &[Field] = &[
-    f(
-        "vendor",
-        "The laptop's manufacturer (firmware).",
-        Personal::No,
-    ),
-    f("model", "The laptop's model.", Personal::No),
+    plain("vendor", "The laptop's manufacturer (firmware)."),
+    plain("model", "The laptop's model."),
     f(
         "serial",
         "The laptop's serial number, for the asset register.",
@@ -429,32 +335,27 @@ const DEVICE_FACTS: &[Field] = &[
             "a laptop issued to one person identifies them through the school's asset register",
         ),
     ),
-    f("os_name", "Operating system.", Personal::No),
-    f("os_version", "Operating system version.", Personal::No),
-    f("kernel", "Kernel version.", Personal::No),
-    f("cpu_model", "Processor.", Personal::No),
-    f("cpu_cores", "Processor cores.", Personal::No),
-    f("memory_bytes", "Memory.", Personal::No),
-    f("disk_total_bytes", "System disk size.", Personal::No),
-    f("disk_free_bytes", "System disk free space.", Personal::No),
-    f("boot_time", "When the laptop last booted.", Personal::No),
-    f(
-        "battery_health_pct",
-        "Battery capacity against its design.",
-        Personal::No,
-    ),
-    f("battery_cycles", "Battery charge cycles.", Personal::No),
+    plain("os_name", "Operating system."),
+    plain("os_version", "Operating system version."),
+    plain("kernel", "Kernel version."),
+    plain("cpu_model", "Processor."),
+    plain("cpu_cores", "Processor cores."),
+    plain("memory_bytes", "Memory."),
+    plain("disk_total_bytes", "System disk size."),
+    plain("disk_free_bytes", "System disk free space."),
+    plain("boot_time", "When the laptop last booted."),
+    plain("battery_health_pct", "Battery capacity against its design."),
+    plain("battery_cycles", "Battery charge cycles."),
 ];
 
 const SOFTWARE_CHANGE: &[Field] = &[
-    f(
+    plain(
         "source",
         "Where it came from: `dpkg`, `snap`, `flatpak` or `appimage`.",
-        Personal::No,
     ),
-    f("name", "Package or application name.", Personal::No),
-    f("version", "Its version.", Personal::No),
-    f("architecture", "Its architecture.", Personal::No),
+    plain("name", "Package or application name."),
+    plain("version", "Its version."),
+    plain("architecture", "Its architecture."),
     f(
         "owner",
         "The login whose per-user installation it is (Flatpak `--user`, AppImage).",
@@ -465,11 +366,10 @@ const SOFTWARE_CHANGE: &[Field] = &[
         "For an AppImage, its path inside the owner's home folder.",
         Personal::Yes("a file name the person chose, in their home folder"),
     ),
-    f("scope", "`system` or `user`.", Personal::No),
-    f(
+    plain("scope", "`system` or `user`."),
+    plain(
         "installed_at",
         "When it was installed, where the source records it.",
-        Personal::No,
     ),
     f(
         "requested_by",
@@ -486,28 +386,22 @@ const SOFTWARE_CHANGE: &[Field] = &[
         "Their numeric user id.",
         Personal::Yes("identifies the account"),
     ),
-    f("requested_by.via", "`apt`.", Personal::No),
+    plain("requested_by.via", "`apt`."),
 ];
 
-const SOFTWARE_UPGRADED: &[Field] = &[f(
-    "previous_version",
-    "The version it replaced.",
-    Personal::No,
-)];
+const SOFTWARE_UPGRADED: &[Field] = &[plain("previous_version", "The version it replaced.")];
 
 const SOFTWARE_INVENTORY: &[Field] = &[
-    f(
+    plain(
         "batch",
         "Ties the parts of one inventory together (a time).",
-        Personal::No,
     ),
-    f("part", "This part's number.", Personal::No),
-    f("parts", "How many parts.", Personal::No),
-    f("total", "How many installations in all.", Personal::No),
-    f(
+    plain("part", "This part's number."),
+    plain("parts", "How many parts."),
+    plain("total", "How many installations in all."),
+    plain(
         "fields",
         "The names of the columns of `items` (`name`, `version`, `arch`, `owner`, `installed_at`, `path`).",
-        Personal::No,
     ),
     Field {
         path: "items",
@@ -525,40 +419,31 @@ const EXECUTABLE: &[Field] = &[
         "Where the file is, relative to the home folder.",
         Personal::Yes("a file name the person chose, in their home folder"),
     ),
-    f(
+    plain(
         "type",
         "`elf`, `appimage`, `windows_exe`, `windows_msi` or `script`.",
-        Personal::No,
     ),
-    f("appimage_type", "AppImage format version.", Personal::No),
-    f("size", "File size.", Personal::No),
-    f(
+    plain("appimage_type", "AppImage format version."),
+    plain("size", "File size."),
+    plain(
         "sha256",
         "A hash of the content, to recognise a known program; never the content.",
-        Personal::No,
     ),
-    f(
+    plain(
         "hash_skipped",
         "Why there is no hash (too large or unreadable).",
-        Personal::No,
     ),
-    f(
-        "executable_bit",
-        "Whether it is marked executable.",
-        Personal::No,
-    ),
-    f("change", "`created` or `modified`.", Personal::No),
+    plain("executable_bit", "Whether it is marked executable."),
+    plain("change", "`created` or `modified`."),
 ];
 
-const SESSION: Field = f(
+const SESSION: Field = plain(
     "session",
     "The login session's number on this laptop (logind's id), not a name.",
-    Personal::No,
 );
-const IDLE: Field = f(
+const IDLE: Field = plain(
     "idle_seconds",
     "How long nobody had touched keyboard or mouse (a duration, never what was typed).",
-    Personal::No,
 );
 
 const SOFTWARE_SEEN_BY: &str = "Network manager and IT technician; when the school's catalogue marks it a filter-bypass tool (VPN, proxy, Tor), the DSL instead of the technician (the event, its safeguarding incident, the DSL's digests by e-mail or webhook, and the DSL's report). Governors see only counts of unapproved software.";
@@ -572,13 +457,13 @@ pub const KINDS: &[Kind] = &[
         summary: "The agent started.",
         user: None,
         fields: &[&[
-            f("agent_version", "The agent's version.", Personal::No),
+            plain("agent_version", "The agent's version."),
             f(
                 "hostname",
                 "The laptop's name on the network.",
                 Personal::Indirect("only if the school names laptops after people"),
             ),
-            f("os", "Operating system and version.", Personal::No),
+            plain("os", "Operating system and version."),
         ]],
         seen_by: "Network manager and IT technician (device list and page). The DSL sees the laptop's name and state on the page of a device a safeguarding incident concerns, and in the DSL's report (its incidents, and laptops gone silent).",
         dsl: Dsl::DeviceState,
@@ -589,11 +474,7 @@ pub const KINDS: &[Kind] = &[
         name: "agent.heartbeat",
         summary: "The agent is still running (every few minutes).",
         user: None,
-        fields: &[&[f(
-            "uptime_secs",
-            "Seconds since the agent started.",
-            Personal::No,
-        )]],
+        fields: &[&[plain("uptime_secs", "Seconds since the agent started.")]],
         seen_by: TECHNICAL,
         dsl: Dsl::No,
         also_stored: None,
@@ -603,7 +484,7 @@ pub const KINDS: &[Kind] = &[
         name: "agent.stopping",
         summary: "The agent stopped cleanly (shutdown, service stop).",
         user: None,
-        fields: &[&[f("reason", "Why.", Personal::No)]],
+        fields: &[&[plain("reason", "Why.")]],
         seen_by: TECHNICAL,
         dsl: Dsl::No,
         also_stored: Some("the device's `lifecycle` state in the `devices` tree"),
@@ -614,15 +495,13 @@ pub const KINDS: &[Kind] = &[
         summary: "The agent package was removed with the device's uninstall code.",
         user: Some("the person who ran the removal with sudo, as sudo reports it"),
         fields: &[&[
-            f(
+            plain(
                 "action",
                 "The package manager's action (`remove`, `purge`).",
-                Personal::No,
             ),
-            f(
+            plain(
                 "code_verified",
                 "Whether the code was checked (false if the laptop had not yet received it).",
-                Personal::No,
             ),
         ]],
         seen_by: TECHNICAL,
@@ -635,12 +514,11 @@ pub const KINDS: &[Kind] = &[
         summary: "Someone tried to remove the agent without the uninstall code.",
         user: Some("the person who ran the removal with sudo, as sudo reports it"),
         fields: &[&[
-            f(
+            plain(
                 "action",
                 "The package manager's action (`remove`, `purge`).",
-                Personal::No,
             ),
-            f("reason", "`no code given` or `wrong code`.", Personal::No),
+            plain("reason", "`no code given` or `wrong code`."),
         ]],
         seen_by: TECHNICAL,
         dsl: Dsl::No,
@@ -682,8 +560,8 @@ pub const KINDS: &[Kind] = &[
         summary: "A stalled part of the agent is moving again.",
         user: None,
         fields: &[&[
-            f("probe", "Which part.", Personal::No),
-            f("stalled_secs", "How long it was stalled.", Personal::No),
+            plain("probe", "Which part."),
+            plain("stalled_secs", "How long it was stalled."),
         ]],
         seen_by: TECHNICAL,
         dsl: Dsl::No,
@@ -707,13 +585,13 @@ pub const KINDS: &[Kind] = &[
         summary: "A scan another feature asked for found malware.",
         user: Some("the person logged in at the time"),
         fields: &[&[
-            f("product", "The scanner (`ClamAV`).", Personal::No),
+            plain("product", "The scanner (`ClamAV`)."),
             f(
                 "subject",
                 "What was scanned, in words the network manager can act on.",
                 Personal::Yes("can include the name of a file on the medium"),
             ),
-            f("signatures", "Malware signature names.", Personal::No),
+            plain("signatures", "Malware signature names."),
         ]],
         seen_by: TECHNICAL,
         dsl: Dsl::No,
@@ -793,11 +671,10 @@ pub const KINDS: &[Kind] = &[
         summary: "Whether the laptop can enforce the screen lock, and why not (on a change).",
         user: None,
         fields: &[&[
-            f("state", "`enforced` or `cannot_enforce`.", Personal::No),
-            f(
+            plain("state", "`enforced` or `cannot_enforce`."),
+            plain(
                 "reason",
                 "Why, in words (may name a session's number and type, or the locker program).",
-                Personal::No,
             ),
         ]],
         seen_by: "Network manager and IT technician. The DSL sees it as the device's state on the page of a device a safeguarding incident concerns. Governors see only the share of devices enforcing the lock.",
@@ -814,10 +691,9 @@ pub const KINDS: &[Kind] = &[
         fields: &[&[
             SESSION,
             IDLE,
-            f(
+            plain(
                 "method",
                 "How it was locked (`logind`, or the locker program).",
-                Personal::No,
             ),
         ]],
         seen_by: TECHNICAL,
@@ -829,7 +705,7 @@ pub const KINDS: &[Kind] = &[
         name: "screen.lock_failed",
         summary: "The agent could not lock an idle session.",
         user: Some("the session's user"),
-        fields: &[&[SESSION, f("reason", "Why, in words.", Personal::No)]],
+        fields: &[&[SESSION, plain("reason", "Why, in words.")]],
         seen_by: TECHNICAL,
         dsl: Dsl::No,
         also_stored: Some("a technical incident (`incidents`, `incident_log`)"),
@@ -841,8 +717,8 @@ pub const KINDS: &[Kind] = &[
         user: Some("the session's user"),
         fields: &[&[
             SESSION,
-            f("night_of", "The date of that night.", Personal::No),
-            f("locked", "Whether it was locked.", Personal::No),
+            plain("night_of", "The date of that night."),
+            plain("locked", "Whether it was locked."),
             IDLE,
         ]],
         seen_by: TECHNICAL,

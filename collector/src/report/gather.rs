@@ -165,12 +165,7 @@ fn state_series(
             state.insert(dev.clone(), *ok);
             next += 1;
         }
-        let mut c = DayCount {
-            day: *day,
-            good: 0,
-            bad: 0,
-            unknown: 0,
-        };
+        let mut c = DayCount::zero(*day);
         for d in src.devices.iter().filter(|d| active_at(d, day_end)) {
             match state.get(&d.id) {
                 Some(true) => c.good += 1,
@@ -212,12 +207,7 @@ fn software_series(src: &Sources, incidents: &[Recorded], days: &[NaiveDate]) ->
                 })
                 .map(|(i, _)| i.device_id.as_str())
                 .collect();
-            let mut c = DayCount {
-                day: *day,
-                good: 0,
-                bad: 0,
-                unknown: 0,
-            };
+            let mut c = DayCount::zero(*day);
             for d in src.devices.iter().filter(|d| active_at(d, day_end)) {
                 if flagged.contains(d.id.as_str()) {
                     c.bad += 1;
@@ -464,63 +454,59 @@ pub(super) fn gather(src: &Sources, period: &Period, previous: &Period) -> Store
     let end_pct = |v: &[DayCount]| end_of(v).map_or(0, |c| pct(&c));
     let end_bad = |v: &[DayCount]| end_of(v).map_or(0, |c| i64::from(c.bad));
     let known = src.devices.iter().any(|d| active_at(d, previous.end));
+    // Two kinds of measure: counts, where fewer is better, and shares, where more is.
+    let fewer = |measure, this, previous| Trend {
+        measure,
+        this,
+        previous,
+        unit: "",
+        higher_is_better: false,
+        known,
+    };
+    let share = |measure, this, previous| Trend {
+        measure,
+        this,
+        previous,
+        unit: "%",
+        higher_is_better: true,
+        known,
+    };
+    let incidents_in = |category: &str| -> (i64, i64) {
+        (
+            count_category(&lines, category).into(),
+            count_category(&prev_lines, category).into(),
+        )
+    };
+    let (safeguarding, safeguarding_prev) = incidents_in("Safeguarding");
+    let (technical, technical_prev) = incidents_in("Technical");
     let trends = vec![
-        Trend {
-            measure: "Safeguarding incidents",
-            this: count_category(&lines, "Safeguarding").into(),
-            previous: count_category(&prev_lines, "Safeguarding").into(),
-            unit: "",
-            higher_is_better: false,
-            known,
-        },
-        Trend {
-            measure: "Technical incidents",
-            this: count_category(&lines, "Technical").into(),
-            previous: count_category(&prev_lines, "Technical").into(),
-            unit: "",
-            higher_is_better: false,
-            known,
-        },
-        Trend {
-            measure: "Laptops that lock when left (at the end)",
-            this: end_pct(&lock),
-            previous: end_pct(&lock_prev),
-            unit: "%",
-            higher_is_better: true,
-            known,
-        },
-        Trend {
-            measure: "Antivirus up to date (at the end)",
-            this: end_pct(&av),
-            previous: end_pct(&av_prev),
-            unit: "%",
-            higher_is_better: true,
-            known,
-        },
-        Trend {
-            measure: "Laptops with unapproved software (at the end)",
-            this: end_bad(&sw),
-            previous: end_bad(&sw_prev),
-            unit: "",
-            higher_is_better: false,
-            known,
-        },
-        Trend {
-            measure: "Pupils' USB sticks refused",
-            this: media_now(|m| m.refused),
-            previous: media_prev(|m| m.refused),
-            unit: "",
-            higher_is_better: false,
-            known,
-        },
-        Trend {
-            measure: "Infected USB sticks",
-            this: media_now(|m| m.infected),
-            previous: media_prev(|m| m.infected),
-            unit: "",
-            higher_is_better: false,
-            known,
-        },
+        fewer("Safeguarding incidents", safeguarding, safeguarding_prev),
+        fewer("Technical incidents", technical, technical_prev),
+        share(
+            "Laptops that lock when left (at the end)",
+            end_pct(&lock),
+            end_pct(&lock_prev),
+        ),
+        share(
+            "Antivirus up to date (at the end)",
+            end_pct(&av),
+            end_pct(&av_prev),
+        ),
+        fewer(
+            "Laptops with unapproved software (at the end)",
+            end_bad(&sw),
+            end_bad(&sw_prev),
+        ),
+        fewer(
+            "Pupils' USB sticks refused",
+            media_now(|m| m.refused),
+            media_prev(|m| m.refused),
+        ),
+        fewer(
+            "Infected USB sticks",
+            media_now(|m| m.infected),
+            media_prev(|m| m.infected),
+        ),
     ];
 
     // Silent: not heard from for SILENT_DAYS by the end of the period (or by now, if sooner).

@@ -208,41 +208,22 @@ fn csv_files(files: Vec<output::CsvFile>) -> Vec<ReportFile> {
 /// Makes a report: one file for HTML and PDF, one per table for CSV. Blocking (reads the
 /// store, may run Chromium): call it off the async threads.
 pub fn render(src: &Sources, req: &ReportRequest) -> Result<Vec<ReportFile>, ReportError> {
-    let html_type = "text/html; charset=utf-8";
-    Ok(match (req.audience, req.format) {
-        (Audience::Governors, f) => {
-            let r = governors(src, &req.period)?;
-            match f {
-                Format::Html => vec![file(
-                    "report.html",
-                    html_type,
-                    output::governors_html(&r, true).into_bytes(),
-                )],
-                Format::Pdf => vec![file(
-                    "report.pdf",
-                    "application/pdf",
-                    output::pdf(&output::governors_html(&r, true))?,
-                )],
-                Format::Csv => csv_files(output::governors_csv(&r)),
-            }
-        }
-        (Audience::Dsl, f) => {
-            let r = dsl(src, &req.period)?;
-            match f {
-                Format::Html => vec![file(
-                    "report.html",
-                    html_type,
-                    output::dsl_html(&r, true).into_bytes(),
-                )],
-                Format::Pdf => vec![file(
-                    "report.pdf",
-                    "application/pdf",
-                    output::pdf(&output::dsl_html(&r, true))?,
-                )],
-                Format::Csv => csv_files(output::dsl_csv(&r)),
-            }
-        }
-    })
+    if req.format == Format::Csv {
+        return Ok(csv_files(match req.audience {
+            Audience::Governors => output::governors_csv(&governors(src, &req.period)?),
+            Audience::Dsl => output::dsl_csv(&dsl(src, &req.period)?),
+        }));
+    }
+    // HTML and PDF are the same page: the PDF is that page printed.
+    let html = match req.audience {
+        Audience::Governors => output::governors_html(&governors(src, &req.period)?, true),
+        Audience::Dsl => output::dsl_html(&dsl(src, &req.period)?, true),
+    };
+    Ok(vec![if req.format == Format::Pdf {
+        file("report.pdf", "application/pdf", output::pdf(&html)?)
+    } else {
+        file("report.html", "text/html; charset=utf-8", html.into_bytes())
+    }])
 }
 
 /// `render` against a running collector, off the async threads. For the admin socket, the

@@ -34,6 +34,18 @@ pub struct DayCount {
     pub unknown: u32,
 }
 
+impl DayCount {
+    /// A day with nothing counted yet.
+    pub fn zero(day: NaiveDate) -> Self {
+        DayCount {
+            day,
+            good: 0,
+            bad: 0,
+            unknown: 0,
+        }
+    }
+}
+
 /// A compliance measure over the period, day by day.
 #[derive(Debug, Clone)]
 pub struct ComplianceSeries {
@@ -49,12 +61,10 @@ pub struct ComplianceSeries {
 impl ComplianceSeries {
     /// The last day's counts (zeros if the period has no days yet).
     pub fn last(&self) -> DayCount {
-        self.days.last().copied().unwrap_or(DayCount {
-            day: NaiveDate::MIN,
-            good: 0,
-            bad: 0,
-            unknown: 0,
-        })
+        self.days
+            .last()
+            .copied()
+            .unwrap_or(DayCount::zero(NaiveDate::MIN))
     }
 
     /// The share compliant at the end, in whole percent of devices.

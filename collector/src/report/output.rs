@@ -17,34 +17,45 @@ use super::model::*;
 /// The report's stylesheet, inlined into standalone HTML and served as `/static/report.css`.
 pub const CSS: &str = include_str!("../../static/report.css");
 
-fn charts(c: &Counts) -> Vec<(&'static str, String)> {
-    c.compliance
-        .iter()
-        .map(|s| (s.title, chart::compliance(s)))
-        .collect()
-}
-
-fn media_totals(c: &Counts) -> (u32, u32, u32, u32) {
-    c.media.iter().fold((0, 0, 0, 0), |t, m| {
-        (
-            t.0 + m.refused,
-            t.1 + m.allowed,
-            t.2 + m.scanned_clean,
-            t.3 + m.infected,
-        )
-    })
-}
-
-#[derive(Template)]
-#[template(path = "report_governors.html")]
-struct GovernorsHtml<'a> {
-    r: &'a GovernorsReport,
+/// What both audiences' HTML shows alike: the charts drawn from the counts, and the page's frame.
+struct Figures {
     charts: Vec<(&'static str, String)>,
     media_chart: String,
     media_totals: (u32, u32, u32, u32),
     silent_days: i64,
     standalone: bool,
     css: &'static str,
+}
+
+impl Figures {
+    fn new(c: &Counts, standalone: bool) -> Self {
+        Figures {
+            charts: c
+                .compliance
+                .iter()
+                .map(|s| (s.title, chart::compliance(s)))
+                .collect(),
+            media_chart: chart::media(&c.media),
+            media_totals: c.media.iter().fold((0, 0, 0, 0), |t, m| {
+                (
+                    t.0 + m.refused,
+                    t.1 + m.allowed,
+                    t.2 + m.scanned_clean,
+                    t.3 + m.infected,
+                )
+            }),
+            silent_days: SILENT_DAYS,
+            standalone,
+            css: CSS,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "report_governors.html")]
+struct GovernorsHtml<'a> {
+    r: &'a GovernorsReport,
+    fig: Figures,
 }
 
 /// At most this many named rows per table in the DSL's HTML and PDF (the most recent
@@ -57,12 +68,7 @@ pub const NAMED_ROWS: usize = 200;
 struct DslHtml<'a> {
     r: &'a DslReport,
     named_rows: usize,
-    charts: Vec<(&'static str, String)>,
-    media_chart: String,
-    media_totals: (u32, u32, u32, u32),
-    silent_days: i64,
-    standalone: bool,
-    css: &'static str,
+    fig: Figures,
 }
 
 /// The governors' report as HTML: a whole document (`standalone`) or a fragment for the
@@ -70,12 +76,7 @@ struct DslHtml<'a> {
 pub fn governors_html(r: &GovernorsReport, standalone: bool) -> String {
     GovernorsHtml {
         r,
-        charts: charts(&r.counts),
-        media_chart: chart::media(&r.counts.media),
-        media_totals: media_totals(&r.counts),
-        silent_days: SILENT_DAYS,
-        standalone,
-        css: CSS,
+        fig: Figures::new(&r.counts, standalone),
     }
     .render()
     .expect("the report template renders")
@@ -86,12 +87,7 @@ pub fn dsl_html(r: &DslReport, standalone: bool) -> String {
     DslHtml {
         r,
         named_rows: NAMED_ROWS,
-        charts: charts(&r.counts),
-        media_chart: chart::media(&r.counts.media),
-        media_totals: media_totals(&r.counts),
-        silent_days: SILENT_DAYS,
-        standalone,
-        css: CSS,
+        fig: Figures::new(&r.counts, standalone),
     }
     .render()
     .expect("the report template renders")
@@ -257,22 +253,37 @@ fn common_csv(meta: &Meta, c: &Counts) -> Vec<CsvFile> {
     files
 }
 
-/// The governors' tables.
-pub fn governors_csv(r: &GovernorsReport) -> Vec<CsvFile> {
-    let mut files = common_csv(&r.meta, &r.counts);
-    files.push((
+/// `policy_changes.csv`: the same table for both audiences but for who made each change (a
+/// role for the governors, a name for the DSL), which `by` heads.
+fn policy_changes_csv<'a>(
+    by: &str,
+    rows: impl Iterator<Item = (u64, &'a String, &'a str, &'a Vec<&'static str>)>,
+) -> CsvFile {
+    (
         "policy_changes.csv".into(),
         csv(
-            &["version", "changed_at", "changed_by_role", "sections"],
-            r.counts.policy_changes.iter().map(|c| {
+            &["version", "changed_at", by, "sections"],
+            rows.map(|(version, at, by, sections)| {
                 vec![
-                    c.version.to_string(),
-                    c.at.clone(),
-                    c.by_role.to_string(),
-                    c.sections.join("; "),
+                    version.to_string(),
+                    at.clone(),
+                    by.to_string(),
+                    sections.join("; "),
                 ]
             }),
         ),
+    )
+}
+
+/// The governors' tables.
+pub fn governors_csv(r: &GovernorsReport) -> Vec<CsvFile> {
+    let mut files = common_csv(&r.meta, &r.counts);
+    files.push(policy_changes_csv(
+        "changed_by_role",
+        r.counts
+            .policy_changes
+            .iter()
+            .map(|c| (c.version, &c.at, c.by_role, &c.sections)),
     ));
     files
 }
@@ -280,19 +291,11 @@ pub fn governors_csv(r: &GovernorsReport) -> Vec<CsvFile> {
 /// The DSL's tables: the governors' ones, named, plus the incidents and silent laptops.
 pub fn dsl_csv(r: &DslReport) -> Vec<CsvFile> {
     let mut files = common_csv(&r.meta, &r.counts);
-    files.push((
-        "policy_changes.csv".into(),
-        csv(
-            &["version", "changed_at", "changed_by", "sections"],
-            r.policy_changes.iter().map(|c| {
-                vec![
-                    c.version.to_string(),
-                    c.at.clone(),
-                    c.by.clone(),
-                    c.sections.join("; "),
-                ]
-            }),
-        ),
+    files.push(policy_changes_csv(
+        "changed_by",
+        r.policy_changes
+            .iter()
+            .map(|c| (c.version, &c.at, c.by.as_str(), &c.sections)),
     ));
     files.push((
         "safeguarding_incidents.csv".into(),

@@ -8,7 +8,8 @@ use serde_json::{Map, Value, json};
 /// A submitted form: every (name, value) pair, in order (checkbox groups repeat a name).
 pub type Fields = Vec<(String, String)>;
 
-fn one<'a>(f: &'a Fields, name: &str) -> &'a str {
+/// The first value the form sent under `name`, trimmed; empty when it sent none.
+pub(super) fn one<'a>(f: &'a Fields, name: &str) -> &'a str {
     f.iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.trim())

@@ -2,18 +2,34 @@
 
 use serde_json::{Value, json};
 
-use super::policy_form::{Fields, lines};
-
-fn one<'a>(f: &'a Fields, name: &str) -> &'a str {
-    f.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.trim())
-        .unwrap_or("")
-}
+use super::policy_form::{Fields, lines, one};
 
 /// Splits a "a, b, c" line into at most `n` trimmed parts.
 fn parts(line: &str, n: usize) -> Vec<String> {
     line.splitn(n, ',').map(|p| p.trim().to_string()).collect()
+}
+
+/// The field `name`'s lines, each split into exactly `n` parts; a line with fewer is an error
+/// that names it: "{what} line 2 should read {shape}.".
+fn rows(
+    f: &Fields,
+    name: &str,
+    n: usize,
+    what: &str,
+    shape: &str,
+) -> Result<Vec<Vec<String>>, String> {
+    lines(one(f, name))
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let p = parts(l, n);
+            if p.len() == n {
+                Ok(p)
+            } else {
+                Err(format!("{what} line {} should read {shape}.", i + 1))
+            }
+        })
+        .collect()
 }
 
 /// Applies one section's form to a copy of the current settings document.
@@ -31,17 +47,16 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             set(&mut doc, "dashboard_url", json!(one(f, "dashboard_url")));
         }
         "terms" => {
-            let mut terms = Vec::new();
-            for (i, l) in lines(one(f, "terms")).iter().enumerate() {
-                let p = parts(l, 3);
-                if p.len() != 3 {
-                    return Err(format!(
-                        "Term line {} should read \"Name, first day, last day\" (dates as 2026-09-03).",
-                        i + 1
-                    ));
-                }
-                terms.push(json!({"name": p[0], "start": p[1], "end": p[2]}));
-            }
+            let terms: Vec<Value> = rows(
+                f,
+                "terms",
+                3,
+                "Term",
+                "\"Name, first day, last day\" (dates as 2026-09-03)",
+            )?
+            .iter()
+            .map(|p| json!({"name": p[0], "start": p[1], "end": p[2]}))
+            .collect();
             set(&mut doc, "terms", json!(terms));
         }
         "licences" => {
@@ -99,17 +114,16 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             set(&mut doc, "digests", json!(out));
         }
         "webhooks" => {
-            let mut out = Vec::new();
-            for (i, l) in lines(one(f, "webhooks")).iter().enumerate() {
-                let p = parts(l, 3);
-                if p.len() != 3 {
-                    return Err(format!(
-                        "Webhook line {} should read \"generic or teams, address, DSL's username\".",
-                        i + 1
-                    ));
-                }
-                out.push(json!({"kind": p[0], "url": p[1], "owner": p[2]}));
-            }
+            let out: Vec<Value> = rows(
+                f,
+                "webhooks",
+                3,
+                "Webhook",
+                "\"generic or teams, address, DSL's username\"",
+            )?
+            .iter()
+            .map(|p| json!({"kind": p[0], "url": p[1], "owner": p[2]}))
+            .collect();
             set(&mut doc, "webhooks", json!(out));
         }
         "urgent" => {
@@ -127,18 +141,19 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             );
         }
         "reports" => {
-            let mut out = Vec::new();
-            for (i, l) in lines(one(f, "reports")).iter().enumerate() {
-                let p = parts(l, 3);
-                if p.len() != 3 {
-                    return Err(format!(
-                        "Report line {} should read \"governors or dsl, week or month or term, usernames\".",
-                        i + 1
-                    ));
-                }
+            let out: Vec<Value> = rows(
+                f,
+                "reports",
+                3,
+                "Report",
+                "\"governors or dsl, week or month or term, usernames\"",
+            )?
+            .iter()
+            .map(|p| {
                 let recipients: Vec<&str> = p[2].split_whitespace().collect();
-                out.push(json!({"audience": p[0], "period": p[1], "recipients": recipients}));
-            }
+                json!({"audience": p[0], "period": p[1], "recipients": recipients})
+            })
+            .collect();
             set(&mut doc, "reports", json!(out));
         }
         "retention" => {

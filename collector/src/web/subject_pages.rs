@@ -102,8 +102,38 @@ fn file_name(user: &str, ext: &str) -> String {
     format!("subject-access-{safe}.{ext}")
 }
 
+/// The two shapes of a subject export.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// The records as a download.
+    Json,
+    /// The printable page, opened in the browser.
+    Html,
+}
+
+/// Makes the export; the desk audits it.
 async fn export(st: &AppState, desk: &Desk, user: &str) -> Result<ExportFiles, DeskError> {
     desk.subject_export(user, st.options.time_zone).await
+}
+
+/// The export in `shape`, under a file name made from the login name.
+async fn download(st: &AppState, desk: &Desk, user: &str, shape: Shape) -> PageResult {
+    let f = export(st, desk, user).await?;
+    let (body, content_type, disposition, ext) = match shape {
+        Shape::Json => (f.json, "application/json", "attachment", "json"),
+        Shape::Html => (f.html, "text/html; charset=utf-8", "inline", "html"),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("{disposition}; filename=\"{}\"", file_name(user, ext)),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /subject/{user}/export.json`: the records as a download; audited.
@@ -112,18 +142,7 @@ pub async fn export_json(
     Extension(desk): D,
     Path(user): Path<String>,
 ) -> PageResult {
-    let f = export(&st, &desk, &user).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/json".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}\"", file_name(&user, "json")),
-            ),
-        ],
-        f.json,
-    )
-        .into_response())
+    download(&st, &desk, &user, Shape::Json).await
 }
 
 /// `GET /subject/{user}/export.html`: the printable page, opened in the browser; audited.
@@ -132,18 +151,7 @@ pub async fn export_html(
     Extension(desk): D,
     Path(user): Path<String>,
 ) -> PageResult {
-    let f = export(&st, &desk, &user).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("inline; filename=\"{}\"", file_name(&user, "html")),
-            ),
-        ],
-        f.html,
-    )
-        .into_response())
+    download(&st, &desk, &user, Shape::Html).await
 }
 
 #[derive(Debug, Deserialize)]
