@@ -595,7 +595,7 @@ impl Desk {
         let (store, actor) = (self.c.store.clone(), self.actor.clone());
         tokio::task::spawn_blocking(move || f(store.as_ref(), &actor))
             .await
-            .map_err(|e| DeskError::Store(StoreError::Engine(e.to_string())))?
+            .map_err(|e| DeskError::Store(StoreError::engine("", e)))?
             .map_err(DeskError::from)
     }
 

@@ -495,7 +495,7 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string())))
+        .unwrap_or_else(|e| Err(StoreError::engine("", e)))
 }
 
 #[cfg(test)]

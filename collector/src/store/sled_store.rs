@@ -57,8 +57,8 @@ pub struct Engine {
 /// 2: secondary indexes and incidents. 3: incidents indexed by device.
 const LAYOUT: u64 = 3;
 
-pub(super) fn engine(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Engine(e.to_string())
+pub(super) fn engine(e: impl Into<super::EngineSource>) -> StoreError {
+    StoreError::engine("", e)
 }
 
 pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -170,7 +170,7 @@ impl Engine {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(e) if lock_held(&e) => {
-                    return Err(StoreError::Engine(format!(
+                    return Err(StoreError::engine_msg(format!(
                         "the store in {} is in use by another process \
                          (is `caretaker-collector serve` running?)",
                         path.display()
