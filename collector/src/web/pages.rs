@@ -1,4 +1,6 @@
-//! The dashboard's pages: server-rendered HTML from askama templates, each handler asking the signed-in person's `Desk`.
+//! The dashboard's pages: server-rendered HTML from askama templates, each handler asking the
+//! signed-in person's `Desk`. What every page shares (errors, chrome, static assets) is here;
+//! the pages, one file per family, are under `pages/` and re-exported for the router.
 
 use std::sync::Arc;
 
@@ -118,6 +120,25 @@ pub async fn home(Extension(desk): D) -> Response {
         "/report"
     };
     Redirect::to(to).into_response()
+}
+
+fn hostname(desk: &Desk, id: &str) -> String {
+    desk.device_hostname(id)
+}
+
+fn query_string(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if !v.is_empty() {
+            s.append_pair(k, v);
+        }
+    }
+    s.finish()
+}
+
+#[derive(Deserialize, Default)]
+pub struct CursorParam {
+    cursor: Option<String>,
 }
 
 mod account;
