@@ -8,6 +8,11 @@
 //! latest incident id) and `incident_log` (id BE, n BE → entry), and the account trees
 //! (`sled_accounts.rs`). A group commit is one transaction over devices, events, timeline,
 //! indexes and incidents, then one fsync.
+//!
+//! Long, and left so: it is only what `migrate` reads an old sled store through to move it to
+//! redb (and what tests write such stores with),
+//! kept whole as it shipped so the migration reads exactly what was written, and not worth
+//! restructuring for a path that runs once per installation.
 
 use super::AccessPath;
 use std::path::Path;
