@@ -10,9 +10,8 @@
 //! indexes and incidents, then one fsync.
 //!
 //! Long, and left so: it is only what `migrate` reads an old sled store through to move it to
-//! redb (and what tests write such stores with),
-//! kept whole as it shipped so the migration reads exactly what was written, and not worth
-//! restructuring for a path that runs once per installation.
+//! redb (and what tests write such stores with), kept whole as it shipped so the migration
+//! reads exactly what was written; not worth restructuring for a path run once per install.
 
 use super::AccessPath;
 use std::path::Path;
