@@ -313,7 +313,7 @@ fn chain_message(e: &anyhow::Error) -> String {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Report(args) => Ok(caretaker_collector::report::cli::run(args).await?),
-        Command::Subject { command } => caretaker_collector::subject::cli::run(command).await,
+        Command::Subject { command } => Ok(caretaker_collector::subject::cli::run(command).await?),
         Command::Init {
             data_dir,
             hostnames,
