@@ -141,11 +141,12 @@ impl Collector {
         ca: SchoolCa,
         revoked: Revoked,
         admin_token: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, StoreError> {
         let current = match store.current_policy()? {
             Some(p) => p,
             None => store.put_policy(
-                serde_json::to_value(PolicyDocument::default())?,
+                serde_json::to_value(PolicyDocument::default())
+                    .expect("the default policy always serialises"),
                 "caretaker-collector (default)",
                 Utc::now(),
             )?,
