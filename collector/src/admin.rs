@@ -283,6 +283,37 @@ async fn subject(
     }
 }
 
+/// Why a command run through the admin socket (or on the store directly, when no collector
+/// runs) failed: the messages the CLI prints.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// The socket was there but the exchange on it failed.
+    #[error(transparent)]
+    Socket(#[from] std::io::Error),
+    /// The running collector answered with an error of its own.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the running collector refused: {0}")]
+    RefusedToken(String),
+    #[error("unexpected answer from the collector: {0}")]
+    Unexpected(String),
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    #[error(transparent)]
+    UninstallKey(#[from] crate::uninstall::UninstallKeyError),
+}
+
+impl AskError {
+    /// An answer the command did not expect, named for the person reading it.
+    pub fn unexpected(answer: &AdminResponse) -> Self {
+        Self::Unexpected(format!("{answer:?}"))
+    }
+}
+
 /// Makes an enrolment token through the running collector, or in the store when none runs;
 /// returns the token and the CA fingerprint (`token create` and `bundle create`).
 pub async fn create_token(
@@ -290,7 +321,7 @@ pub async fn create_token(
     uses: u32,
     expires_at: DateTime<Utc>,
     label: &str,
-) -> anyhow::Result<(String, String)> {
+) -> Result<(String, String), AskError> {
     let req = AdminRequest::CreateToken {
         uses,
         expires_at,
@@ -301,10 +332,8 @@ pub async fn create_token(
             token,
             ca_fingerprint,
         }) => Ok((token, ca_fingerprint)),
-        Some(AdminResponse::Error { message }) => {
-            anyhow::bail!("the running collector refused: {message}")
-        }
-        Some(other) => anyhow::bail!("unexpected answer from the collector: {other:?}"),
+        Some(AdminResponse::Error { message }) => Err(AskError::RefusedToken(message)),
+        Some(other) => Err(AskError::unexpected(&other)),
         None => {
             let store = dir.open_store_offline()?;
             let token = crate::tokens::create(store.as_ref(), uses, expires_at, label)?;

@@ -1,16 +1,45 @@
 //! `bundle create`: an enrolment token, the CA fingerprint and the collector's addresses in one
 //! file (`caretaker_proto::bundle::Bundle`) for `caretaker-installer` on the laptops.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use caretaker_proto::bundle::{BUNDLE_VERSION, Bundle};
 use chrono::{DateTime, Utc};
 use x509_parser::extensions::GeneralName;
 
-use crate::admin;
+use crate::admin::{self, AskError};
 use crate::ca::pem_to_der;
-use crate::datadir::{DataDir, write_private};
+use crate::datadir::{DataDir, DataDirError, write_private};
+
+/// Why a bundle was not made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("--uses must be at least 1")]
+    NoUses,
+    #[error("--collector `{0}` is not HOST:PORT (e.g. caretaker.school.lan:7443)")]
+    BadAddress(String),
+    #[error(
+        "{} already exists; choose another --out, or delete it if that bundle is no longer in use",
+        path.display()
+    )]
+    Exists { path: PathBuf },
+    #[error("cannot read {}", path.display())]
+    ReadChain {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds no certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("cannot parse the server certificate: {0}")]
+    BadCertificate(String),
+    #[error("the server certificate names no host; pass --collector HOST:PORT")]
+    NoHost,
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Token(#[from] AskError),
+}
 
 /// The gRPC port agents use when `--collector` does not say otherwise (`serve`'s default).
 pub const DEFAULT_GRPC_PORT: u16 = 7443;
@@ -27,9 +56,9 @@ pub struct BundleRequest {
 
 /// Makes a token (through the running collector's admin socket, or the store when none runs)
 /// and returns the bundle holding it.
-pub async fn create(dir: &DataDir, req: BundleRequest) -> anyhow::Result<Bundle> {
+pub async fn create(dir: &DataDir, req: BundleRequest) -> Result<Bundle, BundleError> {
     if req.uses == 0 {
-        bail!("--uses must be at least 1");
+        return Err(BundleError::NoUses);
     }
     dir.check()?;
     let collectors = if req.collectors.is_empty() {
@@ -55,7 +84,11 @@ pub async fn create(dir: &DataDir, req: BundleRequest) -> anyhow::Result<Bundle>
 }
 
 /// `create`, then `write` to `out`; checks `out` first so a refused path spends no token.
-pub async fn create_file(dir: &DataDir, req: BundleRequest, out: &Path) -> anyhow::Result<Bundle> {
+pub async fn create_file(
+    dir: &DataDir,
+    req: BundleRequest,
+    out: &Path,
+) -> Result<Bundle, BundleError> {
     refuse_existing(out)?;
     let b = create(dir, req).await?;
     write(out, &b)?;
@@ -64,28 +97,29 @@ pub async fn create_file(dir: &DataDir, req: BundleRequest, out: &Path) -> anyho
 
 /// Writes the bundle owner-only, refusing to replace a file: one already handed out would stop
 /// working silently if its token were swapped under it.
-pub fn write(path: &Path, bundle: &Bundle) -> anyhow::Result<()> {
+pub fn write(path: &Path, bundle: &Bundle) -> Result<(), BundleError> {
     refuse_existing(path)?;
-    write_private(path, &bundle.to_json())
+    Ok(write_private(path, &bundle.to_json())?)
 }
 
-fn refuse_existing(path: &Path) -> anyhow::Result<()> {
+fn refuse_existing(path: &Path) -> Result<(), BundleError> {
     if path.exists() {
-        bail!(
-            "{} already exists; choose another --out, or delete it if that bundle is no longer in use",
-            path.display()
-        );
+        return Err(BundleError::Exists {
+            path: path.to_path_buf(),
+        });
     }
     Ok(())
 }
 
 /// The server certificate's names on the default port, loopback names left out unless there is
 /// nothing else (a laptop told to enrol with `localhost` would talk to itself).
-pub fn default_collectors(dir: &DataDir) -> anyhow::Result<Vec<String>> {
-    let pem = std::fs::read_to_string(dir.server_chain())
-        .with_context(|| format!("cannot read {}", dir.server_chain().display()))?;
-    let der = pem_to_der(&pem)
-        .with_context(|| format!("{} holds no certificate", dir.server_chain().display()))?;
+pub fn default_collectors(dir: &DataDir) -> Result<Vec<String>, BundleError> {
+    let path = dir.server_chain();
+    let pem = match std::fs::read_to_string(&path) {
+        Ok(pem) => pem,
+        Err(source) => return Err(BundleError::ReadChain { path, source }),
+    };
+    let der = pem_to_der(&pem).ok_or(BundleError::NoCertificate { path })?;
     let names = certificate_names(&der)?;
     let loopback = |n: &str| {
         n == "localhost"
@@ -99,7 +133,7 @@ pub fn default_collectors(dir: &DataDir) -> anyhow::Result<Vec<String>> {
         outside
     };
     if chosen.is_empty() {
-        bail!("the server certificate names no host; pass --collector HOST:PORT");
+        return Err(BundleError::NoHost);
     }
     Ok(chosen
         .into_iter()
@@ -111,19 +145,21 @@ pub fn default_collectors(dir: &DataDir) -> anyhow::Result<Vec<String>> {
 }
 
 /// DNS names and IP addresses in a certificate's subjectAltName, in order.
-fn certificate_names(der: &[u8]) -> anyhow::Result<Vec<String>> {
+fn certificate_names(der: &[u8]) -> Result<Vec<String>, BundleError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| anyhow::anyhow!("cannot parse the server certificate: {e}"))?;
+        .map_err(|e| BundleError::BadCertificate(e.to_string()))?;
     let mut out = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             match name {
                 GeneralName::DNSName(d) => out.push((*d).to_string()),
-                GeneralName::IPAddress(b) => match b.len() {
-                    4 => out.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b)?).to_string()),
-                    16 => out.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b)?).to_string()),
-                    _ => {}
-                },
+                GeneralName::IPAddress(b) => {
+                    if let Ok(v4) = <[u8; 4]>::try_from(*b) {
+                        out.push(std::net::Ipv4Addr::from(v4).to_string());
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                        out.push(std::net::Ipv6Addr::from(v6).to_string());
+                    }
+                }
                 _ => {}
             }
         }
@@ -131,12 +167,12 @@ fn certificate_names(der: &[u8]) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn check_address(addr: &str) -> anyhow::Result<()> {
+fn check_address(addr: &str) -> Result<(), BundleError> {
     let ok = addr
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
     if !ok {
-        bail!("--collector `{addr}` is not HOST:PORT (e.g. caretaker.school.lan:7443)");
+        return Err(BundleError::BadAddress(addr.to_string()));
     }
     Ok(())
 }

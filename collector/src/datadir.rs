@@ -5,12 +5,83 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use chrono::Utc;
 use rand::RngCore;
 
-use crate::ca::SchoolCa;
-use crate::store::{Store, StoreLocation};
+use crate::ca::{CaError, SchoolCa};
+use crate::store::{Store, StoreError, StoreLocation};
+use crate::uninstall::UninstallKeyError;
+
+/// Why a data directory could not be read, checked or made.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} should hold one postgres:// URL", path.display())]
+    BadStoreUrl { path: PathBuf },
+    #[error(
+        "cannot open the store in {}; if a collector is running, its admin socket {} did not answer",
+        root.display(),
+        socket.display()
+    )]
+    OpenEmbedded {
+        root: PathBuf,
+        socket: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot open the store at {at}")]
+    OpenShared {
+        at: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "{} is not a Caretaker collector data directory ({} is missing); create one with `caretaker-collector init --data-dir {}`",
+        root.display(),
+        missing.display(),
+        root.display()
+    )]
+    NotInitialised { root: PathBuf, missing: PathBuf },
+    #[error(
+        "{} already exists and is not empty; refusing to overwrite a school's CA and records",
+        root.display()
+    )]
+    NotEmpty { root: PathBuf },
+    #[error("--join shares another collector's record, so it needs --store postgres://...")]
+    JoinWithoutStore,
+    #[error(
+        "{} is missing, so {} cannot be joined (is it a collector data directory made with --store?)",
+        missing.display(),
+        first.display()
+    )]
+    JoinMissing { missing: PathBuf, first: PathBuf },
+    #[error("--store takes a postgres:// URL (the embedded store needs no option)")]
+    StoreNotPostgres,
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    UninstallKey(#[from] UninstallKeyError),
+}
+
+impl DataDirError {
+    /// An I/O failure on `path`, saying what was being done.
+    pub fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
 
 /// Paths inside a data directory.
 #[derive(Debug, Clone)]
@@ -49,22 +120,21 @@ impl DataDir {
         self.root.join("store.url")
     }
     /// Where this collector's record lives: the URL in `store.url`, else the embedded store.
-    pub fn store_location(&self) -> anyhow::Result<StoreLocation> {
+    pub fn store_location(&self) -> Result<StoreLocation, DataDirError> {
         match fs::read_to_string(self.store_url()) {
             Ok(url) => {
                 let url = url.trim();
                 if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-                    bail!(
-                        "{} should hold one postgres:// URL",
-                        self.store_url().display()
-                    );
+                    return Err(DataDirError::BadStoreUrl {
+                        path: self.store_url(),
+                    });
                 }
                 Ok(StoreLocation::Postgres(url.to_string()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(StoreLocation::Embedded(self.store()))
             }
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.store_url().display())),
+            Err(e) => Err(DataDirError::io("read", &self.store_url())(e)),
         }
     }
     pub fn admin_socket(&self) -> PathBuf {
@@ -78,22 +148,23 @@ impl DataDir {
     /// Opens the store directly, for a command run while no collector serves (a running one
     /// holds the embedded store's lock; the caller asked its admin socket first). A shared
     /// store is always opened directly: it has no such lock.
-    pub fn open_store_offline(&self) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    pub fn open_store_offline(&self) -> Result<std::sync::Arc<dyn Store>, DataDirError> {
         let location = self.store_location()?;
-        location.open().with_context(|| match &location {
-            StoreLocation::Embedded(_) => format!(
-                "cannot open the store in {}; if a collector is running, its admin socket {} did not answer",
-                self.root.display(),
-                self.admin_socket().display()
-            ),
-            StoreLocation::Postgres(_) => {
-                format!("cannot open the store at {}", location.describe())
-            }
+        location.open().map_err(|source| match &location {
+            StoreLocation::Embedded(_) => DataDirError::OpenEmbedded {
+                root: self.root.clone(),
+                socket: self.admin_socket(),
+                source,
+            },
+            StoreLocation::Postgres(_) => DataDirError::OpenShared {
+                at: location.describe(),
+                source,
+            },
         })
     }
 
     /// Refuses with a clear message if this is not an initialised data directory.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self) -> Result<(), DataDirError> {
         let mut needed = vec![
             self.ca_cert(),
             self.ca_key(),
@@ -105,12 +176,10 @@ impl DataDir {
         }
         for p in needed {
             if !p.exists() {
-                bail!(
-                    "{} is not a Caretaker collector data directory ({} is missing); create one with `caretaker-collector init --data-dir {}`",
-                    self.root.display(),
-                    p.display(),
-                    self.root.display()
-                );
+                return Err(DataDirError::NotInitialised {
+                    root: self.root.clone(),
+                    missing: p,
+                });
             }
         }
         Ok(())
@@ -118,16 +187,16 @@ impl DataDir {
 }
 
 /// Writes `contents` to a new file readable only by its owner.
-pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    Ok(())
+        .map_err(DataDirError::io("create", path))?;
+    f.write_all(contents)
+        .and_then(|()| f.sync_all())
+        .map_err(DataDirError::io("write", path))
 }
 
 /// A random secret, URL-safe, with a readable prefix saying what it is.
@@ -169,25 +238,28 @@ pub fn init(
     hostnames: &[String],
     school: &str,
     opts: &InitOptions,
-) -> anyhow::Result<InitReport> {
+) -> Result<InitReport, DataDirError> {
     let root = dir.root();
-    if root.exists() && fs::read_dir(root)?.next().is_some() {
-        bail!(
-            "{} already exists and is not empty; refusing to overwrite a school's CA and records",
-            root.display()
-        );
+    if root.exists()
+        && fs::read_dir(root)
+            .map_err(DataDirError::io("read", root))?
+            .next()
+            .is_some()
+    {
+        return Err(DataDirError::NotEmpty {
+            root: root.to_path_buf(),
+        });
     }
     if let Some(first) = &opts.join {
         if opts.store_url.is_none() {
-            bail!("--join shares another collector's record, so it needs --store postgres://...");
+            return Err(DataDirError::JoinWithoutStore);
         }
         for p in [first.ca_cert(), first.ca_key(), first.uninstall_key()] {
             if !p.exists() {
-                bail!(
-                    "{} is missing, so {} cannot be joined (is it a collector data directory made with --store?)",
-                    p.display(),
-                    first.root().display()
-                );
+                return Err(DataDirError::JoinMissing {
+                    missing: p,
+                    first: first.root().to_path_buf(),
+                });
             }
         }
     }
@@ -195,36 +267,37 @@ pub fn init(
         && !url.starts_with("postgres://")
         && !url.starts_with("postgresql://")
     {
-        bail!("--store takes a postgres:// URL (the embedded store needs no option)");
+        return Err(DataDirError::StoreNotPostgres);
     }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(root)
-        .with_context(|| format!("cannot create {}", root.display()))?;
+        .map_err(DataDirError::io("create", root))?;
     let ca = match &opts.join {
         Some(first) => {
             for (from, to) in [
                 (first.ca_key(), dir.ca_key()),
                 (first.uninstall_key(), dir.uninstall_key()),
             ] {
-                let bytes =
-                    fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+                let bytes = fs::read(&from).map_err(DataDirError::io("read", &from))?;
                 write_private(&to, &bytes)?;
             }
-            fs::copy(first.ca_cert(), dir.ca_cert())?;
+            fs::copy(first.ca_cert(), dir.ca_cert())
+                .map_err(DataDirError::io("write", &dir.ca_cert()))?;
             SchoolCa::load(&dir.ca_cert(), &dir.ca_key())?
         }
         None => {
             let (ca, ca_key) = SchoolCa::generate(school)?;
             write_private(&dir.ca_key(), ca_key.as_bytes())?;
-            fs::write(dir.ca_cert(), ca.cert_pem())?;
+            fs::write(dir.ca_cert(), ca.cert_pem())
+                .map_err(DataDirError::io("write", &dir.ca_cert()))?;
             ca
         }
     };
     let (chain, server_key) = ca.issue_server_cert(hostnames)?;
     write_private(&dir.server_key(), server_key.as_bytes())?;
-    fs::write(dir.server_chain(), chain)?;
+    fs::write(dir.server_chain(), chain).map_err(DataDirError::io("write", &dir.server_chain()))?;
     if let Some(url) = &opts.store_url {
         write_private(&dir.store_url(), format!("{url}\n").as_bytes())?;
         if opts.join.is_none() {
@@ -235,7 +308,8 @@ pub fn init(
     }
     let store = dir.store_location()?.open()?;
     if store.current_policy()?.is_none() {
-        let default = serde_json::to_value(caretaker_proto::policy::PolicyDocument::default())?;
+        let default = serde_json::to_value(caretaker_proto::policy::PolicyDocument::default())
+            .expect("the default policy always serialises");
         store.put_policy(default, "caretaker-collector init", Utc::now())?;
     }
     write_private(&dir.admin_token(), random_secret("cta_").as_bytes())?;

@@ -211,7 +211,7 @@ impl Ingest {
         stream: Option<StreamId>,
     ) -> StoreResult<impl Future<Output = StoreResult<()>> + use<>> {
         let (done, rx) = oneshot::channel();
-        let closed = || StoreError::Engine("the store writer has stopped".into());
+        let closed = || StoreError::engine_msg("the store writer has stopped");
         self.tx
             .send(Submission {
                 batch,
@@ -327,7 +327,7 @@ async fn writer(
                 append_then(store2.as_ref(), &hook, std::slice::from_ref(&b))
             })
             .await
-            .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string())))
+            .unwrap_or_else(|e| Err(StoreError::engine("", e)))
             .map(|_| ());
             if let Err(e) = &r {
                 broken.mark(stream);

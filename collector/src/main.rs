@@ -286,16 +286,34 @@ async fn main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("caretaker-collector: {e:#}");
+            eprintln!("caretaker-collector: {}", chain_message(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes on one line, as `{:#}` writes them, less each cause whose text is
+/// already in the line: the store's errors (and tokio-postgres's, and redb's) write their cause
+/// into their own message, for the dashboard and API that show only that message.
+fn chain_message(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Report(args) => caretaker_collector::report::cli::run(args).await,
-        Command::Subject { command } => caretaker_collector::subject::cli::run(command).await,
+        Command::Report(args) => Ok(caretaker_collector::report::cli::run(args).await?),
+        Command::Subject { command } => Ok(caretaker_collector::subject::cli::run(command).await?),
         Command::Init {
             data_dir,
             hostnames,

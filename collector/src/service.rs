@@ -14,13 +14,25 @@ use tokio::sync::watch;
 
 use crate::ca::SchoolCa;
 use crate::classify::fleet::FleetCounts;
+use crate::classify::fleet_store::{fold_software, load_software_counts};
 use crate::ingest::Ingest;
-use crate::rules::{self, Rules};
+use crate::rules::Rules;
 use crate::store::{
-    AgentFacts, Device, DeviceBatch, PolicyVersion, Store, StoreError, StoredEvent, TokenRefusal,
+    AgentFacts, Device, DeviceBatch, PolicyVersion, Store, StoreError, TokenRefusal,
 };
 use crate::tls::Revoked;
 use crate::tokens::{self, FailureLimiter};
+
+mod batch;
+mod devices;
+mod shared;
+
+pub(crate) use batch::MAX_USER;
+use devices::LiveStreams;
+pub use devices::{DeviceCache, StreamGuard};
+
+/// The longest enrolment fact (hostname, OS, agent version) accepted.
+const MAX_FACT: usize = 256;
 
 /// Why an enrolment was refused; each says plainly what the technician should do.
 #[derive(Debug, thiserror::Error)]
@@ -118,295 +130,23 @@ pub const SHARED_REFRESH: std::time::Duration = std::time::Duration::from_secs(1
 const OPEN_INCIDENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
 pub const OPEN_INCIDENTS_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The devices as last stored.
-#[derive(Default)]
-pub struct DeviceCache {
-    // Shared, so a request takes a snapshot of 10,000 devices by copying pointers, not maps.
-    map: std::sync::RwLock<std::collections::HashMap<String, Arc<Device>>>,
-}
-
-impl DeviceCache {
-    fn put(&self, d: Device) {
-        self.map
-            .write()
-            .expect("device cache lock")
-            .insert(d.id.clone(), Arc::new(d));
-    }
-
-    /// Every device, shared (cheap: no device is copied).
-    pub fn snapshot(&self) -> Vec<Arc<Device>> {
-        self.map
-            .read()
-            .expect("device cache lock")
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Re-reads the devices a stored group touched.
-    fn refresh(&self, store: &dyn Store, group: &[DeviceBatch]) {
-        let mut ids: Vec<&str> = group.iter().map(|b| b.device_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids {
-            self.reload(store, id);
-        }
-    }
-
-    /// Re-reads one device from the store. The read happens under the cache's write lock, so
-    /// two reloads racing (the writer's and a revocation's) land in the order they read, and
-    /// an older record never replaces a newer one.
-    fn reload(&self, store: &dyn Store, id: &str) {
-        let mut map = self.map.write().expect("device cache lock");
-        match store.device(id) {
-            Ok(Some(d)) => {
-                map.insert(d.id.clone(), Arc::new(d));
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(device = %id, error = %e, "Device not re-read after store"),
-        }
-    }
-
-    /// Re-reads every device, replacing what was held (after the store was reopened from disk,
-    /// so a record read before a failed write cannot outlive it). Under the write lock, like
-    /// `reload`.
-    fn reload_all(&self, store: &dyn Store) -> Result<Vec<Device>, StoreError> {
-        let mut map = self.map.write().expect("device cache lock");
-        let devices = store.devices()?;
-        *map = devices
-            .iter()
-            .map(|d| (d.id.clone(), Arc::new(d.clone())))
-            .collect();
-        Ok(devices)
-    }
-
-    /// A copy of every device (for callers that need owned records).
-    pub fn all(&self) -> Vec<Device> {
-        self.map
-            .read()
-            .expect("device cache lock")
-            .values()
-            .map(|d| Device::clone(d))
-            .collect()
-    }
-
-    pub fn get(&self, id: &str) -> Option<Device> {
-        self.map
-            .read()
-            .expect("device cache lock")
-            .get(id)
-            .map(|d| Device::clone(d))
-    }
-}
-
-/// A device's open event streams.
-struct LiveStreams {
-    open: u32,
-    newest: tokio_util::sync::CancellationToken,
-}
-
-/// Marks a device connected while it lives.
-pub struct StreamGuard {
-    collector: Arc<Collector>,
-    device: String,
-    /// Fired when a newer stream from the same device opens.
-    pub replaced: tokio_util::sync::CancellationToken,
-    /// This stream's identity for the writer.
-    pub id: crate::ingest::StreamId,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        let mut c = self.collector.connected.lock().expect("connected lock");
-        if let Some(live) = c.get_mut(&self.device) {
-            live.open -= 1;
-            if live.open == 0 {
-                c.remove(&self.device);
-                crate::metrics::metrics().devices_connected.dec();
-            }
-        }
-    }
-}
-
-const MAX_KIND: usize = 64;
-pub(crate) const MAX_USER: usize = 256;
-const MAX_FACT: usize = 256;
-
-fn valid_kind(kind: &str) -> bool {
-    let mut parts = kind.split('.');
-    kind.len() <= MAX_KIND
-        && kind.contains('.')
-        && parts.all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        })
-}
-
-/// The name under which each device's folded software state is saved in the store.
-const SOFTWARE_STATE: &str = "software";
-
-/// Installation counts at start-up: each device's saved state, plus whatever events arrived
-/// after it was saved. A device without a saved state (or with a damaged one) is rebuilt from
-/// all its events once, and saved, so the next start reads only new events.
-fn load_software_counts(
-    store: &dyn Store,
-    devices: &[crate::store::Device],
-) -> Result<FleetCounts, StoreError> {
-    let mut counts = FleetCounts::default();
-    for (device, through_seq, state) in store.derived(SOFTWARE_STATE)? {
-        if let Err(why) = counts.import_device(&device, through_seq, state) {
-            tracing::warn!(%device, %why, "Saved software state unreadable; rebuilding it from events");
-        }
-    }
-    for d in devices {
-        if replay_software(&mut counts, store, &d.id, FleetCounts::fold)? {
-            save_software_state(&counts, store, &d.id);
-        }
-    }
-    Ok(counts)
-}
-
-/// How one software event is folded into the counts: `FleetCounts::fold`, or in tests one
-/// that fails on purpose.
-type FoldFn = fn(&mut FleetCounts, &str, u64, &str, &Map<String, Value>) -> Result<(), String>;
-
-/// Folds one event, turning a panic in the fold into a reason like a malformed event's: the
-/// counts are an optimisation, and a bug in them must cost at most that event's count, never
-/// the start-up or the acknowledgements.
-fn fold_guarded(
-    counts: &mut FleetCounts,
-    fold: FoldFn,
-    device: &str,
-    seq: u64,
-    kind: &str,
-    details: &Map<String, Value>,
-) -> Result<(), String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        fold(counts, device, seq, kind, details)
-    }))
-    .unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        tracing::error!(%device, seq, error = %why, "Software event not counted: its fold panicked");
-        counts.mark_through(device, seq);
-        Err(format!("the fold panicked: {why}"))
-    })
-}
-
-/// Folds `device`'s stored software events above what `counts` holds for it; `true` when it
-/// read any.
-fn replay_software(
-    counts: &mut FleetCounts,
-    store: &dyn Store,
-    device: &str,
-    fold: FoldFn,
-) -> Result<bool, StoreError> {
-    let from = counts.through_seq(device);
-    let highest = store.device_events_after(device, from, "software.", &mut |e| {
-        if let Err(why) = fold_guarded(counts, fold, &e.device_id, e.seq, &e.kind, &e.details) {
-            tracing::debug!(%why, "Software event not counted");
-        }
-    })?;
-    counts.mark_through(device, highest);
-    Ok(highest > from)
-}
-
-/// After a fold panicked part-way through `device`'s events, its counts may hold half an
-/// event: forget them and fold them again from its saved state and stored events (which
-/// include the group just stored). An event that panics again is skipped as malformed.
-fn rebuild_software(counts: &mut FleetCounts, store: &dyn Store, device: &str, fold: FoldFn) {
-    counts.remove_device(device);
-    let rebuilt = store.derived_of(SOFTWARE_STATE, device).and_then(|saved| {
-        if let Some((through, state)) = saved
-            && let Err(why) = counts.import_device(device, through, state)
-        {
-            tracing::warn!(%device, %why, "Saved software state unreadable; rebuilding it from events");
-        }
-        replay_software(counts, store, device, fold)
-    });
-    if let Err(e) = rebuilt {
-        // Left out until the next start, which folds it from the store again.
-        counts.remove_device(device);
-        tracing::warn!(%device, error = %e, "Software counts of a device not rebuilt");
-    }
-}
-
-fn save_software_state(counts: &FleetCounts, store: &dyn Store, device: &str) {
-    let Some(state) = counts.export_device(device) else {
-        return;
-    };
-    let through = counts.through_seq(device);
-    if let Err(e) = store.put_derived(SOFTWARE_STATE, device, through, &state) {
-        // Only costs a longer start-up: the events are stored and will be folded again.
-        tracing::warn!(%device, error = %e, "Software state not saved");
-    }
-}
-
-/// Folds a durable group's software events, in store order, and saves the devices it changed.
-///
-/// It runs on the ack path (the writer's `OnStored` hook), so nothing here may stop acks: a
-/// fold that panics is caught while the lock is held (so the lock is never poisoned) and costs
-/// only that device's counts, rebuilt from the store at once.
-fn fold_software(counts: &std::sync::Mutex<FleetCounts>, store: &dyn Store, group: &[DeviceBatch]) {
-    fold_software_with(counts, store, group, FleetCounts::fold);
-}
-
-fn fold_software_with(
-    counts: &std::sync::Mutex<FleetCounts>,
-    store: &dyn Store,
-    group: &[DeviceBatch],
-    fold: FoldFn,
-) {
-    // Poisoned only by a panic outside the folds (which are caught below), so the counts
-    // themselves are whole.
-    let mut counts = counts.lock().unwrap_or_else(|poisoned| {
-        counts.clear_poison();
-        poisoned.into_inner()
-    });
-    let mut touched = std::collections::BTreeSet::new();
-    for b in group {
-        let mut software = b
-            .events
-            .iter()
-            .filter(|e| e.kind.starts_with("software."))
-            .peekable();
-        if software.peek().is_none() {
-            continue;
-        }
-        let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for e in software {
-                // A resent event (seq already folded) is skipped inside fold.
-                if let Err(why) = fold(&mut counts, &b.device_id, e.seq, &e.kind, &e.details) {
-                    tracing::debug!(%why, "Software event not counted");
-                }
-            }
-        }));
-        if folded.is_err() {
-            tracing::error!(device = %b.device_id, "Software counts fold panicked; rebuilding the device's counts from its events");
-            rebuild_software(&mut counts, store, &b.device_id, fold);
-        }
-        touched.insert(b.device_id.as_str());
-    }
-    for device in touched {
-        save_software_state(&counts, store, device);
-    }
-}
-
 impl Collector {
+    /// The tracker every task of this collector is spawned on.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         ca: SchoolCa,
         revoked: Revoked,
         admin_token: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, StoreError> {
         let current = match store.current_policy()? {
             Some(p) => p,
             None => store.put_policy(
-                serde_json::to_value(PolicyDocument::default())?,
+                serde_json::to_value(PolicyDocument::default())
+                    .expect("the default policy always serialises"),
                 "caretaker-collector (default)",
                 Utc::now(),
             )?,
@@ -529,169 +269,6 @@ impl Collector {
         });
     }
 
-    /// Says that other collectors write this store too.
-    pub fn set_shared(&self) {
-        self.shared
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The tracker every task of this collector is spawned on.
-    pub fn tasks(&self) -> &TaskTracker {
-        &self.tasks
-    }
-
-    /// True when other collectors write this store too.
-    pub fn is_shared(&self) -> bool {
-        self.shared.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Re-reads from a shared store what other collectors may have changed (blocking): every
-    /// device (new enrolments, last seen, counts), revocations, a newer policy, and the
-    /// software counts of devices not streaming to this collector (those that are, this one
-    /// folds itself).
-    pub fn refresh_from_shared_store(&self) -> Result<(), StoreError> {
-        let devices = self.devices.reload_all(self.store.as_ref())?;
-        self.revoked.write().expect("revocation lock").extend(
-            devices
-                .iter()
-                .filter(|d| d.revoked_at.is_some())
-                .map(|d| d.id.clone()),
-        );
-        if let Some(stored) = self.store.current_policy()?
-            && stored.version > self.policy().version
-        {
-            let doc = PolicyDocument::parse_lenient(&stored.policy.to_string()).unwrap_or_default();
-            *self.rules.write().expect("rules lock") = Arc::new(Rules::new(&doc));
-            tracing::info!(version = stored.version, changed_by = %stored.changed_by, "Policy changed by another collector");
-            self.policy.send_replace(Arc::new(stored));
-        }
-        self.reload_privacy_settings()?;
-        // Only devices streaming elsewhere that stored something this collector has not
-        // folded: a device's highest stored sequence at or below what the counts went
-        // through holds nothing new, so most refreshes read no events at all.
-        let elsewhere: Vec<&str> = {
-            let counts = self.software.lock().unwrap_or_else(|p| p.into_inner());
-            devices
-                .iter()
-                .filter(|d| !self.is_connected(&d.id) && d.highest_seq > counts.through_seq(&d.id))
-                .map(|d| d.id.as_str())
-                .collect()
-        };
-        if elsewhere.is_empty() {
-            return Ok(());
-        }
-        // Folded apart from the live counts, so the ack path's fold never waits on these reads.
-        let mut fresh = FleetCounts::default();
-        let mut saved: std::collections::HashMap<String, (u64, Value)> = self
-            .store
-            .derived(SOFTWARE_STATE)?
-            .into_iter()
-            .map(|(d, t, v)| (d, (t, v)))
-            .collect();
-        for &id in &elsewhere {
-            if let Some((through, state)) = saved.remove(id)
-                && let Err(why) = fresh.import_device(id, through, state)
-            {
-                tracing::warn!(device = %id, %why, "Saved software state unreadable; rebuilding it from events");
-            }
-            replay_software(&mut fresh, self.store.as_ref(), id, FleetCounts::fold)?;
-        }
-        let mut counts = self.software.lock().unwrap_or_else(|p| p.into_inner());
-        for id in elsewhere {
-            if self.is_connected(id) {
-                continue; // connected meanwhile: its stream resynced it
-            }
-            counts.remove_device(id);
-            if let Some(state) = fresh.export_device(id)
-                && let Err(why) = counts.import_device(id, fresh.through_seq(id), state)
-            {
-                tracing::warn!(device = %id, %why, "Software counts of a device not refreshed");
-            }
-        }
-        Ok(())
-    }
-
-    /// Saves the software state of every device whose counts this collector keeps, so a
-    /// purge that follows removes no event the saved state does not cover (a save that failed
-    /// after a group would leave it behind). On a shared store only the devices streaming here:
-    /// another collector saves its own, and an older copy must not overwrite it. Returns how
-    /// many were saved.
-    pub fn save_software_states(&self) -> usize {
-        let shared = self.is_shared();
-        let mut saved = 0;
-        for d in self.devices.snapshot() {
-            if shared && !self.is_connected(&d.id) {
-                continue;
-            }
-            // One device at a time, so the ack path's fold waits for one save at most.
-            let counts = self.software.lock().unwrap_or_else(|p| p.into_inner());
-            save_software_state(&counts, self.store.as_ref(), &d.id);
-            saved += 1;
-        }
-        saved
-    }
-
-    /// Re-reads every device after a purge, whose removals changed their stored event counts.
-    pub fn reload_devices(&self) -> Result<(), StoreError> {
-        self.devices.reload_all(self.store.as_ref()).map(|_| ())
-    }
-
-    /// Before a device's stream is read on a shared store: its software counts are rebuilt
-    /// from the store (blocking), since its last events may have reached another collector.
-    /// An agent opens a stream only after its previous one ended, so the store then holds all.
-    pub fn resync_device(&self, device: &str) {
-        let mut counts = self.software.lock().unwrap_or_else(|p| p.into_inner());
-        rebuild_software(&mut counts, self.store.as_ref(), device, FleetCounts::fold);
-        self.devices.reload(self.store.as_ref(), device);
-    }
-
-    /// Every device as last stored (from memory).
-    pub fn device_cache(&self) -> &DeviceCache {
-        &self.devices
-    }
-
-    /// Records that `device` has an event stream open until the guard drops, and tells the
-    /// device's previous stream, if one is still open, that it is replaced.
-    ///
-    /// One live stream per device: the store decides resends by the device's high-water mark,
-    /// which is only right while one stream at a time sends in order. An agent opens a new
-    /// stream only once it has given up on the old one, so an old one still open here is a
-    /// dead connection not yet noticed: it finishes what it has in hand and ends.
-    pub fn stream_opened(self: &Arc<Self>, device: &str) -> StreamGuard {
-        let replaced = tokio_util::sync::CancellationToken::new();
-        let mut connected = self.connected.lock().expect("connected lock");
-        match connected.get_mut(device) {
-            Some(live) => {
-                live.open += 1;
-                let older = std::mem::replace(&mut live.newest, replaced.clone());
-                older.cancel();
-            }
-            None => {
-                crate::metrics::metrics().devices_connected.inc();
-                connected.insert(
-                    device.to_string(),
-                    LiveStreams {
-                        open: 1,
-                        newest: replaced.clone(),
-                    },
-                );
-            }
-        }
-        StreamGuard {
-            collector: self.clone(),
-            device: device.to_string(),
-            replaced,
-            id: crate::ingest::StreamId::new(),
-        }
-    }
-
-    pub fn is_connected(&self, device: &str) -> bool {
-        self.connected
-            .lock()
-            .expect("connected lock")
-            .contains_key(device)
-    }
-
     pub fn ca_fingerprint(&self) -> String {
         self.ca.fingerprint()
     }
@@ -800,120 +377,6 @@ impl Collector {
             .insert(device.id.clone());
         tracing::info!(device = %device.id, "Device revoked");
         Ok(device)
-    }
-
-    /// Checks and judges one batch; `Err` names the first bad event.
-    pub fn prepare_batch(
-        &self,
-        device_id: &str,
-        events: Vec<IncomingEvent>,
-        facts: Option<AgentFacts>,
-    ) -> Result<DeviceBatch, String> {
-        let now = Utc::now();
-        let rules = self.rules.read().expect("rules lock").clone();
-        let pseudonymise = self.pseudonymise.load(std::sync::atomic::Ordering::Relaxed);
-        let mut state = Map::new();
-        let mut out = Vec::with_capacity(events.len());
-        for (i, e) in events.into_iter().enumerate() {
-            let at = |why: String| format!("event {} of the batch (seq {}): {why}", i + 1, e.seq);
-            if e.seq == 0 {
-                return Err(at("seq must start at 1".into()));
-            }
-            if !valid_kind(&e.kind) {
-                return Err(at(format!(
-                    "kind {:?} is not a dotted lowercase name",
-                    e.kind
-                )));
-            }
-            if e.user.len() > MAX_USER {
-                return Err(at(format!("user is longer than {MAX_USER} bytes")));
-            }
-            let Some(occurred_at) = e.occurred_at else {
-                return Err(at("occurred_at is missing or out of range".into()));
-            };
-            let verdict = rules.classify(&e.kind, &e.details);
-            let mut stored = StoredEvent {
-                device_id: device_id.to_string(),
-                seq: e.seq,
-                kind: e.kind,
-                occurred_at,
-                received_at: now,
-                user: (!e.user.is_empty()).then_some(e.user),
-                details: e.details,
-                severity: verdict.severity.to_string(),
-                audience: verdict.audience,
-                assessment: verdict.assessment,
-            };
-            // After classification, which may read the name (pupil or staff rules), and
-            // before the device's state facets, which are copied from the details.
-            if pseudonymise {
-                crate::subject::pseudonymise_technical(&self.pseudonym_key, &mut stored);
-            }
-            if let Some((facet, value)) = rules::state_facet(&stored.kind, &stored.details) {
-                state.insert(facet, value);
-            }
-            if let Some(value) = rules::lifecycle(&stored.kind, &stored.details) {
-                state.insert("lifecycle".into(), value);
-            }
-            out.push(stored);
-        }
-        // A batch that is all resends (no seq above the highest stored) is judged already, and
-        // the store keeps no state facet from it: judging it again would move the clock
-        // tracker to a verdict never recorded, and a later real change to that verdict would
-        // then go unrecorded too.
-        let highest = self.highest_seq(device_id);
-        if out.iter().any(|e| e.seq > highest)
-            && let Some(newest) = out.iter().map(|e| e.occurred_at).max()
-        {
-            self.judge_clock(device_id, newest, now, out.len(), &mut state);
-        }
-        Ok(DeviceBatch {
-            device_id: device_id.to_string(),
-            events: out,
-            facts,
-            state,
-            seen_at: now,
-        })
-    }
-
-    /// Judges the device's clock from a batch and, when the judgement changes, records it as the
-    /// `clock` facet with the batch (so it is as durable as the events that showed it).
-    fn judge_clock(
-        &self,
-        device_id: &str,
-        newest: DateTime<Utc>,
-        now: DateTime<Utc>,
-        events: usize,
-        state: &mut Map<String, Value>,
-    ) {
-        use crate::clock::{ClockStatus, ClockTracker};
-        let mut clocks = self.clocks.lock().expect("clocks lock");
-        let tracker = clocks.entry(device_id.to_string()).or_insert_with(|| {
-            let recorded = self
-                .devices
-                .map
-                .read()
-                .expect("device cache lock")
-                .get(device_id)
-                .and_then(|d| ClockStatus::from_facet(d.state.get("clock")));
-            ClockTracker::resume(recorded)
-        });
-        let Some((status, facet)) = tracker.observe(newest, now, events) else {
-            return;
-        };
-        let offset_secs = facet["offset_secs"].as_i64().unwrap_or(0);
-        match status {
-            ClockStatus::Ok => {
-                tracing::debug!(device = %device_id, offset_secs, "Device clock is right")
-            }
-            _ => tracing::warn!(
-                device = %device_id,
-                offset_secs,
-                clock = status.label(),
-                "Device clock is wrong"
-            ),
-        }
-        state.insert("clock".into(), facet);
     }
 
     /// Stores a prepared batch durably (the writer also folds its software events into the
@@ -1033,14 +496,17 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string())))
+        .unwrap_or_else(|e| Err(StoreError::engine("", e)))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::batch::valid_kind;
     use super::*;
+    use crate::classify::fleet_store::fold_software_with;
     use crate::store::RedbStore;
     use crate::store::StoreResult;
+    use crate::store::StoredEvent;
     use serde_json::json;
     use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -9,15 +9,31 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use anyhow::{Context, bail};
 use caretaker_proto::uninstall;
 use rand::RngCore;
 
 use crate::accounts::{self, Actor};
-use crate::admin::{self, AdminRequest, AdminResponse};
+use crate::admin::{self, AdminRequest, AdminResponse, AskError};
 use crate::datadir::DataDir;
 use crate::service::Collector;
 use crate::store::{Device, Store, StoreError};
+
+/// Why the uninstall secret could not be read or made.
+#[derive(Debug, thiserror::Error)]
+pub enum UninstallKeyError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is damaged (expected 64 hex digits); restore it from a backup, or delete it to make a new key (every device's uninstall code then changes, and laptops learn the new one when they next connect)",
+        path.display()
+    )]
+    Damaged { path: std::path::PathBuf },
+}
 
 /// The collector's uninstall secret.
 #[derive(Clone)]
@@ -40,7 +56,14 @@ impl UninstallKey {
     }
 
     /// Reads the key at `path`, or makes it (0600, never over an existing file) if there is none.
-    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+    pub fn load_or_create(path: &Path) -> Result<Self, UninstallKeyError> {
+        let io = |action: &'static str| {
+            move |source| UninstallKeyError::Io {
+                action,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
         let fresh = Self::ephemeral();
         match OpenOptions::new()
             .write(true)
@@ -49,24 +72,21 @@ impl UninstallKey {
             .open(path)
         {
             Ok(mut f) => {
-                f.write_all(hex::encode(fresh.secret).as_bytes())?;
-                f.sync_all()?;
+                f.write_all(hex::encode(fresh.secret).as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(io("write"))?;
                 tracing::info!(path = %path.display(), "Made the uninstall-code key");
                 return Ok(fresh);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot create {}", path.display()));
-            }
+            Err(e) => return Err(io("create")(e)),
         }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(io("read"))?;
         let mut secret = [0u8; 32];
         if hex::decode_to_slice(text.trim(), &mut secret).is_err() {
-            bail!(
-                "{} is damaged (expected 64 hex digits); restore it from a backup, or delete it to make a new key (every device's uninstall code then changes, and laptops learn the new one when they next connect)",
-                path.display()
-            );
+            return Err(UninstallKeyError::Damaged {
+                path: path.to_path_buf(),
+            });
         }
         Ok(Self { secret })
     }
@@ -124,12 +144,12 @@ pub fn audit_issued(store: &dyn Store, device: &Device) {
 
 /// `device uninstall-code ID`: through the running collector's admin socket, or from the data
 /// directory and store when none runs. Returns the device's hostname and code.
-pub async fn for_cli(dir: &DataDir, id: &str) -> anyhow::Result<(String, String)> {
+pub async fn for_cli(dir: &DataDir, id: &str) -> Result<(String, String), AskError> {
     let req = AdminRequest::UninstallCode { id: id.to_string() };
     match admin::ask(dir, &req).await? {
         Some(AdminResponse::UninstallCode { hostname, code, .. }) => Ok((hostname, code)),
-        Some(AdminResponse::Error { message }) => bail!("{message}"),
-        Some(other) => bail!("unexpected answer from the collector: {other:?}"),
+        Some(AdminResponse::Error { message }) => Err(AskError::Refused(message)),
+        Some(other) => Err(AskError::unexpected(&other)),
         None => {
             let store = dir.open_store_offline()?;
             let device = store

@@ -7,8 +7,9 @@
 //! `products[].name` is `name` in each object of the `products` array, `requested_by.user` is
 //! `user` inside the `requested_by` object.
 //!
-//! Over 600 lines on purpose: it is one table, an entry per field of every kind, kept in one
-//! file so the agent's check and `PRIVACY.md` have a single source.
+//! Over 600 lines on purpose: it is one table, an entry per field of every kind, read top to
+//! bottom by whoever reviews what is collected, and kept in one file so the agent's check and
+//! `PRIVACY.md` have a single source (split by probe, a field would hide from that review).
 
 use serde_json::{Map, Value};
 

@@ -2,6 +2,7 @@
 //! `software` section and a built-in catalogue of filter-bypass tools, deciding who must
 //! know (network manager, DSL). Pure: no I/O, no dependency on the agent.
 pub mod fleet;
+pub mod fleet_store;
 
 use caretaker_proto::policy::software::{NamePattern, SoftwarePolicy};
 use serde::{Deserialize, Serialize};

@@ -2,12 +2,38 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use chrono::NaiveDate;
 
-use super::{Audience, Format, PeriodKind, PeriodSpec, ReportRequest, Sources};
-use crate::admin::{self, AdminRequest, AdminResponse};
-use crate::datadir::DataDir;
+use super::{Audience, Format, PeriodKind, PeriodSpec, ReportError, ReportRequest, Sources};
+use crate::admin::{self, AdminRequest, AdminResponse, AskError};
+use crate::datadir::{DataDir, DataDirError};
+use crate::store::StoreError;
+
+/// Why the command made no report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportCliError {
+    #[error("say which period: --period week, month or term, or both --from and --to")]
+    NoPeriod,
+    /// An option's value this build does not know (clap lists the accepted ones first).
+    #[error("{0}")]
+    UnknownValue(&'static str),
+    #[error(transparent)]
+    Ask(#[from] AskError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error("the report could not be made")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The command's arguments.
 #[derive(Debug, clap::Args)]
@@ -39,10 +65,10 @@ pub struct ReportArgs {
 }
 
 impl ReportArgs {
-    fn request(&self) -> anyhow::Result<ReportRequest> {
+    fn request(&self) -> Result<ReportRequest, ReportCliError> {
         let kind = self.period.as_deref().and_then(PeriodKind::parse);
         if kind.is_none() && (self.from.is_none() || self.to.is_none()) {
-            bail!("say which period: --period week, month or term, or both --from and --to");
+            return Err(ReportCliError::NoPeriod);
         }
         Ok(ReportRequest {
             period: PeriodSpec {
@@ -50,14 +76,15 @@ impl ReportArgs {
                 from: self.from,
                 to: self.to,
             },
-            audience: Audience::parse(&self.audience).context("--audience")?,
-            format: Format::parse(&self.format).context("--format")?,
+            audience: Audience::parse(&self.audience)
+                .ok_or(ReportCliError::UnknownValue("--audience"))?,
+            format: Format::parse(&self.format).ok_or(ReportCliError::UnknownValue("--format"))?,
         })
     }
 }
 
 /// Runs the command.
-pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
+pub async fn run(args: ReportArgs) -> Result<(), ReportCliError> {
     let req = args.request()?;
     let dir = DataDir::new(&args.data_dir);
     dir.check()?;
@@ -65,15 +92,15 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
         request: req.clone(),
         time_zone: args.time_zone.name().to_string(),
     };
-    let files = match admin::ask(&dir, &ask).await? {
+    let files = match admin::ask(&dir, &ask).await.map_err(AskError::from)? {
         Some(AdminResponse::Report { files }) => files,
-        Some(AdminResponse::Error { message }) => bail!("{message}"),
-        Some(other) => bail!("unexpected answer from the collector: {other:?}"),
+        Some(AdminResponse::Error { message }) => return Err(AskError::Refused(message).into()),
+        Some(other) => return Err(AskError::unexpected(&other).into()),
         None => {
             let dir = dir.clone();
             let tz = args.time_zone;
             let req = req.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            tokio::task::spawn_blocking(move || -> Result<_, ReportCliError> {
                 let store = dir.open_store_offline()?;
                 let src = Sources::offline(store.as_ref(), tz)?;
                 Ok(super::render(&src, &req)?)
@@ -81,8 +108,12 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
             .await??
         }
     };
-    let written = super::write_files(&files, req.format, &args.out)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let written = super::write_files(&files, req.format, &args.out).map_err(|source| {
+        ReportCliError::Write {
+            path: args.out.clone(),
+            source,
+        }
+    })?;
     for p in written {
         println!("Wrote {}", p.display());
     }

@@ -238,7 +238,7 @@ pub async fn render_for(
         render(&src, &req)
     })
     .await
-    .unwrap_or_else(|e| Err(ReportError::Store(StoreError::Engine(e.to_string()))))
+    .unwrap_or_else(|e| Err(ReportError::Store(StoreError::engine("", e))))
 }
 
 /// A report's dashboard fragment (no `<html>`; links `/static/report.css`).
@@ -265,7 +265,7 @@ pub async fn fragment_for(
         })
     })
     .await
-    .unwrap_or_else(|e| Err(ReportError::Store(StoreError::Engine(e.to_string()))))
+    .unwrap_or_else(|e| Err(ReportError::Store(StoreError::engine("", e))))
 }
 
 /// Writes a report's files: HTML and PDF to `out`; CSV tables into the directory `out`

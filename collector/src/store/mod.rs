@@ -84,8 +84,15 @@ impl StoreLocation {
 /// Store failures. Callers report them; they never mean partial writes.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store I/O failed: {0}")]
-    Engine(String),
+    /// The engine (redb, sled, PostgreSQL, the filesystem) failed. `what` says what was being
+    /// done; `source` is the engine's own error, kept so a caller can look inside it (a full
+    /// disk, see `is_storage_full`) and a user sees the whole chain.
+    #[error("store I/O failed: {}", engine_detail(what, source.as_deref()))]
+    Engine {
+        what: String,
+        #[source]
+        source: Option<EngineSource>,
+    },
     #[error("a stored record is corrupt: {0}")]
     Corrupt(String),
     #[error("no device with id {0}")]
@@ -105,6 +112,75 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What an engine failure carries as its cause.
+pub type EngineSource = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// An engine failure caused by `source`, with `what` saying what was being done (empty when
+    /// the engine's own message says it all).
+    pub fn engine(what: impl Into<String>, source: impl Into<EngineSource>) -> Self {
+        Self::Engine {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// An engine failure this code detected itself, with no underlying error.
+    pub fn engine_msg(what: impl Into<String>) -> Self {
+        Self::Engine {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Whether an engine error comes from a full filesystem (`ENOSPC`) somewhere in its chain,
+    /// as opposed to, say, a corrupt record or a lost connection.
+    pub fn is_storage_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::StorageFull
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
+    /// An engine error's message without the "store I/O failed" prefix.
+    pub fn engine_reason(&self) -> Option<String> {
+        match self {
+            Self::Engine { what, source } => Some(engine_detail(what, source.as_deref())),
+            _ => None,
+        }
+    }
+}
+
+/// An engine's error under a message of our own (the engine's is too terse, or leaves out the
+/// part of its chain that matters), still reachable as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Described<E: std::error::Error + 'static> {
+    pub message: String,
+    #[source]
+    pub source: E,
+}
+
+/// The message of an engine failure: what was being done and, after it, the engine's own
+/// message. The cause is written out here (and also kept as `source`) because most callers show
+/// this error with `to_string()`, which must stay as readable as a one-line reason.
+fn engine_detail(
+    what: &str,
+    source: Option<&(dyn std::error::Error + Send + Sync + 'static)>,
+) -> String {
+    match source {
+        Some(source) if what.is_empty() => source.to_string(),
+        Some(source) => format!("{what}: {source}"),
+        None => what.to_string(),
+    }
+}
 
 /// An enrolled laptop, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -77,8 +77,10 @@ impl<E: Backend> Reopening<E> {
     fn with<T>(&self, f: impl FnOnce(&E) -> StoreResult<T>) -> StoreResult<T> {
         let engine = self.engine()?;
         let result = f(&engine);
-        if let Err(StoreError::Engine(why)) = &result {
-            self.close(&engine, why);
+        if let Err(e) = &result
+            && let Some(why) = e.engine_reason()
+        {
+            self.close(&engine, &why);
         }
         result
     }
@@ -113,7 +115,7 @@ fn room_to_open(path: &Path) -> StoreResult<()> {
         return Ok(());
     };
     match space::space(existing) {
-        Ok(s) if s.free < space::OPEN_ROOM => Err(StoreError::Engine(format!(
+        Ok(s) if s.free < space::OPEN_ROOM => Err(StoreError::engine_msg(format!(
             "only {} MiB is free on the filesystem of {}: the store needs {} MiB free to open \
              safely (its recovery writes, and running out of space there can damage it)",
             s.free >> 20,

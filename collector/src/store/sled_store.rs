@@ -8,6 +8,10 @@
 //! latest incident id) and `incident_log` (id BE, n BE → entry), and the account trees
 //! (`sled_accounts.rs`). A group commit is one transaction over devices, events, timeline,
 //! indexes and incidents, then one fsync.
+//!
+//! Long, and left so: it is only what `migrate` reads an old sled store through to move it to
+//! redb (and what tests write such stores with), kept whole as it shipped so the migration
+//! reads exactly what was written; not worth restructuring for a path run once per install.
 
 use super::AccessPath;
 use std::path::Path;
@@ -57,8 +61,8 @@ pub struct Engine {
 /// 2: secondary indexes and incidents. 3: incidents indexed by device.
 const LAYOUT: u64 = 3;
 
-pub(super) fn engine(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Engine(e.to_string())
+pub(super) fn engine(e: impl Into<super::EngineSource>) -> StoreError {
+    StoreError::engine("", e)
 }
 
 pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -170,7 +174,7 @@ impl Engine {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(e) if lock_held(&e) => {
-                    return Err(StoreError::Engine(format!(
+                    return Err(StoreError::engine_msg(format!(
                         "the store in {} is in use by another process \
                          (is `caretaker-collector serve` running?)",
                         path.display()

@@ -4,13 +4,45 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use chrono::Utc;
 
-use super::{ErasureReport, ExportFiles, ExportRequest, PseudonymKey};
+use super::{ErasureReport, ExportFiles, ExportRequest, PseudonymKey, SubjectError};
 use crate::accounts::Actor;
-use crate::admin::{self, AdminRequest, AdminResponse};
-use crate::datadir::DataDir;
+use crate::admin::{self, AdminRequest, AdminResponse, AskError};
+use crate::datadir::{DataDir, DataDirError};
+
+/// Why a subject command did nothing (or, for a write, named the file it could not finish).
+#[derive(Debug, thiserror::Error)]
+pub enum SubjectCliError {
+    #[error("{} exists already; choose another --out", path.display())]
+    Exists { path: PathBuf },
+    #[error("cannot create {} (it must not exist yet)", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the confirmation (use --yes where no one can type it)")]
+    Confirmation(#[source] std::io::Error),
+    #[error("the name typed did not match; nothing was changed")]
+    Mismatch,
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
+    #[error(transparent)]
+    Ask(#[from] AskError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the subject request could not be carried out")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// A subject access request's commands.
 #[derive(Debug, clap::Subcommand)]
@@ -69,20 +101,26 @@ pub fn out_paths(out: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Writes a new file readable by its owner only (it names a person), never over another.
-fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), SubjectCliError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+        .map_err(|source| SubjectCliError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|source| SubjectCliError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Runs the command.
-pub async fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: SubjectCommand) -> Result<(), SubjectCliError> {
     match cmd {
         SubjectCommand::Export {
             data_dir,
@@ -94,7 +132,7 @@ pub async fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
             let (json_path, html_path) = out_paths(&out);
             for p in [&json_path, &html_path] {
                 if p.exists() {
-                    bail!("{} exists already; choose another --out", p.display());
+                    return Err(SubjectCliError::Exists { path: p.clone() });
                 }
             }
             let dir = DataDir::new(data_dir);
@@ -103,10 +141,12 @@ pub async fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
                 user: user.clone(),
                 time_zone: time_zone.name().to_string(),
             };
-            let files = match admin::ask(&dir, &ask).await? {
+            let files = match admin::ask(&dir, &ask).await.map_err(AskError::from)? {
                 Some(AdminResponse::SubjectExport(f)) => f,
-                Some(AdminResponse::Error { message }) => bail!("{message}"),
-                Some(other) => bail!("unexpected answer from the collector: {other:?}"),
+                Some(AdminResponse::Error { message }) => {
+                    return Err(AskError::Refused(message).into());
+                }
+                Some(other) => return Err(AskError::unexpected(&other).into()),
                 None => offline_export(dir, user.clone(), time_zone).await?,
             };
             write_new(&json_path, files.json.as_bytes())?;
@@ -138,10 +178,12 @@ pub async fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
                 staff,
                 time_zone: time_zone.name().to_string(),
             };
-            let report = match admin::ask(&dir, &ask).await? {
+            let report = match admin::ask(&dir, &ask).await.map_err(AskError::from)? {
                 Some(AdminResponse::SubjectErased(r)) => r,
-                Some(AdminResponse::Error { message }) => bail!("{message}"),
-                Some(other) => bail!("unexpected answer from the collector: {other:?}"),
+                Some(AdminResponse::Error { message }) => {
+                    return Err(AskError::Refused(message).into());
+                }
+                Some(other) => return Err(AskError::unexpected(&other).into()),
                 None => offline_erase(dir, user, staff, time_zone).await?,
             };
             for line in report.lines() {
@@ -153,7 +195,7 @@ pub async fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
 }
 
 /// Asks for the name again: an erasure cannot be undone.
-fn confirm(user: &str) -> anyhow::Result<()> {
+fn confirm(user: &str) -> Result<(), SubjectCliError> {
     eprintln!(
         "This replaces {user} by a pseudonym in every record not under legal hold, and cannot be undone."
     );
@@ -162,9 +204,9 @@ fn confirm(user: &str) -> anyhow::Result<()> {
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
-        .context("cannot read the confirmation (use --yes where no one can type it)")?;
+        .map_err(SubjectCliError::Confirmation)?;
     if line.trim_end_matches(['\r', '\n']) != user {
-        bail!("the name typed did not match; nothing was changed");
+        return Err(SubjectCliError::Mismatch);
     }
     Ok(())
 }
@@ -173,8 +215,8 @@ async fn offline_export(
     dir: DataDir,
     user: String,
     tz: chrono_tz::Tz,
-) -> anyhow::Result<ExportFiles> {
-    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+) -> Result<ExportFiles, SubjectCliError> {
+    tokio::task::spawn_blocking(move || -> Result<_, SubjectCliError> {
         let key = PseudonymKey::load(&dir)?;
         let store = dir.open_store_offline()?;
         let school = store
@@ -202,8 +244,8 @@ async fn offline_erase(
     user: String,
     staff: bool,
     tz: chrono_tz::Tz,
-) -> anyhow::Result<ErasureReport> {
-    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+) -> Result<ErasureReport, SubjectCliError> {
+    tokio::task::spawn_blocking(move || -> Result<_, SubjectCliError> {
         let key = PseudonymKey::load(&dir)?;
         let store = dir.open_store_offline()?;
         Ok(super::erase(

@@ -44,7 +44,7 @@ pub(super) fn unsigned(what: &str, v: i64) -> StoreResult<u64> {
 }
 
 pub(super) fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Engine(format!("postgres: {e}"))
+    StoreError::engine("postgres", e)
 }
 
 /// A snake_case label written from one of the store's enums, read back through its serde names.

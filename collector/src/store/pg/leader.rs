@@ -38,7 +38,7 @@ async fn lead(config: &Config, leader: &Leader) -> StoreResult<bool> {
         let (client, connection) = config
             .connect(NoTls)
             .await
-            .map_err(|e| StoreError::Engine(format!("cannot connect to lead the digests: {e}")))?;
+            .map_err(|e| StoreError::engine("cannot connect to lead the digests", e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "The digests' leader connection ended");
@@ -51,7 +51,7 @@ async fn lead(config: &Config, leader: &Leader) -> StoreResult<bool> {
         *held = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_DIGESTS])
             .await
-            .map_err(|e| StoreError::Engine(format!("cannot take the digests' lock: {e}")))?
+            .map_err(|e| StoreError::engine("cannot take the digests' lock", e))?
             .get(0);
         if *held {
             tracing::info!("This collector now sends the DSL's digests");

@@ -138,13 +138,13 @@ impl PgStore {
     pub fn connect(url: &str) -> StoreResult<PgStore> {
         let target: Arc<str> = redact(url).into();
         let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Engine(format!("{target} is not a PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::engine(format!("{target} is not a PostgreSQL URL"), e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("caretaker-pg")
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Engine(format!("cannot start the PostgreSQL runtime: {e}")))?;
+            .map_err(|e| StoreError::engine("cannot start the PostgreSQL runtime", e))?;
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -158,7 +158,7 @@ impl PgStore {
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .map_err(|e| StoreError::Engine(format!("cannot build the pool for {target}: {e}")))?;
+            .map_err(|e| StoreError::engine(format!("cannot build the pool for {target}"), e))?;
         let store = PgStore {
             runtime: Some(runtime),
             pool,
@@ -196,7 +196,7 @@ impl PgStore {
     /// call). So the wait is taken out of the budget.
     fn wait<T>(task: tokio::task::JoinHandle<T>) -> StoreResult<T> {
         futures::executor::block_on(tokio::task::unconstrained(task))
-            .map_err(|e| StoreError::Engine(format!("a PostgreSQL call failed: {e}")))
+            .map_err(|e| StoreError::engine("a PostgreSQL call failed", e))
     }
 
     /// This store with purges that delete rows only, never a whole partition: the shared
@@ -243,7 +243,25 @@ fn unreachable_db(target: &str, e: deadpool_postgres::PoolError) -> StoreError {
         },
         other => other.to_string(),
     };
-    StoreError::Engine(format!("cannot reach PostgreSQL at {target}: {reason}"))
+    let what = format!("cannot reach PostgreSQL at {target}");
+    // The pool's wrapper adds only "Error occurred while creating a new object": the cause kept
+    // is the connection's own error.
+    match e {
+        deadpool_postgres::PoolError::Backend(source) => StoreError::engine(
+            what,
+            super::Described {
+                message: reason,
+                source,
+            },
+        ),
+        source => StoreError::engine(
+            what,
+            super::Described {
+                message: reason,
+                source,
+            },
+        ),
+    }
 }
 
 /// Applies the migrations this database has not had, in order, each in one transaction.
@@ -272,7 +290,7 @@ async fn migrate(mut client: Object) -> StoreResult<()> {
             .is_some();
         if !applied {
             tx.batch_execute(sql).await.map_err(|e| {
-                StoreError::Engine(format!("migration {version:04}_{name} failed: {e}"))
+                StoreError::engine(format!("migration {version:04}_{name} failed"), e)
             })?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",

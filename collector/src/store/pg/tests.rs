@@ -104,7 +104,7 @@ fn an_unreachable_database_is_named_without_its_password() {
     ))
     .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, StoreError::Engine(_)), "{msg}");
+    assert!(matches!(err, StoreError::Engine { .. }), "{msg}");
     assert!(
         msg.contains("cannot reach PostgreSQL at postgres://care:***@"),
         "{msg}"

@@ -457,7 +457,7 @@ fn copy_all(from: &ReadTransaction, to: &Database) -> StoreResult<usize> {
         copy_named(from, to, HOLDS)?,
     ];
     if let Some(missed) = names.iter().find(|n| !copied.contains(n)) {
-        return Err(StoreError::Engine(format!(
+        return Err(StoreError::engine_msg(format!(
             "the store has a table ({missed}) the erasure's rewrite does not know; \
              the store file was left as it was"
         )));
@@ -468,8 +468,8 @@ fn copy_all(from: &ReadTransaction, to: &Database) -> StoreResult<usize> {
         .next()
         .is_some()
     {
-        return Err(StoreError::Engine(
-            "the store has a multimap table the erasure's rewrite does not know".into(),
+        return Err(StoreError::engine_msg(
+            "the store has a multimap table the erasure's rewrite does not know",
         ));
     }
     Ok(copied.len())
@@ -484,14 +484,14 @@ fn copy_named<K: Key + 'static, V: RedbValue + 'static>(
     Ok(def.name().to_string())
 }
 
-fn io(what: &str, path: &Path, e: &std::io::Error) -> StoreError {
-    StoreError::Engine(format!("{what} {}: {e}", path.display()))
+fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::engine(format!("{what} {}", path.display()), e)
 }
 
 fn sync_dir(dir: &Path) -> StoreResult<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io("cannot sync", dir, &e))
+        .map_err(|e| io("cannot sync", dir, e))
 }
 
 /// Removes the fresh copy an erasure was writing when the process stopped: the store's file is
@@ -500,7 +500,7 @@ fn sync_dir(dir: &Path) -> StoreResult<()> {
 pub(super) fn discard_partial(dir: &Path) -> StoreResult<()> {
     let partial = dir.join(ERASING);
     if partial.exists() {
-        std::fs::remove_file(&partial).map_err(|e| io("cannot remove", &partial, &e))?;
+        std::fs::remove_file(&partial).map_err(|e| io("cannot remove", &partial, e))?;
         tracing::warn!(
             path = %partial.display(),
             "Unfinished store rewrite of an erasure discarded; run the erasure again"
@@ -531,9 +531,9 @@ pub(super) fn rewrite(store: Engine, dir: &Path) -> StoreResult<Engine> {
     };
     std::fs::File::open(&partial)
         .and_then(|f| f.sync_all())
-        .map_err(|e| io("cannot sync", &partial, &e))?;
+        .map_err(|e| io("cannot sync", &partial, e))?;
     drop(store);
-    std::fs::rename(&partial, &file).map_err(|e| io("cannot rename", &partial, &e))?;
+    std::fs::rename(&partial, &file).map_err(|e| io("cannot rename", &partial, e))?;
     sync_dir(dir)?;
     remove_retired_sled(dir)?;
     tracing::info!(path = %file.display(), tables, "Store file rewritten after an erasure");
@@ -543,13 +543,13 @@ pub(super) fn rewrite(store: Engine, dir: &Path) -> StoreResult<Engine> {
 /// The `sled-retired-*` safety copies of a converted sled store hold every record as it was:
 /// an erasure removes them (they are only a fallback from the conversion).
 fn remove_retired_sled(dir: &Path) -> StoreResult<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| io("cannot list", dir, &e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| io("cannot list", dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| io("cannot list", dir, &e))?;
+        let entry = entry.map_err(|e| io("cannot list", dir, e))?;
         let name = entry.file_name();
         if name.to_string_lossy().starts_with("sled-retired-") && entry.path().is_dir() {
             std::fs::remove_dir_all(entry.path())
-                .map_err(|e| io("cannot remove", &entry.path(), &e))?;
+                .map_err(|e| io("cannot remove", &entry.path(), e))?;
             tracing::warn!(
                 path = %entry.path().display(),
                 "Retired sled store removed: it held records an erasure renamed"

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use redb::{Database, Durability, TableDefinition, WriteTransaction};
 
-use super::super::sled_store::Engine as SledEngine;
+use super::super::sled_store::{Engine as SledEngine, engine as sled_engine};
 use super::super::{Incident, Store, StoreError, StoreResult, StoredEvent};
 use super::accounts::{API_TOKENS, AUDIT, SESSIONS, SETTINGS, USERS};
 use super::digests::{DIGEST_CURSORS, DIGEST_PENDING, DIGESTS};
@@ -28,6 +28,7 @@ use super::incidents::{DEVICE_INCIDENTS, INCIDENT_LOG, INCIDENT_OPEN, INCIDENTS}
 use super::{
     BY_DEVICE, CACHE_BYTES, DERIVED, DEVICES, EVENTS, Engine, FILE, IDX, IDX_AUDIENCE, IDX_KIND,
     IDX_USER, META, META_NEXT_ARRIVAL, POLICIES, TOKENS, decode, encode, engine, idx_key,
+    redb_failure,
 };
 
 /// Events copied per write transaction: bounded, so memory does not grow with the store.
@@ -51,8 +52,8 @@ pub struct MigrationReport {
     pub retired_to: PathBuf,
 }
 
-fn io(what: &str, path: &Path, e: &std::io::Error) -> StoreError {
-    StoreError::Engine(format!("{what} {}: {e}", path.display()))
+fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::engine(format!("{what} {}", path.display()), e)
 }
 
 /// Whether `dir` holds a sled database (sled always writes `conf` and `db`).
@@ -88,7 +89,7 @@ pub fn from_sled_if_present(dir: &Path) -> StoreResult<Option<MigrationReport>> 
             path = %partial.display(),
             "Discarding an unfinished store conversion; it starts again from the sled store"
         );
-        fs::remove_file(&partial).map_err(|e| io("cannot remove", &partial, &e))?;
+        fs::remove_file(&partial).map_err(|e| io("cannot remove", &partial, e))?;
     }
     let started = Instant::now();
     tracing::info!(dir = %dir.display(), "Converting the sled store to redb; this runs once");
@@ -96,8 +97,8 @@ pub fn from_sled_if_present(dir: &Path) -> StoreResult<Option<MigrationReport>> 
         drop(sled);
         fs::File::open(&partial)
             .and_then(|f| f.sync_all())
-            .map_err(|e| io("cannot sync", &partial, &e))?;
-        fs::rename(&partial, &file).map_err(|e| io("cannot rename", &partial, &e))?;
+            .map_err(|e| io("cannot sync", &partial, e))?;
+        fs::rename(&partial, &file).map_err(|e| io("cannot rename", &partial, e))?;
         sync_dir(dir)?;
         Ok(report)
     });
@@ -106,11 +107,14 @@ pub fn from_sled_if_present(dir: &Path) -> StoreResult<Option<MigrationReport>> 
     let mut report = converted.map_err(|e| {
         // Best effort, to give the space back now; the next start discards it anyway.
         let _ = fs::remove_file(&partial);
-        StoreError::Engine(format!(
-            "converting the sled store in {} to redb failed: {e}; the sled store is unchanged, \
-             and the conversion starts again at the next start",
-            dir.display()
-        ))
+        StoreError::engine(
+            format!(
+                "converting the sled store in {} to redb failed (the sled store is unchanged, \
+                 and the conversion starts again at the next start)",
+                dir.display()
+            ),
+            e,
+        )
     })?;
     report.retired_to = retire(dir)?;
     tracing::info!(
@@ -128,13 +132,13 @@ pub fn from_sled_if_present(dir: &Path) -> StoreResult<Option<MigrationReport>> 
 fn sync_dir(dir: &Path) -> StoreResult<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io("cannot sync the directory", dir, &e))
+        .map_err(|e| io("cannot sync the directory", dir, e))
 }
 
 /// Whether any of sled's files is in `dir`.
 fn any_sled_file(dir: &Path) -> StoreResult<bool> {
     Ok(fs::read_dir(dir)
-        .map_err(|e| io("cannot read", dir, &e))?
+        .map_err(|e| io("cannot read", dir, e))?
         .filter_map(Result::ok)
         .any(|e| e.file_name().to_str().is_some_and(is_sled_file)))
 }
@@ -142,7 +146,7 @@ fn any_sled_file(dir: &Path) -> StoreResult<bool> {
 /// A `sled-retired-*` directory without its note: a move that a crash interrupted.
 fn unfinished_retirement(dir: &Path) -> StoreResult<Option<PathBuf>> {
     Ok(fs::read_dir(dir)
-        .map_err(|e| io("cannot read", dir, &e))?
+        .map_err(|e| io("cannot read", dir, e))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| {
@@ -167,16 +171,16 @@ fn retire(dir: &Path) -> StoreResult<PathBuf> {
                 t = dir.join(format!("sled-retired-{date}-{n}"));
                 n += 1;
             }
-            fs::create_dir(&t).map_err(|e| io("cannot create", &t, &e))?;
+            fs::create_dir(&t).map_err(|e| io("cannot create", &t, e))?;
             t
         }
     };
-    for entry in fs::read_dir(dir).map_err(|e| io("cannot read", dir, &e))? {
-        let entry = entry.map_err(|e| io("cannot read", dir, &e))?;
+    for entry in fs::read_dir(dir).map_err(|e| io("cannot read", dir, e))? {
+        let entry = entry.map_err(|e| io("cannot read", dir, e))?;
         let name = entry.file_name();
         if name.to_str().is_some_and(is_sled_file) {
             let to = target.join(&name);
-            fs::rename(entry.path(), &to).map_err(|e| io("cannot move", &entry.path(), &e))?;
+            fs::rename(entry.path(), &to).map_err(|e| io("cannot move", &entry.path(), e))?;
         }
     }
     let note = target.join(RETIRED_NOTE);
@@ -187,7 +191,7 @@ fn retire(dir: &Path) -> StoreResult<PathBuf> {
          the school is satisfied that nothing is missing, then remove this directory.\n",
     )
     .and_then(|()| fs::File::open(&note)?.sync_all())
-    .map_err(|e| io("cannot write", &note, &e))?;
+    .map_err(|e| io("cannot write", &note, e))?;
     sync_dir(&target)?;
     sync_dir(dir)?;
     Ok(target)
@@ -280,9 +284,9 @@ impl<'t> EventTables<'t> {
 fn convert(sled: &SledEngine, partial: &Path) -> StoreResult<MigrationReport> {
     let mut builder = Database::builder();
     builder.set_cache_size(CACHE_BYTES);
-    let db = builder
-        .create(partial)
-        .map_err(|e| engine(format!("creating {}: {e}", partial.display())))?;
+    let db = builder.create(partial).map_err(|e| {
+        StoreError::engine(format!("creating {}", partial.display()), redb_failure(e))
+    })?;
     let target = Engine::new(db);
     target.prepare()?;
     let events = copy_events(sled, &target.db)?;
@@ -326,9 +330,9 @@ fn copy_events(sled: &SledEngine, db: &Database) -> StoreResult<Copied> {
                 more = false;
                 break;
             };
-            let (tid, key) = item.map_err(engine)?;
+            let (tid, key) = item.map_err(sled_engine)?;
             let tid = be_u64(&tid, "timeline key")?;
-            let Some(raw) = sled.events_tree().get(&key).map_err(engine)? else {
+            let Some(raw) = sled.events_tree().get(&key).map_err(sled_engine)? else {
                 // The timeline names an event that is not there: nothing to copy.
                 continue;
             };
@@ -350,7 +354,7 @@ fn copy_events(sled: &SledEngine, db: &Database) -> StoreResult<Copied> {
         {
             let mut tables = EventTables::open(&txn)?;
             for item in sled.events_tree().iter() {
-                let (key, raw) = item.map_err(engine)?;
+                let (key, raw) = item.map_err(sled_engine)?;
                 let (device, seq) = split_event_key(&key)?;
                 let known = super::runs::contains(&tables.by_device, device, seq)?;
                 if !known {
@@ -388,7 +392,7 @@ fn copy_tree(
         let mut bytes = 0;
         let mut more = false;
         for item in records.by_ref() {
-            let (k, v) = item.map_err(engine)?;
+            let (k, v) = item.map_err(sled_engine)?;
             put(&txn, &k, &v)?;
             n += 1;
             bytes += k.len() + v.len();

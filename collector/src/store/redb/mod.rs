@@ -102,8 +102,29 @@ pub(super) fn idx_id(key: &[u8]) -> StoreResult<u64> {
         .ok_or_else(|| StoreError::Corrupt("index key".into()))
 }
 
-pub(super) fn engine(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Engine(e.to_string())
+/// A redb failure as a store error. redb's error types do not expose the `std::io::Error`
+/// inside them as a `source()`, so it is taken out here, under redb's own message, for
+/// `StoreError::is_storage_full` and the chain a user sees.
+pub(super) fn engine<E: std::fmt::Display + Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::engine("", redb_failure(e))
+}
+
+pub(super) fn redb_failure<E: std::fmt::Display + Into<redb::Error>>(e: E) -> RedbFailure {
+    let message = e.to_string();
+    let io = match e.into() {
+        redb::Error::Io(io) => Some(io),
+        _ => None,
+    };
+    RedbFailure { message, io }
+}
+
+/// redb's message, with the I/O error behind it when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(super) struct RedbFailure {
+    message: String,
+    #[source]
+    io: Option<std::io::Error>,
 }
 
 pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -147,10 +168,10 @@ impl Engine {
     /// before being reported as another process's.
     pub fn open(dir: &Path) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Engine(format!(
-                "cannot create the store directory {}: {e}",
-                dir.display()
-            ))
+            StoreError::engine(
+                format!("cannot create the store directory {}", dir.display()),
+                e,
+            )
         })?;
         // A school upgrading from the sled store: converted once, here, before the file opens.
         migrate::from_sled_if_present(dir)?;
@@ -181,13 +202,18 @@ impl Engine {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(DatabaseError::DatabaseAlreadyOpen) => {
-                    return Err(StoreError::Engine(format!(
+                    return Err(StoreError::engine_msg(format!(
                         "the store {} is in use by another process \
                          (is `caretaker-collector serve` running?)",
                         file.display()
                     )));
                 }
-                Err(e) => return Err(engine(format!("opening {}: {e}", file.display()))),
+                Err(e) => {
+                    return Err(StoreError::engine(
+                        format!("opening {}", file.display()),
+                        redb_failure(e),
+                    ));
+                }
             }
         };
         let store = Self::new(db);

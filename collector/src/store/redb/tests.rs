@@ -176,3 +176,48 @@ fn what_a_crash_leaves_opens_with_every_committed_group() {
     assert_eq!(c.next_timeline_id().unwrap(), 100);
     assert_eq!(c.append(&[batch("a", 95..=105)]).unwrap(), 5);
 }
+
+/// A write that fails for want of space keeps the `io::Error` behind redb's error reachable,
+/// so a caller can tell a full disk from a corrupt record, and the message reads as before.
+#[test]
+fn a_full_disk_keeps_its_io_error_in_the_chain() {
+    use std::error::Error as _;
+
+    let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+    let err = super::engine(redb::StorageError::Io(full));
+    assert!(err.is_storage_full(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "store I/O failed: I/O error: No space left on device"
+    );
+    let redb = err.source().expect("redb's error is the source");
+    let io = redb.source().expect("the io::Error is under it");
+    let io = io.downcast_ref::<std::io::Error>().expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+
+    let corrupt = super::engine(redb::StorageError::Corrupted("bad page".into()));
+    assert!(!corrupt.is_storage_full(), "{corrupt}");
+    assert!(corrupt.source().unwrap().source().is_none());
+    assert!(!super::super::StoreError::Corrupt("event".into()).is_storage_full());
+}
+
+/// An error with a context of ours says both, and the cause stays reachable.
+#[test]
+fn an_engine_error_with_context_names_both() {
+    use std::error::Error as _;
+
+    let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+    let err = super::super::StoreError::engine("cannot sync /data/store.redb", full);
+    assert_eq!(
+        err.to_string(),
+        "store I/O failed: cannot sync /data/store.redb: No space left on device"
+    );
+    assert!(err.is_storage_full());
+    assert!(err.source().unwrap().is::<std::io::Error>());
+    let plain = super::super::StoreError::engine_msg("the store writer has stopped");
+    assert_eq!(
+        plain.to_string(),
+        "store I/O failed: the store writer has stopped"
+    );
+    assert!(plain.source().is_none() && !plain.is_storage_full());
+}
