@@ -368,7 +368,12 @@ impl State {
                     self.emit("usb.removed", user, d).await;
                 }
             }
-            ("block", _, "add") => self.block_added(&ev.devpath).await,
+            ("block", _, "add") => {
+                self.block_added(&ev.devpath).await;
+                // The desktop may have mounted it before this uevent was handled (a busy
+                // laptop): the mount-table change came first and was not yet this stick's.
+                self.poll_mounts(pol).await;
+            }
             (_, _, RESYNC) => self.resync(pol, inputs).await,
             ("block", _, "remove") => {
                 let name = ev.sys_name().to_owned();
@@ -549,8 +554,15 @@ impl State {
             return;
         };
         let (entries, _) = parse::parse_mountinfo(&text);
+        // Only mounts of known USB blocks are remembered: one whose block is not known yet is
+        // reported once it is (`handle` polls again after a block arrives).
+        let known = |m: &&MountEntry| {
+            self.blocks
+                .contains_key(m.source.rsplit('/').next().unwrap_or(""))
+        };
         let now: HashSet<(String, String)> = entries
             .iter()
+            .filter(known)
             .map(|m| (m.source.clone(), m.mount_point.clone()))
             .collect();
         for m in &entries {
