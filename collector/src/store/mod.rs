@@ -1,9 +1,9 @@
 //! The collector's durable record: devices, events, enrolment tokens and policy versions, behind a trait.
 //!
-//! `RedbStore` (one redb file in the data directory) is the embedded default; `PgStore` keeps
-//! the record in a PostgreSQL database several collectors share; `SledStore`, the embedded
-//! store until 2026-11, remains only so that `RedbStore` can convert an existing data
-//! directory at its first start. Everything above this module talks to `dyn Store`.
+//! `RedbStore` (one redb file in the data directory) is the embedded store; `PgStore` keeps
+//! the record in a PostgreSQL database several collectors share. A data directory holding the
+//! sled store of a collector from before 2026-11 is converted to redb at its first start
+//! (`redb/migrate.rs`). Everything above this module talks to `dyn Store`.
 //! Invariants: `append` returns only once the events are durable; events are kept in
 //! arrival order, and a sequence at or below its device's high-water mark is a resend, so a
 //! (device, seq) pair is stored at most once.
@@ -19,10 +19,6 @@ mod pg;
 pub mod privacy;
 mod redb;
 mod reopen;
-mod sled_accounts;
-mod sled_digests;
-mod sled_incidents;
-mod sled_store;
 pub mod space;
 
 pub use accounts::{
@@ -40,8 +36,6 @@ pub use privacy::{
     ErasureCounts, Held, Hold, HoldTarget, PrivacyStore, PurgeCounts, PurgeCutoffs, SubjectRecords,
 };
 pub use redb::RedbStore;
-/// The sled engine behind the reopening handle (`reopen.rs`).
-pub type SledStore = reopen::Reopening<sled_store::Engine>;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,13 +1,11 @@
 //! `Reopening`: a store engine behind a handle that closes it at its first failed write and reopens it from disk.
 //!
-//! Neither embedded engine can be trusted after a failed write (ENOSPC, say). sled keeps the
-//! error for the life of its `Db`: every later write fails with it, even once the disk has room
-//! again, while reads go on serving the writes that never reached the disk. redb refuses every
+//! The embedded engine cannot be trusted after a failed write (ENOSPC, say): redb refuses every
 //! later write with `PreviousIo` until the database is opened again. So at the first engine error
 //! this handle drops the engine: nothing is read from it after that (callers get
 //! `StoreError::Closed`), and `recover` opens the store again, which yields exactly what is
 //! durable. Every holder of the store shares this one handle, so all of them see the reopened
-//! engine. `SledStore` and `RedbStore` are this handle over their engines.
+//! engine. `RedbStore` is this handle over its engine.
 //!
 //! Every trait method is forwarded through `with`; a method added to a store trait must be added
 //! to the lists below too, or its default (if any) runs over the forwarded methods.
