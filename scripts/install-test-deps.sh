@@ -10,7 +10,7 @@
 #   poppler-utils                    pdftotext and pdftoppm read the monitoring report's PDF (report tests)
 #   openssh-server, openssh-client, iproute2, lintian, curl   sshd per network namespace, the .deb checked as Debian would, the API read inside a namespace (roll-out tests)
 #   postgresql                       a real PostgreSQL (15 on bookworm), run as a private cluster on a socket, never as the service (PostgreSQL store tests)
-#   rustc-web, cargo-web, rust-web-src (bookworm-security, 1.96 or later), gcc-mingw-w64-x86-64, wine64, msitools
+#   rustc-web, cargo-web, rust-web-src (bookworm-security, 1.96 or later), gcc-mingw-w64-x86-64, wine64, msitools, wixl
 #                                    Debian's Rust with its library sources and mingw build the Windows agent; Wine runs it and
 #                                    its tests; wixl and msiinfo build and read its MSI (scripts/windows.sh)
 set -euo pipefail
@@ -28,7 +28,7 @@ packages=(clamav clamav-daemon faketime dpkg-dev xvfb xdotool i3lock dbus python
           busybox-static kmod dosfstools mtools xz-utils binutils systemd
           chromium chromium-driver fonts-dejavu-core poppler-utils
           openssh-server openssh-client iproute2 lintian curl python3-aiosmtpd postgresql
-          rustc-web cargo-web rust-web-src gcc-mingw-w64-x86-64 wine64 msitools)
+          rustc-web cargo-web rust-web-src gcc-mingw-w64-x86-64 wine64 msitools wixl)
 backported=(qemu-system-x86 qemu-utils seabios)
 missing=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

@@ -4,6 +4,7 @@
 #   scripts/windows.sh build [--release]   caretaker-agent.exe in target/windows/x86_64-pc-windows-gnu/{debug,release}/
 #   scripts/windows.sh check               type-checks the agent and its tests for Windows
 #   scripts/windows.sh test [ARGS...]      the agent's unit tests, run under Wine
+#   scripts/windows.sh msi [--release]     the MSI (installer/windows/caretaker-agent.wxs) around that build's .exe
 #   scripts/windows.sh prefix              makes (once) the Wine prefix the tests use and prints its path
 #   scripts/windows.sh wine ARGS...        runs Wine (64-bit) in that prefix
 #
@@ -69,6 +70,21 @@ case "$cmd" in
         prefix
         "${cargo_win[@]}" test -Zbuild-std=std,panic_abort --target "$target" -p caretaker-agent --lib --locked "$@"
         ;;
+    msi)
+        profile=debug
+        [ "${1:-}" = "--release" ] && profile=release
+        dir="$CARGO_TARGET_DIR/$target/$profile"
+        [ -f "$dir/caretaker-agent.exe" ] || { echo "windows.sh: $dir/caretaker-agent.exe is missing: run scripts/windows.sh build ${1:-}" >&2; exit 1; }
+        version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+        msi="$dir/caretaker-agent-$version.msi"
+        # wixl reads sources relative to the working folder only.
+        (cd "$dir" && wixl -a x64 -D Version="$version" -D AgentExe=caretaker-agent.exe \
+            -o "$msi.tmp" "$root/installer/windows/caretaker-agent.wxs" 2> >(grep -v "GLib-GObject-WARNING\|^$" >&2))
+        # wixl ignores `Secure`: a managed install passes only the properties listed here.
+        msibuild "$msi.tmp" -q "UPDATE Property SET Value='BUNDLE;UNINSTALLCODE;WIX_DOWNGRADE_DETECTED;WIX_UPGRADE_DETECTED' WHERE Property='SecureCustomProperties'"
+        mv "$msi.tmp" "$msi"
+        echo "$msi"
+        ;;
     prefix)
         prefix
         echo "$WINEPREFIX"
@@ -78,7 +94,7 @@ case "$cmd" in
         exec "$wine" "$@"
         ;;
     *)
-        echo "usage: scripts/windows.sh build [--release] | check | test [ARGS] | prefix | wine ARGS" >&2
+        echo "usage: scripts/windows.sh build [--release] | check | test [ARGS] | msi [--release] | prefix | wine ARGS" >&2
         exit 2
         ;;
 esac
