@@ -3,28 +3,25 @@
 //! step must come out of the probe exactly once. Needs root (dpkg); installs and purges
 //! `caretaker-sw-probe-test`.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use caretaker_agent::event::{EventSink, NewEvent};
 use caretaker_agent::probe::software::{SoftwareProbeConfig, run};
 use caretaker_proto::policy::PolicyDocument;
 use caretaker_tests::deb::{self, Purge};
+use caretaker_tests::probe_events::ProbeEvents;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 const TEST_PKG: &str = "caretaker-sw-probe-test";
 
-/// The probe running in a task, and every event it has sent so far.
+/// The probe running in a task, and what it has sent.
 struct Probe {
-    rx: mpsc::Receiver<NewEvent>,
+    events: ProbeEvents<NewEvent>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    seen: Vec<NewEvent>,
-    /// Received but not yet matched by a `wait_for`: events may come in any order.
-    unclaimed: VecDeque<NewEvent>,
 }
 
 impl Probe {
@@ -35,41 +32,10 @@ impl Probe {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(cfg, policy, EventSink::new(tx), shutdown.clone()));
         Probe {
-            rx,
+            events: ProbeEvents::new(rx),
             shutdown,
             task,
-            seen: Vec::new(),
-            unclaimed: VecDeque::new(),
         }
-    }
-
-    /// Waits (bounded, so a broken probe fails rather than hangs) for the first event
-    /// satisfying `pred`, keeping every event received on the way in `seen`.
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&NewEvent) -> bool) -> NewEvent {
-        if let Some(i) = self.unclaimed.iter().position(&pred) {
-            return self.unclaimed.remove(i).expect("position is in range");
-        }
-        let deadline = Duration::from_secs(60);
-        let found = tokio::time::timeout(deadline, async {
-            loop {
-                let ev = self.rx.recv().await.expect("probe stopped");
-                self.seen.push(ev.clone());
-                if pred(&ev) {
-                    return ev;
-                }
-                self.unclaimed.push_back(ev);
-            }
-        })
-        .await;
-        found.unwrap_or_else(|_| {
-            panic!(
-                "no {what} within {deadline:?}; saw: {:#?}",
-                self.seen
-                    .iter()
-                    .map(|e| (&e.kind, &e.details))
-                    .collect::<Vec<_>>()
-            )
-        })
     }
 
     async fn stop(self) {
@@ -114,6 +80,7 @@ async fn real_dpkg_install_upgrade_and_removal_are_seen() {
         ..Default::default()
     });
     let inv = probe
+        .events
         .wait_for("inventory", |e| e.kind == "software.inventory")
         .await;
     let total = inv.details["total"].as_u64().unwrap();
@@ -126,6 +93,7 @@ async fn real_dpkg_install_upgrade_and_removal_are_seen() {
     assert_ok(&deb::dpkg(&["-i", deb1.to_str().unwrap()]));
     let dpkg_done = Instant::now();
     let ev = probe
+        .events
         .wait_for("installed", |e| names(e, "software.installed"))
         .await;
     let seen = Instant::now();
@@ -141,6 +109,7 @@ async fn real_dpkg_install_upgrade_and_removal_are_seen() {
 
     assert_ok(&deb::dpkg(&["-i", deb2.to_str().unwrap()]));
     let up = probe
+        .events
         .wait_for("upgraded", |e| names(e, "software.upgraded"))
         .await;
     assert_eq!(
@@ -154,6 +123,7 @@ async fn real_dpkg_install_upgrade_and_removal_are_seen() {
     assert_ok(&deb::dpkg(&["-r", TEST_PKG]));
     let dpkg_done = Instant::now();
     let rm = probe
+        .events
         .wait_for("removed", |e| names(e, "software.removed"))
         .await;
     assert_eq!(rm.details["version"], json!("1.1"));
@@ -163,6 +133,7 @@ async fn real_dpkg_install_upgrade_and_removal_are_seen() {
     );
     // Nothing about the test package was reported twice.
     let ours: Vec<&str> = probe
+        .events
         .seen
         .iter()
         .filter(|e| e.details.get("name").and_then(Value::as_str) == Some(TEST_PKG))

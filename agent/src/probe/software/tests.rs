@@ -7,7 +7,6 @@ use serde_json::{Value, json};
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
-use tokio::sync::mpsc::Receiver;
 
 fn item(name: &str, version: &str) -> SoftwareItem {
     SoftwareItem {
@@ -161,13 +160,15 @@ async fn debounce_waits_for_quiet_but_not_for_ever() {
 
 const PUPIL_UID: u32 = 54321;
 
+/// The tests crate's helper for a probe's events (one copy, included by path: that crate
+/// depends on this one, so this one cannot depend on it).
+#[path = "../../../../tests/src/probe_events.rs"]
+mod probe_events;
+
 struct Harness {
-    rx: Receiver<NewEvent>,
+    events: probe_events::ProbeEvents<NewEvent>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    seen: Vec<NewEvent>,
-    /// Received but not yet matched by a `wait_for`: events may come in any order.
-    unclaimed: std::collections::VecDeque<NewEvent>,
 }
 
 impl Harness {
@@ -181,42 +182,14 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(cfg, prx, EventSink::new(tx), shutdown.clone()));
         Harness {
-            rx,
+            events: probe_events::ProbeEvents::new(rx),
             shutdown,
             task,
-            seen: Vec::new(),
-            unclaimed: Default::default(),
         }
     }
 
-    /// Waits (bounded, so a broken probe fails rather than hangs) for the first event
-    /// satisfying `pred`, keeping every event received on the way in `seen`.
     async fn wait_for(&mut self, what: &str, pred: impl Fn(&NewEvent) -> bool) -> NewEvent {
-        let deadline = std::time::Duration::from_secs(60);
-        if let Some(i) = self.unclaimed.iter().position(&pred) {
-            return self.unclaimed.remove(i).expect("position is in range");
-        }
-        let found = tokio::time::timeout(deadline, async {
-            loop {
-                let ev = self.rx.recv().await.expect("probe stopped");
-                self.seen.push(ev.clone());
-                if pred(&ev) {
-                    return ev;
-                }
-                self.unclaimed.push_back(ev);
-            }
-        })
-        .await;
-        match found {
-            Ok(ev) => ev,
-            Err(_) => panic!(
-                "no {what} within {deadline:?}; saw: {:#?}",
-                self.seen
-                    .iter()
-                    .map(|e| (&e.kind, &e.details))
-                    .collect::<Vec<_>>()
-            ),
-        }
+        self.events.wait_for(what, pred).await
     }
 
     async fn stop(self) {
@@ -509,6 +482,7 @@ async fn user_area_flatpak_appimage_and_executables_are_seen() {
     })
     .await;
     let exec_paths: Vec<&str> = h
+        .events
         .seen
         .iter()
         .filter(|e| e.kind == "executable.in_user_area")
@@ -545,7 +519,12 @@ async fn policy_can_turn_off_executable_reports() {
         is(e, "software.installed", "source", "appimage")
     })
     .await;
-    assert!(h.seen.iter().all(|e| e.kind != "executable.in_user_area"));
+    assert!(
+        h.events
+            .seen
+            .iter()
+            .all(|e| e.kind != "executable.in_user_area")
+    );
     h.stop().await;
 }
 
