@@ -137,7 +137,7 @@ impl Classifier {
         policy: &SoftwarePolicy,
         catalogue: &'static Catalogue,
     ) -> Result<Classifier, String> {
-        policy.validate()?;
+        policy.validate().map_err(|e| e.to_string())?;
         Ok(Classifier {
             approved: compile(&policy.approved)?,
             denied: compile(&policy.denied)?,
