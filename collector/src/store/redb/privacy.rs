@@ -127,33 +127,54 @@ pub(super) fn incident_in<T: ReadableTable<u64, &'static [u8]>>(
         .transpose()
 }
 
-/// Looks at `table`'s entries from `from` on, pushing the keys `expired` picks into `out`
-/// until it holds `want` or `budget` entries were looked at. Returns where to go on next time
-/// (`None`: the table's end was reached).
-fn scan<T, R>(
-    table: &T,
-    from: u64,
+/// One read transaction's look for expired records: how many more it may find, and how
+/// many more entries it may read.
+struct Look<'t> {
+    txn: &'t ReadTransaction,
     want: usize,
-    budget: &mut usize,
-    out: &mut Vec<u64>,
-    what: &str,
-    mut expired: impl FnMut(&R) -> bool,
-) -> StoreResult<Option<u64>>
-where
-    T: ReadableTable<u64, &'static [u8]>,
-    R: serde::de::DeserializeOwned,
-{
-    for r in table.range(from..).map_err(engine)? {
-        let (k, v) = r.map_err(engine)?;
-        if out.len() >= want || *budget == 0 {
-            return Ok(Some(k.value()));
+    budget: usize,
+}
+
+impl Look<'_> {
+    /// Moves one kind's `cursor` on: pushes the keys `expired` picks from `table`'s entries
+    /// into `out` until the look wants no more or has read its budget, and leaves `cursor` at
+    /// where to go on next time (`None`: the table's end was reached). A cursor already at the
+    /// end, or a look that is full, is left as it is; a kind with no cutoff (`enabled` false)
+    /// has nothing to find, so its pass is complete at once.
+    fn scan<R: serde::de::DeserializeOwned>(
+        &mut self,
+        table: TableDefinition<u64, &'static [u8]>,
+        cursor: &mut Option<u64>,
+        out: &mut Vec<u64>,
+        what: &str,
+        enabled: bool,
+        mut expired: impl FnMut(&R) -> bool,
+    ) -> StoreResult<()> {
+        let Some(from) = *cursor else { return Ok(()) };
+        if self.want == 0 {
+            return Ok(());
         }
-        *budget -= 1;
-        if expired(&decode::<R>(what, v.value())?) {
-            out.push(k.value());
+        if !enabled {
+            *cursor = None;
+            return Ok(());
         }
+        let before = out.len();
+        *cursor = None;
+        let table = self.txn.open_table(table).map_err(engine)?;
+        for r in table.range(from..).map_err(engine)? {
+            let (k, v) = r.map_err(engine)?;
+            if out.len() - before >= self.want || self.budget == 0 {
+                *cursor = Some(k.value());
+                break;
+            }
+            self.budget -= 1;
+            if expired(&decode::<R>(what, v.value())?) {
+                out.push(k.value());
+            }
+        }
+        self.want -= out.len() - before;
+        Ok(())
     }
-    Ok(None)
 }
 
 /// Raises a table's id floor to `last` (its highest id before a purge removed from it).
@@ -184,77 +205,43 @@ impl Engine {
         let held = held_in_read(&txn)?;
         let mut found = Found::default();
         let mut next = cur;
-        let mut budget = SCAN;
-        if let Some(from) = cur.events {
-            let none = cutoffs.technical.is_none() && cutoffs.safeguarding.is_none();
-            next.events = if none {
-                None
-            } else {
-                let t = txn.open_table(EVENTS).map_err(engine)?;
-                scan(
-                    &t,
-                    from,
-                    limit,
-                    &mut budget,
-                    &mut found.events,
-                    "event",
-                    |e| cutoffs.event_expired(e) && !held.keeps_event(e),
-                )?
-            };
-        }
-        if let Some(from) = cur.incidents
-            && found.len() < limit
-        {
-            let t = txn.open_table(INCIDENTS).map_err(engine)?;
-            let want = limit - found.len();
-            next.incidents = scan(
-                &t,
-                from,
-                want,
-                &mut budget,
-                &mut found.incidents,
-                "incident",
-                |i: &Incident| cutoffs.incident_expired(i) && !held.keeps_incident(i),
-            )?;
-        }
-        if let Some(from) = cur.audit
-            && found.len() < limit
-        {
-            next.audit = if cutoffs.audit.is_none() {
-                None
-            } else {
-                let t = txn.open_table(AUDIT).map_err(engine)?;
-                let want = limit - found.len();
-                scan(
-                    &t,
-                    from,
-                    want,
-                    &mut budget,
-                    &mut found.audit,
-                    "audit entry",
-                    |a: &AuditEntry| cutoffs.audit_expired(a) && !held.keeps_audit(a),
-                )?
-            };
-        }
-        if let Some(from) = cur.digests
-            && found.len() < limit
-        {
-            next.digests = if cutoffs.digests.is_none() {
-                None
-            } else {
-                let t = txn.open_table(DIGESTS).map_err(engine)?;
-                let want = limit - found.len();
-                scan(
-                    &t,
-                    from,
-                    want,
-                    &mut budget,
-                    &mut found.digests,
-                    "digest",
-                    |d: &DigestRecord| cutoffs.digest_expired(d),
-                )?
-            };
-        }
+        let mut look = Look {
+            txn: &txn,
+            want: limit,
+            budget: SCAN,
+        };
+        look.scan(
+            EVENTS,
+            &mut next.events,
+            &mut found.events,
+            "event",
+            cutoffs.technical.is_some() || cutoffs.safeguarding.is_some(),
+            |e| cutoffs.event_expired(e) && !held.keeps_event(e),
+        )?;
+        look.scan(
+            INCIDENTS,
+            &mut next.incidents,
+            &mut found.incidents,
+            "incident",
+            true,
+            |i: &Incident| cutoffs.incident_expired(i) && !held.keeps_incident(i),
+        )?;
+        look.scan(
+            AUDIT,
+            &mut next.audit,
+            &mut found.audit,
+            "audit entry",
+            cutoffs.audit.is_some(),
+            |a: &AuditEntry| cutoffs.audit_expired(a) && !held.keeps_audit(a),
+        )?;
+        look.scan(
+            DIGESTS,
+            &mut next.digests,
+            &mut found.digests,
+            "digest",
+            cutoffs.digests.is_some(),
+            |d: &DigestRecord| cutoffs.digest_expired(d),
+        )?;
         Ok((found, next))
     }
 
