@@ -142,7 +142,7 @@ pub(super) fn erase_subject(
     erase_incidents(&txn, &held, user, pseudonym, &mut counts)?;
     erase_entries(&txn, &held, user, pseudonym, &mut counts)?;
     let mut dropped = 0u64;
-    rewrite_each(&txn, AUDIT, "audit entry", |a: &mut AuditEntry| {
+    rewrite_each(&txn, AUDIT, "audit entry", any, |_, a: &mut AuditEntry| {
         if !audit_names(a, user) {
             return Ok(false);
         }
@@ -158,7 +158,7 @@ pub(super) fn erase_subject(
         counts.audit_entries += 1;
         Ok(true)
     })?;
-    rewrite_each(&txn, DIGESTS, "digest", |d: &mut DigestRecord| {
+    rewrite_each(&txn, DIGESTS, "digest", any, |_, d: &mut DigestRecord| {
         let names = digest_names(d, user);
         if !names && !carries_dsl_report(d) {
             return Ok(false);
@@ -196,27 +196,88 @@ pub(super) fn erase_subject(
     Ok(counts)
 }
 
-/// Decodes each record of an id-keyed table, lets `f` change it, and writes back the changed
-/// ones (after the walk: a table is not written while it is read).
-fn rewrite_each<R: serde::de::DeserializeOwned + serde::Serialize>(
+/// A table key kept past the read that produced it (changes are written after the walk).
+trait OwnedKey: Key + 'static {
+    type Owned;
+    fn own(k: Self::SelfType<'_>) -> Self::Owned;
+    fn key(o: &Self::Owned) -> Self::SelfType<'_>;
+}
+
+impl OwnedKey for u64 {
+    type Owned = u64;
+    fn own(k: u64) -> u64 {
+        k
+    }
+    fn key(o: &u64) -> u64 {
+        *o
+    }
+}
+
+impl OwnedKey for (u64, u32) {
+    type Owned = (u64, u32);
+    fn own(k: (u64, u32)) -> (u64, u32) {
+        k
+    }
+    fn key(o: &(u64, u32)) -> (u64, u32) {
+        *o
+    }
+}
+
+impl OwnedKey for &'static str {
+    type Owned = String;
+    fn own(k: &str) -> String {
+        k.to_string()
+    }
+    fn key(o: &String) -> &str {
+        o
+    }
+}
+
+/// Walks `def`, handing `f` each record's key and bytes; `f` returns the record's new bytes,
+/// or `None` to leave it. The changes are written back after the walk (a table is not written
+/// while it is read). Returns how many records changed.
+fn rewrite_table<K: OwnedKey>(
     txn: &WriteTransaction,
-    def: TableDefinition<u64, &[u8]>,
-    what: &str,
-    mut f: impl FnMut(&mut R) -> StoreResult<bool>,
-) -> StoreResult<()> {
+    def: TableDefinition<K, &[u8]>,
+    mut f: impl FnMut(&K::Owned, &[u8]) -> StoreResult<Option<Vec<u8>>>,
+) -> StoreResult<u64> {
     let mut table = txn.open_table(def).map_err(engine)?;
     let mut changed = Vec::new();
     for r in table.iter().map_err(engine)? {
         let (k, v) = r.map_err(engine)?;
-        let mut rec: R = decode(what, v.value())?;
-        if f(&mut rec)? {
-            changed.push((k.value(), encode(&rec)));
+        let key = K::own(k.value());
+        if let Some(new) = f(&key, v.value())? {
+            changed.push((key, new));
         }
     }
-    for (k, v) in changed {
-        table.insert(k, v.as_slice()).map_err(engine)?;
+    for (k, v) in &changed {
+        table.insert(K::key(k), v.as_slice()).map_err(engine)?;
     }
-    Ok(())
+    Ok(changed.len() as u64)
+}
+
+/// `rewrite_table` over decoded records: each record whose key and bytes pass `prefilter`
+/// (cheap, before decoding) is decoded and handed to `f` with its key, which changes it and
+/// says whether it did. Returns how many records changed.
+fn rewrite_each<K: OwnedKey, R: serde::de::DeserializeOwned + serde::Serialize>(
+    txn: &WriteTransaction,
+    def: TableDefinition<K, &[u8]>,
+    what: &str,
+    prefilter: impl Fn(&K::Owned, &[u8]) -> bool,
+    mut f: impl FnMut(&K::Owned, &mut R) -> StoreResult<bool>,
+) -> StoreResult<u64> {
+    rewrite_table(txn, def, |key, raw| {
+        if !prefilter(key, raw) {
+            return Ok(None);
+        }
+        let mut rec: R = decode(what, raw)?;
+        Ok(f(key, &mut rec)?.then(|| encode(&rec)))
+    })
+}
+
+/// Every record, decoded (for `rewrite_each`'s `prefilter`).
+fn any<K>(_: &K, _: &[u8]) -> bool {
+    true
 }
 
 fn erase_events(
@@ -226,36 +287,34 @@ fn erase_events(
     pseudonym: &str,
     counts: &mut ErasureCounts,
 ) -> StoreResult<()> {
-    let mut events = txn.open_table(EVENTS).map_err(engine)?;
-    let mut changed: Vec<(u64, bool, StoredEvent)> = Vec::new();
-    for r in events.iter().map_err(engine)? {
-        let (k, v) = r.map_err(engine)?;
-        if !may_name(v.value(), user) {
-            continue;
-        }
-        let mut e: StoredEvent = decode("event", v.value())?;
-        if !event_names(&e, user) {
-            continue;
-        }
-        if held.keeps_event(&e) {
-            counts.kept_events += 1;
-            continue;
-        }
-        let was_user = e.user.as_deref() == Some(user);
-        rename_in_event(&mut e, user, pseudonym);
-        changed.push((k.value(), was_user, e));
-    }
+    let mut was_user = Vec::new();
+    counts.events += rewrite_each(
+        txn,
+        EVENTS,
+        "event",
+        |_, raw| may_name(raw, user),
+        |&id, e: &mut StoredEvent| {
+            if !event_names(e, user) {
+                return Ok(false);
+            }
+            if held.keeps_event(e) {
+                counts.kept_events += 1;
+                return Ok(false);
+            }
+            if e.user.as_deref() == Some(user) {
+                was_user.push(id);
+            }
+            rename_in_event(e, user, pseudonym);
+            Ok(true)
+        },
+    )?;
     let mut idx = txn.open_table(IDX).map_err(engine)?;
-    for (id, was_user, e) in &changed {
-        events.insert(*id, encode(e).as_slice()).map_err(engine)?;
-        if *was_user {
-            idx.remove(idx_key(IDX_USER, user, *id).as_slice())
-                .map_err(engine)?;
-            idx.insert(idx_key(IDX_USER, pseudonym, *id).as_slice(), ())
-                .map_err(engine)?;
-        }
+    for id in was_user {
+        idx.remove(idx_key(IDX_USER, user, id).as_slice())
+            .map_err(engine)?;
+        idx.insert(idx_key(IDX_USER, pseudonym, id).as_slice(), ())
+            .map_err(engine)?;
     }
-    counts.events += changed.len() as u64;
     Ok(())
 }
 
@@ -267,7 +326,7 @@ fn erase_incidents(
     counts: &mut ErasureCounts,
 ) -> StoreResult<()> {
     let mut moved_groups: Vec<(String, String, u64)> = Vec::new();
-    rewrite_each(txn, INCIDENTS, "incident", |i: &mut Incident| {
+    rewrite_each(txn, INCIDENTS, "incident", any, |_, i: &mut Incident| {
         if !incident_names(i, user) {
             return Ok(false);
         }
@@ -310,34 +369,29 @@ fn erase_entries(
     counts: &mut ErasureCounts,
 ) -> StoreResult<()> {
     let incidents = txn.open_table(INCIDENTS).map_err(engine)?;
-    let mut log = txn.open_table(INCIDENT_LOG).map_err(engine)?;
-    let mut changed = Vec::new();
-    for r in log.iter().map_err(engine)? {
-        let (k, v) = r.map_err(engine)?;
-        if !may_name(v.value(), user) {
-            continue;
-        }
-        let mut e: IncidentEntry = decode("incident entry", v.value())?;
-        if !entry_names(&e, user) {
-            continue;
-        }
-        // An entry belongs to its incident's record: kept with it under a hold.
-        let inc = super::privacy::incident_in(&incidents, e.incident)?;
-        if inc.is_some_and(|i| held.keeps_incident(&i)) {
-            continue;
-        }
-        if let Some(b) = renamed(&e.by, user, pseudonym) {
-            e.by = b;
-        }
-        if let Some(t) = rename_in_text(&e.text, user, pseudonym) {
-            e.text = t;
-        }
-        changed.push((k.value(), encode(&e)));
-    }
-    for (k, v) in &changed {
-        log.insert(*k, v.as_slice()).map_err(engine)?;
-    }
-    counts.incident_entries += changed.len() as u64;
+    counts.incident_entries += rewrite_each(
+        txn,
+        INCIDENT_LOG,
+        "incident entry",
+        |_, raw| may_name(raw, user),
+        |_, e: &mut IncidentEntry| {
+            if !entry_names(e, user) {
+                return Ok(false);
+            }
+            // An entry belongs to its incident's record: kept with it under a hold.
+            let inc = super::privacy::incident_in(&incidents, e.incident)?;
+            if inc.is_some_and(|i| held.keeps_incident(&i)) {
+                return Ok(false);
+            }
+            if let Some(b) = renamed(&e.by, user, pseudonym) {
+                e.by = b;
+            }
+            if let Some(t) = rename_in_text(&e.text, user, pseudonym) {
+                e.text = t;
+            }
+            Ok(true)
+        },
+    )?;
     Ok(())
 }
 
@@ -349,45 +403,33 @@ fn erase_device_state(
     pseudonym: &str,
     counts: &mut ErasureCounts,
 ) -> StoreResult<()> {
-    let mut devices = txn.open_table(DEVICES).map_err(engine)?;
-    let mut changed = Vec::new();
-    for r in devices.iter().map_err(engine)? {
-        let (k, v) = r.map_err(engine)?;
-        if held.devices.contains(k.value()) || !may_name(v.value(), user) {
-            continue;
+    let unheld_naming =
+        |device: &str, raw: &[u8]| !held.devices.contains(device) && may_name(raw, user);
+    counts.devices += rewrite_each(
+        txn,
+        DEVICES,
+        "device",
+        |id: &String, raw| unheld_naming(id, raw),
+        |_, d: &mut Device| {
+            let mut state = Value::Object(std::mem::take(&mut d.state));
+            let did = rename_in_value(&mut state, user, pseudonym);
+            if let Value::Object(m) = state {
+                d.state = m;
+            }
+            Ok(did)
+        },
+    )?;
+    rewrite_table(txn, DERIVED, |key: &String, raw| {
+        let device = key.split_once('/').map_or("", |(_, d)| d);
+        if !unheld_naming(device, raw) {
+            return Ok(None);
         }
-        let mut d: Device = decode("device", v.value())?;
-        let mut state = Value::Object(std::mem::take(&mut d.state));
-        let did = rename_in_value(&mut state, user, pseudonym);
-        if let Value::Object(m) = state {
-            d.state = m;
-        }
-        if did {
-            changed.push((k.value().to_string(), encode(&d)));
-        }
-    }
-    for (k, v) in &changed {
-        devices.insert(k.as_str(), v.as_slice()).map_err(engine)?;
-    }
-    counts.devices += changed.len() as u64;
-    let mut derived = txn.open_table(DERIVED).map_err(engine)?;
-    let mut changed = Vec::new();
-    for r in derived.iter().map_err(engine)? {
-        let (k, v) = r.map_err(engine)?;
-        let device = k.value().split_once('/').map_or("", |(_, d)| d);
-        if held.devices.contains(device) || !may_name(v.value(), user) {
-            continue;
-        }
-        let Ok(mut record) = serde_json::from_slice::<Value>(v.value()) else {
-            continue;
+        // A damaged record is left for its reader, which rebuilds it from the events.
+        let Ok(mut record) = serde_json::from_slice::<Value>(raw) else {
+            return Ok(None);
         };
-        if rename_in_value(&mut record, user, pseudonym) {
-            changed.push((k.value().to_string(), encode(&record)));
-        }
-    }
-    for (k, v) in &changed {
-        derived.insert(k.as_str(), v.as_slice()).map_err(engine)?;
-    }
+        Ok(rename_in_value(&mut record, user, pseudonym).then(|| encode(&record)))
+    })?;
     Ok(())
 }
 
