@@ -48,19 +48,27 @@ async fn lock_and_read_holds(tx: &Transaction<'_>) -> StoreResult<Held> {
         .collect();
     let mut incidents = HashMap::new();
     if !ids.is_empty() {
-        for r in tx
-            .query(
-                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ANY($1)"),
-                &[&ids],
-            )
-            .await
-            .map_err(pg)?
-        {
-            let i = incident_from_row(&r)?;
+        for i in incidents_by_id(tx, &ids).await? {
             incidents.insert(i.id, i);
         }
     }
     Held::new(&holds, |id| Ok(incidents.remove(&id)))
+}
+
+/// The incidents with these ids (those that exist), in no particular order.
+async fn incidents_by_id(
+    c: &impl deadpool_postgres::GenericClient,
+    ids: &[i64],
+) -> StoreResult<Vec<Incident>> {
+    c.query(
+        &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ANY($1)"),
+        &[&ids],
+    )
+    .await
+    .map_err(pg)?
+    .iter()
+    .map(incident_from_row)
+    .collect()
 }
 
 async fn read_holds(c: &impl deadpool_postgres::GenericClient) -> StoreResult<Vec<Hold>> {
