@@ -84,6 +84,13 @@ impl<E: Backend> Reopening<E> {
         if let Err(e) = &result
             && let Some(why) = e.engine_reason()
         {
+            // Said plainly where it is so (the refusals, /healthz and the API show it): the
+            // operator's remedy, room on the disk, is not a damaged store's.
+            let why = if e.is_storage_full() {
+                format!("the collector's disk is full: {why}")
+            } else {
+                why
+            };
             self.close(&engine, &why);
         }
         result
@@ -221,5 +228,35 @@ impl<E: Backend> PrivacyStore for Reopening<E> {
                 Err(err)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::RedbStore;
+    use super::*;
+
+    /// A write that failed for want of space closes the store saying the disk is full, with
+    /// the engine's own message; any other engine failure closes it with that message alone.
+    #[test]
+    fn a_full_disk_closes_the_store_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let failed = store.with(|_| Err::<(), _>(StoreError::engine("cannot write", full)));
+        assert!(failed.unwrap_err().is_storage_full());
+        assert_eq!(
+            store.closed_because().as_deref(),
+            Some("the collector's disk is full: cannot write: No space left on device")
+        );
+        assert!(matches!(store.devices(), Err(StoreError::Closed(_))));
+
+        assert!(store.recover().unwrap());
+        let other = std::io::Error::other("bad page");
+        let _ = store.with(|_| Err::<(), _>(StoreError::engine("cannot read", other)));
+        assert_eq!(
+            store.closed_because().as_deref(),
+            Some("cannot read: bad page")
+        );
     }
 }
