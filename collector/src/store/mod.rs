@@ -213,6 +213,27 @@ pub struct Device {
     pub state: Map<String, Value>,
 }
 
+impl Device {
+    /// What a batch tells about its device besides its events, once they are counted in: when
+    /// it was last seen, its host facts, and its state facets. The facets come from the
+    /// batch's events, so only a batch that stored something new (`stored_new`) may set them:
+    /// from a batch that was all resends (its ack lost) they are older than what is stored,
+    /// and a stream sends in sequence order, so a batch with new events has the newest.
+    pub(crate) fn seen_in(&mut self, batch: &DeviceBatch, stored_new: bool) {
+        self.last_seen = Some(batch.seen_at);
+        if let Some(f) = &batch.facts {
+            self.hostname.clone_from(&f.hostname);
+            self.os.clone_from(&f.os);
+            self.agent_version.clone_from(&f.agent_version);
+        }
+        if stored_new {
+            for (k, v) in &batch.state {
+                self.state.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
 /// An event as stored and served by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
