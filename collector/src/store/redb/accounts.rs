@@ -90,6 +90,24 @@ fn remove_sessions(
     })
 }
 
+/// Writes an account that must (`existing`) or must not already be there; `Conflict` if not.
+fn put_user(s: &Engine, user: &UserRecord, existing: bool) -> StoreResult<()> {
+    write(s, Commit::Durable, |txn| {
+        let mut t = txn.open_table(USERS).map_err(engine)?;
+        let there = t.get(user.username.as_str()).map_err(engine)?.is_some();
+        if there != existing {
+            let which = if there { "already an" } else { "no" };
+            return Err(StoreError::Conflict(format!(
+                "there is {which} account called {:?}",
+                user.username
+            )));
+        }
+        t.insert(user.username.as_str(), encode(user).as_slice())
+            .map_err(engine)?;
+        Ok(())
+    })
+}
+
 impl AccountStore for Engine {
     fn current_settings(&self) -> StoreResult<Option<SettingsVersion>> {
         let txn = self.db.begin_read().map_err(engine)?;
@@ -126,44 +144,15 @@ impl AccountStore for Engine {
 
     fn users(&self) -> StoreResult<Vec<UserRecord>> {
         let txn = self.db.begin_read().map_err(engine)?;
-        let t = txn.open_table(USERS).map_err(engine)?;
-        t.iter()
-            .map_err(engine)?
-            .map(|r| {
-                r.map_err(engine)
-                    .and_then(|(_, v)| decode("user", v.value()))
-            })
-            .collect()
+        super::all(&txn.open_table(USERS).map_err(engine)?, "user")
     }
 
     fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
-        write(self, Commit::Durable, |txn| {
-            let mut t = txn.open_table(USERS).map_err(engine)?;
-            if t.get(user.username.as_str()).map_err(engine)?.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "there is already an account called {:?}",
-                    user.username
-                )));
-            }
-            t.insert(user.username.as_str(), encode(user).as_slice())
-                .map_err(engine)?;
-            Ok(())
-        })
+        put_user(self, user, false)
     }
 
     fn update_user(&self, user: &UserRecord) -> StoreResult<()> {
-        write(self, Commit::Durable, |txn| {
-            let mut t = txn.open_table(USERS).map_err(engine)?;
-            if t.get(user.username.as_str()).map_err(engine)?.is_none() {
-                return Err(StoreError::Conflict(format!(
-                    "there is no account called {:?}",
-                    user.username
-                )));
-            }
-            t.insert(user.username.as_str(), encode(user).as_slice())
-                .map_err(engine)?;
-            Ok(())
-        })
+        put_user(self, user, true)
     }
 
     fn insert_session(&self, hash: &str, session: &SessionRecord) -> StoreResult<()> {
@@ -217,15 +206,8 @@ impl AccountStore for Engine {
 
     fn enrolment_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
         let txn = self.db.begin_read().map_err(engine)?;
-        let t = txn.open_table(super::TOKENS).map_err(engine)?;
-        let mut all: Vec<TokenRecord> = t
-            .iter()
-            .map_err(engine)?
-            .map(|r| {
-                r.map_err(engine)
-                    .and_then(|(_, v)| decode("token", v.value()))
-            })
-            .collect::<StoreResult<_>>()?;
+        let mut all: Vec<TokenRecord> =
+            super::all(&txn.open_table(super::TOKENS).map_err(engine)?, "token")?;
         all.sort_by_key(|t| std::cmp::Reverse(t.created_at));
         Ok(all)
     }

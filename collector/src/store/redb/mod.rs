@@ -135,6 +135,21 @@ pub(super) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResu
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
+/// Every record of `table`, decoded, in key order.
+pub(super) fn all<K: redb::Key + 'static, R: DeserializeOwned>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    what: &str,
+) -> StoreResult<Vec<R>> {
+    table
+        .iter()
+        .map_err(engine)?
+        .map(|r| {
+            let (_, v) = r.map_err(engine)?;
+            decode(what, v.value())
+        })
+        .collect()
+}
+
 /// The redb engine: one database file.
 pub struct Engine {
     pub(super) db: Database,

@@ -93,14 +93,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
 pub(super) fn holds_in<T: ReadableTable<&'static str, &'static [u8]>>(
     table: &T,
 ) -> StoreResult<Vec<Hold>> {
-    table
-        .iter()
-        .map_err(engine)?
-        .map(|r| {
-            let (_, v) = r.map_err(engine)?;
-            decode("hold", v.value())
-        })
-        .collect()
+    super::all(table, "hold")
 }
 
 /// What the holds in force keep, read in a write transaction.
