@@ -149,17 +149,11 @@ impl Store for PgStore {
     }
 
     fn device(&self, id: &str) -> StoreResult<Option<Device>> {
-        let id = id.to_string();
-        self.run(move |c| async move {
-            c.query_opt(
-                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"),
-                &[&id],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| device_from_row(&r))
-            .transpose()
-        })
+        self.one(
+            format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"),
+            vec![Box::new(id.to_string())],
+            device_from_row,
+        )
     }
 
     fn devices(&self) -> StoreResult<Vec<Device>> {
