@@ -178,51 +178,53 @@ struct Erasure<'a, 't> {
 }
 
 impl Erasure<'_, '_> {
-    /// Locks and reads the rows of `select` (`SELECT ... FROM table`, with a JSON `state`
-    /// column) whose state may name the person: a substring test where the name is written
-    /// in JSON as it is, else every row.
-    async fn rows_whose_state_may_name(&self, select: &str, order: &str) -> StoreResult<Vec<Row>> {
+    /// Locks and reads the rows of `select` (`SELECT ... FROM table`, whose last two columns
+    /// are a device id and a JSON `state`) whose state names the person, with the state
+    /// renamed; a held device's rows are left out. Only rows whose state may name them are
+    /// read: a substring test where the name is written in JSON as it is, else every row.
+    async fn renamed_states(&self, select: &str, order: &str) -> StoreResult<Vec<(Row, Value)>> {
         let filter = if plain_in_json(self.user) {
             "strpos(state::text, $1) > 0"
         } else {
             "true"
         };
-        self.tx
+        let rows = self
+            .tx
             .query(
                 &format!("{select} WHERE {filter} {order} FOR UPDATE"),
                 &[&self.user],
             )
             .await
-            .map_err(pg)
+            .map_err(pg)?;
+        let mut renamed = Vec::new();
+        for r in rows {
+            let n = r.len();
+            let (device, mut state): (String, Value) = (r.get(n - 2), r.get(n - 1));
+            if !self.held.devices.contains(&device)
+                && rename_in_value(&mut state, self.user, self.pseudonym)
+            {
+                renamed.push((r, state));
+            }
+        }
+        Ok(renamed)
     }
 
     /// Device state facets naming the person (a held device's are kept). `true` if any changed.
     async fn devices(&self, counts: &mut ErasureCounts) -> StoreResult<bool> {
-        let Erasure {
-            tx,
-            held,
-            user,
-            pseudonym,
-        } = *self;
-        let rows = self
-            .rows_whose_state_may_name("SELECT id, state FROM devices", "ORDER BY id")
-            .await?;
-        let (mut ids, mut states) = (Vec::new(), Vec::new());
-        for r in &rows {
-            let id: String = r.get(0);
-            let mut state: Value = r.get(1);
-            if !held.devices.contains(&id) && rename_in_value(&mut state, user, pseudonym) {
-                ids.push(id);
-                states.push(state);
-            }
-        }
+        let (ids, states): (Vec<String>, Vec<Value>) = self
+            .renamed_states("SELECT id, state FROM devices", "ORDER BY id")
+            .await?
+            .into_iter()
+            .map(|(r, state)| (r.get(0), state))
+            .unzip();
         if ids.is_empty() {
             return Ok(false);
         }
-        counts.devices += tx
+        counts.devices += self
+            .tx
             .execute(
                 "UPDATE devices d SET state = u.state \
-             FROM unnest($1::text[], $2::json[]) AS u(id, state) WHERE d.id = u.id",
+                 FROM unnest($1::text[], $2::json[]) AS u(id, state) WHERE d.id = u.id",
                 &[&ids, &states],
             )
             .await
@@ -232,30 +234,20 @@ impl Erasure<'_, '_> {
 
     /// Derived states (per device) naming the person. `true` if any changed.
     async fn derived(&self) -> StoreResult<bool> {
-        let Erasure {
-            tx,
-            held,
-            user,
-            pseudonym,
-        } = *self;
-        let rows = self
-            .rows_whose_state_may_name("SELECT name, device_id, state FROM derived", "")
+        let renamed = self
+            .renamed_states("SELECT name, device_id, state FROM derived", "")
             .await?;
-        let mut changed = false;
-        for r in &rows {
+        for (r, state) in &renamed {
             let (name, device): (String, String) = (r.get(0), r.get(1));
-            let mut state: Value = r.get(2);
-            if !held.devices.contains(&device) && rename_in_value(&mut state, user, pseudonym) {
-                tx.execute(
+            self.tx
+                .execute(
                     "UPDATE derived SET state = $3 WHERE name = $1 AND device_id = $2",
                     &[&name, &device, &state],
                 )
                 .await
                 .map_err(pg)?;
-                changed = true;
-            }
         }
-        Ok(changed)
+        Ok(!renamed.is_empty())
     }
 
     /// Incidents (user, title, subject), their groups' keys (which quote the subject) and
