@@ -30,6 +30,7 @@ pub(super) mod migrate;
 mod privacy;
 #[cfg(test)]
 mod privacy_tests;
+mod rewrite;
 mod runs;
 #[cfg(test)]
 mod tests;
@@ -190,7 +191,7 @@ impl Engine {
         })?;
         // A school upgrading from the sled store: converted once, here, before the file opens.
         migrate::from_sled_if_present(dir)?;
-        erase::discard_partial(dir)?;
+        rewrite::discard_partial(dir)?;
         let file = dir.join(FILE);
         let mut builder = Database::builder();
         builder.set_cache_size(CACHE_BYTES);
@@ -283,6 +284,6 @@ impl super::reopen::Backend for Engine {
     }
 
     fn rewrite_clean(self, path: &Path) -> StoreResult<Self> {
-        erase::rewrite(self, path)
+        rewrite::rewrite(self, path)
     }
 }
