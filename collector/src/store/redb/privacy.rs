@@ -246,55 +246,63 @@ impl Engine {
         let mut counts = PurgeCounts::default();
         remove_events(&txn, cutoffs, &held, &found.events, &mut counts)?;
         remove_incidents(&txn, cutoffs, &held, &found.incidents, &mut counts)?;
-        {
-            let mut audit = txn.open_table(AUDIT).map_err(engine)?;
-            let last = last_key(&audit)?;
-            for &id in &found.audit {
-                let Some(a) = audit
-                    .get(id)
-                    .map_err(engine)?
-                    .map(|v| decode::<AuditEntry>("audit entry", v.value()))
-                    .transpose()?
-                else {
-                    continue;
-                };
-                if cutoffs.audit_expired(&a) && !held.keeps_audit(&a) {
-                    audit.remove(id).map_err(engine)?;
-                    counts.audit_entries += 1;
-                }
-            }
-            drop(audit);
-            if counts.audit_entries > 0 {
-                raise_floor(&txn, FLOOR_AUDIT, last)?;
-            }
+        let audit =
+            remove_still_expired(&txn, AUDIT, FLOOR_AUDIT, "audit entry", &found.audit, |a| {
+                cutoffs.audit_expired(a) && !held.keeps_audit(a)
+            })?;
+        counts.audit_entries += audit.len() as u64;
+        let digests = remove_still_expired(
+            &txn,
+            DIGESTS,
+            FLOOR_DIGESTS,
+            "digest",
+            &found.digests,
+            |d| cutoffs.digest_expired(d),
+        )?;
+        let mut pending = txn.open_table(DIGEST_PENDING).map_err(engine)?;
+        for &id in &digests {
+            pending.remove(id).map_err(engine)?;
         }
-        {
-            let mut digests = txn.open_table(DIGESTS).map_err(engine)?;
-            let mut pending = txn.open_table(DIGEST_PENDING).map_err(engine)?;
-            let last = last_key(&digests)?;
-            for &id in &found.digests {
-                let Some(d) = digests
-                    .get(id)
-                    .map_err(engine)?
-                    .map(|v| decode::<DigestRecord>("digest", v.value()))
-                    .transpose()?
-                else {
-                    continue;
-                };
-                if cutoffs.digest_expired(&d) {
-                    digests.remove(id).map_err(engine)?;
-                    pending.remove(id).map_err(engine)?;
-                    counts.digests += 1;
-                }
-            }
-            drop((digests, pending));
-            if counts.digests > 0 {
-                raise_floor(&txn, FLOOR_DIGESTS, last)?;
-            }
-        }
+        drop(pending);
+        counts.digests += digests.len() as u64;
         txn.commit().map_err(engine)?;
         Ok(counts)
     }
+}
+
+/// Removes from `def` each of `ids` whose record, read again in this write transaction, is
+/// still to go by `still`, and then raises the table's id floor (`floor`) to the highest id
+/// it held. Returns the ids removed.
+fn remove_still_expired<R: serde::de::DeserializeOwned>(
+    txn: &WriteTransaction,
+    def: TableDefinition<u64, &[u8]>,
+    floor: &str,
+    what: &str,
+    ids: &[u64],
+    still: impl Fn(&R) -> bool,
+) -> StoreResult<Vec<u64>> {
+    let mut table = txn.open_table(def).map_err(engine)?;
+    let last = last_key(&table)?;
+    let mut removed = Vec::new();
+    for &id in ids {
+        let Some(record) = table
+            .get(id)
+            .map_err(engine)?
+            .map(|v| decode::<R>(what, v.value()))
+            .transpose()?
+        else {
+            continue;
+        };
+        if still(&record) {
+            table.remove(id).map_err(engine)?;
+            removed.push(id);
+        }
+    }
+    drop(table);
+    if !removed.is_empty() {
+        raise_floor(txn, floor, last)?;
+    }
+    Ok(removed)
 }
 
 /// Removes the expired, unheld events among `ids` with their index entries and their place in
