@@ -45,6 +45,17 @@ pub(super) fn page_of<T>(
     Ok((page, next))
 }
 
+/// A statement's opening that takes the next number of `counter` (a `counters` row) as
+/// `n(value)`. The rest of the statement inserts what it numbers: one statement, so one
+/// transaction, and the counter row stays locked until that commits, which keeps the numbers
+/// gapless and in commit order across collectors.
+fn next_number(counter: &str) -> String {
+    format!(
+        "WITH n AS (INSERT INTO counters (name, value) VALUES ('{counter}', 1) \
+         ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value)"
+    )
+}
+
 const USER_COLUMNS: &str = "username, role, password_hash, disabled, email, \
      must_change_password, created_at_ns, created_by, updated_at_ns";
 
@@ -124,16 +135,15 @@ impl AccountStore for PgStore {
         let at_ns = ns(at)?;
         let changed_by = changed_by.to_string();
         self.run(move |c| async move {
-            // One statement, so one transaction: the counter row stays locked until the version
-            // it numbered has committed.
             let row = c
                 .query_one(
-                    "WITH n AS (INSERT INTO counters (name, value) VALUES ('settings', 1) \
-                     ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 \
-                     RETURNING value) \
-                     INSERT INTO settings_versions (version, settings, changed_by, changed_at_ns) \
-                     SELECT value, $1, $2, $3 FROM n \
-                     RETURNING version, settings, changed_by, changed_at_ns",
+                    &format!(
+                        "{} INSERT INTO settings_versions \
+                         (version, settings, changed_by, changed_at_ns) \
+                         SELECT value, $1, $2, $3 FROM n \
+                         RETURNING version, settings, changed_by, changed_at_ns",
+                        next_number("settings")
+                    ),
                     &[&settings, &changed_by, &at_ns],
                 )
                 .await
@@ -297,16 +307,12 @@ impl AccountStore for PgStore {
         let e = entry.clone();
         let at = ns(e.at)?;
         self.run(move |c| async move {
-            // One statement, so one transaction: the counter row stays locked until the entry
-            // it numbered has committed, which keeps ids in commit order across collectors.
             let st = c
-                .prepare_cached(
-                    "WITH n AS (INSERT INTO counters (name, value) VALUES ('audit', 1) \
-                     ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 \
-                     RETURNING value) \
-                     INSERT INTO audit (id, at_ns, actor, action, target, detail, address) \
+                .prepare_cached(&format!(
+                    "{} INSERT INTO audit (id, at_ns, actor, action, target, detail, address) \
                      SELECT value, $1, $2, $3, $4, $5, $6 FROM n RETURNING id",
-                )
+                    next_number("audit")
+                ))
                 .await
                 .map_err(pg)?;
             let id: i64 = c
