@@ -244,8 +244,13 @@ impl Engine {
         let txn = self.db.begin_write().map_err(engine)?;
         let held = held_in_write(&txn)?;
         let mut counts = PurgeCounts::default();
-        remove_events(&txn, cutoffs, &held, &found.events, &mut counts)?;
-        remove_incidents(&txn, cutoffs, &held, &found.incidents, &mut counts)?;
+        let removal = Removal {
+            txn: &txn,
+            cutoffs,
+            held: &held,
+        };
+        removal.events(&found.events, &mut counts)?;
+        removal.incidents(&found.incidents, &mut counts)?;
         let audit =
             remove_still_expired(&txn, AUDIT, FLOOR_AUDIT, "audit entry", &found.audit, |a| {
                 cutoffs.audit_expired(a) && !held.keeps_audit(a)
@@ -305,109 +310,109 @@ fn remove_still_expired<R: serde::de::DeserializeOwned>(
     Ok(removed)
 }
 
-/// Removes the expired, unheld events among `ids` with their index entries and their place in
-/// the device's runs, and lowers their devices' counts (never their high-water marks).
-fn remove_events(
-    txn: &WriteTransaction,
-    cutoffs: &PurgeCutoffs,
-    held: &Held,
-    ids: &[u64],
-    counts: &mut PurgeCounts,
-) -> StoreResult<()> {
-    let mut events = txn.open_table(EVENTS).map_err(engine)?;
-    let mut idx = txn.open_table(IDX).map_err(engine)?;
-    let mut runs = txn.open_table(BY_DEVICE).map_err(engine)?;
-    let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
-    for &id in ids {
-        // Removed first and put back in the rare case it is no longer to go (a hold placed
-        // since it was found): one lookup per event instead of two.
-        let Some(raw) = events
-            .remove(id)
-            .map_err(engine)?
-            .map(|v| v.value().to_vec())
-        else {
-            continue;
-        };
-        let e: StoredEvent = decode("event", &raw)?;
-        if !cutoffs.event_expired(&e) || held.keeps_event(&e) {
-            events.insert(id, raw.as_slice()).map_err(engine)?;
-            continue;
-        }
-        for k in super::events::index_keys(&e, id) {
-            idx.remove(k.as_slice()).map_err(engine)?;
-        }
-        per_device
-            .entry(e.device_id.clone())
-            .or_default()
-            .push(e.seq);
-        counts.count_event(&e);
-    }
-    let mut devices = txn.open_table(DEVICES).map_err(engine)?;
-    for (id, mut seqs) in per_device {
-        seqs.sort_unstable();
-        super::runs::remove_many(&mut runs, &id, &seqs)?;
-        let n = seqs.len() as u64;
-        let raw = devices.get(id.as_str()).map_err(engine)?;
-        let Some(raw) = raw.map(|v| v.value().to_vec()) else {
-            continue;
-        };
-        let mut d: Device = decode("device", &raw)?;
-        d.event_count = d.event_count.saturating_sub(n);
-        devices
-            .insert(id.as_str(), encode(&d).as_slice())
-            .map_err(engine)?;
-    }
-    Ok(())
+/// One purge call's removal of what its looks found, in one write transaction: each record is
+/// checked again there against the cutoffs and the holds then in force.
+struct Removal<'a> {
+    txn: &'a WriteTransaction,
+    cutoffs: &'a PurgeCutoffs,
+    held: &'a Held,
 }
 
-/// Removes the expired (closed), unheld incidents among `ids` with their records, their
-/// device index entry and, if it still points at them, their group's entry (so the group's
-/// next flagged event opens a new incident).
-fn remove_incidents(
-    txn: &WriteTransaction,
-    cutoffs: &PurgeCutoffs,
-    held: &Held,
-    ids: &[u64],
-    counts: &mut PurgeCounts,
-) -> StoreResult<()> {
-    let mut incidents = txn.open_table(INCIDENTS).map_err(engine)?;
-    let mut log = txn.open_table(INCIDENT_LOG).map_err(engine)?;
-    let mut by_device = txn.open_table(DEVICE_INCIDENTS).map_err(engine)?;
-    let mut open = txn.open_table(INCIDENT_OPEN).map_err(engine)?;
-    let last = last_key(&incidents)?;
-    let removed_before = counts.incidents;
-    for &id in ids {
-        let Some(i) = incident_in(&incidents, id)? else {
-            continue;
-        };
-        if !cutoffs.incident_expired(&i) || held.keeps_incident(&i) {
-            continue;
+impl Removal<'_> {
+    /// Removes the expired, unheld events among `ids` with their index entries and their place in
+    /// the device's runs, and lowers their devices' counts (never their high-water marks).
+    fn events(&self, ids: &[u64], counts: &mut PurgeCounts) -> StoreResult<()> {
+        let (txn, cutoffs, held) = (self.txn, self.cutoffs, self.held);
+        let mut events = txn.open_table(EVENTS).map_err(engine)?;
+        let mut idx = txn.open_table(IDX).map_err(engine)?;
+        let mut runs = txn.open_table(BY_DEVICE).map_err(engine)?;
+        let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
+        for &id in ids {
+            // Removed first and put back in the rare case it is no longer to go (a hold placed
+            // since it was found): one lookup per event instead of two.
+            let Some(raw) = events
+                .remove(id)
+                .map_err(engine)?
+                .map(|v| v.value().to_vec())
+            else {
+                continue;
+            };
+            let e: StoredEvent = decode("event", &raw)?;
+            if !cutoffs.event_expired(&e) || held.keeps_event(&e) {
+                events.insert(id, raw.as_slice()).map_err(engine)?;
+                continue;
+            }
+            for k in super::events::index_keys(&e, id) {
+                idx.remove(k.as_slice()).map_err(engine)?;
+            }
+            per_device
+                .entry(e.device_id.clone())
+                .or_default()
+                .push(e.seq);
+            counts.count_event(&e);
         }
-        incidents.remove(id).map_err(engine)?;
-        let entries: Vec<(u64, u32)> = log
-            .range((id, 0)..=(id, u32::MAX))
-            .map_err(engine)?
-            .map(|r| r.map(|(k, _)| k.value()).map_err(engine))
-            .collect::<StoreResult<_>>()?;
-        for k in &entries {
-            log.remove(*k).map_err(engine)?;
+        let mut devices = txn.open_table(DEVICES).map_err(engine)?;
+        for (id, mut seqs) in per_device {
+            seqs.sort_unstable();
+            super::runs::remove_many(&mut runs, &id, &seqs)?;
+            let n = seqs.len() as u64;
+            let raw = devices.get(id.as_str()).map_err(engine)?;
+            let Some(raw) = raw.map(|v| v.value().to_vec()) else {
+                continue;
+            };
+            let mut d: Device = decode("device", &raw)?;
+            d.event_count = d.event_count.saturating_sub(n);
+            devices
+                .insert(id.as_str(), encode(&d).as_slice())
+                .map_err(engine)?;
         }
-        counts.incident_entries += entries.len() as u64;
-        by_device
-            .remove((i.device_id.as_str(), id))
-            .map_err(engine)?;
-        let group = crate::incidents::group_key(&i.device_id, &i.kind, &i.subject);
-        let current = open.get(group.as_str()).map_err(engine)?.map(|v| v.value());
-        if current == Some(id) {
-            open.remove(group.as_str()).map_err(engine)?;
-        }
-        counts.incidents += 1;
+        Ok(())
     }
-    drop((incidents, log, by_device, open));
-    if counts.incidents > removed_before {
-        raise_floor(txn, FLOOR_INCIDENTS, last)?;
+
+    /// Removes the expired (closed), unheld incidents among `ids` with their records, their
+    /// device index entry and, if it still points at them, their group's entry (so the group's
+    /// next flagged event opens a new incident).
+    fn incidents(&self, ids: &[u64], counts: &mut PurgeCounts) -> StoreResult<()> {
+        let (txn, cutoffs, held) = (self.txn, self.cutoffs, self.held);
+        let mut incidents = txn.open_table(INCIDENTS).map_err(engine)?;
+        let mut log = txn.open_table(INCIDENT_LOG).map_err(engine)?;
+        let mut by_device = txn.open_table(DEVICE_INCIDENTS).map_err(engine)?;
+        let mut open = txn.open_table(INCIDENT_OPEN).map_err(engine)?;
+        let last = last_key(&incidents)?;
+        let removed_before = counts.incidents;
+        for &id in ids {
+            let Some(i) = incident_in(&incidents, id)? else {
+                continue;
+            };
+            if !cutoffs.incident_expired(&i) || held.keeps_incident(&i) {
+                continue;
+            }
+            incidents.remove(id).map_err(engine)?;
+            let entries: Vec<(u64, u32)> = log
+                .range((id, 0)..=(id, u32::MAX))
+                .map_err(engine)?
+                .map(|r| r.map(|(k, _)| k.value()).map_err(engine))
+                .collect::<StoreResult<_>>()?;
+            for k in &entries {
+                log.remove(*k).map_err(engine)?;
+            }
+            counts.incident_entries += entries.len() as u64;
+            by_device
+                .remove((i.device_id.as_str(), id))
+                .map_err(engine)?;
+            let group = crate::incidents::group_key(&i.device_id, &i.kind, &i.subject);
+            let current = open.get(group.as_str()).map_err(engine)?.map(|v| v.value());
+            if current == Some(id) {
+                open.remove(group.as_str()).map_err(engine)?;
+            }
+            counts.incidents += 1;
+        }
+        drop((incidents, log, by_device, open));
+        if counts.incidents > removed_before {
+            raise_floor(txn, FLOOR_INCIDENTS, last)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 impl PrivacyStore for Engine {
