@@ -18,7 +18,8 @@
 //!
 //! `Engine` is the engine; the store is `RedbStore`, the engine behind the handle that reopens
 //! it after a failed write (`reopen.rs`). The other store traits are implemented for `Engine`
-//! in the sibling files, which share `engine`, `encode` and `decode` below.
+//! in the sibling files, which share `engine`, `encode`, `decode` and `all` below; `rewrite.rs`
+//! is the file rewrite after an erasure (`Backend::rewrite_clean`).
 
 mod accounts;
 mod digests;
