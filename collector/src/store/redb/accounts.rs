@@ -70,6 +70,23 @@ fn get_json<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
+/// Writes one record under a text key, in a transaction of its own committed as `commit` says.
+pub(super) fn put_json<T: serde::Serialize>(
+    store: &Engine,
+    commit: Commit,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> StoreResult<()> {
+    write(store, commit, |txn| {
+        txn.open_table(table)
+            .map_err(engine)?
+            .insert(key, encode(value).as_slice())
+            .map_err(engine)?;
+        Ok(())
+    })
+}
+
 /// Removes the sessions `doomed` picks (an unreadable one always); returns how many.
 fn remove_sessions(
     store: &Engine,
@@ -157,13 +174,7 @@ impl AccountStore for Engine {
 
     fn insert_session(&self, hash: &str, session: &SessionRecord) -> StoreResult<()> {
         // A lost session only means signing in again: no fsync of its own.
-        write(self, Commit::Lazy, |txn| {
-            txn.open_table(SESSIONS)
-                .map_err(engine)?
-                .insert(hash, encode(session).as_slice())
-                .map_err(engine)?;
-            Ok(())
-        })
+        put_json(self, Commit::Lazy, SESSIONS, hash, session)
     }
 
     fn session(&self, hash: &str) -> StoreResult<Option<SessionRecord>> {
@@ -191,13 +202,7 @@ impl AccountStore for Engine {
     }
 
     fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()> {
-        write(self, Commit::Durable, |txn| {
-            txn.open_table(API_TOKENS)
-                .map_err(engine)?
-                .insert(token.hash.as_str(), encode(token).as_slice())
-                .map_err(engine)?;
-            Ok(())
-        })
+        put_json(self, Commit::Durable, API_TOKENS, &token.hash, token)
     }
 
     fn api_token(&self, hash: &str) -> StoreResult<Option<ApiTokenRecord>> {

@@ -268,7 +268,7 @@ impl Erasure<'_, '_> {
         let groups: Vec<(String, Option<i64>)> = tx
             .query(
                 "SELECT group_key, incident FROM incident_groups \
-             WHERE strpos(group_key, $1) > 0 ORDER BY group_key FOR UPDATE",
+                 WHERE strpos(group_key, $1) > 0 ORDER BY group_key FOR UPDATE",
                 &[&name],
             )
             .await
@@ -303,7 +303,7 @@ impl Erasure<'_, '_> {
             .query(
                 &format!(
                     "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE user_name = $1 \
-                 OR strpos(title, $1) > 0 OR strpos(subject, $1) > 0 ORDER BY id FOR UPDATE"
+                     OR strpos(title, $1) > 0 OR strpos(subject, $1) > 0 ORDER BY id FOR UPDATE"
                 ),
                 &[&name],
             )
@@ -333,12 +333,13 @@ impl Erasure<'_, '_> {
             }
             if changed {
                 counts.incidents += tx
-                .execute(
-                    "UPDATE incidents SET user_name = $2, title = $3, subject = $4 WHERE id = $1",
-                    &[&big("incident id", i.id)?, &i.user, &i.title, &i.subject],
-                )
-                .await
-                .map_err(pg)?;
+                    .execute(
+                        "UPDATE incidents SET user_name = $2, title = $3, subject = $4 \
+                         WHERE id = $1",
+                        &[&big("incident id", i.id)?, &i.user, &i.title, &i.subject],
+                    )
+                    .await
+                    .map_err(pg)?;
                 touched.insert("incidents".into());
             }
         }
@@ -346,7 +347,7 @@ impl Erasure<'_, '_> {
         let entries = tx
             .query(
                 "SELECT incident, n, at_ns, author, action, body FROM incident_entries \
-             WHERE author = $1 OR strpos(body, $1) > 0 ORDER BY incident, n",
+                 WHERE author = $1 OR strpos(body, $1) > 0 ORDER BY incident, n",
                 &[&name],
             )
             .await
@@ -383,17 +384,18 @@ impl Erasure<'_, '_> {
             e.by = author.unwrap_or(e.by);
             e.text = text.unwrap_or(e.text);
             counts.incident_entries += tx
-            .execute(
-                "UPDATE incident_entries SET author = $3, body = $4 WHERE incident = $1 AND n = $2",
-                &[
-                    &big("incident id", e.incident)?,
-                    &i32::try_from(e.n).unwrap_or(i32::MAX),
-                    &e.by,
-                    &e.text,
-                ],
-            )
-            .await
-            .map_err(pg)?;
+                .execute(
+                    "UPDATE incident_entries SET author = $3, body = $4 \
+                     WHERE incident = $1 AND n = $2",
+                    &[
+                        &big("incident id", e.incident)?,
+                        &i32::try_from(e.n).unwrap_or(i32::MAX),
+                        &e.by,
+                        &e.text,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
             touched.insert("incident_entries".into());
         }
         Ok(())

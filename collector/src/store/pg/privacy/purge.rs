@@ -138,7 +138,7 @@ impl Batch<'_, '_> {
         };
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE {EVENT_EXPIRED} AND {} \
-         ORDER BY e.occurred_at_ns LIMIT $9",
+             ORDER BY e.occurred_at_ns LIMIT $9",
             event_not_held(3)
         );
         let limit = budget as i64;
@@ -161,7 +161,7 @@ impl Batch<'_, '_> {
             .tx
             .query(
                 "DELETE FROM events WHERE id = ANY($1) \
-             RETURNING device_id, audience @> ARRAY['dsl']::text[]",
+                 RETURNING device_id, audience @> ARRAY['dsl']::text[]",
                 &[&doomed],
             )
             .await
@@ -221,7 +221,7 @@ impl Batch<'_, '_> {
         self.tx
             .query(
                 "SELECT group_key FROM incident_groups WHERE incident = ANY($1) \
-         ORDER BY group_key FOR UPDATE",
+                 ORDER BY group_key FOR UPDATE",
                 &[&candidates],
             )
             .await
@@ -232,7 +232,7 @@ impl Batch<'_, '_> {
             .query(
                 &format!(
                     "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ANY($1) \
-                 ORDER BY id FOR UPDATE"
+                     ORDER BY id FOR UPDATE"
                 ),
                 &[&candidates],
             )
@@ -282,9 +282,9 @@ impl Batch<'_, '_> {
             .query(
                 &format!(
                     "SELECT {AUDIT_COLUMNS} FROM audit WHERE at_ns < $1 \
-                 AND NOT (actor = ANY($2) OR target = ANY($2) OR target = ANY($3) \
-                     OR target = ANY($4)) \
-                 ORDER BY at_ns, id LIMIT $5"
+                     AND NOT (actor = ANY($2) OR target = ANY($2) OR target = ANY($3) \
+                         OR target = ANY($4)) \
+                     ORDER BY at_ns, id LIMIT $5"
                 ),
                 &[
                     &super::ns(cutoff)?,
