@@ -381,7 +381,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shutdown,
                 |b| println!("caretaker-collector: grpc={} web=https://{}", b.grpc, b.web),
             )
-            .await
+            .await?;
+            Ok(())
         }
         Command::Token {
             command:
