@@ -573,6 +573,14 @@ mod tests {
         (dir, s)
     }
 
+    /// `store_with`, plus the DSL account amy-dsl the settings' digest schedule names.
+    fn store_with_dsl(events: Vec<StoredEvent>) -> (tempfile::TempDir, RedbStore) {
+        let (dir, store) = store_with(events);
+        let by = crate::accounts::Actor::local_cli();
+        crate::accounts::add_user(&store, &by, "amy-dsl", Role::Dsl, None).unwrap();
+        (dir, store)
+    }
+
     fn settings() -> Settings {
         let mut s = Settings::default();
         s.webhooks.push(crate::settings::Webhook {
@@ -589,15 +597,7 @@ mod tests {
 
     #[test]
     fn a_schedule_counts_from_first_sight_and_sends_only_when_there_is_news() {
-        let (_d, store) = store_with(vec![flagged(1, "usb.inserted", false)]);
-        crate::accounts::add_user(
-            &store,
-            &crate::accounts::Actor::local_cli(),
-            "amy-dsl",
-            Role::Dsl,
-            None,
-        )
-        .unwrap();
+        let (_d, store) = store_with_dsl(vec![flagged(1, "usb.inserted", false)]);
         let s = settings();
         let tz = crate::timefmt::DEFAULT_TZ;
         let host = |id: &str| id.to_string();
@@ -648,15 +648,7 @@ mod tests {
 
     #[test]
     fn urgent_events_gather_into_one_message_and_the_cap_holds_the_rest() {
-        let (_d, store) = store_with(vec![]);
-        crate::accounts::add_user(
-            &store,
-            &crate::accounts::Actor::local_cli(),
-            "amy-dsl",
-            Role::Dsl,
-            None,
-        )
-        .unwrap();
+        let (_d, store) = store_with_dsl(vec![]);
         let s = settings();
         let tz = crate::timefmt::DEFAULT_TZ;
         let host = |id: &str| id.to_string();
