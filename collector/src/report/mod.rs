@@ -1,7 +1,7 @@
 //! The monitoring report for governors and the DSL: fleet compliance over a period, incidents and their outcomes, trends, silent laptops, licences and policy changes, as HTML, PDF or CSV.
 //!
-//! `period` works out the days; `gather` reads the store into `model` types; `chart` draws
-//! SVG; `output` renders HTML (askama), CSV and PDF (headless Chromium printing the HTML).
+//! `period` works out the days; `gather` reads the store into `model` types (`incident_facts`
+//! the incidents' part); `chart` draws SVG; `output` renders HTML (askama), CSV and PDF (headless Chromium printing the HTML).
 //! `render` is the one entry point the CLI, the admin socket, the dashboard and the scheduled
 //! e-mails share. Invariant: the governors' version is built from `GovernorsReport`, which has
 //! no field that can hold a name, so no format of it can leak one.
@@ -9,6 +9,7 @@
 pub mod chart;
 pub mod cli;
 mod gather;
+mod incident_facts;
 pub mod model;
 pub mod output;
 pub mod period;
