@@ -17,7 +17,7 @@ use crate::grpc::GrpcApi;
 use crate::listen::{Gate, ListenLimits, Timeouts};
 use crate::metrics::Listener;
 use crate::service::Collector;
-use crate::store::{StoreError, StoreLocation};
+use crate::store::StoreError;
 use crate::tls::{GrpcTls, certs_from_pem, key_from_pem, web_config};
 use crate::uninstall::UninstallKeyError;
 
@@ -44,12 +44,6 @@ pub enum ServeError {
     )]
     OpenEmbedded {
         dir: PathBuf,
-        #[source]
-        source: StoreError,
-    },
-    #[error("cannot open the store at {at}")]
-    OpenShared {
-        at: String,
         #[source]
         source: StoreError,
     },
@@ -166,15 +160,9 @@ pub async fn serve(
     let key = key_from_pem(&read(dir.server_key())?).map_err(ServeError::OwnPem)?;
     let admin_token = read(dir.admin_token())?;
     let location = dir.store_location()?;
-    let store = location.open().map_err(|source| match &location {
-        StoreLocation::Embedded(_) => ServeError::OpenEmbedded {
-            dir: dir.root().to_path_buf(),
-            source,
-        },
-        StoreLocation::Postgres(_) => ServeError::OpenShared {
-            at: location.describe(),
-            source,
-        },
+    let store = dir.open_store_at(&location, |source| ServeError::OpenEmbedded {
+        dir: dir.root().to_path_buf(),
+        source,
     })?;
     info!(store = %location.describe(), shared = location.is_shared(), "Store open");
     let revoked = Arc::new(RwLock::new(Default::default()));
