@@ -130,10 +130,7 @@ pub fn apply_op(store: &dyn Store, op: &AccountOp) -> Result<AccountOutcome, Acc
             )
         }
         AccountOp::DigestNow { username } => {
-            let settings = store
-                .current_settings()?
-                .map(|v| crate::settings::Settings::parse_lenient(&v.settings))
-                .unwrap_or_default();
+            let settings = crate::settings::Settings::current(store)?;
             let n = crate::digest::digest_now(
                 &|id| crate::digest::store_hostname(store, id),
                 store,

@@ -130,7 +130,7 @@ impl<'a> Sources<'a> {
             store: c.store.as_ref(),
             devices: c.device_cache().all(),
             software: c.software_installations(),
-            settings: settings(c.store.as_ref())?,
+            settings: Settings::current(c.store.as_ref())?,
             tz,
             now: Utc::now(),
         })
@@ -159,18 +159,11 @@ impl<'a> Sources<'a> {
                 .into_iter()
                 .map(|(k, n)| (k.source, k.name, n))
                 .collect(),
-            settings: settings(store)?,
+            settings: Settings::current(store)?,
             tz,
             now: Utc::now(),
         })
     }
-}
-
-fn settings(store: &dyn Store) -> Result<Settings, StoreError> {
-    Ok(store
-        .current_settings()?
-        .map(|v| Settings::parse_lenient(&v.settings))
-        .unwrap_or_default())
 }
 
 /// The period a request means, and the one before it, in the sources' zone and settings.

@@ -4,9 +4,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use chrono::Utc;
-
-use super::{ErasureReport, ExportFiles, ExportRequest, PseudonymKey, SubjectError};
+use super::{ErasureReport, ExportFiles, PseudonymKey, SubjectError};
 use crate::accounts::Actor;
 use crate::admin::{self, AdminRequest, AdminResponse, AskError};
 use crate::datadir::{DataDir, DataDirError};
@@ -219,21 +217,12 @@ async fn offline_export(
     tokio::task::spawn_blocking(move || -> Result<_, SubjectCliError> {
         let key = PseudonymKey::load(&dir)?;
         let store = dir.open_store_offline()?;
-        let school = store
-            .current_settings()?
-            .map(|v| crate::settings::Settings::parse_lenient(&v.settings).school_name)
-            .unwrap_or_else(|| crate::settings::Settings::default().school_name);
-        let req = ExportRequest {
-            user: &user,
-            school: &school,
-            time_zone: tz,
-            made_at: Utc::now(),
-        };
-        Ok(super::export(
+        Ok(super::export_now(
             store.as_ref(),
             &key,
             &Actor::local_cli(),
-            &req,
+            &user,
+            tz,
         )?)
     })
     .await?
