@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::policy_form::{Fields, lines, one};
+use super::policy_form::{Fields, FormError, lines, number, one};
 
 /// Splits a "a, b, c" line into at most `n` trimmed parts.
 fn parts(line: &str, n: usize) -> Vec<String> {
@@ -15,9 +15,9 @@ fn rows(
     f: &Fields,
     name: &str,
     n: usize,
-    what: &str,
-    shape: &str,
-) -> Result<Vec<Vec<String>>, String> {
+    what: &'static str,
+    shape: &'static str,
+) -> Result<Vec<Vec<String>>, FormError> {
     lines(one(f, name))
         .iter()
         .enumerate()
@@ -26,14 +26,18 @@ fn rows(
             if p.len() == n {
                 Ok(p)
             } else {
-                Err(format!("{what} line {} should read {shape}.", i + 1))
+                Err(FormError::BadLine {
+                    what,
+                    line: i + 1,
+                    shape,
+                })
             }
         })
         .collect()
 }
 
 /// Applies one section's form to a copy of the current settings document.
-pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String> {
+pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, FormError> {
     let mut doc = current.clone();
     if !doc.is_object() {
         doc = json!({});
@@ -69,10 +73,11 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
                         licences.push(json!({"product": name, "count": count}))
                     }
                     _ => {
-                        return Err(format!(
-                            "Licence line {} should read \"product, number of licences\".",
-                            i + 1
-                        ));
+                        return Err(FormError::BadLine {
+                            what: "Licence",
+                            line: i + 1,
+                            shape: "\"product, number of licences\"",
+                        });
                     }
                 }
             }
@@ -82,9 +87,9 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             if one(f, "host").is_empty() {
                 set(&mut doc, "smtp", Value::Null);
             } else {
-                let port: u16 = one(f, "port")
-                    .parse()
-                    .map_err(|_| "The port must be a number (587 for STARTTLS).".to_string())?;
+                let port: u16 = one(f, "port").parse().map_err(|_| {
+                    FormError::Invalid("The port must be a number (587 for STARTTLS).")
+                })?;
                 set(
                     &mut doc,
                     "smtp",
@@ -127,17 +132,12 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             set(&mut doc, "webhooks", json!(out));
         }
         "urgent" => {
-            let num = |k: &str, what: &str| {
-                one(f, k)
-                    .parse::<u64>()
-                    .map_err(|_| format!("{what} must be a whole number."))
-            };
             set(
                 &mut doc,
                 "urgent",
                 json!({"kinds": lines(one(f, "kinds")), "bypass_tools": !one(f, "bypass_tools").is_empty(),
-                       "gather_secs": num("gather_secs", "The gathering time")?,
-                       "max_per_hour": num("max_per_hour", "The hourly cap")?}),
+                       "gather_secs": number(f, "gather_secs", "The gathering time")?,
+                       "max_per_hour": number(f, "max_per_hour", "The hourly cap")?}),
             );
         }
         "reports" => {
@@ -157,10 +157,10 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             set(&mut doc, "reports", json!(out));
         }
         "retention" => {
-            let days = |k: &str, what: &str| {
+            let days = |k: &str, what: &'static str| {
                 one(f, k)
                     .parse::<u32>()
-                    .map_err(|_| format!("{what} must be a whole number of days (0 keeps them)."))
+                    .map_err(|_| FormError::NotDays { what })
             };
             set(
                 &mut doc,
@@ -177,7 +177,12 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             "pseudonymise_usernames",
             json!(one(f, "pseudonymise_usernames") == "yes"),
         ),
-        other => return Err(format!("There is no settings section called {other:?}.")),
+        other => {
+            return Err(FormError::NoSection {
+                document: "settings",
+                section: other.to_string(),
+            });
+        }
     }
     Ok(doc)
 }
@@ -186,13 +191,7 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
 mod tests {
     use super::*;
     use crate::settings::Settings;
-
-    fn fields(pairs: &[(&str, &str)]) -> Fields {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::web::test_rig::fields;
 
     #[test]
     fn lines_become_terms_and_licences_and_mistakes_say_which_line() {
@@ -209,7 +208,8 @@ mod tests {
             "licences",
             &fields(&[("licences", "office, 300\nbad line")]),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("line 2"), "{err}");
     }
 

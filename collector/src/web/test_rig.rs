@@ -1,4 +1,4 @@
-//! Test seeding the web modules share: a collector with accounts and a pupil's refused stick, and a signed-in browser.
+//! Test seeding the web modules share: a collector with accounts and a pupil's refused stick, a signed-in browser, and form fields.
 
 use std::sync::Arc;
 
@@ -97,4 +97,12 @@ pub(crate) async fn browse(
         .await
         .unwrap();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A posted form's fields, as the form handlers receive them.
+pub(crate) fn fields(pairs: &[(&str, &str)]) -> super::policy_form::Fields {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
