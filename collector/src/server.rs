@@ -397,3 +397,69 @@ pub async fn serve(
     info!("Collector stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An initialised data directory, and options for it on free ports of localhost.
+    fn data_dir() -> (tempfile::TempDir, DataDir, ServeOptions) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("collector"));
+        crate::datadir::init(
+            &dir,
+            &["localhost".into()],
+            "Test School",
+            &Default::default(),
+        )
+        .unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        (tmp, dir, ServeOptions::new(any, any))
+    }
+
+    /// Fails before anything is served, with the message the operator reads.
+    async fn refused(dir: &DataDir, opts: ServeOptions) -> ServeError {
+        let mut bound = false;
+        let e = serve(dir, opts, CancellationToken::new(), |_| bound = true)
+            .await
+            .expect_err("serve refused to start");
+        assert!(!bound, "nothing was served");
+        e
+    }
+
+    #[tokio::test]
+    async fn a_web_certificate_without_its_key_is_refused_by_name() {
+        let (_tmp, dir, opts) = data_dir();
+        let opts = ServeOptions {
+            web_cert: Some(dir.server_chain()),
+            ..opts
+        };
+        let e = refused(&dir, opts).await;
+        assert!(matches!(e, ServeError::WebCertWithoutKey), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "--web-cert and --web-key go together: give both or neither"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_names_who_would_have_listened_there_with_the_cause() {
+        let (_tmp, dir, opts) = data_dir();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = refused(
+            &dir,
+            ServeOptions {
+                grpc_listen: addr,
+                ..opts
+            },
+        )
+        .await;
+        assert_eq!(e.to_string(), format!("cannot listen for agents on {addr}"));
+        let cause = std::error::Error::source(&e).expect("the bind error is its source");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
+    }
+}
