@@ -9,31 +9,33 @@ fn parts(line: &str, n: usize) -> Vec<String> {
     line.splitn(n, ',').map(|p| p.trim().to_string()).collect()
 }
 
-/// The field `name`'s lines, each split into exactly `n` parts; a line with fewer is an error
-/// that names it: "{what} line 2 should read {shape}.".
+/// The field `name`'s lines as a JSON list: each split into exactly `n` parts and made into
+/// an entry by `entry`; a line with fewer parts, or that `entry` refuses, is an error that
+/// names it: "{what} line 2 should read {shape}.".
 fn rows(
     f: &Fields,
     name: &str,
     n: usize,
     what: &'static str,
     shape: &'static str,
-) -> Result<Vec<Vec<String>>, FormError> {
+    entry: impl Fn(&[String]) -> Option<Value>,
+) -> Result<Value, FormError> {
     lines(one(f, name))
         .iter()
         .enumerate()
         .map(|(i, l)| {
             let p = parts(l, n);
-            if p.len() == n {
-                Ok(p)
-            } else {
-                Err(FormError::BadLine {
+            (p.len() == n)
+                .then(|| entry(&p))
+                .flatten()
+                .ok_or(FormError::BadLine {
                     what,
                     line: i + 1,
                     shape,
                 })
-            }
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .map(Value::Array)
 }
 
 /// Applies one section's form to a copy of the current settings document.
@@ -51,37 +53,29 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, FormEr
             set(&mut doc, "dashboard_url", json!(one(f, "dashboard_url")));
         }
         "terms" => {
-            let terms: Vec<Value> = rows(
+            let terms = rows(
                 f,
                 "terms",
                 3,
                 "Term",
                 "\"Name, first day, last day\" (dates as 2026-09-03)",
-            )?
-            .iter()
-            .map(|p| json!({"name": p[0], "start": p[1], "end": p[2]}))
-            .collect();
-            set(&mut doc, "terms", json!(terms));
+                |p| Some(json!({"name": p[0], "start": p[1], "end": p[2]})),
+            )?;
+            set(&mut doc, "terms", terms);
         }
         "licences" => {
-            let mut licences = Vec::new();
-            for (i, l) in lines(one(f, "licences")).iter().enumerate() {
-                let p = parts(l, 2);
-                let count = p.get(1).and_then(|c| c.parse::<u64>().ok());
-                match (p.first(), count) {
-                    (Some(name), Some(count)) if !name.is_empty() => {
-                        licences.push(json!({"product": name, "count": count}))
-                    }
-                    _ => {
-                        return Err(FormError::BadLine {
-                            what: "Licence",
-                            line: i + 1,
-                            shape: "\"product, number of licences\"",
-                        });
-                    }
-                }
-            }
-            set(&mut doc, "licences", json!(licences));
+            let licences = rows(
+                f,
+                "licences",
+                2,
+                "Licence",
+                "\"product, number of licences\"",
+                |p| {
+                    let count = p[1].parse::<u64>().ok()?;
+                    (!p[0].is_empty()).then(|| json!({"product": p[0], "count": count}))
+                },
+            )?;
+            set(&mut doc, "licences", licences);
         }
         "mail" => {
             if one(f, "host").is_empty() {
@@ -119,17 +113,15 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, FormEr
             set(&mut doc, "digests", json!(out));
         }
         "webhooks" => {
-            let out: Vec<Value> = rows(
+            let out = rows(
                 f,
                 "webhooks",
                 3,
                 "Webhook",
                 "\"generic or teams, address, DSL's username\"",
-            )?
-            .iter()
-            .map(|p| json!({"kind": p[0], "url": p[1], "owner": p[2]}))
-            .collect();
-            set(&mut doc, "webhooks", json!(out));
+                |p| Some(json!({"kind": p[0], "url": p[1], "owner": p[2]})),
+            )?;
+            set(&mut doc, "webhooks", out);
         }
         "urgent" => {
             set(
@@ -141,20 +133,18 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, FormEr
             );
         }
         "reports" => {
-            let out: Vec<Value> = rows(
+            let out = rows(
                 f,
                 "reports",
                 3,
                 "Report",
                 "\"governors or dsl, week or month or term, usernames\"",
-            )?
-            .iter()
-            .map(|p| {
-                let recipients: Vec<&str> = p[2].split_whitespace().collect();
-                json!({"audience": p[0], "period": p[1], "recipients": recipients})
-            })
-            .collect();
-            set(&mut doc, "reports", json!(out));
+                |p| {
+                    let recipients: Vec<&str> = p[2].split_whitespace().collect();
+                    Some(json!({"audience": p[0], "period": p[1], "recipients": recipients}))
+                },
+            )?;
+            set(&mut doc, "reports", out);
         }
         "retention" => {
             let days = |k: &str, what: &'static str| {
