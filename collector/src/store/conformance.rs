@@ -4,14 +4,13 @@
 //! promise, never on an engine's layout. A backend joins with one line in its own tests:
 //! `crate::store::conformance::store_conformance!(make);`, where `make()` returns a fresh
 //! store and a guard (its temporary directory, say) kept alive for the test. What belongs to
-//! one engine alone (sled's directory lock, its layout upgrades, a damaged record planted in
-//! one of its trees) stays in that engine's tests.
+//! one engine alone (redb's file lock, the migration from the old sled layout, the erasure's
+//! file rewrite) stays in that engine's tests.
 //!
 //! `store_conformance_append_order!` adds the contract of the arrival-order layout (issue 15):
 //! a device's high-water mark decides what is a resend, so a sequence at or below it is
-//! skipped even if it was never stored, and gaps above it are stored. The backends with that
-//! layout (redb) run both lists; sled keeps its `(device, seq)` layout, which stores a gap's
-//! late sequence, and runs only the first while it is being retired as the default.
+//! skipped even if it was never stored, and gaps above it are stored. Both backends
+//! (redb and PostgreSQL) have that layout and run both lists.
 
 use chrono::{Duration, Utc};
 use serde_json::{Map, Value, json};

@@ -257,7 +257,7 @@ impl DigestStore for PgStore {
         let id = big("digest id", d.id)?;
         let p = DigestParams::of(d)?;
         self.run(move |c| async move {
-            // Written whole, as the sled store does (an upsert on the id), except that a sent
+            // Written whole, as the redb store does (an upsert on the id), except that a sent
             // digest stays sent: every collector sends the pending digests it finds, and one
             // whose attempt failed must not put back a digest another has delivered, to be
             // sent again.

@@ -1,7 +1,7 @@
 //! PostgreSQL behind the store traits, for a trust running several collectors against one database: the connection pool, the sync-to-async bridge and the schema migrations.
 //!
 //! The traits are synchronous and are called from the collector's tokio worker threads, as
-//! sled's blocking calls are. So the store owns a small runtime of its own that holds the pool
+//! redb's blocking calls are. So the store owns a small runtime of its own that holds the pool
 //! and drives the connections; each call spawns its future there and waits for it with
 //! `futures::executor::block_on` (a `Runtime::block_on` inside the caller's runtime would
 //! panic). A panic inside a call comes back as `StoreError::Engine`, never as a poisoned lock.
