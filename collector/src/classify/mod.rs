@@ -4,7 +4,7 @@
 pub mod fleet;
 pub mod fleet_store;
 
-use caretaker_proto::policy::software::{NamePattern, SoftwarePolicy};
+use caretaker_proto::policy::software::{NamePattern, PatternError, SoftwarePolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
@@ -22,7 +22,8 @@ pub enum CatalogueError {
     Pattern {
         name: String,
         pattern: String,
-        reason: String,
+        #[source]
+        reason: PatternError,
     },
 }
 
@@ -34,7 +35,7 @@ pub enum ClassifierError {
     Policy(#[from] caretaker_proto::policy::software::SoftwareError),
     /// An approved or denied name is not a usable pattern.
     #[error("{0}")]
-    Pattern(String),
+    Pattern(#[from] PatternError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +128,7 @@ impl Catalogue {
                     NamePattern::new(p).map_err(|err| CatalogueError::Pattern {
                         name: e.name.clone(),
                         pattern: p.clone(),
-                        reason: err.to_string(),
+                        reason: err,
                     })
                 })
                 .collect::<Result<_, _>>()?;
@@ -160,7 +161,7 @@ pub struct Classifier {
 
 fn compile(list: &[String]) -> Result<Vec<NamePattern>, ClassifierError> {
     list.iter()
-        .map(|p| NamePattern::new(p).map_err(|e| ClassifierError::Pattern(e.to_string())))
+        .map(|p| NamePattern::new(p).map_err(ClassifierError::from))
         .collect()
 }
 
@@ -173,9 +174,7 @@ impl Classifier {
         policy: &SoftwarePolicy,
         catalogue: &'static Catalogue,
     ) -> Result<Classifier, ClassifierError> {
-        policy
-            .validate()
-            .map_err(ClassifierError::Policy)?;
+        policy.validate().map_err(ClassifierError::Policy)?;
         Ok(Classifier {
             approved: compile(&policy.approved)?,
             denied: compile(&policy.denied)?,

@@ -40,7 +40,8 @@ pub enum SoftwareError {
     BadPattern {
         list: &'static str,
         pattern: String,
-        why: String,
+        #[source]
+        why: PatternError,
     },
     #[error("software: {0:?} is in both the approved and the denied list")]
     InBothLists(String),
@@ -72,6 +73,20 @@ impl SoftwarePolicy {
     }
 }
 
+/// Why a name pattern does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("empty pattern")]
+    Empty,
+    #[error("contains a control character")]
+    ControlCharacter,
+    /// A `[...]` range whose end comes before its start, such as `[z-a]`.
+    #[error("range {lo}-{hi} is reversed")]
+    ReversedRange { lo: char, hi: char },
+    #[error("unclosed '['")]
+    UnclosedClass,
+}
+
 /// A compiled name pattern: an exact name, or a glob with `*` (any run), `?` (one character)
 /// and `[...]` classes (ranges, `!` or `^` to negate). Matching ignores case, because Windows
 /// DisplayNames and Flatpak IDs are not consistently cased.
@@ -93,12 +108,12 @@ enum Token {
 }
 
 impl NamePattern {
-    pub fn new(pattern: &str) -> Result<Self, String> {
+    pub fn new(pattern: &str) -> Result<Self, PatternError> {
         if pattern.trim().is_empty() {
-            return Err("empty pattern".into());
+            return Err(PatternError::Empty);
         }
         if pattern.chars().any(char::is_control) {
-            return Err("contains a control character".into());
+            return Err(PatternError::ControlCharacter);
         }
         let lower = pattern.to_lowercase();
         let mut tokens = Vec::new();
@@ -133,7 +148,7 @@ impl NamePattern {
                                 Some(&hi) if hi != ']' => {
                                     chars.next();
                                     if hi < c {
-                                        return Err(format!("range {c}-{hi} is reversed"));
+                                        return Err(PatternError::ReversedRange { lo: c, hi });
                                     }
                                     ranges.push((c, hi));
                                 }
@@ -147,7 +162,7 @@ impl NamePattern {
                         }
                     }
                     if !closed {
-                        return Err("unclosed '['".into());
+                        return Err(PatternError::UnclosedClass);
                     }
                     tokens.push(Token::Class { negated, ranges });
                 }
@@ -238,9 +253,16 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_rejected_with_a_reason() {
-        assert_eq!(NamePattern::new("  ").unwrap_err(), "empty pattern");
-        assert_eq!(NamePattern::new("lib[abc").unwrap_err(), "unclosed '['");
-        assert!(NamePattern::new("[z-a]").unwrap_err().contains("reversed"));
+        let why = |p: &str| NamePattern::new(p).unwrap_err();
+        assert_eq!(why("  "), PatternError::Empty);
+        assert_eq!(why("  ").to_string(), "empty pattern");
+        assert_eq!(why("lib[abc").to_string(), "unclosed '['");
+        assert_eq!(
+            why("[z-a]"),
+            PatternError::ReversedRange { lo: 'z', hi: 'a' }
+        );
+        assert_eq!(why("[z-a]").to_string(), "range z-a is reversed");
+        assert_eq!(why("a\tb").to_string(), "contains a control character");
         let policy = SoftwarePolicy {
             denied: vec!["ok".into(), "bad[".into()],
             ..Default::default()
