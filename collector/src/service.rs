@@ -814,7 +814,7 @@ mod tests {
             seq: u64,
             kind: &str,
             details: &Map<String, Value>,
-        ) -> Result<(), String> {
+        ) -> Result<(), crate::classify::fleet::FoldError> {
             // Half an event applied, then a bug: the device's counts are now suspect.
             c.mark_through(device, seq);
             assert!(!(device == "a" && seq == 5), "a bug in the fold");

@@ -42,6 +42,26 @@ struct Pending {
     installed: BTreeSet<Instance>,
 }
 
+/// Why an event was not folded into the counts (it changed nothing).
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    /// A change event (`software.installed`, …) without a source or a name.
+    #[error("{kind}: no source or name")]
+    NoProduct { kind: String },
+    #[error("software.inventory: part {part} of {parts}")]
+    BadPart { part: u64, parts: u64 },
+    #[error("software.inventory: no items")]
+    NoItems,
+    /// The fold itself panicked (`fleet_store::fold_guarded` caught it); the panic's message.
+    #[error("the fold panicked: {0}")]
+    Panicked(String),
+}
+
+/// A device's saved state that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SavedStateError(#[from] serde_json::Error);
+
 /// Per-device installations, folded from events in each device's sequence order.
 #[derive(Debug, Default)]
 pub struct FleetCounts {
@@ -58,7 +78,7 @@ impl FleetCounts {
         seq: u64,
         kind: &str,
         details: &Map<String, Value>,
-    ) -> Result<(), String> {
+    ) -> Result<(), FoldError> {
         let through = self.devices.get(device).map_or(0, |d| d.through_seq);
         if seq <= through {
             return Ok(());
@@ -94,8 +114,8 @@ impl FleetCounts {
         device: &str,
         through_seq: u64,
         state: Value,
-    ) -> Result<(), String> {
-        let mut d: Device = serde_json::from_value(state).map_err(|e| e.to_string())?;
+    ) -> Result<(), SavedStateError> {
+        let mut d: Device = serde_json::from_value(state)?;
         d.through_seq = through_seq;
         self.devices.insert(device.to_string(), d);
         Ok(())
@@ -108,12 +128,13 @@ impl FleetCounts {
         device: &str,
         kind: &str,
         details: &Map<String, Value>,
-    ) -> Result<(), String> {
+    ) -> Result<(), FoldError> {
         match kind {
             "software.inventory" => self.apply_inventory(device, details),
             "software.installed" | "software.upgraded" | "software.removed" => {
-                let inst = instance_from_change(details)
-                    .ok_or_else(|| format!("{kind}: no source or name"))?;
+                let inst = instance_from_change(details).ok_or_else(|| FoldError::NoProduct {
+                    kind: kind.to_string(),
+                })?;
                 let dev = self.devices.entry(device.to_string()).or_default();
                 if kind == "software.removed" {
                     dev.installed.remove(&inst);
@@ -130,7 +151,7 @@ impl FleetCounts {
         &mut self,
         device: &str,
         details: &Map<String, Value>,
-    ) -> Result<(), String> {
+    ) -> Result<(), FoldError> {
         let batch = details
             .get("batch")
             .and_then(Value::as_str)
@@ -139,7 +160,7 @@ impl FleetCounts {
         let part = details.get("part").and_then(Value::as_u64).unwrap_or(1);
         let parts = details.get("parts").and_then(Value::as_u64).unwrap_or(1);
         if part == 0 || part > parts {
-            return Err(format!("software.inventory: part {part} of {parts}"));
+            return Err(FoldError::BadPart { part, parts });
         }
         let fields: Vec<&str> = details
             .get("fields")
@@ -156,7 +177,7 @@ impl FleetCounts {
         let items = details
             .get("items")
             .and_then(Value::as_object)
-            .ok_or("software.inventory: no items")?;
+            .ok_or(FoldError::NoItems)?;
         let dev = self.devices.entry(device.to_string()).or_default();
         let pending = match &mut dev.pending {
             Some(p) if p.batch == batch && p.parts == parts => p,

@@ -3,7 +3,7 @@
 //! durable group on the ack path, rebuilding a device after a fold panicked, saving states.
 use serde_json::{Map, Value};
 
-use crate::classify::fleet::FleetCounts;
+use crate::classify::fleet::{FleetCounts, FoldError};
 use crate::store::{DeviceBatch, Store, StoreError};
 
 /// The name under which each device's folded software state is saved in the store.
@@ -33,7 +33,7 @@ pub(crate) fn load_software_counts(
 /// How one software event is folded into the counts: `FleetCounts::fold`, or in tests one
 /// that fails on purpose.
 pub(crate) type FoldFn =
-    fn(&mut FleetCounts, &str, u64, &str, &Map<String, Value>) -> Result<(), String>;
+    fn(&mut FleetCounts, &str, u64, &str, &Map<String, Value>) -> Result<(), FoldError>;
 
 /// Folds one event, turning a panic in the fold into a reason like a malformed event's: the
 /// counts are an optimisation, and a bug in them must cost at most that event's count, never
@@ -45,7 +45,7 @@ pub(crate) fn fold_guarded(
     seq: u64,
     kind: &str,
     details: &Map<String, Value>,
-) -> Result<(), String> {
+) -> Result<(), FoldError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         fold(counts, device, seq, kind, details)
     }))
@@ -57,7 +57,7 @@ pub(crate) fn fold_guarded(
             .unwrap_or_default();
         tracing::error!(%device, seq, error = %why, "Software event not counted: its fold panicked");
         counts.mark_through(device, seq);
-        Err(format!("the fold panicked: {why}"))
+        Err(FoldError::Panicked(why))
     })
 }
 

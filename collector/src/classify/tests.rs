@@ -1,5 +1,5 @@
 //! Classifier and fleet-count tests.
-use super::fleet::{FleetCounts, ProductKey};
+use super::fleet::{FleetCounts, FoldError, ProductKey};
 use super::*;
 use serde_json::json;
 
@@ -290,14 +290,15 @@ fn fleet_counts_devices_per_product() {
     assert_eq!(counts.get(&key("dpkg", "gimp")), Some(&1));
     assert_eq!(counts.get(&key("flatpak", "org.gimp.GIMP")), None);
 
-    assert!(
-        f.apply("laptop-3", "software.inventory", &inv("d", 3, 2, json!({})))
-            .is_err()
-    );
-    assert!(
-        f.apply("laptop-3", "software.installed", &Map::new())
-            .is_err()
-    );
+    let bad_part = f
+        .apply("laptop-3", "software.inventory", &inv("d", 3, 2, json!({})))
+        .unwrap_err();
+    assert!(matches!(bad_part, FoldError::BadPart { part: 3, parts: 2 }));
+    assert_eq!(bad_part.to_string(), "software.inventory: part 3 of 2");
+    let no_name = f
+        .apply("laptop-3", "software.installed", &Map::new())
+        .unwrap_err();
+    assert_eq!(no_name.to_string(), "software.installed: no source or name");
     f.remove_device("laptop-2");
     assert_eq!(f.count("dpkg", "libreoffice-writer"), 0);
 }
