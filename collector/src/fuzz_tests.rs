@@ -248,7 +248,7 @@ fn feed(rig: &Rig, batch: pb::EventBatch, store: bool) -> Result<(), TestCaseErr
             }
         }
         Err(why) => prop_assert!(
-            why.starts_with("event "),
+            why.to_string().starts_with("event "),
             "the reason names the event: {}",
             why
         ),

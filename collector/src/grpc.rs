@@ -296,7 +296,7 @@ async fn pump(
                             }
                             Err(why) => {
                                 debug!(%device, %why, "Malformed batch refused");
-                                failure = Some(Status::invalid_argument(why));
+                                failure = Some(Status::invalid_argument(why.to_string()));
                                 open = false;
                             }
                         }

@@ -28,6 +28,7 @@ mod devices;
 mod shared;
 
 pub(crate) use batch::MAX_USER;
+pub use batch::{BatchError, EventProblem};
 use devices::LiveStreams;
 pub use devices::{DeviceCache, StreamGuard};
 

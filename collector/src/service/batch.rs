@@ -23,6 +23,29 @@ pub(super) fn valid_kind(kind: &str) -> bool {
         })
 }
 
+/// Why a batch was refused: its first bad event (1-based position and seq) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {index} of the batch (seq {seq}): {problem}")]
+pub struct BatchError {
+    pub index: usize,
+    pub seq: u64,
+    #[source]
+    pub problem: EventProblem,
+}
+
+/// What is wrong with one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventProblem {
+    #[error("seq must start at 1")]
+    SeqZero,
+    #[error("kind {0:?} is not a dotted lowercase name")]
+    BadKind(String),
+    #[error("user is longer than {MAX_USER} bytes")]
+    UserTooLong,
+    #[error("occurred_at is missing or out of range")]
+    NoOccurredAt,
+}
+
 impl Collector {
     /// Checks and judges one batch; `Err` names the first bad event.
     pub fn prepare_batch(
@@ -30,28 +53,29 @@ impl Collector {
         device_id: &str,
         events: Vec<IncomingEvent>,
         facts: Option<AgentFacts>,
-    ) -> Result<DeviceBatch, String> {
+    ) -> Result<DeviceBatch, BatchError> {
         let now = Utc::now();
         let rules = self.rules.read().expect("rules lock").clone();
         let pseudonymise = self.pseudonymise.load(std::sync::atomic::Ordering::Relaxed);
         let mut state = Map::new();
         let mut out = Vec::with_capacity(events.len());
         for (i, e) in events.into_iter().enumerate() {
-            let at = |why: String| format!("event {} of the batch (seq {}): {why}", i + 1, e.seq);
+            let at = |problem| BatchError {
+                index: i + 1,
+                seq: e.seq,
+                problem,
+            };
             if e.seq == 0 {
-                return Err(at("seq must start at 1".into()));
+                return Err(at(EventProblem::SeqZero));
             }
             if !valid_kind(&e.kind) {
-                return Err(at(format!(
-                    "kind {:?} is not a dotted lowercase name",
-                    e.kind
-                )));
+                return Err(at(EventProblem::BadKind(e.kind.clone())));
             }
             if e.user.len() > MAX_USER {
-                return Err(at(format!("user is longer than {MAX_USER} bytes")));
+                return Err(at(EventProblem::UserTooLong));
             }
             let Some(occurred_at) = e.occurred_at else {
-                return Err(at("occurred_at is missing or out of range".into()));
+                return Err(at(EventProblem::NoOccurredAt));
             };
             let verdict = rules.classify(&e.kind, &e.details);
             let mut stored = StoredEvent {
