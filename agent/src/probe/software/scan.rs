@@ -186,7 +186,7 @@ pub enum SnapdError {
     Socket(#[source] io::Error),
     /// Not an HTTP reply the parser could read (`parse::split_http_response` says why).
     #[error("{0}")]
-    BadReply(String),
+    BadReply(#[from] parse::HttpResponseError),
     #[error("snapd answered HTTP {0}")]
     Status(u16),
 }
@@ -213,7 +213,7 @@ pub async fn read_snaps(socket: &Path) -> Result<Inventory, SnapdError> {
         .await
         .map_err(|_| SnapdError::Timeout)?
         .map_err(SnapdError::Socket)?;
-    let (status, body) = parse::split_http_response(&raw).map_err(SnapdError::BadReply)?;
+    let (status, body) = parse::split_http_response(&raw)?;
     if status != 200 {
         return Err(SnapdError::Status(status));
     }

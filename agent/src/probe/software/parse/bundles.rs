@@ -51,12 +51,28 @@ pub struct SnapInfo {
     pub install_date: Option<DateTime<Utc>>,
 }
 
+/// Why bytes are not an HTTP/1.x response `split_http_response` can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpResponseError {
+    #[error("no end of HTTP headers")]
+    NoHeaderEnd,
+    #[error("bad HTTP status line")]
+    BadStatusLine,
+    #[error("truncated chunk size")]
+    TruncatedChunkSize,
+    /// The chunk-size line as received.
+    #[error("bad chunk size {0:?}")]
+    BadChunkSize(String),
+    #[error("truncated chunk")]
+    TruncatedChunk,
+}
+
 /// Splits a raw HTTP/1.x response into status code and body, undoing chunked encoding.
-pub fn split_http_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+pub fn split_http_response(raw: &[u8]) -> Result<(u16, Vec<u8>), HttpResponseError> {
     let head_end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of HTTP headers")?;
+        .ok_or(HttpResponseError::NoHeaderEnd)?;
     let head = String::from_utf8_lossy(&raw[..head_end]);
     let body = &raw[head_end + 4..];
     let mut lines = head.lines();
@@ -64,7 +80,7 @@ pub fn split_http_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
-        .ok_or("bad HTTP status line")?;
+        .ok_or(HttpResponseError::BadStatusLine)?;
     let chunked = lines.any(|l| {
         l.to_ascii_lowercase().starts_with("transfer-encoding:")
             && l.to_ascii_lowercase().contains("chunked")
@@ -78,16 +94,16 @@ pub fn split_http_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
         let eol = rest
             .windows(2)
             .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size")?;
+            .ok_or(HttpResponseError::TruncatedChunkSize)?;
         let size_text = String::from_utf8_lossy(&rest[..eol]);
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+            .map_err(|_| HttpResponseError::BadChunkSize(size_text.to_string()))?;
         rest = &rest[eol + 2..];
         if size == 0 {
             return Ok((status, out));
         }
         if rest.len() < size {
-            return Err("truncated chunk".into());
+            return Err(HttpResponseError::TruncatedChunk);
         }
         out.extend_from_slice(&rest[..size]);
         rest = rest.get(size + 2..).unwrap_or(&[]);

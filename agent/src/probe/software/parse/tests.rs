@@ -170,7 +170,14 @@ fn http_responses_split_plain_and_chunked() {
         split_http_response(chunked).unwrap(),
         (200, b"{\"a\":1}".to_vec())
     );
-    assert!(split_http_response(b"garbage").is_err());
+    assert_eq!(
+        split_http_response(b"garbage"),
+        Err(HttpResponseError::NoHeaderEnd)
+    );
+    let bad_size =
+        split_http_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            .unwrap_err();
+    assert_eq!(bad_size.to_string(), "bad chunk size \"zz\"");
 }
 
 #[test]
