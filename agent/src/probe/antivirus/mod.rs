@@ -271,14 +271,22 @@ async fn observe_clamav(config: &AntivirusProbeConfig) -> ClamavObservation {
 async fn ask_clamd(
     socket: &Path,
     timeout: Duration,
-) -> (Result<Option<parse::ClamdVersion>, String>, Vec<String>) {
+) -> (
+    Result<Option<parse::ClamdVersion>, parse::ClamdVersionError>,
+    Vec<String>,
+) {
     match clamd::ping(socket, timeout).await {
         Ok(true) => {}
         Ok(false) => {
-            let why = format!("clamd at {} did not answer PONG", socket.display());
+            let why = parse::ClamdVersionError::NoPong {
+                socket: socket.to_path_buf(),
+            };
             return (Err(why), Vec::new());
         }
-        Err(e) => return (Err(format!("clamd not answering: {e}")), Vec::new()),
+        Err(e) => {
+            let why = parse::ClamdVersionError::NotAnswering(std::sync::Arc::new(e));
+            return (Err(why), Vec::new());
+        }
     }
     match clamd::version(socket, timeout).await {
         Ok(reply) => {
@@ -327,7 +335,7 @@ mod tests {
         assert_eq!(obs.freshclam_running, Some(false));
         assert_eq!(obs.freshclam_last, None);
         assert!(
-            matches!(&obs.clamd, Some(Err(e)) if e.contains("no.sock")),
+            matches!(&obs.clamd, Some(Err(e)) if e.to_string().contains("no.sock")),
             "{:?}",
             obs.clamd
         );

@@ -1,9 +1,13 @@
 //! ClamAV's formats: the database header, clamd's replies, freshclam's log, and the ClamAV
 //! product assembled from what the Linux readers saw.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 
 use super::{Parsed, ProductReport, UpdaterInfo};
+use crate::probe::antivirus::clamd::ClamdError;
 
 /// The 512-byte ASCII header of a ClamAV `.cvd` / `.cld` / `.cud` database.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,6 +264,23 @@ pub fn parse_freshclam_log(tail: &str) -> Parsed<FreshclamRun> {
 // ClamAV: from observations to a product
 // ---------------------------------------------------------------------------------------------
 
+/// Why clamd is not serving: an observation's `clamd: Some(Err(_))`, a note in the status.
+/// `Clone` as the observation is: the cause is shared, not copied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClamdVersionError {
+    #[error("clamd at {} did not answer PONG", socket.display())]
+    NoPong { socket: PathBuf },
+    #[error("clamd not answering: {0}")]
+    NotAnswering(#[source] Arc<ClamdError>),
+}
+
+/// By message: the causes (`io::Error`s) have no equality of their own.
+impl PartialEq for ClamdVersionError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
 /// What the thin Linux readers saw; everything optional because any of it can be absent.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClamavObservation {
@@ -268,7 +289,7 @@ pub struct ClamavObservation {
     /// The daily database chosen (highest version) and its header.
     pub daily: Option<(String, CvdHeader)>,
     /// `Ok(version reply)` when clamd answered PING; `Err(why)` otherwise.
-    pub clamd: Option<Result<Option<ClamdVersion>, String>>,
+    pub clamd: Option<Result<Option<ClamdVersion>, ClamdVersionError>>,
     pub onaccess_running: Option<bool>,
     pub freshclam_running: Option<bool>,
     pub freshclam_last: Option<FreshclamRun>,
@@ -295,7 +316,7 @@ pub fn clamav_product(
     p.engine_version = loaded.map(|v| v.engine.clone()).filter(|e| !e.is_empty());
     p.service_responding = obs.clamd.as_ref().map(Result::is_ok);
     if let Some(Err(why)) = &obs.clamd {
-        p.notes.push(why.clone());
+        p.notes.push(why.to_string());
     }
     p.realtime_protection = obs.onaccess_running;
 
@@ -561,7 +582,9 @@ mod tests {
     #[test]
     fn clamav_product_absent_when_nothing_found() {
         let obs = ClamavObservation {
-            clamd: Some(Err("clamd not answering".into())),
+            clamd: Some(Err(ClamdVersionError::NotAnswering(Arc::new(
+                ClamdError::Timeout(std::time::Duration::from_secs(1)),
+            )))),
             ..Default::default()
         };
         assert_eq!(clamav_product(&obs, &utc), None);
@@ -614,17 +637,20 @@ mod tests {
     fn clamav_product_main_only_is_unknown() {
         let obs = ClamavObservation {
             database_files: vec!["main.cvd".into()],
-            clamd: Some(Err(
-                "clamd not answering on /x: No such file or directory".into()
-            )),
+            clamd: Some(Err(ClamdVersionError::NotAnswering(Arc::new(
+                ClamdError::Connect {
+                    socket: "/x".into(),
+                    source: std::io::Error::from_raw_os_error(2),
+                },
+            )))),
             ..Default::default()
         };
         let p = clamav_product(&obs, &utc).unwrap();
         assert_eq!(p.service_responding, Some(false));
         assert_eq!(
             assess_product(&p, 72, t(NOW)).1,
-            "service not responding (clamd not answering on /x: No such file or directory; \
-             no daily database)"
+            "service not responding (clamd not answering: cannot connect to clamd at /x: \
+             No such file or directory (os error 2); no daily database)"
         );
     }
 }
