@@ -50,20 +50,25 @@ pub struct Logind {
     signals: Option<MessageStream>,
 }
 
-fn err(e: zbus::Error) -> String {
-    e.to_string()
+/// Why a call to logind failed, in the words zbus uses.
+#[derive(Debug, thiserror::Error)]
+pub enum LogindError {
+    /// Connecting, subscribing, a method call or decoding its reply.
+    #[error("{0}")]
+    Bus(#[from] zbus::Error),
+    /// A property of another type than expected.
+    #[error("{0}")]
+    Value(#[from] zbus::zvariant::Error),
+    #[error("user object has no GID")]
+    NoGid,
 }
 
 impl Logind {
     /// Connects to the system bus, or to `address` (tests use a private bus).
-    pub async fn connect(address: Option<&str>) -> Result<Self, String> {
+    pub async fn connect(address: Option<&str>) -> Result<Self, LogindError> {
         let conn = match address {
-            Some(a) => zbus::connection::Builder::address(a)
-                .map_err(err)?
-                .build()
-                .await
-                .map_err(err)?,
-            None => Connection::system().await.map_err(err)?,
+            Some(a) => zbus::connection::Builder::address(a)?.build().await?,
+            None => Connection::system().await?,
         };
         Ok(Self {
             conn,
@@ -73,15 +78,12 @@ impl Logind {
 
     /// Starts listening for logind's signals (SessionNew/SessionRemoved, PropertiesChanged,
     /// Lock/Unlock) so the probe reacts instead of polling.
-    pub async fn subscribe(&mut self) -> Result<(), String> {
+    pub async fn subscribe(&mut self) -> Result<(), LogindError> {
         let rule = MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
-            .path_namespace(MANAGER_PATH)
-            .map_err(err)?
+            .path_namespace(MANAGER_PATH)?
             .build();
-        let stream = MessageStream::for_match_rule(rule, &self.conn, Some(64))
-            .await
-            .map_err(err)?;
+        let stream = MessageStream::for_match_rule(rule, &self.conn, Some(64)).await?;
         self.signals = Some(stream);
         Ok(())
     }
@@ -112,7 +114,7 @@ impl Logind {
     }
 
     /// Calls a method of logind's Manager and decodes its reply.
-    async fn manager<B, R>(&self, method: &str, body: &B) -> Result<R, String>
+    async fn manager<B, R>(&self, method: &str, body: &B) -> Result<R, LogindError>
     where
         B: serde::Serialize + zbus::zvariant::DynamicType,
         R: serde::de::DeserializeOwned + zbus::zvariant::Type,
@@ -120,13 +122,12 @@ impl Logind {
         let reply = self
             .conn
             .call_method(Some(DEST), MANAGER_PATH, Some(MANAGER_IFACE), method, body)
-            .await
-            .map_err(err)?;
-        reply.body().deserialize().map_err(err)
+            .await?;
+        Ok(reply.body().deserialize()?)
     }
 
     /// All sessions with their properties, plus warnings about sessions that could not be read.
-    pub async fn sessions(&self) -> Result<(Vec<LogindSession>, Vec<String>), String> {
+    pub async fn sessions(&self) -> Result<(Vec<LogindSession>, Vec<String>), LogindError> {
         let list: Vec<(String, u32, String, String, OwnedObjectPath)> =
             self.manager("ListSessions", &()).await?;
         let mut out = Vec::new();
@@ -149,17 +150,16 @@ impl Logind {
         &self,
         path: &str,
         iface: &str,
-    ) -> Result<HashMap<String, OwnedValue>, String> {
+    ) -> Result<HashMap<String, OwnedValue>, LogindError> {
         let reply = self
             .conn
             .call_method(Some(DEST), path, Some(PROPS_IFACE), "GetAll", &(iface,))
-            .await
-            .map_err(err)?;
-        reply.body().deserialize().map_err(err)
+            .await?;
+        Ok(reply.body().deserialize()?)
     }
 
     /// Current LockedHint of one session.
-    pub async fn locked_hint(&self, session_path: &str) -> Result<bool, String> {
+    pub async fn locked_hint(&self, session_path: &str) -> Result<bool, LogindError> {
         let reply = self
             .conn
             .call_method(
@@ -169,30 +169,28 @@ impl Logind {
                 "Get",
                 &(SESSION_IFACE, "LockedHint"),
             )
-            .await
-            .map_err(err)?;
-        let v: OwnedValue = reply.body().deserialize().map_err(err)?;
-        bool::try_from(v).map_err(|e| e.to_string())
+            .await?;
+        let v: OwnedValue = reply.body().deserialize()?;
+        Ok(bool::try_from(v)?)
     }
 
     /// Session.Lock(): logind only emits the Lock signal; the desktop's locker must act.
-    pub async fn lock(&self, session_path: &str) -> Result<(), String> {
+    pub async fn lock(&self, session_path: &str) -> Result<(), LogindError> {
         self.conn
             .call_method(Some(DEST), session_path, Some(SESSION_IFACE), "Lock", &())
-            .await
-            .map_err(err)?;
+            .await?;
         Ok(())
     }
 
     /// Users holding an "idle" block inhibitor.
-    pub async fn idle_inhibitor_uids(&self) -> Result<HashSet<u32>, String> {
+    pub async fn idle_inhibitor_uids(&self) -> Result<HashSet<u32>, LogindError> {
         let list: Vec<(String, String, String, String, u32, u32)> =
             self.manager("ListInhibitors", &()).await?;
         Ok(idle_inhibitor_uids(&list))
     }
 
     /// The primary group of a logged-in user, from logind's User object.
-    pub async fn user_gid(&self, uid: u32) -> Result<u32, String> {
+    pub async fn user_gid(&self, uid: u32) -> Result<u32, LogindError> {
         let path: OwnedObjectPath = self.manager("GetUser", &(uid,)).await?;
         let props = self
             .get_all(path.as_str(), "org.freedesktop.login1.User")
@@ -200,7 +198,7 @@ impl Logind {
         props
             .get("GID")
             .and_then(|v| u32::try_from(v.clone()).ok())
-            .ok_or_else(|| "user object has no GID".to_string())
+            .ok_or(LogindError::NoGid)
     }
 }
 

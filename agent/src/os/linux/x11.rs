@@ -8,11 +8,56 @@
 use std::path::Path;
 
 use x11rb::connection::Connection;
+use x11rb::errors::{ConnectError, ConnectionError, DisplayParsingError, ReplyError};
 use x11rb::protocol::screensaver::ConnectionExt as _;
 use x11rb::protocol::xproto::{ConnectionExt as _, GrabMode, GrabStatus, MapState, Window};
 use x11rb::rust_connection::{DefaultStream, RustConnection};
 
 const MIT_MAGIC_COOKIE: &[u8] = b"MIT-MAGIC-COOKIE-1";
+
+/// Why a display could not be reached or asked.
+#[derive(Debug, thiserror::Error)]
+pub enum X11Error {
+    #[error("display name {display:?}: {source}")]
+    DisplayName {
+        display: String,
+        source: DisplayParsingError,
+    },
+    /// The name gives no address to try.
+    #[error("no way to reach display {display}")]
+    NoAddress { display: String },
+    /// The last address tried did not connect.
+    #[error("display {display}: {source}")]
+    Unreachable {
+        display: String,
+        source: std::io::Error,
+    },
+    /// The X server refused the connection (authentication, for one).
+    #[error("display {display}: {source}")]
+    Refused {
+        display: String,
+        source: ConnectError,
+    },
+    #[error("display {display} has no screen {screen}")]
+    NoScreen { display: String, screen: u16 },
+    /// A request could not be sent.
+    #[error("{0}")]
+    Connection(#[from] ConnectionError),
+    /// A request without a name of its own in the message got an error reply.
+    #[error("{0}")]
+    Reply(#[from] ReplyError),
+    /// A named request got an error reply.
+    #[error("{request}: {source}")]
+    Request {
+        request: &'static str,
+        source: ReplyError,
+    },
+    #[error("GrabKeyboard: unexpected status {0:?}")]
+    GrabStatus(GrabStatus),
+    /// The blocking thread running the calls panicked or was cancelled.
+    #[error("{0}")]
+    Thread(#[from] tokio::task::JoinError),
+}
 
 /// An open connection to a session's display.
 pub struct Display {
@@ -24,9 +69,12 @@ pub struct Display {
 
 /// Connects to `display` (":0"), authenticating with the matching cookie from `xauthority`
 /// if that file exists and has one (else without: Xvfb in tests, or host-based access).
-pub fn connect(display: &str, xauthority: Option<&Path>) -> Result<Display, String> {
+pub fn connect(display: &str, xauthority: Option<&Path>) -> Result<Display, X11Error> {
     let parsed = x11rb::reexports::x11rb_protocol::parse_display::parse_display(Some(display))
-        .map_err(|e| format!("display name {display:?}: {e}"))?;
+        .map_err(|source| X11Error::DisplayName {
+            display: display.to_string(),
+            source,
+        })?;
     let (name, data) = xauthority
         // In the user's home, so opened as an untrusted file (a FIFO there must not hang us).
         .and_then(|p| {
@@ -41,7 +89,9 @@ pub fn connect(display: &str, xauthority: Option<&Path>) -> Result<Display, Stri
             pick_cookie(&entries, parsed.display, host.trim().as_bytes())
         })
         .unwrap_or_default();
-    let mut last_err = format!("no way to reach display {display}");
+    let mut last_err = X11Error::NoAddress {
+        display: display.to_string(),
+    };
     for addr in parsed.connect_instruction() {
         match DefaultStream::connect(&addr) {
             Ok((stream, _peer)) => {
@@ -51,13 +101,19 @@ pub fn connect(display: &str, xauthority: Option<&Path>) -> Result<Display, Stri
                     name.clone(),
                     data.clone(),
                 )
-                .map_err(|e| format!("display {display}: {e}"))?;
+                .map_err(|source| X11Error::Refused {
+                    display: display.to_string(),
+                    source,
+                })?;
                 let (root, width, height) = conn
                     .setup()
                     .roots
                     .get(usize::from(parsed.screen))
                     .map(|s| (s.root, s.width_in_pixels, s.height_in_pixels))
-                    .ok_or_else(|| format!("display {display} has no screen {}", parsed.screen))?;
+                    .ok_or_else(|| X11Error::NoScreen {
+                        display: display.to_string(),
+                        screen: parsed.screen,
+                    })?;
                 return Ok(Display {
                     conn,
                     root,
@@ -65,7 +121,12 @@ pub fn connect(display: &str, xauthority: Option<&Path>) -> Result<Display, Stri
                     height,
                 });
             }
-            Err(e) => last_err = format!("display {display}: {e}"),
+            Err(source) => {
+                last_err = X11Error::Unreachable {
+                    display: display.to_string(),
+                    source,
+                }
+            }
         }
     }
     Err(last_err)
@@ -73,13 +134,15 @@ pub fn connect(display: &str, xauthority: Option<&Path>) -> Result<Display, Stri
 
 impl Display {
     /// Milliseconds since the last keyboard or pointer input on this display.
-    pub fn idle_ms(&self) -> Result<u32, String> {
+    pub fn idle_ms(&self) -> Result<u32, X11Error> {
         let reply = self
             .conn
-            .screensaver_query_info(self.root)
-            .map_err(|e| e.to_string())?
+            .screensaver_query_info(self.root)?
             .reply()
-            .map_err(|e| format!("MIT-SCREEN-SAVER QueryInfo: {e}"))?;
+            .map_err(|source| X11Error::Request {
+                request: "MIT-SCREEN-SAVER QueryInfo",
+                source,
+            })?;
         Ok(reply.ms_since_user_input)
     }
 
@@ -88,24 +151,18 @@ impl Display {
     /// and xscreensaver do). Either alone is not enough: an open menu or a test tool holds
     /// the keyboard, a full-screen game may bypass the window manager. The window check
     /// comes first because it is harmless; the grab test runs only if it passes.
-    pub fn locker_holds_display(&self) -> Result<bool, String> {
+    pub fn locker_holds_display(&self) -> Result<bool, X11Error> {
         Ok(self.screen_covered_by_override_redirect()? && self.keyboard_held_by_other()?)
     }
 
     /// A viewable override-redirect top-level window covering the whole screen.
-    pub fn screen_covered_by_override_redirect(&self) -> Result<bool, String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let tree = self
-            .conn
-            .query_tree(self.root)
-            .map_err(|x| e(&x))?
-            .reply()
-            .map_err(|x| e(&x))?;
+    pub fn screen_covered_by_override_redirect(&self) -> Result<bool, X11Error> {
+        let tree = self.conn.query_tree(self.root)?.reply()?;
         // Pipeline the requests: one round trip for all windows, not one per window.
         let mut cookies = Vec::new();
         for &w in &tree.children {
-            let attrs = self.conn.get_window_attributes(w).map_err(|x| e(&x))?;
-            let geom = self.conn.get_geometry(w).map_err(|x| e(&x))?;
+            let attrs = self.conn.get_window_attributes(w)?;
+            let geom = self.conn.get_geometry(w)?;
             cookies.push((attrs, geom));
         }
         let mut windows = Vec::new();
@@ -129,7 +186,7 @@ impl Display {
     /// True when another client holds the keyboard; a successful test grab is released
     /// at once. (Grabbing briefly can swallow a key typed in that instant: only call this
     /// when the session is idle or a lock is being confirmed.)
-    pub fn keyboard_held_by_other(&self) -> Result<bool, String> {
+    pub fn keyboard_held_by_other(&self) -> Result<bool, X11Error> {
         let reply = self
             .conn
             .grab_keyboard(
@@ -138,10 +195,12 @@ impl Display {
                 x11rb::CURRENT_TIME,
                 GrabMode::ASYNC,
                 GrabMode::ASYNC,
-            )
-            .map_err(|e| e.to_string())?
+            )?
             .reply()
-            .map_err(|e| format!("GrabKeyboard: {e}"))?;
+            .map_err(|source| X11Error::Request {
+                request: "GrabKeyboard",
+                source,
+            })?;
         match reply.status {
             GrabStatus::SUCCESS => {
                 let _ = self.conn.ungrab_keyboard(x11rb::CURRENT_TIME);
@@ -149,7 +208,7 @@ impl Display {
                 Ok(false)
             }
             GrabStatus::ALREADY_GRABBED | GrabStatus::FROZEN => Ok(true),
-            other => Err(format!("GrabKeyboard: unexpected status {other:?}")),
+            other => Err(X11Error::GrabStatus(other)),
         }
     }
 }

@@ -16,10 +16,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use caretaker_proto::policy::ScreenLockPolicy;
 
 use super::decide::{HostFacts, IdleSource, SessionObservation};
-use super::{DesktopOs, LockSeen, LockerExit, LockerHandle, Observed, ScreenLockConfig};
+use super::{DesktopOs, LockError, LockSeen, LockerExit, LockerHandle, Observed, ScreenLockConfig};
 use crate::os::linux::locker::{self, UserAccount};
-use crate::os::linux::logind::{Logind, LogindSession};
-use crate::os::linux::x11;
+use crate::os::linux::logind::{Logind, LogindError, LogindSession};
+use crate::os::linux::x11::{self, X11Error};
 
 pub struct LinuxDesktop {
     cfg: ScreenLockConfig,
@@ -41,7 +41,7 @@ impl LinuxDesktop {
         }
     }
 
-    async fn logind(&mut self) -> Result<&mut Logind, String> {
+    async fn logind(&mut self) -> Result<&mut Logind, LogindError> {
         if self.logind.is_none() {
             let mut l = Logind::connect(self.cfg.system_bus_address.as_deref()).await?;
             l.subscribe().await?;
@@ -79,14 +79,13 @@ impl LinuxDesktop {
         locker::find_xauthority(&user, &self.cfg.runtime_dir_root)
     }
 
-    async fn x11_idle(&mut self, s: &LogindSession) -> Result<Duration, String> {
+    async fn x11_idle(&mut self, s: &LogindSession) -> Result<Duration, X11Error> {
         let xauth = self.xauthority(s).await;
         let display = s.display.clone();
         let ms = tokio::task::spawn_blocking(move || {
             x11::connect(&display, xauth.as_deref())?.idle_ms()
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         Ok(Duration::from_millis(u64::from(ms)))
     }
 }
@@ -132,7 +131,7 @@ impl DesktopOs for LinuxDesktop {
             Err(e) => {
                 // Reconnect next time: logind or the bus may have restarted.
                 self.logind = None;
-                out.host.session_source_error = Some(e);
+                out.host.session_source_error = Some(e.to_string());
                 return out;
             }
         };
@@ -203,7 +202,7 @@ impl DesktopOs for LinuxDesktop {
             return LockSeen::No;
         };
         if let Some(l) = self.logind.as_ref()
-            && l.locked_hint(&s.path).await == Ok(true)
+            && matches!(l.locked_hint(&s.path).await, Ok(true))
         {
             self.hinted.insert(s.id.clone());
             return LockSeen::Hint;
@@ -215,7 +214,7 @@ impl DesktopOs for LinuxDesktop {
                 x11::connect(&display, xauth.as_deref())?.locker_holds_display()
             })
             .await
-            .map_err(|e| e.to_string())
+            .map_err(X11Error::from)
             .and_then(|r| r);
             match held {
                 Ok(true) => return LockSeen::Display,
@@ -226,46 +225,37 @@ impl DesktopOs for LinuxDesktop {
         LockSeen::No
     }
 
-    async fn request_lock(&mut self, session: &str) -> Result<(), String> {
+    async fn request_lock(&mut self, session: &str) -> Result<(), LockError> {
         let path = self
             .sessions
             .get(session)
             .map(|s| s.path.clone())
-            .ok_or_else(|| format!("session {session} is gone"))?;
-        self.logind().await?.lock(&path).await
+            .ok_or_else(|| LockError::SessionGone(session.to_string()))?;
+        Ok(self.logind().await?.lock(&path).await?)
     }
 
     async fn start_locker(
         &mut self,
         session: &str,
         policy: &ScreenLockPolicy,
-    ) -> Result<LockerHandle, String> {
+    ) -> Result<LockerHandle, LockError> {
         let s = self
             .sessions
             .get(session)
             .cloned()
-            .ok_or_else(|| format!("session {session} is gone"))?;
+            .ok_or_else(|| LockError::SessionGone(session.to_string()))?;
         // An X locker on a Wayland session's Xwayland display would not cover the
         // compositor: only real X sessions get one.
         if s.kind != "x11" || s.display.is_empty() {
-            return Err(format!(
-                "cannot start a locker in a {} session without an X display",
-                s.kind
-            ));
+            return Err(LockError::NoXDisplay(s.kind));
         }
         let (command, program) =
-            locker::find_locker(&policy.locker_commands, &self.cfg.locker_search_path).ok_or_else(
-                || {
-                    format!(
-                        "no locker command installed (tried: {})",
-                        policy.locker_commands.join(", ")
-                    )
-                },
-            )?;
+            locker::find_locker(&policy.locker_commands, &self.cfg.locker_search_path)
+                .ok_or_else(|| LockError::NoLocker(policy.locker_commands.clone()))?;
         let user = self
             .user(s.uid, &s.user)
             .await
-            .ok_or_else(|| format!("no account found for uid {}", s.uid))?;
+            .ok_or(LockError::NoAccount(s.uid))?;
         let xauth = locker::find_xauthority(&user, &self.cfg.runtime_dir_root);
         let (_, args) = locker::split_command(&command).unwrap_or_default();
         let mut child = locker::spawn_locker(
@@ -276,7 +266,10 @@ impl DesktopOs for LinuxDesktop {
             xauth.as_deref(),
             &self.cfg.runtime_dir_root,
         )
-        .map_err(|e| format!("starting `{command}`: {e}"))?;
+        .map_err(|source| LockError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
         Ok(LockerHandle {
             command,
             exited: Box::pin(async move {

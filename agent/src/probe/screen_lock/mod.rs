@@ -113,6 +113,30 @@ pub struct LockerExit {
     pub how: String,
 }
 
+/// Why a lock could not be requested or a locker not started; its text ends up in the
+/// failure's `reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("session {0} is gone")]
+    SessionGone(String),
+    /// The session's kind ("wayland", …): X lockers need an X display.
+    #[error("cannot start a locker in a {0} session without an X display")]
+    NoXDisplay(String),
+    /// The policy's locker commands, none of them installed.
+    #[error("no locker command installed (tried: {})", .0.join(", "))]
+    NoLocker(Vec<String>),
+    #[error("no account found for uid {0}")]
+    NoAccount(u32),
+    #[error("starting `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[cfg(target_os = "linux")]
+    #[error("{0}")]
+    Logind(#[from] crate::os::linux::logind::LogindError),
+}
+
 /// The OS side of the probe: thin calls, no rules.
 pub trait DesktopOs: Send {
     /// All graphical user sessions with their idle time and lock state.
@@ -125,13 +149,14 @@ pub trait DesktopOs: Send {
         check_display: bool,
     ) -> impl Future<Output = LockSeen> + Send;
     /// Asks the desktop to lock (logind Session.Lock).
-    fn request_lock(&mut self, session: &str) -> impl Future<Output = Result<(), String>> + Send;
+    fn request_lock(&mut self, session: &str)
+    -> impl Future<Output = Result<(), LockError>> + Send;
     /// Starts the first available locker command in the session, as its user.
     fn start_locker(
         &mut self,
         session: &str,
         policy: &ScreenLockPolicy,
-    ) -> impl Future<Output = Result<LockerHandle, String>> + Send;
+    ) -> impl Future<Output = Result<LockerHandle, LockError>> + Send;
     /// Resolves when the OS signals something that may change a decision.
     fn changed(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -514,7 +539,7 @@ mod tests {
                 LockSeen::No
             }
         }
-        async fn request_lock(&mut self, _s: &str) -> Result<(), String> {
+        async fn request_lock(&mut self, _s: &str) -> Result<(), LockError> {
             let mut f = self.0.lock().unwrap();
             f.lock_requests += 1;
             if f.desktop_answers {
@@ -525,11 +550,11 @@ mod tests {
         async fn start_locker(
             &mut self,
             _s: &str,
-            _p: &ScreenLockPolicy,
-        ) -> Result<LockerHandle, String> {
+            p: &ScreenLockPolicy,
+        ) -> Result<LockerHandle, LockError> {
             let mut f = self.0.lock().unwrap();
             if !f.locker_installed {
-                return Err("no locker command installed".into());
+                return Err(LockError::NoLocker(p.locker_commands.clone()));
             }
             f.lockers_started += 1;
             f.locked = true;
