@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use caretaker_agent::config::Config;
-use caretaker_agent::state::{DEFAULT_STATE_DIR, StateDir};
+use caretaker_agent::state::{StateDir, default_config_file, default_state_dir};
 use caretaker_agent::status::Status;
 use caretaker_agent::{enroll, os, runtime};
 use clap::{Parser, Subcommand};
@@ -34,20 +34,21 @@ enum Command {
         /// The CA fingerprint printed by `caretaker-collector token create` (sha256:...).
         #[arg(long)]
         ca_fingerprint: String,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        #[arg(long, default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
     },
     /// Run the agent (as a service).
     Run {
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// TOML configuration file.
+        /// TOML configuration file (on Windows `%ProgramData%\Caretaker\agent.toml` when
+        /// present and none is named).
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Show enrolment, connection, spool depth and policy version.
     Status {
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        #[arg(long, default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
         /// Print the status as JSON.
         #[arg(long)]
@@ -55,6 +56,7 @@ enum Command {
     },
     /// Print every kernel uevent this machine receives, one datagram per line in hex, as the
     /// USB probe receives them (a diagnostic; the USB probe's test data is recorded with it).
+    #[cfg(target_os = "linux")]
     #[command(hide = true)]
     RecordUevents,
     /// Check this laptop's uninstall code before the agent is removed (the package's prerm
@@ -119,21 +121,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { state_dir, config } => {
+            let config = config.or_else(default_config_file);
             let config = Config::load(config.as_deref(), state_dir)?;
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
             tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+                stop_requested().await;
                 s.cancel();
             });
             Ok(runtime::run(config, shutdown).await?)
         }
         Command::Status { state_dir, json } => status(&StateDir::new(state_dir), json),
+        #[cfg(target_os = "linux")]
         Command::RecordUevents => record_uevents().await,
         Command::UninstallCheck {
             code,
@@ -146,10 +145,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 match configured {
                     Some(Ok(c)) => c.state_dir,
                     Some(Err(e)) => {
-                        eprintln!("caretaker-agent: {e}; using {DEFAULT_STATE_DIR}");
-                        DEFAULT_STATE_DIR.into()
+                        let dir = default_state_dir();
+                        eprintln!("caretaker-agent: {e}; using {}", dir.display());
+                        dir
                     }
-                    None => DEFAULT_STATE_DIR.into(),
+                    None => default_state_dir(),
                 }
             });
             uninstall_check(&StateDir::new(state_dir), code.as_deref(), &action)
@@ -157,8 +157,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Ctrl-C, or SIGTERM (systemd's stop) where there is one.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// Prints `uevent <hex>` for each kernel uevent until killed, after a `recording uevents` line
 /// that says the socket is bound (so a recorder knows when to start plugging).
+#[cfg(target_os = "linux")]
 async fn record_uevents() -> anyhow::Result<()> {
     use std::io::Write;
     let socket = os::linux::uevent::UeventSocket::open().context("open the uevent socket")?;
