@@ -172,3 +172,95 @@ fn raw_value(v: Value) -> RawValue {
         _ => RawValue::Other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key of this test's own under HKCU, removed when dropped (also after a failed assert).
+    struct TestKey(String);
+
+    impl TestKey {
+        fn new(name: &str) -> Self {
+            let path = format!(r"Software\CaretakerTest\{name}-{}", std::process::id());
+            windows_registry::CURRENT_USER.create(&path).unwrap();
+            TestKey(path)
+        }
+    }
+
+    impl Drop for TestKey {
+        fn drop(&mut self) {
+            let _ = windows_registry::CURRENT_USER.remove_tree(&self.0);
+        }
+    }
+
+    #[test]
+    fn subkeys_are_read_with_their_values() {
+        let t = TestKey::new("subkeys");
+        let hkcu = windows_registry::CURRENT_USER;
+        let app = hkcu.create(format!(r"{}\TestApp", t.0)).unwrap();
+        app.set_string("DisplayName", "Test App").unwrap();
+        app.set_expand_string("InstallLocation", r"%ProgramFiles%\Test")
+            .unwrap();
+        app.set_u32("SystemComponent", 1).unwrap();
+        app.set_bytes("Blob", Type::Bytes, &[1, 2, 3]).unwrap();
+        hkcu.create(format!(r"{}\Empty", t.0)).unwrap();
+
+        let mut keys = read_subkeys(Hive::CurrentUser, &t.0, 0, "Shown").unwrap();
+        keys.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(keys[0].path, r"HKEY_CURRENT_USER\Shown\Empty");
+        assert!(keys[0].values.is_empty());
+        assert_eq!(keys[1].path, r"HKEY_CURRENT_USER\Shown\TestApp");
+        let mut values = keys[1].values.clone();
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            values,
+            [
+                ("Blob".to_string(), RawValue::Other),
+                ("DisplayName".to_string(), RawValue::Str("Test App".into())),
+                (
+                    "InstallLocation".to_string(),
+                    RawValue::Str(r"%ProgramFiles%\Test".into())
+                ),
+                ("SystemComponent".to_string(), RawValue::Dword(1)),
+            ]
+        );
+        assert_eq!(
+            subkey_names(Hive::CurrentUser, &t.0).unwrap().len(),
+            2,
+            "names as listed"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_or_value_is_absent_not_an_error() {
+        let t = TestKey::new("missing");
+        let hkcu = windows_registry::CURRENT_USER;
+        let nowhere = format!(r"{}\Nowhere", t.0);
+        assert!(
+            read_subkeys(Hive::CurrentUser, &nowhere, 0, "x")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            subkey_names(Hive::CurrentUser, &nowhere)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(read_string(hkcu, &nowhere, "X").unwrap(), None);
+        hkcu.create(&t.0).unwrap().set_u32("Number", 7).unwrap();
+        assert_eq!(read_string(hkcu, &t.0, "Missing").unwrap(), None);
+        // Present but not text: not a string either.
+        assert_eq!(read_string(hkcu, &t.0, "Number").unwrap(), None);
+    }
+
+    /// The 32-bit view of HKLM\SOFTWARE is a real, separate key under Wine and Windows alike.
+    #[test]
+    fn the_machine_uninstall_keys_are_readable_in_both_views() {
+        let path = r"SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall";
+        read_subkeys(Hive::LocalMachine, path, 0, path).unwrap();
+        read_subkeys(Hive::LocalMachine, path, KEY_WOW64_32KEY, path).unwrap();
+        assert!(!subkey_names(Hive::Users, "").unwrap().is_empty());
+    }
+}

@@ -18,6 +18,8 @@ mod events;
 pub mod parse;
 #[cfg(target_os = "linux")]
 mod scan;
+#[cfg(any(windows, test))]
+mod uninstall;
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]

@@ -3,6 +3,9 @@
 //! `parse::windows`, kept as the `windows` source of the same inventory Linux keeps, and sent
 //! as the same events (`software.inventory` at start, then installed/removed/upgraded).
 //!
+//! A user's hive is in `HKEY_USERS` only while they are logged on: the entries of a user not
+//! loaded now (or not readable) keep their last reading, so logging off is not an uninstall.
+//!
 //! Changes are found by re-reading every `registry_poll` (5 s): `RegNotifyChangeKeyValue`
 //! has no safe wrapper and the crate forbids `unsafe`, and a read of a few hundred small keys
 //! costs milliseconds. Executables in users' profiles are a later slice.
@@ -10,14 +13,14 @@
 use std::sync::Arc;
 
 use caretaker_proto::policy::PolicyDocument;
-use chrono::{NaiveDate, Utc};
+use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::parse::{self, RegValue, WindowsProgram};
+use super::parse::{self, RegValue};
+use super::uninstall::{inventory_of, keep_unread_users};
 use super::{
-    Inventory, SoftwareItem, SoftwareKey, SoftwareProbeConfig, Source, change_event,
-    inventory_details, replace_source,
+    Inventory, SoftwareProbeConfig, Source, change_event, inventory_details, replace_source,
 };
 use crate::event::{EventSink, NewEvent};
 use crate::os::registry::{self, Hive, KEY_WOW64_32KEY, RawKey, RawValue, RegistryError};
@@ -36,22 +39,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut inventory = Inventory::new();
-    let Some(fresh) = read().await else {
-        return;
-    };
-    replace_source(&mut inventory, Source::Windows, fresh);
-    let batch = Utc::now().to_rfc3339();
-    for details in inventory_details(&inventory, &batch, config.max_items_per_event) {
-        if !sink
-            .emit(NewEvent::now("software.inventory", None, details))
-            .await
-        {
-            return;
-        }
-    }
+    let mut sent_inventory = false;
+    let mut last_problems: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(config.registry_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     loop {
         crate::probe::liveness::beat();
         tokio::select! {
@@ -59,10 +50,24 @@ pub async fn run(
             _ = crate::probe::liveness::idle() => continue,
             _ = tick.tick() => {}
         }
-        let Some(fresh) = read().await else {
+        let Some(fresh) = read(&inventory, &mut last_problems).await else {
             continue;
         };
-        for change in replace_source(&mut inventory, Source::Windows, fresh) {
+        let changes = replace_source(&mut inventory, Source::Windows, fresh);
+        if !sent_inventory {
+            let batch = Utc::now().to_rfc3339();
+            for details in inventory_details(&inventory, &batch, config.max_items_per_event) {
+                if !sink
+                    .emit(NewEvent::now("software.inventory", None, details))
+                    .await
+                {
+                    return;
+                }
+            }
+            sent_inventory = true;
+            continue;
+        }
+        for change in changes {
             if !sink.emit(change_event(&change, None)).await {
                 return;
             }
@@ -70,70 +75,87 @@ pub async fn run(
     }
 }
 
-/// One full read, off the async threads. `None` if nothing could be read at all (the
-/// inventory is then kept as it was rather than reported as all removed).
-async fn read() -> Option<Inventory> {
-    let result = tokio::task::spawn_blocking(read_uninstall_keys).await;
-    let (keys, problems) = match result {
+/// One full read, off the async threads. `None` if the machine's keys could not be read (the
+/// inventory is then kept as it was rather than reported as all removed). Problems are logged
+/// when they change, not every few seconds.
+async fn read(previous: &Inventory, last_problems: &mut Vec<String>) -> Option<Inventory> {
+    let read = match tokio::task::spawn_blocking(read_uninstall_keys).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "Software scan task failed.");
             return None;
         }
     };
+    let problems: Vec<String> = read.problems.iter().map(ToString::to_string).collect();
+    if problems != *last_problems {
+        for p in &problems {
+            tracing::warn!(error = %p, "Cannot read Uninstall keys; their entries keep their last reading.");
+        }
+        *last_problems = problems;
+    }
     // HKLM's own key always exists on Windows; failing to read it means the view is partial.
-    if let Some(p) = problems
+    if read
+        .problems
         .iter()
-        .find(|p| p.path.starts_with("HKEY_LOCAL_MACHINE"))
+        .any(|p| p.path.starts_with("HKEY_LOCAL_MACHINE"))
     {
-        tracing::warn!(error = %p, "Cannot read the machine's Uninstall keys; keeping the last inventory.");
         return None;
     }
-    for p in &problems {
-        tracing::warn!(error = %p, "Cannot read a user's Uninstall keys.");
-    }
-    let parsed =
-        parse::parse_registry_keys(keys.into_iter().map(|k| (k.path, reg_values(k.values))));
+    let parsed = parse::parse_registry_keys(
+        read.keys
+            .into_iter()
+            .map(|k| (k.path, reg_values(k.values))),
+    );
     for w in &parsed.warnings {
         tracing::debug!(warning = %w, "Odd Uninstall entry.");
     }
     let owners = tokio::task::spawn_blocking(profile_owners)
         .await
         .unwrap_or_default();
-    Some(inventory_of(parsed.value, &owners))
+    let mut fresh = inventory_of(parsed.value, &owners);
+    keep_unread_users(previous, &mut fresh, &read.users_read);
+    Some(fresh)
+}
+
+/// What one pass over the Uninstall keys found.
+pub struct UninstallRead {
+    pub keys: Vec<RawKey>,
+    /// Keys that exist but could not be read.
+    pub problems: Vec<RegistryError>,
+    /// The SIDs whose hives are loaded and whose Uninstall keys were read (or are absent).
+    pub users_read: Vec<String>,
 }
 
 /// Every Uninstall subkey the probe looks at, and the keys that could not be read.
-pub fn read_uninstall_keys() -> (Vec<RawKey>, Vec<RegistryError>) {
-    let mut keys = Vec::new();
-    let mut problems = Vec::new();
-    let mut add = |r: Result<Vec<RawKey>, RegistryError>| match r {
-        Ok(k) => keys.extend(k),
-        Err(e) => problems.push(e),
+pub fn read_uninstall_keys() -> UninstallRead {
+    let mut out = UninstallRead {
+        keys: Vec::new(),
+        problems: Vec::new(),
+        users_read: Vec::new(),
     };
-    add(registry::read_subkeys(
-        Hive::LocalMachine,
-        UNINSTALL,
-        0,
-        UNINSTALL,
-    ));
-    add(registry::read_subkeys(
-        Hive::LocalMachine,
-        UNINSTALL,
-        KEY_WOW64_32KEY,
-        UNINSTALL_32,
-    ));
+    for (access, shown_as) in [(0, UNINSTALL), (KEY_WOW64_32KEY, UNINSTALL_32)] {
+        match registry::read_subkeys(Hive::LocalMachine, UNINSTALL, access, shown_as) {
+            Ok(k) => out.keys.extend(k),
+            Err(e) => out.problems.push(e),
+        }
+    }
     match registry::subkey_names(Hive::Users, "") {
         Ok(sids) => {
             // `<sid>_Classes` is the user's file associations, not a second user.
-            for sid in sids.iter().filter(|s| !s.ends_with("_Classes")) {
+            for sid in sids.into_iter().filter(|s| !s.ends_with("_Classes")) {
                 let path = format!(r"{sid}\{UNINSTALL}");
-                add(registry::read_subkeys(Hive::Users, &path, 0, &path));
+                match registry::read_subkeys(Hive::Users, &path, 0, &path) {
+                    Ok(k) => {
+                        out.keys.extend(k);
+                        out.users_read.push(sid);
+                    }
+                    Err(e) => out.problems.push(e),
+                }
             }
         }
-        Err(e) => problems.push(e),
+        Err(e) => out.problems.push(e),
     }
-    (keys, problems)
+    out
 }
 
 fn reg_values(values: Vec<(String, RawValue)>) -> Vec<(String, RegValue)> {
@@ -167,43 +189,57 @@ fn profile_owners() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The inventory of the `windows` source. Per-user entries belong to the profile's user
-/// (the SID where the profile is unknown); the 32-bit view is marked `x86`.
-pub fn inventory_of(programs: Vec<WindowsProgram>, owners: &[(String, String)]) -> Inventory {
-    programs
-        .into_iter()
-        .map(|p| {
-            let owner = p.user_sid.as_ref().map(|sid| {
-                owners
-                    .iter()
-                    .find(|(s, _)| s.eq_ignore_ascii_case(sid))
-                    .map_or_else(|| sid.clone(), |(_, n)| n.clone())
-            });
-            let id = match &p.user_sid {
-                Some(sid) => format!("user/{sid}/{}", p.key),
-                None => format!("{}/{}", p.scope, p.key),
-            };
-            let installed_at = p
-                .install_date
-                .as_deref()
-                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|t| t.and_utc());
-            let item = SoftwareItem {
-                name: p.display_name,
-                version: p.display_version.unwrap_or_default(),
-                arch: (p.scope == "machine_32bit").then(|| "x86".to_string()),
-                owner,
-                path: None,
-                installed_at,
-            };
-            (
-                SoftwareKey {
-                    source: Source::Windows,
-                    id,
-                },
-                item,
-            )
-        })
-        .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Uninstall-shaped key of this test's own under HKCU, removed when dropped.
+    struct TestUninstall(String);
+
+    impl Drop for TestUninstall {
+        fn drop(&mut self) {
+            let _ = windows_registry::CURRENT_USER.remove_tree(&self.0);
+        }
+    }
+
+    /// Real keys written to the registry, read back and interpreted as the probe does.
+    #[test]
+    fn entries_written_to_the_registry_become_inventory_items() {
+        let t = TestUninstall(format!(
+            r"Software\CaretakerTest\uninstall-{}",
+            std::process::id()
+        ));
+        let hkcu = windows_registry::CURRENT_USER;
+        let app = hkcu.create(format!(r"{}\TestApp", t.0)).unwrap();
+        app.set_string("DisplayName", "Test App").unwrap();
+        app.set_string("DisplayVersion", "1.0").unwrap();
+        let hidden = hkcu.create(format!(r"{}\Hidden", t.0)).unwrap();
+        hidden.set_string("DisplayName", "Hidden runtime").unwrap();
+        hidden.set_u32("SystemComponent", 1).unwrap();
+        hkcu.create(format!(r"{}\NoName", t.0)).unwrap();
+
+        // Shown as HKCU's real Uninstall key, which is what the interpreter recognises.
+        let keys = registry::read_subkeys(Hive::CurrentUser, &t.0, 0, UNINSTALL).unwrap();
+        assert_eq!(keys.len(), 3);
+        let parsed =
+            parse::parse_registry_keys(keys.into_iter().map(|k| (k.path, reg_values(k.values))));
+        let inv = inventory_of(parsed.value, &[]);
+        let items: Vec<(&str, &str, &str)> = inv
+            .iter()
+            .map(|(k, i)| (k.id.as_str(), i.name.as_str(), i.version.as_str()))
+            .collect();
+        assert_eq!(items, [("user/TestApp", "Test App", "1.0")]);
+    }
+
+    #[test]
+    fn the_machine_keys_read_without_problems() {
+        let read = read_uninstall_keys();
+        assert!(
+            read.problems
+                .iter()
+                .all(|p| !p.path.starts_with("HKEY_LOCAL_MACHINE")),
+            "{:?}",
+            read.problems
+        );
+    }
 }
