@@ -10,6 +10,9 @@
 #   poppler-utils                    pdftotext and pdftoppm read the monitoring report's PDF (report tests)
 #   openssh-server, openssh-client, iproute2, lintian, curl   sshd per network namespace, the .deb checked as Debian would, the API read inside a namespace (roll-out tests)
 #   postgresql                       a real PostgreSQL (15 on bookworm), run as a private cluster on a socket, never as the service (PostgreSQL store tests)
+#   rustc-web, cargo-web, rust-web-src (bookworm-security, 1.96 or later), gcc-mingw-w64-x86-64, wine64, msitools, wixl
+#                                    Debian's Rust with its library sources and mingw build the Windows agent; Wine runs it and
+#                                    its tests; wixl and msiinfo build and read its MSI (scripts/windows.sh)
 set -euo pipefail
 
 sudo=""
@@ -24,7 +27,8 @@ fi
 packages=(clamav clamav-daemon faketime dpkg-dev xvfb xdotool i3lock dbus python3-dbusmock x11-utils
           busybox-static kmod dosfstools mtools xz-utils binutils systemd
           chromium chromium-driver fonts-dejavu-core poppler-utils
-          openssh-server openssh-client iproute2 lintian curl python3-aiosmtpd postgresql)
+          openssh-server openssh-client iproute2 lintian curl python3-aiosmtpd postgresql
+          rustc-web cargo-web rust-web-src gcc-mingw-w64-x86-64 wine64 msitools wixl)
 backported=(qemu-system-x86 qemu-utils seabios)
 missing=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
@@ -46,6 +50,13 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bpo[@]} -gt 0 ]; then
     if [ ${#missing_bpo[@]} -gt 0 ]; then
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports "${missing_bpo[@]}"
     fi
+fi
+# The Windows build needs the compiler its library sources were written for: bookworm's own
+# rustc-web is 1.85, the security pocket's is 1.96 (rustup's 1.95 cannot build 1.96's sources).
+rustc_web=$(/usr/bin/rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n1.96.0\n' "$rustc_web" | sort -V | head -1)" != "1.96.0" ]; then
+    echo "install-test-deps.sh: Debian's rustc is $rustc_web; the Windows build needs 1.96 or later from bookworm-security (is it in the apt sources?)" >&2
+    exit 1
 fi
 # On a machine where systemd runs, stop the system's own ClamAV services for the same reason.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then

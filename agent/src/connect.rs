@@ -39,42 +39,51 @@ pub enum TlsProblem {
 
 impl std::fmt::Display for TlsProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let fmt = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
         match self {
             TlsProblem::Revoked => write!(
                 f,
                 "this device has been revoked by the collector; its events stay on this computer. To use it again it must be enrolled afresh, with a new token from the network manager"
             ),
-            TlsProblem::ClockBehind { local, not_before } => {
-                write!(
-                    f,
-                    "this computer's clock reads {}, earlier than the collector's certificate allows",
-                    fmt(local)
-                )?;
-                if let Some(t) = not_before {
-                    write!(f, " (valid from {})", fmt(t))?;
-                }
-                write!(
-                    f,
-                    "; the clock is probably wrong: set the date and time (or turn on network time) and the agent will connect"
-                )
-            }
-            TlsProblem::ClockAhead { local, not_after } => {
-                write!(
-                    f,
-                    "this computer's clock reads {}, later than the collector's certificate allows",
-                    fmt(local)
-                )?;
-                if let Some(t) = not_after {
-                    write!(f, " (valid until {})", fmt(t))?;
-                }
-                write!(
-                    f,
-                    "; if the clock is wrong, set the date and time; if it is right, the collector's certificate has expired"
-                )
-            }
+            TlsProblem::ClockBehind { local, not_before } => clock_out_of_range(
+                f,
+                local,
+                "earlier",
+                not_before.as_ref().map(|t| ("valid from", t)),
+                "the clock is probably wrong: set the date and time (or turn on network time) and the agent will connect",
+            ),
+            TlsProblem::ClockAhead { local, not_after } => clock_out_of_range(
+                f,
+                local,
+                "later",
+                not_after.as_ref().map(|t| ("valid until", t)),
+                "if the clock is wrong, set the date and time; if it is right, the collector's certificate has expired",
+            ),
         }
     }
+}
+
+/// The clock message both ways round: what the clock reads, which side of the collector's
+/// certificate it falls, the bound it crossed when known, and what to do.
+fn clock_out_of_range(
+    f: &mut std::fmt::Formatter<'_>,
+    local: &DateTime<Utc>,
+    side: &str,
+    bound: Option<(&str, &DateTime<Utc>)>,
+    advice: &str,
+) -> std::fmt::Result {
+    write!(
+        f,
+        "this computer's clock reads {}, {side} than the collector's certificate allows",
+        utc_text(local)
+    )?;
+    if let Some((what, t)) = bound {
+        write!(f, " ({what} {})", utc_text(t))?;
+    }
+    write!(f, "; {advice}")
+}
+
+fn utc_text(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 impl TlsProblem {
@@ -136,6 +145,16 @@ struct Watched<S> {
     slot: ProblemSlot,
 }
 
+impl<S> Watched<S> {
+    /// Passes a read's or write's result on, noting a `TlsProblem` if it failed with one.
+    fn noted<T>(&self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &r {
+            note(&self.slot, e);
+        }
+        r
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -143,10 +162,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Err(e)) = &r {
-            note(&self.slot, e);
-        }
-        r
+        self.noted(r)
     }
 }
 
@@ -157,10 +173,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Err(e)) = &r {
-            note(&self.slot, e);
-        }
-        r
+        self.noted(r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -177,10 +190,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Err(e)) = &r {
-            note(&self.slot, e);
-        }
-        r
+        self.noted(r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -263,4 +273,31 @@ pub async fn channel_watched(
             addr: addr.to_string(),
             reason: error_chain(&e),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole text, since `caretaker-agent status` shows it to a person as it is.
+    #[test]
+    fn a_clock_out_of_range_says_what_it_reads_the_bound_and_what_to_do() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let behind = TlsProblem::ClockBehind {
+            local: t("2020-01-02T03:04:05Z"),
+            not_before: Some(t("2026-01-01T00:00:00Z")),
+        };
+        assert_eq!(
+            behind.to_string(),
+            "this computer's clock reads 2020-01-02 03:04:05 UTC, earlier than the collector's certificate allows (valid from 2026-01-01 00:00:00 UTC); the clock is probably wrong: set the date and time (or turn on network time) and the agent will connect"
+        );
+        let ahead = TlsProblem::ClockAhead {
+            local: t("2040-01-02T03:04:05Z"),
+            not_after: None,
+        };
+        assert_eq!(
+            ahead.to_string(),
+            "this computer's clock reads 2040-01-02 03:04:05 UTC, later than the collector's certificate allows; if the clock is wrong, set the date and time; if it is right, the collector's certificate has expired"
+        );
+    }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use caretaker_proto::policy::PolicyDocument;
+use caretaker_proto::policy::{PolicyDocument, PolicyError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -57,12 +57,15 @@ impl PolicyCache {
     }
 
     /// Applies a version from the collector. A document this agent cannot read is refused and the old one kept.
-    pub fn apply(&self, version: u64, json: &str) -> Result<(), String> {
+    pub fn apply(&self, version: u64, json: &str) -> Result<(), PolicyError> {
         if version <= self.version() {
             return Ok(());
         }
-        let doc = PolicyDocument::parse_lenient(json).map_err(|e| e.to_string())?;
-        let document: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let doc = PolicyDocument::parse_lenient(json)?;
+        // Kept as the collector sent it, sections this agent does not know included, so an
+        // upgraded agent finds them in its cache.
+        let document: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| PolicyError::Syntax(e.to_string()))?;
         let bytes = serde_json::to_vec(&Cached { version, document }).expect("serialises");
         if let Err(e) = crate::state::write_atomic(&self.path, &bytes, 0o644) {
             // Still enforce it now; it will be re-sent on the next connection.

@@ -10,10 +10,10 @@
 //! hold: the runs of numbers written and the highest number that left on
 //! purpose. The storage engine can lose the tail of its log to damage and open
 //! without complaint, so the spool is checked against the ledger at open and
-//! anything missing is reported with its count, never lost silently.
+//! anything missing is reported with its count, never lost silently. The ledger and the
+//! reservation file themselves are `spool/ledger.rs`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::event::NewEvent;
+
+mod ledger;
+use ledger::{Ledger, io_err, read_floor, read_ledger, write_floor, write_synced};
 
 /// Sequence numbers reserved per write of the reservation file.
 const SEQ_BLOCK: u64 = 1024;
@@ -121,86 +124,6 @@ impl OpenNote {
     }
 }
 
-/// Which sequence numbers the spool should hold, kept beside it and rewritten (fsynced)
-/// after each durable append and before each removal, so it never claims less than the
-/// spool holds; it may claim more only of numbers that left on purpose.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-struct Ledger {
-    /// Every number at or below this left on purpose (acknowledged, or dropped at the bound).
-    removed_through: u64,
-    /// Runs `[first, last]` of numbers written, ascending. Numbering is contiguous within
-    /// one run of the agent, so there are only as many runs as restarts with unsent events.
-    runs: Vec<(u64, u64)>,
-}
-
-impl Ledger {
-    fn highest(&self) -> u64 {
-        self.runs
-            .last()
-            .map_or(self.removed_through, |r| r.1.max(self.removed_through))
-    }
-
-    /// The numbers that should be in the spool but are not in `present` (ascending).
-    fn missing(&self, present: &[u64]) -> Option<Lost> {
-        let mut lost: Option<Lost> = None;
-        let mut keys = present.iter().copied().peekable();
-        for &(first, last) in &self.runs {
-            let first = first.max(self.removed_through + 1);
-            let mut want = first;
-            while want <= last {
-                while keys.next_if(|&k| k < want).is_some() {}
-                // The next gap runs up to the next present key (or the run's end).
-                let upto = match keys.peek() {
-                    Some(&k) if k == want => {
-                        want += 1;
-                        continue;
-                    }
-                    Some(&k) if k <= last => k - 1,
-                    _ => last,
-                };
-                let l = lost.get_or_insert(Lost {
-                    count: 0,
-                    first_seq: want,
-                    last_seq: upto,
-                });
-                l.count += upto - want + 1;
-                l.last_seq = upto;
-                want = upto + 1;
-            }
-        }
-        lost
-    }
-
-    /// The runs of `present` (ascending), the spool's contents after a check.
-    fn runs_of(present: &[u64]) -> Vec<(u64, u64)> {
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for &k in present {
-            match runs.last_mut() {
-                Some(r) if r.1 + 1 == k => r.1 = k,
-                _ => runs.push((k, k)),
-            }
-        }
-        runs
-    }
-
-    fn written(&mut self, seq: u64) {
-        match self.runs.last_mut() {
-            Some(r) if r.1 + 1 == seq => r.1 = seq,
-            _ => self.runs.push((seq, seq)),
-        }
-    }
-
-    /// Records that everything through `seq` left on purpose; true if that is news.
-    fn removed(&mut self, seq: u64) -> bool {
-        if seq <= self.removed_through {
-            return false;
-        }
-        self.removed_through = seq;
-        self.runs.retain(|r| r.1 > seq);
-        true
-    }
-}
-
 /// What an existing spool holds, counted when it is opened.
 #[derive(Default)]
 struct Tally {
@@ -228,50 +151,6 @@ pub struct Spool {
     bytes: u64,
     count: u64,
     max_bytes: u64,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// The reserved floor: `Ok(None)` when there is no file yet, `Err` why it cannot be used.
-fn read_floor(path: &Path) -> Result<Option<u64>, FloorUnreadable> {
-    match fs::read_to_string(path) {
-        Ok(s) => match s.trim().parse::<u64>() {
-            Ok(n) if n >= 1 => Ok(Some(n)),
-            _ => Err(FloorUnreadable::NotANumber),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(FloorUnreadable::Io(e)),
-    }
-}
-
-fn write_floor(path: &Path, value: u64) -> Result<(), SpoolError> {
-    write_synced(path, format!("{value}\n").as_bytes())
-}
-
-/// Replaces `path` with `bytes`: written to a temporary file, fsynced, renamed over it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-/// The ledger, if there is a readable one (an older agent's spool has none).
-fn read_ledger(path: &Path) -> Option<Ledger> {
-    let bytes = fs::read(path).ok()?;
-    match serde_json::from_slice(&bytes) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "Spool ledger unreadable; damage to the spool cannot be counted this time");
-            None
-        }
-    }
 }
 
 fn open_db(dir: &Path) -> Result<sled::Db, SpoolDamage> {
@@ -651,6 +530,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn ev(kind: &str) -> NewEvent {
         NewEvent::unchecked(kind, Map::new())

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::os::HostFacts;
 use crate::policy::PolicyCache;
-use crate::spool::{Spool, SpooledEvent};
+use crate::spool::{Spool, SpoolError, SpooledEvent};
 use crate::status::StatusBoard;
 
 /// Events per batch and a soft byte bound per batch (well under the 4 MiB message limit).
@@ -93,7 +93,35 @@ fn to_pb(e: SpooledEvent) -> pb::Event {
 enum SessionEnd {
     /// Drained after a stop request (or the grace time ran out).
     Stopped,
-    Failed(String),
+    Failed(SessionError),
+}
+
+/// Why a session with the collector ended early; the text is `status.json`'s `last_error`.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// Noted on the TLS stream (this device revoked, a clock out of range): said instead of
+    /// whatever gRPC reported, which is only "broken pipe" or "connection closed" by then.
+    #[error("{0}")]
+    Tls(crate::connect::TlsProblem),
+    #[error(transparent)]
+    Connect(#[from] crate::connect::ConnectError),
+    /// A gRPC status, as `describe` words it.
+    #[error("{0}")]
+    Rpc(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("the spool's ack failed: {0}")]
+    AckTask(#[from] tokio::task::JoinError),
+    #[error("the event stream closed")]
+    StreamClosed,
+    #[error("the collector ended the event stream")]
+    StreamEnded,
+}
+
+impl From<tonic::Status> for SessionError {
+    fn from(s: tonic::Status) -> Self {
+        SessionError::Rpc(describe(&s))
+    }
 }
 
 impl Uplink {
@@ -108,7 +136,7 @@ impl Uplink {
                 SessionEnd::Failed(why) => {
                     self.status.update(|s| {
                         s.connected = false;
-                        s.last_error = Some(why.clone());
+                        s.last_error = Some(why.to_string());
                     });
                     if stop.is_cancelled() {
                         return;
@@ -128,12 +156,11 @@ impl Uplink {
         }
     }
 
-    fn read_batch(&self, after: u64) -> Result<Vec<SpooledEvent>, String> {
+    fn read_batch(&self, after: u64) -> Result<Vec<SpooledEvent>, SpoolError> {
         self.spool
             .lock()
             .expect("spool lock")
             .read_after(after, BATCH_EVENTS, BATCH_BYTES)
-            .map_err(|e| e.to_string())
     }
 
     async fn session(
@@ -144,8 +171,8 @@ impl Uplink {
         let problem = crate::connect::ProblemSlot::default();
         // A revoked certificate or a wrong clock is reported as such: by the time gRPC
         // gives up it says only "broken pipe" or "connection closed".
-        let explain = |why: String| match problem.lock().expect("problem slot lock").take() {
-            Some(p) => SessionEnd::Failed(p.to_string()),
+        let explain = |why: SessionError| match problem.lock().expect("problem slot lock").take() {
+            Some(p) => SessionEnd::Failed(SessionError::Tls(p)),
             None => SessionEnd::Failed(why),
         };
         let channel =
@@ -153,7 +180,7 @@ impl Uplink {
                 .await
             {
                 Ok(c) => c,
-                Err(e) => return explain(e.to_string()),
+                Err(e) => return explain(e.into()),
             };
         let policy_task = tokio::spawn(watch_policy(
             channel.clone(),
@@ -185,7 +212,7 @@ impl Uplink {
         let (tx, rx) = mpsc::channel::<pb::EventBatch>(MAX_IN_FLIGHT);
         let response = match client.stream_events(ReceiverStream::new(rx)).await {
             Ok(r) => r,
-            Err(s) => return SessionEnd::Failed(describe(&s)),
+            Err(s) => return SessionEnd::Failed(s.into()),
         };
         let mut acks = response.into_inner();
         info!(collector = %self.addr, "Connected to the collector");
@@ -205,7 +232,7 @@ impl Uplink {
             while in_flight.len() < MAX_IN_FLIGHT {
                 let events = match self.read_batch(sent_through) {
                     Ok(e) => e,
-                    Err(e) => return SessionEnd::Failed(e),
+                    Err(e) => return SessionEnd::Failed(e.into()),
                 };
                 let Some(last) = events.last().map(|e| e.seq) else {
                     break;
@@ -215,7 +242,7 @@ impl Uplink {
                     agent: agent_info.take(),
                 };
                 if tx.send(batch).await.is_err() {
-                    return SessionEnd::Failed("the event stream closed".into());
+                    return SessionEnd::Failed(SessionError::StreamClosed);
                 }
                 sent_through = last;
                 in_flight.push_back(last);
@@ -241,8 +268,8 @@ impl Uplink {
                             s.spool_bytes = bytes;
                         });
                     }
-                    Ok(None) => return SessionEnd::Failed("the collector ended the event stream".into()),
-                    Err(s) => return SessionEnd::Failed(describe(&s)),
+                    Ok(None) => return SessionEnd::Failed(SessionError::StreamEnded),
+                    Err(s) => return SessionEnd::Failed(s.into()),
                 },
                 _ = self.new_events.notified(), if in_flight.len() < MAX_IN_FLIGHT => {}
                 _ = stop.cancelled(), if deadline.is_none() => {
@@ -258,7 +285,7 @@ impl Uplink {
     /// After `seq.floor` was lost, asks the collector for the highest number it stored for
     /// this device before anything is sent, and moves numbering above it (renumbering this
     /// run's unsent events), so no number is reused and dropped as a resend.
-    async fn check_floor(&self, client: &mut TelemetryClient<Channel>) -> Result<(), String> {
+    async fn check_floor(&self, client: &mut TelemetryClient<Channel>) -> Result<(), SessionError> {
         if !self.spool.lock().expect("spool lock").floor_unverified() {
             return Ok(());
         }
@@ -271,10 +298,10 @@ impl Uplink {
                 self.spool.lock().expect("spool lock").floor_checked();
                 return Ok(());
             }
-            Err(s) => return Err(describe(&s)),
+            Err(s) => return Err(s.into()),
         };
         let mut spool = self.spool.lock().expect("spool lock");
-        let renumbered = spool.raise_floor(highest).map_err(|e| e.to_string())?;
+        let renumbered = spool.raise_floor(highest)?;
         let next_seq = spool.next_seq();
         warn!(
             collector_highest = highest,
@@ -288,13 +315,11 @@ impl Uplink {
             "renumbered" => renumbered,
             "next_seq" => next_seq,
         };
-        spool
-            .append(vec![crate::event::NewEvent::now(
-                "agent.spool_recovered",
-                None,
-                d,
-            )])
-            .map_err(|e| e.to_string())?;
+        spool.append(vec![crate::event::NewEvent::now(
+            "agent.spool_recovered",
+            None,
+            d,
+        )])?;
         Ok(())
     }
 }
@@ -349,17 +374,14 @@ async fn watch_policy(
 /// probes hold while they append (with an fsync of their own): on a blocking thread, so no
 /// async worker stalls behind either. `Spool::ack` still makes the ledger durable before it
 /// removes anything.
-async fn apply_ack(spool: &Arc<Mutex<Spool>>, through: u64) -> Result<(u64, u64), String> {
+async fn apply_ack(spool: &Arc<Mutex<Spool>>, through: u64) -> Result<(u64, u64), SessionError> {
     let spool = spool.clone();
-    tokio::task::spawn_blocking(move || {
+    let acked = tokio::task::spawn_blocking(move || {
         let mut spool = spool.lock().expect("spool lock");
-        spool
-            .ack(through)
-            .map(|_| (spool.depth(), spool.bytes()))
-            .map_err(|e| e.to_string())
+        spool.ack(through).map(|_| (spool.depth(), spool.bytes()))
     })
-    .await
-    .unwrap_or_else(|e| Err(format!("the spool's ack failed: {e}")))
+    .await?;
+    Ok(acked?)
 }
 
 #[cfg(test)]

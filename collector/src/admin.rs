@@ -193,18 +193,12 @@ async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
             }
             Ok(AdminRequest::SubjectExport { user, time_zone }) => {
                 subject(&c, &time_zone, move |c, tz| {
-                    let school = c.settings()?.school_name;
-                    let req = crate::subject::ExportRequest {
-                        user: &user,
-                        school: &school,
-                        time_zone: tz,
-                        made_at: Utc::now(),
-                    };
-                    crate::subject::export(
+                    crate::subject::export_now(
                         c.store.as_ref(),
                         c.pseudonym_key(),
                         &crate::accounts::Actor::local_cli(),
-                        &req,
+                        &user,
+                        tz,
                     )
                     .map(AdminResponse::SubjectExport)
                 })

@@ -150,16 +150,28 @@ impl DataDir {
     /// store is always opened directly: it has no such lock.
     pub fn open_store_offline(&self) -> Result<std::sync::Arc<dyn Store>, DataDirError> {
         let location = self.store_location()?;
-        location.open().map_err(|source| match &location {
-            StoreLocation::Embedded(_) => DataDirError::OpenEmbedded {
-                root: self.root.clone(),
-                socket: self.admin_socket(),
-                source,
-            },
+        self.open_store_at(&location, |source| DataDirError::OpenEmbedded {
+            root: self.root.clone(),
+            socket: self.admin_socket(),
+            source,
+        })
+    }
+
+    /// Opens the store at `location`. What a refused embedded open most likely means depends
+    /// on who asks (a command: the collector holds it; `serve`: another one does), so the
+    /// caller words that error with `embedded`.
+    pub fn open_store_at<E: From<DataDirError>>(
+        &self,
+        location: &StoreLocation,
+        embedded: impl FnOnce(StoreError) -> E,
+    ) -> Result<std::sync::Arc<dyn Store>, E> {
+        location.open().map_err(|source| match location {
+            StoreLocation::Embedded(_) => embedded(source),
             StoreLocation::Postgres(_) => DataDirError::OpenShared {
                 at: location.describe(),
                 source,
-            },
+            }
+            .into(),
         })
     }
 

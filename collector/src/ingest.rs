@@ -369,6 +369,15 @@ mod tests {
         }
     }
 
+    /// A writer over a fresh store holding device "a", calling `hook` after each group.
+    fn started(hook: OnStored) -> (tempfile::TempDir, Arc<dyn Store>, Ingest) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
+        store.insert_device(&test_device("a")).unwrap();
+        let ingest = Ingest::start(store.clone(), hook, &tokio_util::task::TaskTracker::new());
+        (dir, store, ingest)
+    }
+
     /// After one of a stream's batches failed, its later ones are held back (they would raise
     /// the device's high-water mark over the failed one's resend), others' are not, and the
     /// mark is forgotten once nothing of that stream can still be queued.
@@ -391,9 +400,6 @@ mod tests {
     /// Batches queued with `submit` are written in the order queued.
     #[tokio::test]
     async fn submitted_batches_are_stored_in_queue_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
-        store.insert_device(&test_device("a")).unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let hook: OnStored = {
             let order = order.clone();
@@ -402,7 +408,7 @@ mod tests {
                 order.extend(group.iter().flat_map(|b| b.events.iter().map(|e| e.seq)));
             })
         };
-        let ingest = Ingest::start(store.clone(), hook, &tokio_util::task::TaskTracker::new());
+        let (_dir, _store, ingest) = started(hook);
         let stream = StreamId::new();
         let mut waits = Vec::new();
         for seq in 1..=50 {
@@ -418,9 +424,6 @@ mod tests {
     /// hook keeps: that group and every later one are acknowledged and stored.
     #[tokio::test]
     async fn a_panicking_hook_never_stops_acks() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
-        store.insert_device(&test_device("a")).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hook: OnStored = {
             let seen = seen.clone();
@@ -430,7 +433,7 @@ mod tests {
                 assert_ne!(group[0].events[0].seq, 2, "a bug in a derived-state fold");
             })
         };
-        let ingest = Ingest::start(store.clone(), hook, &tokio_util::task::TaskTracker::new());
+        let (_dir, store, ingest) = started(hook);
         for seq in 1..=4 {
             ingest
                 .commit(batch("a", seq))

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bundle;
 pub mod ca;
 pub mod classify;
+pub mod cli;
 pub mod clock;
 pub mod datadir;
 pub mod desk;

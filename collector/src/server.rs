@@ -4,20 +4,93 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use anyhow::Context;
 use caretaker_proto::pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::ca::CaError;
 use crate::ca::SchoolCa;
 use crate::datadir::DataDir;
+use crate::datadir::DataDirError;
 use crate::grpc::GrpcApi;
 use crate::listen::{Gate, ListenLimits, Timeouts};
 use crate::metrics::Listener;
 use crate::service::Collector;
-use crate::store::StoreLocation;
+use crate::store::StoreError;
 use crate::tls::{GrpcTls, certs_from_pem, key_from_pem, web_config};
+use crate::uninstall::UninstallKeyError;
+
+/// Why `serve` could not start, or stopped with an error. Each message is what the operator
+/// reads after `caretaker-collector:`, with its causes after it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The collector's own certificate chain or key (written by `init`) is not usable PEM.
+    #[error(transparent)]
+    OwnPem(std::io::Error),
+    #[error(
+        "cannot open the store in {} (is another collector using this data directory?)",
+        dir.display()
+    )]
+    OpenEmbedded {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    #[error("{} is not a PEM certificate chain", path.display())]
+    WebCert {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds no certificate", path.display())]
+    WebCertEmpty { path: PathBuf },
+    #[error("{} holds no usable private key", path.display())]
+    WebKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the web certificate and key do not match")]
+    WebMismatch(#[source] rustls::Error),
+    #[error("--web-cert and --web-key go together: give both or neither")]
+    WebCertWithoutKey,
+    #[error(transparent)]
+    UninstallKey(#[from] UninstallKeyError),
+    /// `what` says who would connect: agents, or the web API.
+    #[error("cannot listen for {what} on {addr}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bound listener that cannot say its own address.
+    #[error(transparent)]
+    LocalAddr(std::io::Error),
+    #[error("cannot create {}", path.display())]
+    AdminSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed")]
+    Grpc(#[source] tonic::transport::Error),
+}
 
 /// How often the store's state and free space are looked at.
 const STORE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -77,22 +150,19 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(Bound),
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     dir.check()?;
     let ca = SchoolCa::load(&dir.ca_cert(), &dir.ca_key())?;
-    let read = |p: std::path::PathBuf| {
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).map_err(|source| ServeError::Read { path, source })
     };
-    let chain = certs_from_pem(&read(dir.server_chain())?)?;
-    let key = key_from_pem(&read(dir.server_key())?)?;
+    let chain = certs_from_pem(&read(dir.server_chain())?).map_err(ServeError::OwnPem)?;
+    let key = key_from_pem(&read(dir.server_key())?).map_err(ServeError::OwnPem)?;
     let admin_token = read(dir.admin_token())?;
     let location = dir.store_location()?;
-    let store = location.open().with_context(|| match &location {
-        StoreLocation::Embedded(_) => format!(
-            "cannot open the store in {} (is another collector using this data directory?)",
-            dir.root().display()
-        ),
-        StoreLocation::Postgres(_) => format!("cannot open the store at {}", location.describe()),
+    let store = dir.open_store_at(&location, |source| ServeError::OpenEmbedded {
+        dir: dir.root().to_path_buf(),
+        source,
     })?;
     info!(store = %location.describe(), shared = location.is_shared(), "Store open");
     let revoked = Arc::new(RwLock::new(Default::default()));
@@ -104,17 +174,22 @@ pub async fn serve(
     )?;
     let web_tls = match (&opts.web_cert, &opts.web_key) {
         (Some(cert), Some(key)) => {
-            let chain = certs_from_pem(&read(cert.clone())?)
-                .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
+            let chain =
+                certs_from_pem(&read(cert.clone())?).map_err(|source| ServeError::WebCert {
+                    path: cert.clone(),
+                    source,
+                })?;
             if chain.is_empty() {
-                anyhow::bail!("{} holds no certificate", cert.display());
+                return Err(ServeError::WebCertEmpty { path: cert.clone() });
             }
-            let key = key_from_pem(&read(key.clone())?)
-                .with_context(|| format!("{} holds no usable private key", key.display()))?;
-            web_config(chain, key).context("the web certificate and key do not match")?
+            let key = key_from_pem(&read(key.clone())?).map_err(|source| ServeError::WebKey {
+                path: key.clone(),
+                source,
+            })?;
+            web_config(chain, key).map_err(ServeError::WebMismatch)?
         }
         (None, None) => web_config(chain, key)?,
-        _ => anyhow::bail!("--web-cert and --web-key go together: give both or neither"),
+        _ => return Err(ServeError::WebCertWithoutKey),
     };
     let collector = Arc::new(Collector::new(store, ca, revoked, &admin_token)?);
     let tasks = collector.tasks().clone();
@@ -135,22 +210,26 @@ pub async fn serve(
         web_connections = limits.web.max_connections,
         "Connection caps set"
     );
-    let grpc_listener = TcpListener::bind(opts.grpc_listen)
-        .await
-        .with_context(|| format!("cannot listen for agents on {}", opts.grpc_listen))?;
-    let web_listener = TcpListener::bind(opts.web_listen)
-        .await
-        .with_context(|| format!("cannot listen for the web API on {}", opts.web_listen))?;
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { what, addr, source })
+    };
+    let grpc_listener = bind("agents", opts.grpc_listen).await?;
+    let web_listener = bind("the web API", opts.web_listen).await?;
     let bound = Bound {
-        grpc: grpc_listener.local_addr()?,
-        web: web_listener.local_addr()?,
+        grpc: grpc_listener.local_addr().map_err(ServeError::LocalAddr)?,
+        web: web_listener.local_addr().map_err(ServeError::LocalAddr)?,
     };
     // The admin socket lets commands reach the embedded store, which one process holds; a
     // shared store is written by those commands directly, so it needs none.
     if !location.is_shared() {
         crate::admin::serve(&dir.admin_socket(), collector.clone(), shutdown.clone())
             .await
-            .with_context(|| format!("cannot create {}", dir.admin_socket().display()))?;
+            .map_err(|source| ServeError::AdminSocket {
+                path: dir.admin_socket(),
+                source,
+            })?;
     }
 
     // Expired sign-in sessions are refused when used; this removes the ones never used again.
@@ -289,7 +368,7 @@ pub async fn serve(
     };
     let grpc = async {
         tokio::select! {
-            r = grpc => r.context("the gRPC server failed"),
+            r = grpc => r.map_err(ServeError::Grpc),
             () = deadline => Ok(()),
         }
     };
@@ -317,4 +396,70 @@ pub async fn serve(
     grpc_result?;
     info!("Collector stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An initialised data directory, and options for it on free ports of localhost.
+    fn data_dir() -> (tempfile::TempDir, DataDir, ServeOptions) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("collector"));
+        crate::datadir::init(
+            &dir,
+            &["localhost".into()],
+            "Test School",
+            &Default::default(),
+        )
+        .unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        (tmp, dir, ServeOptions::new(any, any))
+    }
+
+    /// Fails before anything is served, with the message the operator reads.
+    async fn refused(dir: &DataDir, opts: ServeOptions) -> ServeError {
+        let mut bound = false;
+        let e = serve(dir, opts, CancellationToken::new(), |_| bound = true)
+            .await
+            .expect_err("serve refused to start");
+        assert!(!bound, "nothing was served");
+        e
+    }
+
+    #[tokio::test]
+    async fn a_web_certificate_without_its_key_is_refused_by_name() {
+        let (_tmp, dir, opts) = data_dir();
+        let opts = ServeOptions {
+            web_cert: Some(dir.server_chain()),
+            ..opts
+        };
+        let e = refused(&dir, opts).await;
+        assert!(matches!(e, ServeError::WebCertWithoutKey), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "--web-cert and --web-key go together: give both or neither"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_names_who_would_have_listened_there_with_the_cause() {
+        let (_tmp, dir, opts) = data_dir();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = refused(
+            &dir,
+            ServeOptions {
+                grpc_listen: addr,
+                ..opts
+            },
+        )
+        .await;
+        assert_eq!(e.to_string(), format!("cannot listen for agents on {addr}"));
+        let cause = std::error::Error::source(&e).expect("the bind error is its source");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
+    }
 }

@@ -507,6 +507,11 @@ mod tests {
     use crate::store::RedbStore;
     use crate::store::StoreResult;
     use crate::store::StoredEvent;
+    use crate::store::{
+        ApiTokenRecord, AuditEntry, AuditPage, DigestCursor, DigestRecord, EntryAction, Hold,
+        HoldTarget, Incident, IncidentEntry, IncidentQuery, PurgeCounts, PurgeCutoffs,
+        SessionRecord, SettingsVersion, SubjectRecords, TokenRecord, UserRecord, forward_methods,
+    };
     use serde_json::json;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -540,6 +545,13 @@ mod tests {
     struct Counting {
         inner: RedbStore,
         read: AtomicU64,
+    }
+
+    impl Counting {
+        /// Where the store traits' forwarded methods go (`store::forward_methods`).
+        fn with<T>(&self, f: impl FnOnce(&RedbStore) -> T) -> T {
+            f(&self.inner)
+        }
     }
 
     impl Store for Counting {
@@ -602,156 +614,22 @@ mod tests {
     }
 
     impl crate::store::AccountStore for Counting {
-        fn current_settings(&self) -> StoreResult<Option<crate::store::SettingsVersion>> {
-            self.inner.current_settings()
-        }
-        fn put_settings(
-            &self,
-            s: Value,
-            by: &str,
-            at: DateTime<Utc>,
-        ) -> StoreResult<crate::store::SettingsVersion> {
-            self.inner.put_settings(s, by, at)
-        }
-        fn user(&self, u: &str) -> StoreResult<Option<crate::store::UserRecord>> {
-            self.inner.user(u)
-        }
-        fn users(&self) -> StoreResult<Vec<crate::store::UserRecord>> {
-            self.inner.users()
-        }
-        fn insert_user(&self, u: &crate::store::UserRecord) -> StoreResult<()> {
-            self.inner.insert_user(u)
-        }
-        fn update_user(&self, u: &crate::store::UserRecord) -> StoreResult<()> {
-            self.inner.update_user(u)
-        }
-        fn insert_session(&self, h: &str, s: &crate::store::SessionRecord) -> StoreResult<()> {
-            self.inner.insert_session(h, s)
-        }
-        fn session(&self, h: &str) -> StoreResult<Option<crate::store::SessionRecord>> {
-            self.inner.session(h)
-        }
-        fn delete_session(&self, h: &str) -> StoreResult<()> {
-            self.inner.delete_session(h)
-        }
-        fn delete_sessions_of(&self, u: &str) -> StoreResult<usize> {
-            self.inner.delete_sessions_of(u)
-        }
-        fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<usize> {
-            self.inner.purge_sessions(now)
-        }
-        fn insert_api_token(&self, t: &crate::store::ApiTokenRecord) -> StoreResult<()> {
-            self.inner.insert_api_token(t)
-        }
-        fn api_token(&self, h: &str) -> StoreResult<Option<crate::store::ApiTokenRecord>> {
-            self.inner.api_token(h)
-        }
-        fn enrolment_tokens(&self) -> StoreResult<Vec<crate::store::TokenRecord>> {
-            self.inner.enrolment_tokens()
-        }
-        fn audit(&self, e: &crate::store::AuditEntry) -> StoreResult<u64> {
-            self.inner.audit(e)
-        }
-        fn audit_log(&self, b: Option<u64>, l: usize) -> StoreResult<crate::store::AuditPage> {
-            self.inner.audit_log(b, l)
-        }
+        crate::store::account_store_methods!(forward_methods, via with;);
     }
 
     impl crate::store::DigestStore for Counting {
-        fn audience_events_from(
-            &self,
-            a: &str,
-            from: u64,
-            limit: usize,
-        ) -> StoreResult<Vec<(u64, StoredEvent)>> {
-            self.inner.audience_events_from(a, from, limit)
-        }
-        fn next_timeline_id(&self) -> StoreResult<u64> {
-            self.inner.next_timeline_id()
-        }
-        fn incident_for_group(&self, g: &str) -> StoreResult<Option<u64>> {
-            self.inner.incident_for_group(g)
-        }
-        fn digest_cursor(&self, r: &str) -> StoreResult<crate::store::DigestCursor> {
-            self.inner.digest_cursor(r)
-        }
-        fn record_digests(
-            &self,
-            r: &str,
-            c: &crate::store::DigestCursor,
-            d: Vec<crate::store::DigestRecord>,
-        ) -> StoreResult<Vec<crate::store::DigestRecord>> {
-            self.inner.record_digests(r, c, d)
-        }
-        fn put_digest_cursor(&self, r: &str, c: &crate::store::DigestCursor) -> StoreResult<()> {
-            self.inner.put_digest_cursor(r, c)
-        }
-        fn update_digest(&self, d: &crate::store::DigestRecord) -> StoreResult<()> {
-            self.inner.update_digest(d)
-        }
-        fn digest(&self, id: u64) -> StoreResult<Option<crate::store::DigestRecord>> {
-            self.inner.digest(id)
-        }
-        fn digests(
-            &self,
-            b: Option<u64>,
-            l: usize,
-        ) -> StoreResult<Vec<crate::store::DigestRecord>> {
-            self.inner.digests(b, l)
-        }
-        fn pending_digests(&self) -> StoreResult<Vec<crate::store::DigestRecord>> {
-            self.inner.pending_digests()
-        }
+        crate::store::digest_store_methods!(forward_methods, via with;);
     }
 
     impl crate::store::PrivacyStore for Counting {
-        fn purge_expired(
-            &self,
-            c: &crate::store::PurgeCutoffs,
-            l: usize,
-        ) -> StoreResult<crate::store::PurgeCounts> {
-            self.inner.purge_expired(c, l)
-        }
-        fn put_hold(&self, h: &crate::store::Hold) -> StoreResult<()> {
-            self.inner.put_hold(h)
-        }
-        fn release_hold(&self, t: &crate::store::HoldTarget) -> StoreResult<bool> {
-            self.inner.release_hold(t)
-        }
-        fn holds(&self) -> StoreResult<Vec<crate::store::Hold>> {
-            self.inner.holds()
-        }
-        fn subject_records(&self, u: &str) -> StoreResult<crate::store::SubjectRecords> {
-            self.inner.subject_records(u)
-        }
+        crate::store::privacy_store_methods!(forward_methods, via with;);
         fn erase_subject(&self, u: &str, p: &str) -> StoreResult<crate::store::ErasureCounts> {
             self.inner.erase_subject(u, p)
         }
     }
 
     impl crate::store::IncidentStore for Counting {
-        fn incident(&self, id: u64) -> StoreResult<Option<crate::store::Incident>> {
-            self.inner.incident(id)
-        }
-        fn incidents(
-            &self,
-            q: &crate::store::IncidentQuery,
-        ) -> StoreResult<(Vec<crate::store::Incident>, Option<u64>)> {
-            self.inner.incidents(q)
-        }
-        fn add_incident_entry(
-            &self,
-            i: u64,
-            at: DateTime<Utc>,
-            by: &str,
-            a: crate::store::EntryAction,
-            t: &str,
-        ) -> StoreResult<crate::store::IncidentEntry> {
-            self.inner.add_incident_entry(i, at, by, a, t)
-        }
-        fn incident_entries(&self, i: u64) -> StoreResult<Vec<crate::store::IncidentEntry>> {
-            self.inner.incident_entries(i)
-        }
+        crate::store::incident_store_methods!(forward_methods, via with;);
     }
 
     fn software_event(device: &str, seq: u64, kind: &str, name: &str) -> StoredEvent {

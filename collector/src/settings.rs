@@ -331,6 +331,14 @@ impl Settings {
         serde_json::from_value(value.clone()).unwrap_or_default()
     }
 
+    /// The store's current settings, read leniently; the defaults until any are set.
+    pub fn current(store: &dyn crate::store::Store) -> Result<Self, crate::store::StoreError> {
+        Ok(store
+            .current_settings()?
+            .map(|v| Self::parse_lenient(&v.settings))
+            .unwrap_or_default())
+    }
+
     pub fn validate(&self) -> Result<(), SettingsError> {
         let bad = |m: String| Err(SettingsError::Invalid(m));
         for (i, t) in self.terms.iter().enumerate() {

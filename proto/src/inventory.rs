@@ -449,6 +449,27 @@ const IDLE: Field = plain(
 
 const SOFTWARE_SEEN_BY: &str = "Network manager and IT technician; when the school's catalogue marks it a filter-bypass tool (VPN, proxy, Tor), the DSL instead of the technician (the event, its safeguarding incident, the DSL's digests by e-mail or webhook, and the DSL's report). Governors see only counts of unapproved software.";
 const SOFTWARE_WHY: &str = "Seeds 000 and 001: software is installed only with the network manager's permission, and who installed it is recorded where the operating system tells. Seed 002: bypass tools are flagged to the DSL; installations are reconciled against licences.";
+const SOFTWARE_CHANGE_FLAGGED: &str = "the device's installation counts (`derived`); an incident when the policy flags it; for a bypass tool, the DSL's sent digests (`digests`)";
+
+/// `software.installed`, `.removed` and `.upgraded`: one audience, user and reason; they differ
+/// in what they record and where else it is kept.
+const fn software_change(
+    name: &'static str,
+    summary: &'static str,
+    fields: &'static [&'static [Field]],
+    also_stored: &'static str,
+) -> Kind {
+    Kind {
+        name,
+        summary,
+        user: Some("the owner of a per-user installation, or whoever asked apt for it"),
+        fields,
+        seen_by: SOFTWARE_SEEN_BY,
+        dsl: Dsl::WhenFlagged("the school's catalogue marks it a filter-bypass tool"),
+        also_stored: Some(also_stored),
+        why: SOFTWARE_WHY,
+    }
+}
 const USB_WHY: &str = "Seeds 000 and 004 §7.2: removable media are used only with permission and after a virus scan. Seed 001: pupils may not use USB sticks without a teacher's permission; sticks only in computers with up-to-date antivirus.";
 
 /// Every kind the agent can emit.
@@ -621,40 +642,24 @@ pub const KINDS: &[Kind] = &[
         ),
         why: "Seeds 003 and 004 §7.2: unapproved executable files are not allowed in pupils' work areas.",
     },
-    Kind {
-        name: "software.installed",
-        summary: "A package or application was installed.",
-        user: Some("the owner of a per-user installation, or whoever asked apt for it"),
-        fields: &[SOFTWARE_CHANGE],
-        seen_by: SOFTWARE_SEEN_BY,
-        dsl: Dsl::WhenFlagged("the school's catalogue marks it a filter-bypass tool"),
-        also_stored: Some(
-            "the device's installation counts (`derived`); an incident when the policy flags it; for a bypass tool, the DSL's sent digests (`digests`)",
-        ),
-        why: SOFTWARE_WHY,
-    },
-    Kind {
-        name: "software.removed",
-        summary: "A package or application was removed.",
-        user: Some("the owner of a per-user installation, or whoever asked apt for it"),
-        fields: &[SOFTWARE_CHANGE],
-        seen_by: SOFTWARE_SEEN_BY,
-        dsl: Dsl::WhenFlagged("the school's catalogue marks it a filter-bypass tool"),
-        also_stored: Some("the device's installation counts (`derived`)"),
-        why: SOFTWARE_WHY,
-    },
-    Kind {
-        name: "software.upgraded",
-        summary: "A package or application changed version.",
-        user: Some("the owner of a per-user installation, or whoever asked apt for it"),
-        fields: &[SOFTWARE_CHANGE, SOFTWARE_UPGRADED],
-        seen_by: SOFTWARE_SEEN_BY,
-        dsl: Dsl::WhenFlagged("the school's catalogue marks it a filter-bypass tool"),
-        also_stored: Some(
-            "the device's installation counts (`derived`); an incident when the policy flags it; for a bypass tool, the DSL's sent digests (`digests`)",
-        ),
-        why: SOFTWARE_WHY,
-    },
+    software_change(
+        "software.installed",
+        "A package or application was installed.",
+        &[SOFTWARE_CHANGE],
+        SOFTWARE_CHANGE_FLAGGED,
+    ),
+    software_change(
+        "software.removed",
+        "A package or application was removed.",
+        &[SOFTWARE_CHANGE],
+        "the device's installation counts (`derived`)",
+    ),
+    software_change(
+        "software.upgraded",
+        "A package or application changed version.",
+        &[SOFTWARE_CHANGE, SOFTWARE_UPGRADED],
+        SOFTWARE_CHANGE_FLAGGED,
+    ),
     Kind {
         name: "software.inventory",
         summary: "Everything installed, at the agent's start (in parts).",

@@ -9,6 +9,7 @@ pub mod deb;
 pub mod desktop_rig;
 pub mod laptop_rig;
 pub mod pg_rig;
+pub mod probe_events;
 pub mod smtp_rig;
 pub mod usb_vm;
 pub mod vm_rig;

@@ -149,8 +149,8 @@ fn listed(api: &Api, device: &str) -> Option<Vec<u64>> {
     }
 }
 
-/// Small batches, so the disk runs out at a group's fsync (the transaction already applied in
-/// sled's memory, as under many agents), not inside a large transaction.
+/// Small batches, so the disk runs out at a group's commit (as under many agents), not inside a
+/// large transaction.
 const BATCH: u64 = 10;
 
 #[test]
@@ -330,8 +330,8 @@ fn below_the_floor_events_are_refused_kept_by_the_agent_and_delivered_once_room_
     assert!(n > stored + spooled / 2, "the spooled events arrived");
 }
 
-/// sled's recovery writes, and an open that met ENOSPC left the store unreadable to every later
-/// open: so `serve` on a disk with less than 32 MiB free refuses to open it, and starts once
+/// An engine's recovery may write at open (sled, the embedded engine until 2026-11, was left
+/// unreadable by an open that met ENOSPC): so `serve` on a disk with less than 32 MiB free refuses to open it, and starts once
 /// there is room, with everything it had.
 #[test]
 fn serve_on_a_nearly_full_disk_refuses_to_open_the_store_rather_than_damage_it() {

@@ -9,6 +9,34 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
 
+/// Why a catalogue of bypass tools cannot be used (for the built-in one, a build defect).
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("catalogue is not valid: {0}")]
+    Syntax(#[source] serde_json::Error),
+    #[error("catalogue entry {name:?} has no reason")]
+    NoReason { name: String },
+    #[error("catalogue entry {name:?} has no patterns")]
+    NoPatterns { name: String },
+    #[error("catalogue entry {name:?}: {pattern:?}: {reason}")]
+    Pattern {
+        name: String,
+        pattern: String,
+        reason: String,
+    },
+}
+
+/// Why a policy's software lists cannot become a classifier.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifierError {
+    /// The software section fails the policy's own checks.
+    #[error(transparent)]
+    Policy(#[from] caretaker_proto::policy::software::SoftwareError),
+    /// An approved or denied name is not a usable pattern.
+    #[error("{0}")]
+    Pattern(String),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Classification {
@@ -79,22 +107,28 @@ impl Catalogue {
         })
     }
 
-    pub fn from_json(text: &str) -> Result<Catalogue, String> {
-        let mut cat: Catalogue =
-            serde_json::from_str(text).map_err(|e| format!("catalogue is not valid: {e}"))?;
+    pub fn from_json(text: &str) -> Result<Catalogue, CatalogueError> {
+        let mut cat: Catalogue = serde_json::from_str(text).map_err(CatalogueError::Syntax)?;
         for e in &mut cat.entries {
             if e.reason.trim().is_empty() {
-                return Err(format!("catalogue entry {:?} has no reason", e.name));
+                return Err(CatalogueError::NoReason {
+                    name: e.name.clone(),
+                });
             }
             if e.pattern_text.is_empty() {
-                return Err(format!("catalogue entry {:?} has no patterns", e.name));
+                return Err(CatalogueError::NoPatterns {
+                    name: e.name.clone(),
+                });
             }
             e.patterns = e
                 .pattern_text
                 .iter()
                 .map(|p| {
-                    NamePattern::new(p)
-                        .map_err(|err| format!("catalogue entry {:?}: {p:?}: {err}", e.name))
+                    NamePattern::new(p).map_err(|err| CatalogueError::Pattern {
+                        name: e.name.clone(),
+                        pattern: p.clone(),
+                        reason: err.to_string(),
+                    })
                 })
                 .collect::<Result<_, _>>()?;
         }
@@ -124,20 +158,24 @@ pub struct Classifier {
     catalogue: &'static Catalogue,
 }
 
-fn compile(list: &[String]) -> Result<Vec<NamePattern>, String> {
-    list.iter().map(|p| NamePattern::new(p)).collect()
+fn compile(list: &[String]) -> Result<Vec<NamePattern>, ClassifierError> {
+    list.iter()
+        .map(|p| NamePattern::new(p).map_err(|e| ClassifierError::Pattern(e.to_string())))
+        .collect()
 }
 
 impl Classifier {
-    pub fn new(policy: &SoftwarePolicy) -> Result<Classifier, String> {
+    pub fn new(policy: &SoftwarePolicy) -> Result<Classifier, ClassifierError> {
         Self::with_catalogue(policy, Catalogue::builtin())
     }
 
     pub fn with_catalogue(
         policy: &SoftwarePolicy,
         catalogue: &'static Catalogue,
-    ) -> Result<Classifier, String> {
-        policy.validate()?;
+    ) -> Result<Classifier, ClassifierError> {
+        policy
+            .validate()
+            .map_err(ClassifierError::Policy)?;
         Ok(Classifier {
             approved: compile(&policy.approved)?,
             denied: compile(&policy.denied)?,

@@ -33,6 +33,7 @@ fn builtin_catalogue_is_valid_and_every_entry_has_a_reason() {
             r#"{"entries":[{"name":"x","category":"vpn","reason":"r","patterns":["x["]}]}"#
         )
         .unwrap_err()
+        .to_string()
         .contains("unclosed")
     );
 }

@@ -562,15 +562,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open(dir.path()).unwrap();
         s.insert_device(&test_device("d")).unwrap();
-        s.append(&[DeviceBatch {
-            device_id: "d".into(),
-            events,
-            facts: None,
-            state: Default::default(),
-            seen_at: Utc::now(),
-        }])
-        .unwrap();
+        append(&s, events, Utc::now());
         (dir, s)
+    }
+
+    /// Stores `events` as one batch from device "d".
+    fn append(store: &RedbStore, events: Vec<StoredEvent>, seen_at: DateTime<Utc>) {
+        store
+            .append(&[DeviceBatch {
+                device_id: "d".into(),
+                events,
+                facts: None,
+                state: Default::default(),
+                seen_at,
+            }])
+            .unwrap();
+    }
+
+    /// `store_with`, plus the DSL account amy-dsl the settings' digest schedule names.
+    fn store_with_dsl(events: Vec<StoredEvent>) -> (tempfile::TempDir, RedbStore) {
+        let (dir, store) = store_with(events);
+        let by = crate::accounts::Actor::local_cli();
+        crate::accounts::add_user(&store, &by, "amy-dsl", Role::Dsl, None).unwrap();
+        (dir, store)
     }
 
     fn settings() -> Settings {
@@ -589,115 +603,59 @@ mod tests {
 
     #[test]
     fn a_schedule_counts_from_first_sight_and_sends_only_when_there_is_news() {
-        let (_d, store) = store_with(vec![flagged(1, "usb.inserted", false)]);
-        crate::accounts::add_user(
-            &store,
-            &crate::accounts::Actor::local_cli(),
-            "amy-dsl",
-            Role::Dsl,
-            None,
-        )
-        .unwrap();
+        let (_d, store) = store_with_dsl(vec![flagged(1, "usb.inserted", false)]);
         let s = settings();
         let tz = crate::timefmt::DEFAULT_TZ;
         let host = |id: &str| id.to_string();
+        let plan = |t| plan_recipient(&host, &store, &s.digests[0], &s, tz, t).unwrap();
         let t0 = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
             .unwrap()
             .to_utc();
         // First sight: the old event is history, not news.
-        assert_eq!(
-            plan_recipient(&host, &store, &s.digests[0], &s, tz, t0).unwrap(),
-            0
-        );
+        assert_eq!(plan(t0), 0);
         // 16:00 passes with nothing new: nothing recorded.
         let t1 = t0 + chrono::Duration::hours(5);
-        assert_eq!(
-            plan_recipient(&host, &store, &s.digests[0], &s, tz, t1).unwrap(),
-            0
+        assert_eq!(plan(t1), 0);
+        append(
+            &store,
+            vec![
+                flagged(2, "usb.inserted", false),
+                flagged(3, "usb.inserted", false),
+            ],
+            t1,
         );
-        store
-            .append(&[DeviceBatch {
-                device_id: "d".into(),
-                events: vec![
-                    flagged(2, "usb.inserted", false),
-                    flagged(3, "usb.inserted", false),
-                ],
-                facts: None,
-                state: Default::default(),
-                seen_at: t1,
-            }])
-            .unwrap();
         // Not due again until tomorrow 16:00; then one digest covering both.
-        assert_eq!(
-            plan_recipient(&host, &store, &s.digests[0], &s, tz, t1).unwrap(),
-            0
-        );
+        assert_eq!(plan(t1), 0);
         let t2 = t1 + chrono::Duration::days(1);
-        assert_eq!(
-            plan_recipient(&host, &store, &s.digests[0], &s, tz, t2).unwrap(),
-            1
-        );
+        assert_eq!(plan(t2), 1);
         let d = &store.pending_digests().unwrap()[0];
         assert_eq!((d.events, d.kind.as_str()), (2, "scheduled"));
-        assert_eq!(
-            plan_recipient(&host, &store, &s.digests[0], &s, tz, t2).unwrap(),
-            0,
-            "once per due time"
-        );
+        assert_eq!(plan(t2), 0, "once per due time");
     }
 
     #[test]
     fn urgent_events_gather_into_one_message_and_the_cap_holds_the_rest() {
-        let (_d, store) = store_with(vec![]);
-        crate::accounts::add_user(
-            &store,
-            &crate::accounts::Actor::local_cli(),
-            "amy-dsl",
-            Role::Dsl,
-            None,
-        )
-        .unwrap();
+        let (_d, store) = store_with_dsl(vec![]);
         let s = settings();
         let tz = crate::timefmt::DEFAULT_TZ;
         let host = |id: &str| id.to_string();
+        let plan = |t| plan_recipient(&host, &store, &s.digests[0], &s, tz, t).unwrap();
         let now = Utc::now();
-        plan_recipient(&host, &store, &s.digests[0], &s, tz, now).unwrap();
+        plan(now);
         let burst: Vec<StoredEvent> = (1..=5)
             .map(|i| flagged(i, "software.installed", true))
             .collect();
-        store
-            .append(&[DeviceBatch {
-                device_id: "d".into(),
-                events: burst,
-                facts: None,
-                state: Default::default(),
-                seen_at: now,
-            }])
-            .unwrap();
+        append(&store, burst, now);
         // Still gathering (received 10 s ago in these events, gather 5 s: ready); one message.
-        assert_eq!(
-            plan_recipient(&host, &store, &s.digests[0], &s, tz, now).unwrap(),
-            1
-        );
+        assert_eq!(plan(now), 1);
         assert_eq!(store.pending_digests().unwrap()[0].events, 5);
         assert_eq!(store.pending_digests().unwrap()[0].kind, "urgent");
         // Another burst within the hour: over the cap of one, it waits for the digest.
         let more: Vec<StoredEvent> = (6..=7)
             .map(|i| flagged(i, "software.installed", true))
             .collect();
-        store
-            .append(&[DeviceBatch {
-                device_id: "d".into(),
-                events: more,
-                facts: None,
-                state: Default::default(),
-                seen_at: now,
-            }])
-            .unwrap();
-        assert_eq!(
-            plan_recipient(&host, &store, &s.digests[0], &s, tz, now).unwrap(),
-            0
-        );
+        append(&store, more, now);
+        assert_eq!(plan(now), 0);
     }
 
     #[test]

@@ -11,15 +11,15 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
 
+use super::incident_facts::{
+    Recorded, count_category, incident_lines, incidents_with_records, is_software, overlaps,
+    status_at,
+};
 use super::model::*;
 use super::period::{Period, local_midnight};
 use crate::auth::Role;
-use crate::incidents::kind_label;
 use crate::settings::Settings;
-use crate::store::{
-    Category, Device, EntryAction, EventQuery, Incident, IncidentQuery, IncidentStatus, Store,
-    StoreResult, StoredEvent,
-};
+use crate::store::{Category, Device, EventQuery, IncidentStatus, Store, StoreResult, StoredEvent};
 use crate::timefmt;
 
 /// A device not heard from for this many days by the end of the period has gone silent.
@@ -178,21 +178,6 @@ fn state_series(
     Ok(out)
 }
 
-/// An incident and its record's entries (when, what), oldest first.
-type Recorded = (Incident, Vec<(DateTime<Utc>, EntryAction)>);
-
-/// An incident's status at `t`, from its record.
-fn status_at(entries: &[(DateTime<Utc>, EntryAction)], t: DateTime<Utc>) -> IncidentStatus {
-    entries
-        .iter()
-        .take_while(|(at, _)| *at < t)
-        .fold(IncidentStatus::Open, |s, (_, a)| a.status_after(s))
-}
-
-fn is_software(i: &Incident) -> bool {
-    i.kind.starts_with("software.") || i.kind == "executable.in_user_area"
-}
-
 /// Devices with unapproved software not yet dealt with (an open, acknowledged or actioned
 /// software incident) at the end of each day.
 fn software_series(src: &Sources, incidents: &[Recorded], days: &[NaiveDate]) -> Vec<DayCount> {
@@ -302,75 +287,6 @@ fn role_of(store: &dyn Store, changed_by: &str) -> &'static str {
         Ok(Some(u)) => Role::parse(&u.role).map_or("Staff member", Role::label),
         _ => "Staff member",
     }
-}
-
-/// All incidents with their records, oldest record entry first.
-fn incidents_with_records(store: &dyn Store) -> StoreResult<Vec<Recorded>> {
-    let mut out = Vec::new();
-    let mut before = None;
-    loop {
-        let (page, next) = store.incidents(&IncidentQuery {
-            before,
-            limit: 5000,
-            ..Default::default()
-        })?;
-        for i in page {
-            let log = store
-                .incident_entries(i.id)?
-                .into_iter()
-                .map(|e| (e.at, e.action))
-                .collect();
-            out.push((i, log));
-        }
-        match next {
-            Some(n) => before = Some(n),
-            None => return Ok(out),
-        }
-    }
-}
-
-fn overlaps(i: &Incident, p: &Period) -> bool {
-    i.first_at < p.end && i.last_at >= p.start
-}
-
-fn incident_lines(incidents: &[Recorded], p: &Period) -> Vec<IncidentLine> {
-    let mut lines: BTreeMap<(&'static str, &'static str), IncidentLine> = BTreeMap::new();
-    for (i, log) in incidents.iter().filter(|(i, _)| overlaps(i, p)) {
-        let category = match i.category {
-            Category::Safeguarding => "Safeguarding",
-            Category::Technical => "Technical",
-        };
-        let kind = kind_label(&i.kind);
-        let l = lines.entry((category, kind)).or_insert(IncidentLine {
-            kind,
-            category,
-            incidents: 0,
-            new: 0,
-            events: 0,
-            open: 0,
-            acknowledged: 0,
-            actioned: 0,
-            closed: 0,
-        });
-        l.incidents += 1;
-        l.new += u32::from(i.first_at >= p.start);
-        l.events += i.count;
-        match status_at(log, p.end) {
-            IncidentStatus::Open => l.open += 1,
-            IncidentStatus::Acknowledged => l.acknowledged += 1,
-            IncidentStatus::Actioned => l.actioned += 1,
-            IncidentStatus::Closed => l.closed += 1,
-        }
-    }
-    lines.into_values().collect()
-}
-
-fn count_category(lines: &[IncidentLine], category: &str) -> u32 {
-    lines
-        .iter()
-        .filter(|l| l.category == category)
-        .map(|l| l.incidents)
-        .sum()
 }
 
 fn screen_good(e: &StoredEvent) -> bool {

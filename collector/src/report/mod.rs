@@ -1,7 +1,7 @@
 //! The monitoring report for governors and the DSL: fleet compliance over a period, incidents and their outcomes, trends, silent laptops, licences and policy changes, as HTML, PDF or CSV.
 //!
-//! `period` works out the days; `gather` reads the store into `model` types; `chart` draws
-//! SVG; `output` renders HTML (askama), CSV and PDF (headless Chromium printing the HTML).
+//! `period` works out the days; `gather` reads the store into `model` types (`incident_facts`
+//! the incidents' part); `chart` draws SVG; `output` renders HTML (askama), CSV and PDF (headless Chromium printing the HTML).
 //! `render` is the one entry point the CLI, the admin socket, the dashboard and the scheduled
 //! e-mails share. Invariant: the governors' version is built from `GovernorsReport`, which has
 //! no field that can hold a name, so no format of it can leak one.
@@ -9,6 +9,7 @@
 pub mod chart;
 pub mod cli;
 mod gather;
+mod incident_facts;
 pub mod model;
 pub mod output;
 pub mod period;
@@ -129,7 +130,7 @@ impl<'a> Sources<'a> {
             store: c.store.as_ref(),
             devices: c.device_cache().all(),
             software: c.software_installations(),
-            settings: settings(c.store.as_ref())?,
+            settings: Settings::current(c.store.as_ref())?,
             tz,
             now: Utc::now(),
         })
@@ -158,18 +159,11 @@ impl<'a> Sources<'a> {
                 .into_iter()
                 .map(|(k, n)| (k.source, k.name, n))
                 .collect(),
-            settings: settings(store)?,
+            settings: Settings::current(store)?,
             tz,
             now: Utc::now(),
         })
     }
-}
-
-fn settings(store: &dyn Store) -> Result<Settings, StoreError> {
-    Ok(store
-        .current_settings()?
-        .map(|v| Settings::parse_lenient(&v.settings))
-        .unwrap_or_default())
 }
 
 /// The period a request means, and the one before it, in the sources' zone and settings.

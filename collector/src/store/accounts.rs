@@ -83,40 +83,52 @@ pub struct SettingsVersion {
     pub changed_at: DateTime<Utc>,
 }
 
+/// `AccountStore`'s methods that a handle forwards to its engine, written once (see `methods.rs`).
+macro_rules! account_store_methods {
+    ($then:ident $(, $($lead:tt)*)?) => {
+        $then! {
+            $($($lead)*)?
+            fn current_settings(&self) -> StoreResult<Option<SettingsVersion>>;
+            /// Stores `settings` as the next version and returns it.
+            fn put_settings(
+                &self,
+                settings: serde_json::Value,
+                changed_by: &str,
+                at: DateTime<Utc>,
+            ) -> StoreResult<SettingsVersion>;
+
+            fn user(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+            fn users(&self) -> StoreResult<Vec<UserRecord>>;
+            /// Inserts a new account; `Conflict` if the name is taken.
+            fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
+            /// Overwrites an existing account.
+            fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
+
+            fn insert_session(&self, hash: &str, session: &SessionRecord) -> StoreResult<()>;
+            fn session(&self, hash: &str) -> StoreResult<Option<SessionRecord>>;
+            fn delete_session(&self, hash: &str) -> StoreResult<()>;
+            /// Ends every session of `username` (disabled account, reset password); returns how
+            /// many.
+            fn delete_sessions_of(&self, username: &str) -> StoreResult<usize>;
+            /// Removes sessions expired at `now`; returns how many.
+            fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<usize>;
+
+            fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()>;
+            fn api_token(&self, hash: &str) -> StoreResult<Option<ApiTokenRecord>>;
+
+            /// Enrolment tokens (hashes and counts only), newest first.
+            fn enrolment_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+
+            /// Appends to the audit log (durably); returns the entry's id.
+            fn audit(&self, entry: &AuditEntry) -> StoreResult<u64>;
+            /// Entries with an id below `before` (all when `None`), newest first.
+            fn audit_log(&self, before: Option<u64>, limit: usize) -> StoreResult<AuditPage>;
+        }
+    };
+}
+pub(crate) use account_store_methods;
+
 /// Accounts, sessions, API tokens, settings and the audit log.
 pub trait AccountStore {
-    fn current_settings(&self) -> StoreResult<Option<SettingsVersion>>;
-    /// Stores `settings` as the next version and returns it.
-    fn put_settings(
-        &self,
-        settings: serde_json::Value,
-        changed_by: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<SettingsVersion>;
-
-    fn user(&self, username: &str) -> StoreResult<Option<UserRecord>>;
-    fn users(&self) -> StoreResult<Vec<UserRecord>>;
-    /// Inserts a new account; `Conflict` if the name is taken.
-    fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
-    /// Overwrites an existing account.
-    fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
-
-    fn insert_session(&self, hash: &str, session: &SessionRecord) -> StoreResult<()>;
-    fn session(&self, hash: &str) -> StoreResult<Option<SessionRecord>>;
-    fn delete_session(&self, hash: &str) -> StoreResult<()>;
-    /// Ends every session of `username` (disabled account, reset password); returns how many.
-    fn delete_sessions_of(&self, username: &str) -> StoreResult<usize>;
-    /// Removes sessions expired at `now`; returns how many.
-    fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<usize>;
-
-    fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()>;
-    fn api_token(&self, hash: &str) -> StoreResult<Option<ApiTokenRecord>>;
-
-    /// Enrolment tokens (hashes and counts only), newest first.
-    fn enrolment_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
-
-    /// Appends to the audit log (durably); returns the entry's id.
-    fn audit(&self, entry: &AuditEntry) -> StoreResult<u64>;
-    /// Entries with an id below `before` (all when `None`), newest first.
-    fn audit_log(&self, before: Option<u64>, limit: usize) -> StoreResult<AuditPage>;
+    account_store_methods!(declare_methods);
 }

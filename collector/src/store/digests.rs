@@ -71,38 +71,50 @@ pub struct DigestCursor {
     pub urgent_sent: Vec<DateTime<Utc>>,
 }
 
+/// `DigestStore`'s methods that a handle forwards to its engine, written once (see `methods.rs`).
+macro_rules! digest_store_methods {
+    ($then:ident $(, $($lead:tt)*)?) => {
+        $then! {
+            $($($lead)*)?
+            /// Events for `audience` stored at or after timeline id `from`, oldest first, at most
+            /// `limit`: `(timeline id, event)`.
+            fn audience_events_from(
+                &self,
+                audience: &str,
+                from: u64,
+                limit: usize,
+            ) -> StoreResult<Vec<(u64, StoredEvent)>>;
+            /// The timeline id the next stored event will have at the least (0 when empty).
+            fn next_timeline_id(&self) -> StoreResult<u64>;
+            /// The incident currently grouping events with this key, if any.
+            fn incident_for_group(&self, group_key: &str) -> StoreResult<Option<u64>>;
+
+            fn digest_cursor(&self, recipient: &str) -> StoreResult<DigestCursor>;
+            /// Records new digests and moves the recipient's cursor, in one durable transaction:
+            /// the events are then covered exactly once. Assigns ids; returns the records.
+            fn record_digests(
+                &self,
+                recipient: &str,
+                cursor: &DigestCursor,
+                digests: Vec<DigestRecord>,
+            ) -> StoreResult<Vec<DigestRecord>>;
+            /// Moves a cursor without a digest (nothing to say).
+            fn put_digest_cursor(&self, recipient: &str, cursor: &DigestCursor) -> StoreResult<()>;
+            /// Overwrites a digest's delivery state (durably).
+            fn update_digest(&self, digest: &DigestRecord) -> StoreResult<()>;
+            fn digest(&self, id: u64) -> StoreResult<Option<DigestRecord>>;
+            /// Newest first, below `before`.
+            fn digests(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<DigestRecord>>;
+            fn pending_digests(&self) -> StoreResult<Vec<DigestRecord>>;
+        }
+    };
+}
+pub(crate) use digest_store_methods;
+
 /// Digests, their cursors, and the reads that build them.
 pub trait DigestStore {
-    /// Events for `audience` stored at or after timeline id `from`, oldest first, at most
-    /// `limit`: `(timeline id, event)`.
-    fn audience_events_from(
-        &self,
-        audience: &str,
-        from: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<(u64, StoredEvent)>>;
-    /// The timeline id the next stored event will have at the least (0 when empty).
-    fn next_timeline_id(&self) -> StoreResult<u64>;
-    /// The incident currently grouping events with this key, if any.
-    fn incident_for_group(&self, group_key: &str) -> StoreResult<Option<u64>>;
+    digest_store_methods!(declare_methods);
 
-    fn digest_cursor(&self, recipient: &str) -> StoreResult<DigestCursor>;
-    /// Records new digests and moves the recipient's cursor, in one durable transaction:
-    /// the events are then covered exactly once. Assigns ids; returns the records.
-    fn record_digests(
-        &self,
-        recipient: &str,
-        cursor: &DigestCursor,
-        digests: Vec<DigestRecord>,
-    ) -> StoreResult<Vec<DigestRecord>>;
-    /// Moves a cursor without a digest (nothing to say).
-    fn put_digest_cursor(&self, recipient: &str, cursor: &DigestCursor) -> StoreResult<()>;
-    /// Overwrites a digest's delivery state (durably).
-    fn update_digest(&self, digest: &DigestRecord) -> StoreResult<()>;
-    fn digest(&self, id: u64) -> StoreResult<Option<DigestRecord>>;
-    /// Newest first, below `before`.
-    fn digests(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<DigestRecord>>;
-    fn pending_digests(&self) -> StoreResult<Vec<DigestRecord>>;
     /// Whether this process leads the digests now: plans and sends them. Several collectors
     /// sharing a store would otherwise each send the DSL the same digest. An embedded store has
     /// one process, which always leads; a shared one lets one holder at a time lead, and

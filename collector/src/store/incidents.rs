@@ -205,20 +205,31 @@ pub struct IncidentQuery {
     pub limit: usize,
 }
 
+/// `IncidentStore`'s methods that a handle forwards to its engine, written once (see `methods.rs`).
+macro_rules! incident_store_methods {
+    ($then:ident $(, $($lead:tt)*)?) => {
+        $then! {
+            $($($lead)*)?
+            fn incident(&self, id: u64) -> StoreResult<Option<Incident>>;
+            /// Newest first; returns the page and the cursor for the next.
+            fn incidents(&self, q: &IncidentQuery) -> StoreResult<(Vec<Incident>, Option<u64>)>;
+            /// Appends an entry (its `n` is assigned here) and updates the incident's status,
+            /// atomically; returns the entry as stored.
+            fn add_incident_entry(
+                &self,
+                incident: u64,
+                at: DateTime<Utc>,
+                by: &str,
+                action: EntryAction,
+                text: &str,
+            ) -> StoreResult<IncidentEntry>;
+            fn incident_entries(&self, incident: u64) -> StoreResult<Vec<IncidentEntry>>;
+        }
+    };
+}
+pub(crate) use incident_store_methods;
+
 /// Incidents and their records.
 pub trait IncidentStore {
-    fn incident(&self, id: u64) -> StoreResult<Option<Incident>>;
-    /// Newest first; returns the page and the cursor for the next.
-    fn incidents(&self, q: &IncidentQuery) -> StoreResult<(Vec<Incident>, Option<u64>)>;
-    /// Appends an entry (its `n` is assigned here) and updates the incident's status,
-    /// atomically; returns the entry as stored.
-    fn add_incident_entry(
-        &self,
-        incident: u64,
-        at: DateTime<Utc>,
-        by: &str,
-        action: EntryAction,
-        text: &str,
-    ) -> StoreResult<IncidentEntry>;
-    fn incident_entries(&self, incident: u64) -> StoreResult<Vec<IncidentEntry>>;
+    incident_store_methods!(declare_methods);
 }

@@ -1,13 +1,16 @@
 //! The collector's durable record: devices, events, enrolment tokens and policy versions, behind a trait.
 //!
-//! `RedbStore` (one redb file in the data directory) is the embedded default; `PgStore` keeps
-//! the record in a PostgreSQL database several collectors share; `SledStore`, the embedded
-//! store until 2026-11, remains only so that `RedbStore` can convert an existing data
-//! directory at its first start. Everything above this module talks to `dyn Store`.
+//! `RedbStore` (one redb file in the data directory) is the embedded store; `PgStore` keeps
+//! the record in a PostgreSQL database several collectors share. A data directory holding the
+//! sled store of a collector from before 2026-11 is converted to redb at its first start
+//! (`redb/migrate.rs`). Everything above this module talks to `dyn Store`.
 //! Invariants: `append` returns only once the events are durable; events are kept in
 //! arrival order, and a sequence at or below its device's high-water mark is a resend, so a
 //! (device, seq) pair is stored at most once.
 
+// First: the trait method lists below are built with its macros.
+#[macro_use]
+mod methods;
 mod accounts;
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -19,29 +22,29 @@ mod pg;
 pub mod privacy;
 mod redb;
 mod reopen;
-mod sled_accounts;
-mod sled_digests;
-mod sled_incidents;
-mod sled_store;
 pub mod space;
 
+pub(crate) use accounts::account_store_methods;
 pub use accounts::{
     AccountStore, ApiTokenRecord, AuditEntry, AuditPage, SessionRecord, SettingsVersion, UserRecord,
 };
+pub(crate) use digests::digest_store_methods;
 pub use digests::{Attachment, Channel, DigestCursor, DigestRecord, DigestStatus, DigestStore};
+pub(crate) use incidents::incident_store_methods;
 pub use incidents::{
     Category, EntryAction, Incident, IncidentEntry, IncidentQuery, IncidentStatus, IncidentStore,
 };
+#[cfg(test)]
+pub(crate) use methods::forward_methods;
 pub use pg::PgStore;
 /// A real PostgreSQL for tests (a fresh database each): used by the store's tests and the end-to-end ones.
 #[doc(hidden)]
 pub use pg::rig as pg_rig;
+pub(crate) use privacy::privacy_store_methods;
 pub use privacy::{
     ErasureCounts, Held, Hold, HoldTarget, PrivacyStore, PurgeCounts, PurgeCutoffs, SubjectRecords,
 };
 pub use redb::RedbStore;
-/// The sled engine behind the reopening handle (`reopen.rs`).
-pub type SledStore = reopen::Reopening<sled_store::Engine>;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -202,6 +205,27 @@ pub struct Device {
     /// keyed by facet, for the dashboard and fleet counts.
     #[serde(default)]
     pub state: Map<String, Value>,
+}
+
+impl Device {
+    /// What a batch tells about its device besides its events, once they are counted in: when
+    /// it was last seen, its host facts, and its state facets. The facets come from the
+    /// batch's events, so only a batch that stored something new (`stored_new`) may set them:
+    /// from a batch that was all resends (its ack lost) they are older than what is stored,
+    /// and a stream sends in sequence order, so a batch with new events has the newest.
+    pub(crate) fn seen_in(&mut self, batch: &DeviceBatch, stored_new: bool) {
+        self.last_seen = Some(batch.seen_at);
+        if let Some(f) = &batch.facts {
+            self.hostname.clone_from(&f.hostname);
+            self.os.clone_from(&f.os);
+            self.agent_version.clone_from(&f.agent_version);
+        }
+        if stored_new {
+            for (k, v) in &batch.state {
+                self.state.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 /// An event as stored and served by the API.
@@ -393,6 +417,86 @@ pub(crate) fn test_device(id: &str) -> Device {
     }
 }
 
+/// `Store`'s methods that a handle forwards to its engine, written once (see `methods.rs`).
+macro_rules! store_methods {
+    ($then:ident $(, $($lead:tt)*)?) => {
+        $then! {
+            $($($lead)*)?
+            fn insert_device(&self, device: &Device) -> StoreResult<()>;
+            fn device(&self, id: &str) -> StoreResult<Option<Device>>;
+            fn devices(&self) -> StoreResult<Vec<Device>>;
+            /// Marks a device revoked; returns the updated device.
+            fn revoke_device(&self, id: &str, at: DateTime<Utc>) -> StoreResult<Device>;
+
+            /// Stores a group of batches atomically and durably; events already stored
+            /// (same device and seq) are skipped. Returns how many were new.
+            fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64>;
+            fn events(&self, query: &EventQuery) -> StoreResult<EventPage>;
+            /// Visits `device`'s stored events with a sequence above `after_seq`, in sequence
+            /// order, and returns the highest sequence visited (or `after_seq` if none).
+            /// `kind_prefix` filters (cheaply, before decoding) which events are decoded and
+            /// handed to `visit`.
+            fn device_events_after(
+                &self,
+                device: &str,
+                after_seq: u64,
+                kind_prefix: &str,
+                visit: &mut dyn FnMut(&StoredEvent),
+            ) -> StoreResult<u64>;
+
+            /// Saves a derived per-device state (for example the device's software
+            /// installations) computed from its events up to `through_seq`. Not flushed on its
+            /// own: losing it only means replaying those events again at the next start.
+            fn put_derived(
+                &self,
+                name: &str,
+                device: &str,
+                through_seq: u64,
+                state: &Value,
+            ) -> StoreResult<()>;
+            /// Every saved derived state called `name`: `(device, through_seq, state)`.
+            fn derived(&self, name: &str) -> StoreResult<Vec<(String, u64, Value)>>;
+
+            fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
+            /// Uses a token once if it is valid at `now`; atomic against concurrent use.
+            fn use_token(
+                &self,
+                hash: &str,
+                now: DateTime<Utc>,
+            ) -> StoreResult<Result<TokenRecord, TokenRefusal>>;
+
+            fn current_policy(&self) -> StoreResult<Option<PolicyVersion>>;
+            /// Stores `policy` as the next version and returns it.
+            fn put_policy(
+                &self,
+                policy: Value,
+                changed_by: &str,
+                at: DateTime<Utc>,
+            ) -> StoreResult<PolicyVersion>;
+            fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>>;
+            /// Up to `limit` policy versions below `before` (all when `None`), newest first,
+            /// and whether older ones remain. The default reads the whole history; a store
+            /// should override it to read only the page.
+            fn policy_page(
+                &self,
+                before: Option<u64>,
+                limit: usize,
+            ) -> StoreResult<(Vec<PolicyVersion>, bool)> {
+                let mut older: Vec<PolicyVersion> = self
+                    .policy_history()?
+                    .into_iter()
+                    .filter(|v| before.is_none_or(|b| v.version < b))
+                    .collect();
+                older.reverse();
+                let more = older.len() > limit;
+                older.truncate(limit);
+                Ok((older, more))
+            }
+        }
+    };
+}
+pub(crate) use store_methods;
+
 /// The durable record. Implementations must be safe to share between tasks.
 ///
 /// Accounts (users, sessions, API tokens, the audit log) and incidents are separate traits so
@@ -400,39 +504,8 @@ pub(crate) fn test_device(id: &str) -> Device {
 pub trait Store:
     AccountStore + IncidentStore + DigestStore + PrivacyStore + Send + Sync + 'static
 {
-    fn insert_device(&self, device: &Device) -> StoreResult<()>;
-    fn device(&self, id: &str) -> StoreResult<Option<Device>>;
-    fn devices(&self) -> StoreResult<Vec<Device>>;
-    /// Marks a device revoked; returns the updated device.
-    fn revoke_device(&self, id: &str, at: DateTime<Utc>) -> StoreResult<Device>;
+    store_methods!(declare_methods);
 
-    /// Stores a group of batches atomically and durably; events already stored
-    /// (same device and seq) are skipped. Returns how many were new.
-    fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64>;
-    fn events(&self, query: &EventQuery) -> StoreResult<EventPage>;
-    /// Visits `device`'s stored events with a sequence above `after_seq`, in sequence order, and
-    /// returns the highest sequence visited (or `after_seq` if none). `kind_prefix` filters
-    /// (cheaply, before decoding) which events are decoded and handed to `visit`.
-    fn device_events_after(
-        &self,
-        device: &str,
-        after_seq: u64,
-        kind_prefix: &str,
-        visit: &mut dyn FnMut(&StoredEvent),
-    ) -> StoreResult<u64>;
-
-    /// Saves a derived per-device state (for example the device's software installations)
-    /// computed from its events up to `through_seq`. Not flushed on its own: losing it only
-    /// means replaying those events again at the next start.
-    fn put_derived(
-        &self,
-        name: &str,
-        device: &str,
-        through_seq: u64,
-        state: &Value,
-    ) -> StoreResult<()>;
-    /// Every saved derived state called `name`: `(device, through_seq, state)`.
-    fn derived(&self, name: &str) -> StoreResult<Vec<(String, u64, Value)>>;
     /// The saved derived state `name` of one device: `(through_seq, state)`. The default reads
     /// them all; a store shared by several collectors, where a device's state is re-read each
     /// time its stream opens, should read only the one.
@@ -442,42 +515,6 @@ pub trait Store:
             .into_iter()
             .find(|(d, _, _)| d == device)
             .map(|(_, through, state)| (through, state)))
-    }
-
-    fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
-    /// Uses a token once if it is valid at `now`; atomic against concurrent use.
-    fn use_token(
-        &self,
-        hash: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Result<TokenRecord, TokenRefusal>>;
-
-    fn current_policy(&self) -> StoreResult<Option<PolicyVersion>>;
-    /// Stores `policy` as the next version and returns it.
-    fn put_policy(
-        &self,
-        policy: Value,
-        changed_by: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<PolicyVersion>;
-    fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>>;
-    /// Up to `limit` policy versions below `before` (all when `None`), newest first, and
-    /// whether older ones remain. The default reads the whole history; a store should
-    /// override it to read only the page.
-    fn policy_page(
-        &self,
-        before: Option<u64>,
-        limit: usize,
-    ) -> StoreResult<(Vec<PolicyVersion>, bool)> {
-        let mut older: Vec<PolicyVersion> = self
-            .policy_history()?
-            .into_iter()
-            .filter(|v| before.is_none_or(|b| v.version < b))
-            .collect();
-        older.reverse();
-        let more = older.len() > limit;
-        older.truncate(limit);
-        Ok((older, more))
     }
 
     /// Why the store cannot write now (a write failed and it was closed), or `None`.

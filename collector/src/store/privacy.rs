@@ -253,23 +253,39 @@ pub struct ErasureCounts {
     pub kept_audit_entries: u64,
 }
 
+/// `PrivacyStore`'s methods that a handle forwards to its engine, written once (see `methods.rs`).
+macro_rules! privacy_store_methods {
+    ($then:ident $(, $($lead:tt)*)?) => {
+        $then! {
+            $($($lead)*)?
+            /// Removes expired records that no hold keeps, oldest first, in one transaction, and
+            /// keeps the devices' stored event counts right: at most about `limit` rows deleted
+            /// one by one (an incident goes with its whole record). PostgreSQL may also drop one
+            /// past month's events partition whose events have all expired and none is held,
+            /// whatever its size, since dropping it costs about the same for a million events as
+            /// for ten. Returns what it removed; an empty count means nothing more has expired.
+            fn purge_expired(
+                &self,
+                cutoffs: &PurgeCutoffs,
+                limit: usize,
+            ) -> StoreResult<PurgeCounts>;
+            /// Places a hold (placing one already in force replaces its reason).
+            fn put_hold(&self, hold: &Hold) -> StoreResult<()>;
+            /// Releases a hold; `false` when there was none.
+            fn release_hold(&self, target: &HoldTarget) -> StoreResult<bool>;
+            fn holds(&self) -> StoreResult<Vec<Hold>>;
+            /// Every record naming `user` (see `SubjectRecords`).
+            fn subject_records(&self, user: &str) -> StoreResult<SubjectRecords>;
+        }
+    };
+}
+pub(crate) use privacy_store_methods;
+
 /// Retention, holds and subject access. The collector calls these; backends implement
 /// them with the rules above.
 pub trait PrivacyStore {
-    /// Removes expired records that no hold keeps, oldest first, in one transaction, and keeps
-    /// the devices' stored event counts right: at most about `limit` rows deleted one by one
-    /// (an incident goes with its whole record). PostgreSQL may also drop one past month's
-    /// events partition whose events have all expired and none is held, whatever its size,
-    /// since dropping it costs about the same for a million events as for ten. Returns what
-    /// it removed; an empty count means nothing more has expired.
-    fn purge_expired(&self, cutoffs: &PurgeCutoffs, limit: usize) -> StoreResult<PurgeCounts>;
-    /// Places a hold (placing one already in force replaces its reason).
-    fn put_hold(&self, hold: &Hold) -> StoreResult<()>;
-    /// Releases a hold; `false` when there was none.
-    fn release_hold(&self, target: &HoldTarget) -> StoreResult<bool>;
-    fn holds(&self) -> StoreResult<Vec<Hold>>;
-    /// Every record naming `user` (see `SubjectRecords`).
-    fn subject_records(&self, user: &str) -> StoreResult<SubjectRecords>;
+    privacy_store_methods!(declare_methods);
+
     /// Replaces `user` by `pseudonym` in every stored record a hold does not keep (events and
     /// their user index, incidents, incident entries, audit entries, digests, device state),
     /// and leaves no copy of the name in the store's files outside held records (an embedded

@@ -1,16 +1,14 @@
 //! `Reopening`: a store engine behind a handle that closes it at its first failed write and reopens it from disk.
 //!
-//! Neither embedded engine can be trusted after a failed write (ENOSPC, say). sled keeps the
-//! error for the life of its `Db`: every later write fails with it, even once the disk has room
-//! again, while reads go on serving the writes that never reached the disk. redb refuses every
+//! The embedded engine cannot be trusted after a failed write (ENOSPC, say): redb refuses every
 //! later write with `PreviousIo` until the database is opened again. So at the first engine error
 //! this handle drops the engine: nothing is read from it after that (callers get
 //! `StoreError::Closed`), and `recover` opens the store again, which yields exactly what is
 //! durable. Every holder of the store shares this one handle, so all of them see the reopened
-//! engine. `SledStore` and `RedbStore` are this handle over their engines.
+//! engine. `RedbStore` is this handle over its engine.
 //!
-//! Every trait method is forwarded through `with`; a method added to a store trait must be added
-//! to the lists below too, or its default (if any) runs over the forwarded methods.
+//! Every trait method in the traits' method lists (`methods.rs`) is forwarded through `with`;
+//! the few outside them (`closed_because`, `recover`, `erase_subject`) are this handle's own.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,6 +25,10 @@ use super::{
 };
 use super::{
     ErasureCounts, Hold, HoldTarget, PrivacyStore, PurgeCounts, PurgeCutoffs, SubjectRecords,
+};
+use super::{
+    account_store_methods, digest_store_methods, incident_store_methods, privacy_store_methods,
+    store_methods,
 };
 
 /// A store engine that can be opened from a path: what `Reopening` needs to reopen it.
@@ -80,6 +82,13 @@ impl<E: Backend> Reopening<E> {
         if let Err(e) = &result
             && let Some(why) = e.engine_reason()
         {
+            // Said plainly where it is so (the refusals, /healthz and the API show it): the
+            // operator's remedy, room on the disk, is not a damaged store's.
+            let why = if e.is_storage_full() {
+                format!("the collector's disk is full: {why}")
+            } else {
+                why
+            };
             self.close(&engine, &why);
         }
         result
@@ -126,58 +135,8 @@ fn room_to_open(path: &Path) -> StoreResult<()> {
     }
 }
 
-/// Forwards each listed method to the open engine through `with`.
-macro_rules! forward {
-    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;)*) => {
-        $(fn $name(&self $(, $arg: $ty)*) -> $ret {
-            self.with(|e| e.$name($($arg),*))
-        })*
-    };
-}
-
 impl<E: Backend> Store for Reopening<E> {
-    forward! {
-        fn insert_device(&self, device: &Device) -> StoreResult<()>;
-        fn device(&self, id: &str) -> StoreResult<Option<Device>>;
-        fn devices(&self) -> StoreResult<Vec<Device>>;
-        fn revoke_device(&self, id: &str, at: DateTime<Utc>) -> StoreResult<Device>;
-        fn append(&self, group: &[DeviceBatch]) -> StoreResult<u64>;
-        fn events(&self, query: &EventQuery) -> StoreResult<EventPage>;
-        fn device_events_after(
-            &self,
-            device: &str,
-            after_seq: u64,
-            kind_prefix: &str,
-            visit: &mut dyn FnMut(&StoredEvent),
-        ) -> StoreResult<u64>;
-        fn put_derived(
-            &self,
-            name: &str,
-            device: &str,
-            through_seq: u64,
-            state: &Value,
-        ) -> StoreResult<()>;
-        fn derived(&self, name: &str) -> StoreResult<Vec<(String, u64, Value)>>;
-        fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
-        fn use_token(
-            &self,
-            hash: &str,
-            now: DateTime<Utc>,
-        ) -> StoreResult<Result<TokenRecord, TokenRefusal>>;
-        fn current_policy(&self) -> StoreResult<Option<PolicyVersion>>;
-        fn put_policy(
-            &self,
-            policy: Value,
-            changed_by: &str,
-            at: DateTime<Utc>,
-        ) -> StoreResult<PolicyVersion>;
-        fn policy_history(&self) -> StoreResult<Vec<PolicyVersion>>;
-        fn policy_page(
-            &self,
-            before: Option<u64>,
-            limit: usize,
-        ) -> StoreResult<(Vec<PolicyVersion>, bool)>;
-    }
+    store_methods!(forward_methods, via with;);
 
     fn closed_because(&self) -> Option<String> {
         match &*self.state.read().expect("store state lock") {
@@ -202,70 +161,15 @@ impl<E: Backend> Store for Reopening<E> {
 }
 
 impl<E: Backend> AccountStore for Reopening<E> {
-    forward! {
-        fn current_settings(&self) -> StoreResult<Option<SettingsVersion>>;
-        fn put_settings(
-            &self,
-            settings: Value,
-            changed_by: &str,
-            at: DateTime<Utc>,
-        ) -> StoreResult<SettingsVersion>;
-        fn user(&self, username: &str) -> StoreResult<Option<UserRecord>>;
-        fn users(&self) -> StoreResult<Vec<UserRecord>>;
-        fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
-        fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
-        fn insert_session(&self, hash: &str, session: &SessionRecord) -> StoreResult<()>;
-        fn session(&self, hash: &str) -> StoreResult<Option<SessionRecord>>;
-        fn delete_session(&self, hash: &str) -> StoreResult<()>;
-        fn delete_sessions_of(&self, username: &str) -> StoreResult<usize>;
-        fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<usize>;
-        fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()>;
-        fn api_token(&self, hash: &str) -> StoreResult<Option<ApiTokenRecord>>;
-        fn enrolment_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
-        fn audit(&self, entry: &AuditEntry) -> StoreResult<u64>;
-        fn audit_log(&self, before: Option<u64>, limit: usize) -> StoreResult<AuditPage>;
-    }
+    account_store_methods!(forward_methods, via with;);
 }
 
 impl<E: Backend> IncidentStore for Reopening<E> {
-    forward! {
-        fn incident(&self, id: u64) -> StoreResult<Option<Incident>>;
-        fn incidents(&self, q: &IncidentQuery) -> StoreResult<(Vec<Incident>, Option<u64>)>;
-        fn add_incident_entry(
-            &self,
-            incident: u64,
-            at: DateTime<Utc>,
-            by: &str,
-            action: EntryAction,
-            text: &str,
-        ) -> StoreResult<IncidentEntry>;
-        fn incident_entries(&self, incident: u64) -> StoreResult<Vec<IncidentEntry>>;
-    }
+    incident_store_methods!(forward_methods, via with;);
 }
 
 impl<E: Backend> DigestStore for Reopening<E> {
-    forward! {
-        fn audience_events_from(
-            &self,
-            audience: &str,
-            from: u64,
-            limit: usize,
-        ) -> StoreResult<Vec<(u64, StoredEvent)>>;
-        fn next_timeline_id(&self) -> StoreResult<u64>;
-        fn incident_for_group(&self, group_key: &str) -> StoreResult<Option<u64>>;
-        fn digest_cursor(&self, recipient: &str) -> StoreResult<DigestCursor>;
-        fn record_digests(
-            &self,
-            recipient: &str,
-            cursor: &DigestCursor,
-            digests: Vec<DigestRecord>,
-        ) -> StoreResult<Vec<DigestRecord>>;
-        fn put_digest_cursor(&self, recipient: &str, cursor: &DigestCursor) -> StoreResult<()>;
-        fn update_digest(&self, digest: &DigestRecord) -> StoreResult<()>;
-        fn digest(&self, id: u64) -> StoreResult<Option<DigestRecord>>;
-        fn digests(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<DigestRecord>>;
-        fn pending_digests(&self) -> StoreResult<Vec<DigestRecord>>;
-    }
+    digest_store_methods!(forward_methods, via with;);
 }
 
 /// How long an erasure waits for operations already running on the engine to finish before
@@ -273,13 +177,7 @@ impl<E: Backend> DigestStore for Reopening<E> {
 const REWRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl<E: Backend> PrivacyStore for Reopening<E> {
-    forward! {
-        fn purge_expired(&self, cutoffs: &PurgeCutoffs, limit: usize) -> StoreResult<PurgeCounts>;
-        fn put_hold(&self, hold: &Hold) -> StoreResult<()>;
-        fn release_hold(&self, target: &HoldTarget) -> StoreResult<bool>;
-        fn holds(&self) -> StoreResult<Vec<Hold>>;
-        fn subject_records(&self, user: &str) -> StoreResult<SubjectRecords>;
-    }
+    privacy_store_methods!(forward_methods, via with;);
 
     /// Renames in the engine, then has the engine rewrite its files with no one else using
     /// it: callers wait on the state lock meanwhile (they are not refused), and operations
@@ -328,5 +226,35 @@ impl<E: Backend> PrivacyStore for Reopening<E> {
                 Err(err)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::RedbStore;
+    use super::*;
+
+    /// A write that failed for want of space closes the store saying the disk is full, with
+    /// the engine's own message; any other engine failure closes it with that message alone.
+    #[test]
+    fn a_full_disk_closes_the_store_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let failed = store.with(|_| Err::<(), _>(StoreError::engine("cannot write", full)));
+        assert!(failed.unwrap_err().is_storage_full());
+        assert_eq!(
+            store.closed_because().as_deref(),
+            Some("the collector's disk is full: cannot write: No space left on device")
+        );
+        assert!(matches!(store.devices(), Err(StoreError::Closed(_))));
+
+        assert!(store.recover().unwrap());
+        let other = std::io::Error::other("bad page");
+        let _ = store.with(|_| Err::<(), _>(StoreError::engine("cannot read", other)));
+        assert_eq!(
+            store.closed_because().as_deref(),
+            Some("cannot read: bad page")
+        );
     }
 }

@@ -9,15 +9,16 @@ pub enum SpaceFloor {
     Percent(u8),
 }
 
-/// The default: room for the group being written, sled's log segments and the other writes
+/// The default: room for the group being written, redb's copy-on-write pages and the other writes
 /// (policy, tokens, sessions) that must still work while events are refused.
 pub const DEFAULT_FLOOR: SpaceFloor = SpaceFloor::Bytes(256 * MIB);
 
 const MIB: u64 = 1024 * 1024;
 
-/// Free space needed before the store is opened. sled's recovery writes at open (it rewrites a
-/// torn log tail and a snapshot), and an open that meets ENOSPC was seen to leave the store
-/// unreadable to every later open (`Read corrupted data`): so it is not attempted without room.
+/// Free space needed before the store is opened. An engine's recovery may write at open (redb
+/// repairs an unclean file; sled, the embedded engine until 2026-11, rewrote a torn log tail
+/// and was seen to leave its store unreadable to every later open after meeting ENOSPC there):
+/// so it is not attempted without room.
 pub const OPEN_ROOM: u64 = 32 * MIB;
 
 /// A floor that cannot be read.

@@ -4,12 +4,11 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use chrono::Utc;
-
-use super::{ErasureReport, ExportFiles, ExportRequest, PseudonymKey, SubjectError};
+use super::{PseudonymKey, SubjectError};
 use crate::accounts::Actor;
 use crate::admin::{self, AdminRequest, AdminResponse, AskError};
 use crate::datadir::{DataDir, DataDirError};
+use crate::store::Store;
 
 /// Why a subject command did nothing (or, for a write, named the file it could not finish).
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +146,13 @@ pub async fn run(cmd: SubjectCommand) -> Result<(), SubjectCliError> {
                     return Err(AskError::Refused(message).into());
                 }
                 Some(other) => return Err(AskError::unexpected(&other).into()),
-                None => offline_export(dir, user.clone(), time_zone).await?,
+                None => {
+                    let user = user.clone();
+                    offline(dir, move |store, key, by| {
+                        super::export_now(store, key, by, &user, time_zone)
+                    })
+                    .await?
+                }
             };
             write_new(&json_path, files.json.as_bytes())?;
             write_new(&html_path, files.html.as_bytes())?;
@@ -184,7 +189,12 @@ pub async fn run(cmd: SubjectCommand) -> Result<(), SubjectCliError> {
                     return Err(AskError::Refused(message).into());
                 }
                 Some(other) => return Err(AskError::unexpected(&other).into()),
-                None => offline_erase(dir, user, staff, time_zone).await?,
+                None => {
+                    offline(dir, move |store, key, by| {
+                        super::erase(store, key, by, &user, staff, time_zone)
+                    })
+                    .await?
+                }
             };
             for line in report.lines() {
                 println!("{line}");
@@ -211,51 +221,16 @@ fn confirm(user: &str) -> Result<(), SubjectCliError> {
     Ok(())
 }
 
-async fn offline_export(
+/// Runs `f` as the local administrator on the store opened directly (no collector runs), with
+/// the trust's pseudonym key, off the async threads.
+async fn offline<T: Send + 'static>(
     dir: DataDir,
-    user: String,
-    tz: chrono_tz::Tz,
-) -> Result<ExportFiles, SubjectCliError> {
+    f: impl FnOnce(&dyn Store, &PseudonymKey, &Actor) -> Result<T, SubjectError> + Send + 'static,
+) -> Result<T, SubjectCliError> {
     tokio::task::spawn_blocking(move || -> Result<_, SubjectCliError> {
         let key = PseudonymKey::load(&dir)?;
         let store = dir.open_store_offline()?;
-        let school = store
-            .current_settings()?
-            .map(|v| crate::settings::Settings::parse_lenient(&v.settings).school_name)
-            .unwrap_or_else(|| crate::settings::Settings::default().school_name);
-        let req = ExportRequest {
-            user: &user,
-            school: &school,
-            time_zone: tz,
-            made_at: Utc::now(),
-        };
-        Ok(super::export(
-            store.as_ref(),
-            &key,
-            &Actor::local_cli(),
-            &req,
-        )?)
-    })
-    .await?
-}
-
-async fn offline_erase(
-    dir: DataDir,
-    user: String,
-    staff: bool,
-    tz: chrono_tz::Tz,
-) -> Result<ErasureReport, SubjectCliError> {
-    tokio::task::spawn_blocking(move || -> Result<_, SubjectCliError> {
-        let key = PseudonymKey::load(&dir)?;
-        let store = dir.open_store_offline()?;
-        Ok(super::erase(
-            store.as_ref(),
-            &key,
-            &Actor::local_cli(),
-            &user,
-            staff,
-            tz,
-        )?)
+        Ok(f(store.as_ref(), &key, &Actor::local_cli())?)
     })
     .await?
 }

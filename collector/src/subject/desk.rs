@@ -1,10 +1,9 @@
 //! The dashboard's side of subject access: the desk methods the subject pages and API call, each checking the role before anything is read.
 
-use chrono::Utc;
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use super::{ErasureReport, ExportFiles, ExportRequest, RecordCounts, SubjectError};
+use super::{ErasureReport, ExportFiles, RecordCounts, SubjectError};
 use crate::auth::Permission;
 use crate::desk::{Desk, DeskError, DeskResult};
 use crate::service::blocking;
@@ -60,18 +59,12 @@ impl Desk {
         let actor = self.actor.clone();
         let user = user.to_string();
         let files = blocking(move || {
-            let school = c.settings().map(|s| s.school_name)?;
-            let req = ExportRequest {
-                user: &user,
-                school: &school,
-                time_zone: tz,
-                made_at: Utc::now(),
-            };
-            Ok(super::export(
+            Ok(super::export_now(
                 c.store.as_ref(),
                 c.pseudonym_key(),
                 &actor,
-                &req,
+                &user,
+                tz,
             ))
         })
         .await??;

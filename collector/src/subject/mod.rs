@@ -282,6 +282,25 @@ pub fn export(
     Ok(files)
 }
 
+/// `export` made now, under the school's name from the store's settings: what the dashboard,
+/// the admin socket and the offline command each ask for.
+pub fn export_now(
+    store: &dyn Store,
+    key: &PseudonymKey,
+    actor: &Actor,
+    user: &str,
+    time_zone: Tz,
+) -> Result<ExportFiles, SubjectError> {
+    let school = crate::settings::Settings::current(store)?.school_name;
+    let req = ExportRequest {
+        user,
+        school: &school,
+        time_zone,
+        made_at: Utc::now(),
+    };
+    export(store, key, actor, &req)
+}
+
 /// What an erasure did, for the person who asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErasureReport {

@@ -165,7 +165,25 @@ pub struct EventsParams {
     pub cursor: Option<String>,
 }
 
-fn time_param(name: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, String> {
+/// A filter of the events or incidents listing that cannot be used; the message (a 400's
+/// body, or the page's notice) names the parameter and what it takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("`{name}` is not a time: use RFC 3339 (2026-11-30T09:00:00Z) or a date (2026-11-30)")]
+    NotATime { name: &'static str },
+    #[error("category {0:?} is not safeguarding or technical")]
+    Category(String),
+    #[error("status {0:?} is not one of unresolved, all, open, acknowledged, actioned, closed")]
+    Status(String),
+}
+
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> Self {
+        bad(e.to_string())
+    }
+}
+
+fn time_param(name: &'static str, v: Option<String>) -> Result<Option<DateTime<Utc>>, ParamError> {
     let Some(v) = v.filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
@@ -183,13 +201,11 @@ fn time_param(name: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, St
             d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc(),
         ));
     }
-    Err(format!(
-        "`{name}` is not a time: use RFC 3339 (2026-11-30T09:00:00Z) or a date (2026-11-30)"
-    ))
+    Err(ParamError::NotATime { name })
 }
 
 impl EventsParams {
-    pub fn query(self) -> Result<EventQuery, String> {
+    pub fn query(self) -> Result<EventQuery, ParamError> {
         let some = |v: Option<String>| v.filter(|s| !s.is_empty());
         Ok(EventQuery {
             since: time_param("since", self.since)?,
@@ -213,7 +229,7 @@ pub async fn events(
     params: Result<Query<EventsParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(p) = params.map_err(|e| bad(e.body_text()))?;
-    let page = desk.events(p.query().map_err(bad)?).await?;
+    let page = desk.events(p.query()?).await?;
     Ok(Json(serde_json::to_value(page).expect("pages serialise")))
 }
 
@@ -277,16 +293,12 @@ pub struct IncidentParams {
 }
 
 impl IncidentParams {
-    pub fn query(self) -> Result<IncidentQuery, String> {
+    pub fn query(self) -> Result<IncidentQuery, ParamError> {
         let category = match self.category.as_deref().unwrap_or("") {
             "" => None,
             "safeguarding" => Some(Category::Safeguarding),
             "technical" => Some(Category::Technical),
-            other => {
-                return Err(format!(
-                    "category {other:?} is not safeguarding or technical"
-                ));
-            }
+            other => return Err(ParamError::Category(other.to_string())),
         };
         let (status, open_only) = match self.status.as_deref().unwrap_or("") {
             "" | "unresolved" => (None, true),
@@ -295,11 +307,7 @@ impl IncidentParams {
             "acknowledged" => (Some(IncidentStatus::Acknowledged), false),
             "actioned" => (Some(IncidentStatus::Actioned), false),
             "closed" => (Some(IncidentStatus::Closed), false),
-            other => {
-                return Err(format!(
-                    "status {other:?} is not one of unresolved, all, open, acknowledged, actioned, closed"
-                ));
-            }
+            other => return Err(ParamError::Status(other.to_string())),
         };
         Ok(IncidentQuery {
             category,
@@ -318,7 +326,7 @@ pub async fn incidents(
     params: Result<Query<IncidentParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(p) = params.map_err(|e| bad(e.body_text()))?;
-    let (incidents, next) = desk.incidents(p.query().map_err(bad)?).await?;
+    let (incidents, next) = desk.incidents(p.query()?).await?;
     Ok(Json(json!({"incidents": incidents, "next": next})))
 }
 

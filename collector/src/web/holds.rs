@@ -199,127 +199,44 @@ pub async fn release_form(Extension(desk): D, Form(f): Form<HoldForm>) -> PageRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::{self, Actor};
-    use crate::auth::{Role, SignInLimiter};
-    use crate::service::{Collector, IncomingEvent};
-    use crate::store::{RedbStore, Store, test_device};
-    use axum::body::Body;
-    use axum::http::{Request, header};
-    use tower::ServiceExt;
+    use crate::auth::Role;
+    use crate::service::Collector;
+    use crate::web::test_rig::{browse, refused_stick};
 
-    const PASSWORD: &str = "a long enough password";
-
-    /// A collector with a DSL and a network manager, and a pupil's refused stick on laptop-1
-    /// (a safeguarding incident); returns the app, the incident and the store's folder.
+    /// A DSL and a network manager, and a pupil's refused stick on laptop-1 (a safeguarding
+    /// incident); returns the app, the incident, the collector and the store's folder.
     async fn rig() -> (axum::Router, u64, Arc<Collector>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
-        let (ca, _) = crate::ca::SchoolCa::generate("Test School").unwrap();
-        let c =
-            Arc::new(Collector::new(store.clone(), ca, Default::default(), "admin-token").unwrap());
-        for role in [Role::Dsl, Role::NetworkManager] {
-            accounts::add_user(
-                store.as_ref(),
-                &Actor::local_cli(),
-                role.as_str(),
-                role,
-                Some(PASSWORD),
-            )
-            .unwrap();
-        }
-        store.insert_device(&test_device("laptop-1")).unwrap();
-        let details = json!({"mass_storage": true, "account": "pupil", "decision": "block",
-                             "antivirus_current": true, "serial": "SN1", "product": "Cruzer"});
-        let batch = c
-            .prepare_batch(
-                "laptop-1",
-                vec![IncomingEvent {
-                    seq: 1,
-                    occurred_at: Some(chrono::Utc::now()),
-                    user: "pupil1".into(),
-                    kind: "usb.inserted".into(),
-                    details: details.as_object().unwrap().clone(),
-                }],
-                None,
-            )
-            .unwrap();
-        c.commit(batch).await.unwrap();
-        let id = store
-            .incidents(&crate::store::IncidentQuery {
-                limit: 10,
-                ..Default::default()
-            })
-            .unwrap()
-            .0
-            .first()
-            .map(|i| i.id)
-            .expect("the stick opened an incident");
+        let (c, id, dir) = refused_stick(&[Role::Dsl, Role::NetworkManager]).await;
         let app = super::super::router(c.clone(), Default::default());
         (app, id, c, dir)
-    }
-
-    /// Sends a request as `role`'s signed-in browser; returns the status and body.
-    async fn browse(
-        app: &axum::Router,
-        c: &Collector,
-        role: Role,
-        method: &str,
-        path: &str,
-        form: Option<&str>,
-    ) -> (StatusCode, String) {
-        let s = accounts::sign_in(
-            c.store.as_ref(),
-            &SignInLimiter::default(),
-            role.as_str(),
-            PASSWORD,
-            None,
-        )
-        .unwrap();
-        let req = Request::builder().method(method).uri(path).header(
-            header::COOKIE,
-            format!("{}={}", super::super::SESSION_COOKIE, s.cookie),
-        );
-        let req = match form {
-            Some(f) => req
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(format!("_csrf={}&{f}", s.record.csrf))),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let res = app.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     #[tokio::test]
     async fn the_dsl_holds_an_incident_from_its_page_and_it_shows_as_held() {
         let (app, id, c, _dir) = rig().await;
         let page = format!("/incidents/{id}");
-        let (st, body) = browse(&app, &c, Role::Dsl, "GET", &page, None).await;
+        let (st, _, body) = browse(&app, &c, Role::Dsl, "GET", &page, None).await;
         assert_eq!(st, StatusCode::OK);
         assert!(
             body.contains("Place legal hold") && !body.contains("On legal hold"),
             "{body}"
         );
         let form = format!("target=incident%3A{id}&reason=CP-2026-14");
-        let (st, _) = browse(&app, &c, Role::Dsl, "POST", "/holds", Some(&form)).await;
+        let (st, _, _) = browse(&app, &c, Role::Dsl, "POST", "/holds", Some(&form)).await;
         assert_eq!(st, StatusCode::SEE_OTHER);
-        let (_, body) = browse(&app, &c, Role::Dsl, "GET", &page, None).await;
+        let (_, _, body) = browse(&app, &c, Role::Dsl, "GET", &page, None).await;
         assert!(
             body.contains("On legal hold") && body.contains("CP-2026-14"),
             "{body}"
         );
         assert!(body.contains("Release hold"), "{body}");
         // The network manager sees the hold, on the page and in the list, but cannot release it.
-        let (_, body) = browse(&app, &c, Role::NetworkManager, "GET", &page, None).await;
+        let (_, _, body) = browse(&app, &c, Role::NetworkManager, "GET", &page, None).await;
         assert!(
             body.contains("On legal hold") && !body.contains("Release hold"),
             "{body}"
         );
-        let (st, body) = browse(&app, &c, Role::NetworkManager, "GET", "/holds", None).await;
+        let (st, _, body) = browse(&app, &c, Role::NetworkManager, "GET", "/holds", None).await;
         assert_eq!(st, StatusCode::OK);
         assert!(
             body.contains(&format!("Incident #{id}")) && body.contains("1 hold(s)"),
@@ -327,7 +244,7 @@ mod tests {
         );
         // A release without a reason changes nothing.
         let bare = format!("target=incident%3A{id}&reason=");
-        let (st, _) = browse(&app, &c, Role::Dsl, "POST", "/holds/release", Some(&bare)).await;
+        let (st, _, _) = browse(&app, &c, Role::Dsl, "POST", "/holds/release", Some(&bare)).await;
         assert_eq!(st, StatusCode::BAD_REQUEST);
         assert_eq!(c.store.holds().unwrap().len(), 1);
         let done = format!("target=incident%3A{id}&reason=case+closed");

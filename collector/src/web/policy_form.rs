@@ -8,6 +8,32 @@ use serde_json::{Map, Value, json};
 /// A submitted form: every (name, value) pair, in order (checkbox groups repeat a name).
 pub type Fields = Vec<(String, String)>;
 
+/// Why a section's form (policy or settings) could not become a document. Each message is
+/// what the form shows above the section, so it names the field and what it takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormError {
+    /// The address names no section: a stale page or a hand-made request, not a typing slip.
+    #[error("There is no {document} section called {section:?}.")]
+    NoSection {
+        document: &'static str,
+        section: String,
+    },
+    #[error("{what} must be a whole number.")]
+    NotANumber { what: &'static str },
+    #[error("{what} must be a whole number of days (0 keeps them).")]
+    NotDays { what: &'static str },
+    /// A line of a list field without its parts; `line` counts from 1.
+    #[error("{what} line {line} should read {shape}.")]
+    BadLine {
+        what: &'static str,
+        line: usize,
+        shape: &'static str,
+    },
+    /// Anything else typed that cannot be used, in words for the person.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
 /// The first value the form sent under `name`, trimmed; empty when it sent none.
 pub(super) fn one<'a>(f: &'a Fields, name: &str) -> &'a str {
     f.iter()
@@ -27,10 +53,11 @@ fn checked(f: &Fields, name: &str) -> bool {
     !one(f, name).is_empty()
 }
 
-fn number(f: &Fields, name: &str, what: &str) -> Result<u64, String> {
+/// The field `name` as a whole number; `what` names it in the error.
+pub(super) fn number(f: &Fields, name: &str, what: &'static str) -> Result<u64, FormError> {
     one(f, name)
         .parse::<u64>()
-        .map_err(|_| format!("{what} must be a whole number."))
+        .map_err(|_| FormError::NotANumber { what })
 }
 
 /// One entry a line, blank lines and surrounding spaces dropped.
@@ -61,7 +88,7 @@ pub fn apply(
     f: &Fields,
     now: chrono::DateTime<chrono::Utc>,
     tz: chrono_tz::Tz,
-) -> Result<Value, String> {
+) -> Result<Value, FormError> {
     let mut doc = current.clone();
     match section {
         "screen-lock" => {
@@ -138,17 +165,23 @@ pub fn apply(
             let until = one(f, "perm_until");
             if !serial.is_empty() || !user.is_empty() || !until.is_empty() {
                 if serial.is_empty() && user.is_empty() {
-                    return Err("A permission needs a stick serial or a user.".into());
+                    return Err(FormError::Invalid(
+                        "A permission needs a stick serial or a user.",
+                    ));
                 }
                 let local = chrono::NaiveDateTime::parse_from_str(until, "%Y-%m-%dT%H:%M")
-                    .map_err(|_| "Say until when the permission lasts.".to_string())?;
+                    .map_err(|_| FormError::Invalid("Say until when the permission lasts."))?;
                 let until = local
                     .and_local_timezone(tz)
                     .earliest()
-                    .ok_or("That time does not exist in the school's time zone.")?
+                    .ok_or(FormError::Invalid(
+                        "That time does not exist in the school's time zone.",
+                    ))?
                     .with_timezone(&chrono::Utc);
                 if until <= now {
-                    return Err("A new permission must end in the future.".into());
+                    return Err(FormError::Invalid(
+                        "A new permission must end in the future.",
+                    ));
                 }
                 let mut p = json!({"until": until.to_rfc3339()});
                 let reason = one(f, "perm_reason");
@@ -161,7 +194,12 @@ pub fn apply(
             }
             s.insert("permissions".into(), Value::Array(permissions));
         }
-        other => return Err(format!("There is no policy section called {other:?}.")),
+        other => {
+            return Err(FormError::NoSection {
+                document: "policy",
+                section: other.to_string(),
+            });
+        }
     }
     Ok(doc)
 }
@@ -220,14 +258,8 @@ fn walk(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::test_rig::fields;
     use caretaker_proto::policy::PolicyDocument;
-
-    fn fields(pairs: &[(&str, &str)]) -> Fields {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn default_doc() -> Value {
         serde_json::to_value(PolicyDocument::default()).unwrap()
@@ -347,7 +379,8 @@ mod tests {
             chrono::Utc::now(),
             crate::timefmt::DEFAULT_TZ,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("signature age"), "{err}");
     }
 }

@@ -2,38 +2,44 @@
 
 use serde_json::{Value, json};
 
-use super::policy_form::{Fields, lines, one};
+use super::policy_form::{Fields, FormError, lines, number, one};
 
 /// Splits a "a, b, c" line into at most `n` trimmed parts.
 fn parts(line: &str, n: usize) -> Vec<String> {
     line.splitn(n, ',').map(|p| p.trim().to_string()).collect()
 }
 
-/// The field `name`'s lines, each split into exactly `n` parts; a line with fewer is an error
-/// that names it: "{what} line 2 should read {shape}.".
+/// The field `name`'s lines as a JSON list: each split into exactly `n` parts and made into
+/// an entry by `entry`; a line with fewer parts, or that `entry` refuses, is an error that
+/// names it: "{what} line 2 should read {shape}.".
 fn rows(
     f: &Fields,
     name: &str,
     n: usize,
-    what: &str,
-    shape: &str,
-) -> Result<Vec<Vec<String>>, String> {
+    what: &'static str,
+    shape: &'static str,
+    entry: impl Fn(&[String]) -> Option<Value>,
+) -> Result<Value, FormError> {
     lines(one(f, name))
         .iter()
         .enumerate()
         .map(|(i, l)| {
             let p = parts(l, n);
-            if p.len() == n {
-                Ok(p)
-            } else {
-                Err(format!("{what} line {} should read {shape}.", i + 1))
-            }
+            (p.len() == n)
+                .then(|| entry(&p))
+                .flatten()
+                .ok_or(FormError::BadLine {
+                    what,
+                    line: i + 1,
+                    shape,
+                })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .map(Value::Array)
 }
 
 /// Applies one section's form to a copy of the current settings document.
-pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String> {
+pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, FormError> {
     let mut doc = current.clone();
     if !doc.is_object() {
         doc = json!({});
@@ -47,44 +53,37 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             set(&mut doc, "dashboard_url", json!(one(f, "dashboard_url")));
         }
         "terms" => {
-            let terms: Vec<Value> = rows(
+            let terms = rows(
                 f,
                 "terms",
                 3,
                 "Term",
                 "\"Name, first day, last day\" (dates as 2026-09-03)",
-            )?
-            .iter()
-            .map(|p| json!({"name": p[0], "start": p[1], "end": p[2]}))
-            .collect();
-            set(&mut doc, "terms", json!(terms));
+                |p| Some(json!({"name": p[0], "start": p[1], "end": p[2]})),
+            )?;
+            set(&mut doc, "terms", terms);
         }
         "licences" => {
-            let mut licences = Vec::new();
-            for (i, l) in lines(one(f, "licences")).iter().enumerate() {
-                let p = parts(l, 2);
-                let count = p.get(1).and_then(|c| c.parse::<u64>().ok());
-                match (p.first(), count) {
-                    (Some(name), Some(count)) if !name.is_empty() => {
-                        licences.push(json!({"product": name, "count": count}))
-                    }
-                    _ => {
-                        return Err(format!(
-                            "Licence line {} should read \"product, number of licences\".",
-                            i + 1
-                        ));
-                    }
-                }
-            }
-            set(&mut doc, "licences", json!(licences));
+            let licences = rows(
+                f,
+                "licences",
+                2,
+                "Licence",
+                "\"product, number of licences\"",
+                |p| {
+                    let count = p[1].parse::<u64>().ok()?;
+                    (!p[0].is_empty()).then(|| json!({"product": p[0], "count": count}))
+                },
+            )?;
+            set(&mut doc, "licences", licences);
         }
         "mail" => {
             if one(f, "host").is_empty() {
                 set(&mut doc, "smtp", Value::Null);
             } else {
-                let port: u16 = one(f, "port")
-                    .parse()
-                    .map_err(|_| "The port must be a number (587 for STARTTLS).".to_string())?;
+                let port: u16 = one(f, "port").parse().map_err(|_| {
+                    FormError::Invalid("The port must be a number (587 for STARTTLS).")
+                })?;
                 set(
                     &mut doc,
                     "smtp",
@@ -114,53 +113,44 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             set(&mut doc, "digests", json!(out));
         }
         "webhooks" => {
-            let out: Vec<Value> = rows(
+            let out = rows(
                 f,
                 "webhooks",
                 3,
                 "Webhook",
                 "\"generic or teams, address, DSL's username\"",
-            )?
-            .iter()
-            .map(|p| json!({"kind": p[0], "url": p[1], "owner": p[2]}))
-            .collect();
-            set(&mut doc, "webhooks", json!(out));
+                |p| Some(json!({"kind": p[0], "url": p[1], "owner": p[2]})),
+            )?;
+            set(&mut doc, "webhooks", out);
         }
         "urgent" => {
-            let num = |k: &str, what: &str| {
-                one(f, k)
-                    .parse::<u64>()
-                    .map_err(|_| format!("{what} must be a whole number."))
-            };
             set(
                 &mut doc,
                 "urgent",
                 json!({"kinds": lines(one(f, "kinds")), "bypass_tools": !one(f, "bypass_tools").is_empty(),
-                       "gather_secs": num("gather_secs", "The gathering time")?,
-                       "max_per_hour": num("max_per_hour", "The hourly cap")?}),
+                       "gather_secs": number(f, "gather_secs", "The gathering time")?,
+                       "max_per_hour": number(f, "max_per_hour", "The hourly cap")?}),
             );
         }
         "reports" => {
-            let out: Vec<Value> = rows(
+            let out = rows(
                 f,
                 "reports",
                 3,
                 "Report",
                 "\"governors or dsl, week or month or term, usernames\"",
-            )?
-            .iter()
-            .map(|p| {
-                let recipients: Vec<&str> = p[2].split_whitespace().collect();
-                json!({"audience": p[0], "period": p[1], "recipients": recipients})
-            })
-            .collect();
-            set(&mut doc, "reports", json!(out));
+                |p| {
+                    let recipients: Vec<&str> = p[2].split_whitespace().collect();
+                    Some(json!({"audience": p[0], "period": p[1], "recipients": recipients}))
+                },
+            )?;
+            set(&mut doc, "reports", out);
         }
         "retention" => {
-            let days = |k: &str, what: &str| {
+            let days = |k: &str, what: &'static str| {
                 one(f, k)
                     .parse::<u32>()
-                    .map_err(|_| format!("{what} must be a whole number of days (0 keeps them)."))
+                    .map_err(|_| FormError::NotDays { what })
             };
             set(
                 &mut doc,
@@ -177,7 +167,12 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
             "pseudonymise_usernames",
             json!(one(f, "pseudonymise_usernames") == "yes"),
         ),
-        other => return Err(format!("There is no settings section called {other:?}.")),
+        other => {
+            return Err(FormError::NoSection {
+                document: "settings",
+                section: other.to_string(),
+            });
+        }
     }
     Ok(doc)
 }
@@ -186,13 +181,7 @@ pub fn apply(current: &Value, section: &str, f: &Fields) -> Result<Value, String
 mod tests {
     use super::*;
     use crate::settings::Settings;
-
-    fn fields(pairs: &[(&str, &str)]) -> Fields {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::web::test_rig::fields;
 
     #[test]
     fn lines_become_terms_and_licences_and_mistakes_say_which_line() {
@@ -209,7 +198,8 @@ mod tests {
             "licences",
             &fields(&[("licences", "office, 300\nbad line")]),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("line 2"), "{err}");
     }
 

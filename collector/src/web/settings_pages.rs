@@ -199,7 +199,7 @@ pub async fn set_settings_section(
                 &desk,
                 StatusCode::BAD_REQUEST,
                 None,
-                Some((&section, e)),
+                Some((&section, e.to_string())),
             )
             .await;
         }

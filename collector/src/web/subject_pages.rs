@@ -234,88 +234,16 @@ pub async fn api_erase(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::{self, Actor};
-    use crate::auth::{Role, SignInLimiter};
-    use crate::service::{Collector, IncomingEvent};
-    use crate::store::{RedbStore, Store, test_device};
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
+    use crate::auth::Role;
+    use crate::service::Collector;
+    use crate::web::test_rig::{browse, refused_stick};
+    use axum::http::header;
 
-    const PASSWORD: &str = "a long enough password";
-
-    /// A collector with a DSL and a network manager, and pupil1's refused stick on laptop-1.
+    /// A DSL and a network manager, and pupil1's refused stick on laptop-1.
     async fn rig() -> (axum::Router, Arc<Collector>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
-        let (ca, _) = crate::ca::SchoolCa::generate("Test School").unwrap();
-        let c =
-            Arc::new(Collector::new(store.clone(), ca, Default::default(), "admin-token").unwrap());
-        for role in [Role::Dsl, Role::NetworkManager] {
-            accounts::add_user(
-                store.as_ref(),
-                &Actor::local_cli(),
-                role.as_str(),
-                role,
-                Some(PASSWORD),
-            )
-            .unwrap();
-        }
-        store.insert_device(&test_device("laptop-1")).unwrap();
-        let details = json!({"mass_storage": true, "account": "pupil", "decision": "block",
-                             "antivirus_current": true, "serial": "SN1", "product": "Cruzer"});
-        let batch = c
-            .prepare_batch(
-                "laptop-1",
-                vec![IncomingEvent {
-                    seq: 1,
-                    occurred_at: Some(chrono::Utc::now()),
-                    user: "pupil1".into(),
-                    kind: "usb.inserted".into(),
-                    details: details.as_object().unwrap().clone(),
-                }],
-                None,
-            )
-            .unwrap();
-        c.commit(batch).await.unwrap();
+        let (c, _, dir) = refused_stick(&[Role::Dsl, Role::NetworkManager]).await;
         let app = super::super::router(c.clone(), Default::default());
         (app, c, dir)
-    }
-
-    /// Sends a request as `role`'s signed-in browser; returns the status, headers and body.
-    async fn browse(
-        app: &axum::Router,
-        c: &Collector,
-        role: Role,
-        method: &str,
-        path: &str,
-        form: Option<&str>,
-    ) -> (StatusCode, axum::http::HeaderMap, String) {
-        let s = accounts::sign_in(
-            c.store.as_ref(),
-            &SignInLimiter::default(),
-            role.as_str(),
-            PASSWORD,
-            None,
-        )
-        .unwrap();
-        let req = Request::builder().method(method).uri(path).header(
-            header::COOKIE,
-            format!("{}={}", super::super::SESSION_COOKIE, s.cookie),
-        );
-        let req = match form {
-            Some(f) => req
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(format!("_csrf={}&{f}", s.record.csrf))),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let res = app.clone().oneshot(req).await.unwrap();
-        let (status, headers) = (res.status(), res.headers().clone());
-        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, headers, String::from_utf8_lossy(&body).into_owned())
     }
 
     fn audited(c: &Collector, action: &str) -> Vec<crate::store::AuditEntry> {

@@ -1,6 +1,6 @@
 //! Route × role: every route in the access table, asked by every role, signed out, and with forged forms; a new route without a row here fails.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -8,12 +8,12 @@ use axum::http::{Method, Request, StatusCode, header};
 use serde_json::json;
 use tower::ServiceExt;
 
+use super::test_rig::{self, PASSWORD};
 use super::{Access, SESSION_COOKIE, SIGNIN_COOKIE, WebOptions, router, routes};
 use crate::accounts::{self, Actor};
 use crate::auth::{Role, SignInLimiter};
-use crate::ca::SchoolCa;
 use crate::service::{Collector, IncomingEvent};
-use crate::store::{RedbStore, Store, test_device};
+use crate::store::test_device;
 
 /// Roles in the order of the table's columns.
 const ROLES: [Role; 4] = [
@@ -128,8 +128,6 @@ const EXPECTED: &[(&str, &str, [bool; 4])] = &[
     ),
 ];
 
-const PASSWORD: &str = "a long enough password";
-
 struct Rig {
     _dir: tempfile::TempDir,
     collector: Arc<Collector>,
@@ -138,63 +136,24 @@ struct Rig {
     incident: u64,
 }
 
-/// A collector on a temporary store with one account and one API token per role, a device,
-/// and a safeguarding incident on it (a pupil's blocked USB stick).
+/// A collector on a temporary store with one account per role and a governor named
+/// "victim", two devices, and a safeguarding incident on laptop-1 (a pupil's blocked USB
+/// stick).
 async fn rig() -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).unwrap());
-    let (ca, _) = SchoolCa::generate("Test School").unwrap();
-    let collector = Arc::new(
-        Collector::new(
-            store.clone(),
-            ca,
-            Arc::new(RwLock::new(Default::default())),
-            "admin-token",
-        )
-        .unwrap(),
-    );
-    let by = Actor::local_cli();
-    for role in ROLES {
-        accounts::add_user(store.as_ref(), &by, role.as_str(), role, Some(PASSWORD)).unwrap();
-    }
+    let (collector, incident, dir) = test_rig::refused_stick(&ROLES).await;
+    let store = collector.store.as_ref();
     accounts::add_user(
-        store.as_ref(),
-        &by,
+        store,
+        &Actor::local_cli(),
         "victim",
         Role::Governor,
         Some(PASSWORD),
     )
     .unwrap();
-    for id in ["laptop-1", "laptop-2"] {
-        store.insert_device(&test_device(id)).unwrap();
-    }
-    let details = json!({"mass_storage": true, "account": "pupil", "decision": "block",
-                         "antivirus_current": true, "serial": "SN1", "product": "Cruzer"});
-    let batch = collector
-        .prepare_batch(
-            "laptop-1",
-            vec![IncomingEvent {
-                seq: 1,
-                occurred_at: Some(chrono::Utc::now()),
-                user: "pupil1".into(),
-                kind: "usb.inserted".into(),
-                details: details.as_object().unwrap().clone(),
-            }],
-            None,
-        )
-        .unwrap();
-    collector.commit(batch).await.unwrap();
-    let (incidents, _) = store
-        .incidents(&crate::store::IncidentQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(incidents.len(), 1, "the pupil's stick opened one incident");
-    assert_eq!(incidents[0].category, crate::store::Category::Safeguarding);
+    store.insert_device(&test_device("laptop-2")).unwrap();
     Rig {
         app: router(collector.clone(), WebOptions::default()),
-        incident: incidents[0].id,
+        incident,
         collector,
         device: "laptop-1".into(),
         _dir: dir,

@@ -28,24 +28,47 @@ impl Default for AntivirusPolicy {
     }
 }
 
+/// Why the `antivirus` section was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AntivirusError {
+    #[error("antivirus.{field} must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        field: &'static str,
+        min: u64,
+        max: u64,
+        got: u64,
+    },
+}
+
+/// Refuses `field`'s value `got` outside `min..=max`.
+fn in_range(field: &'static str, got: u64, min: u64, max: u64) -> Result<(), AntivirusError> {
+    if (min..=max).contains(&got) {
+        Ok(())
+    } else {
+        Err(AntivirusError::OutOfRange {
+            field,
+            min,
+            max,
+            got,
+        })
+    }
+}
+
 impl AntivirusPolicy {
     /// Checks the values make sense; the error says which one and why.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_signature_age_hours == 0 || self.max_signature_age_hours > MAX_AGE_LIMIT_HOURS {
-            return Err(format!(
-                "antivirus.max_signature_age_hours must be between 1 and {MAX_AGE_LIMIT_HOURS}, got {}",
-                self.max_signature_age_hours
-            ));
-        }
-        if !(MIN_CHECK_INTERVAL_SECS..=MAX_CHECK_INTERVAL_SECS).contains(&self.check_interval_secs)
-        {
-            return Err(format!(
-                "antivirus.check_interval_secs must be between {MIN_CHECK_INTERVAL_SECS} and \
-                 {MAX_CHECK_INTERVAL_SECS}, got {}",
-                self.check_interval_secs
-            ));
-        }
-        Ok(())
+    pub fn validate(&self) -> Result<(), AntivirusError> {
+        in_range(
+            "max_signature_age_hours",
+            self.max_signature_age_hours.into(),
+            1,
+            MAX_AGE_LIMIT_HOURS.into(),
+        )?;
+        in_range(
+            "check_interval_secs",
+            self.check_interval_secs,
+            MIN_CHECK_INTERVAL_SECS,
+            MAX_CHECK_INTERVAL_SECS,
+        )
     }
 }
 
@@ -83,21 +106,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            zero_age.validate(),
-            Err("antivirus.max_signature_age_hours must be between 1 and 8760, got 0".into())
+            zero_age.validate().unwrap_err().to_string(),
+            "antivirus.max_signature_age_hours must be between 1 and 8760, got 0"
         );
         let too_fast = AntivirusPolicy {
             check_interval_secs: 5,
             ..Default::default()
         };
         assert_eq!(
-            too_fast.validate(),
-            Err("antivirus.check_interval_secs must be between 60 and 86400, got 5".into())
+            too_fast.validate().unwrap_err().to_string(),
+            "antivirus.check_interval_secs must be between 60 and 86400, got 5"
         );
         let too_slow = AntivirusPolicy {
             check_interval_secs: 86_401,
             ..Default::default()
         };
-        assert!(too_slow.validate().unwrap_err().contains("86401"));
+        assert!(
+            too_slow
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("86401")
+        );
     }
 }

@@ -48,8 +48,16 @@ pub enum PolicyError {
     Syntax(String),
     #[error("unknown policy field `{0}`")]
     UnknownField(String),
+    #[error("invalid policy: description is longer than 1000 characters")]
+    DescriptionTooLong,
     #[error("invalid policy: {0}")]
-    Invalid(String),
+    ScreenLock(#[from] screen_lock::ScreenLockError),
+    #[error("invalid policy: {0}")]
+    Antivirus(#[from] antivirus::AntivirusError),
+    #[error("invalid policy: {0}")]
+    Software(#[from] software::SoftwareError),
+    #[error("invalid policy: {0}")]
+    RemovableMedia(#[from] removable_media::RemovableMediaError),
     #[error("policy too large: {0}")]
     TooLarge(String),
 }
@@ -141,16 +149,12 @@ impl PolicyDocument {
     /// Checks the ranges and relations serde cannot express.
     pub fn validate(&self) -> Result<(), PolicyError> {
         if self.description.len() > 1000 {
-            return Err(PolicyError::Invalid(
-                "description is longer than 1000 characters".into(),
-            ));
+            return Err(PolicyError::DescriptionTooLong);
         }
-        self.screen_lock.validate().map_err(PolicyError::Invalid)?;
-        self.antivirus.validate().map_err(PolicyError::Invalid)?;
-        self.software.validate().map_err(PolicyError::Invalid)?;
-        self.removable_media
-            .validate()
-            .map_err(PolicyError::Invalid)?;
+        self.screen_lock.validate()?;
+        self.antivirus.validate()?;
+        self.software.validate()?;
+        self.removable_media.validate()?;
         Ok(())
     }
 }

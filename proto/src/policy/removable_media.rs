@@ -85,36 +85,49 @@ fn is_device_id(s: &str) -> bool {
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
+/// Why the `removable_media` section was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemovableMediaError {
+    #[error("allowed_devices entry {0:?} is not vendor:product (e.g. \"0781:5567\")")]
+    NotVendorProduct(String),
+    #[error("allowed_serials contains an empty serial")]
+    EmptySerial,
+    #[error("pupils.username_patterns contains an empty pattern")]
+    EmptyPupilPattern,
+    #[error("permissions[{0}] names no serial, device_id or user: it would allow everything")]
+    PermissionForAll(usize),
+    #[error("permissions[{index}].device_id {device_id:?} is not vendor:product")]
+    PermissionNotVendorProduct { index: usize, device_id: String },
+}
+
 impl RemovableMediaPolicy {
     /// Checks the section; the error names the first bad entry.
-    pub fn validate(&self) -> Result<(), String> {
-        for d in &self.allowed_devices {
-            if !is_device_id(d) {
-                return Err(format!(
-                    "allowed_devices entry {d:?} is not vendor:product (e.g. \"0781:5567\")"
-                ));
-            }
+    pub fn validate(&self) -> Result<(), RemovableMediaError> {
+        if let Some(d) = self.allowed_devices.iter().find(|d| !is_device_id(d)) {
+            return Err(RemovableMediaError::NotVendorProduct(d.clone()));
         }
         if self.allowed_serials.iter().any(|s| s.trim().is_empty()) {
-            return Err("allowed_serials contains an empty serial".into());
+            return Err(RemovableMediaError::EmptySerial);
         }
-        for p in &self.pupils.username_patterns {
-            if p.trim().is_empty() {
-                return Err("pupils.username_patterns contains an empty pattern".into());
-            }
+        if self
+            .pupils
+            .username_patterns
+            .iter()
+            .any(|p| p.trim().is_empty())
+        {
+            return Err(RemovableMediaError::EmptyPupilPattern);
         }
-        for (i, p) in self.permissions.iter().enumerate() {
+        for (index, p) in self.permissions.iter().enumerate() {
             if p.serial.is_none() && p.device_id.is_none() && p.user.is_none() {
-                return Err(format!(
-                    "permissions[{i}] names no serial, device_id or user: it would allow everything"
-                ));
+                return Err(RemovableMediaError::PermissionForAll(index));
             }
             if let Some(d) = &p.device_id
                 && !is_device_id(d)
             {
-                return Err(format!(
-                    "permissions[{i}].device_id {d:?} is not vendor:product"
-                ));
+                return Err(RemovableMediaError::PermissionNotVendorProduct {
+                    index,
+                    device_id: d.clone(),
+                });
             }
         }
         Ok(())
@@ -153,7 +166,7 @@ mod tests {
             allowed_devices: vec!["0781-5567".into()],
             ..Default::default()
         };
-        assert!(p.validate().unwrap_err().contains("0781-5567"));
+        assert!(p.validate().unwrap_err().to_string().contains("0781-5567"));
         p.allowed_devices.clear();
         p.permissions.push(TemporaryPermission {
             serial: None,
@@ -162,6 +175,11 @@ mod tests {
             until: Utc::now(),
             reason: None,
         });
-        assert!(p.validate().unwrap_err().contains("allow everything"));
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("allow everything")
+        );
     }
 }

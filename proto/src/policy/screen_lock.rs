@@ -68,47 +68,58 @@ impl Default for SchoolHours {
 /// `enabled: false` is for.
 const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
 
+/// Why the `screen_lock` section was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScreenLockError {
+    #[error("screen_lock.idle_timeout_secs must be at least 1")]
+    NoTimeout,
+    #[error(
+        "screen_lock.idle_timeout_secs is {0}, more than a day ({MAX_TIMEOUT_SECS}); use enabled: false to turn locking off"
+    )]
+    TimeoutOverADay(u64),
+    #[error("screen_lock.locker_commands[{0}] is empty")]
+    EmptyLockerCommand(usize),
+    /// `field` is `start` or `end` of `school_hours`.
+    #[error("screen_lock.school_hours.{field} {value:?} is not HH:MM (24-hour)")]
+    NotHhMm { field: &'static str, value: String },
+    #[error("screen_lock.school_hours.start {start} must be before end {end}")]
+    StartNotBeforeEnd { start: String, end: String },
+    #[error(
+        "screen_lock.school_hours.days has {0:?}; expected mon, tue, wed, thu, fri, sat or sun"
+    )]
+    UnknownDay(String),
+}
+
 impl ScreenLockPolicy {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ScreenLockError> {
         if self.idle_timeout_secs == 0 {
-            return Err("screen_lock.idle_timeout_secs must be at least 1".to_string());
+            return Err(ScreenLockError::NoTimeout);
         }
         if self.idle_timeout_secs > MAX_TIMEOUT_SECS {
-            return Err(format!(
-                "screen_lock.idle_timeout_secs is {}, more than a day ({MAX_TIMEOUT_SECS}); use enabled: false to turn locking off",
-                self.idle_timeout_secs
-            ));
+            return Err(ScreenLockError::TimeoutOverADay(self.idle_timeout_secs));
         }
         for (i, cmd) in self.locker_commands.iter().enumerate() {
             if cmd.split_whitespace().next().is_none() {
-                return Err(format!("screen_lock.locker_commands[{i}] is empty"));
+                return Err(ScreenLockError::EmptyLockerCommand(i));
             }
         }
         let sh = &self.school_hours;
-        let start = parse_hhmm(&sh.start).ok_or_else(|| {
-            format!(
-                "screen_lock.school_hours.start {:?} is not HH:MM (24-hour)",
-                sh.start
-            )
-        })?;
-        let end = parse_hhmm(&sh.end).ok_or_else(|| {
-            format!(
-                "screen_lock.school_hours.end {:?} is not HH:MM (24-hour)",
-                sh.end
-            )
-        })?;
+        let hhmm = |field: &'static str, value: &str| {
+            parse_hhmm(value).ok_or_else(|| ScreenLockError::NotHhMm {
+                field,
+                value: value.to_owned(),
+            })
+        };
+        let start = hhmm("start", &sh.start)?;
+        let end = hhmm("end", &sh.end)?;
         if start >= end {
-            return Err(format!(
-                "screen_lock.school_hours.start {} must be before end {}",
-                sh.start, sh.end
-            ));
+            return Err(ScreenLockError::StartNotBeforeEnd {
+                start: sh.start.clone(),
+                end: sh.end.clone(),
+            });
         }
-        for d in &sh.days {
-            if parse_day(d).is_none() {
-                return Err(format!(
-                    "screen_lock.school_hours.days has {d:?}; expected mon, tue, wed, thu, fri, sat or sun"
-                ));
-            }
+        if let Some(d) = sh.days.iter().find(|d| parse_day(d).is_none()) {
+            return Err(ScreenLockError::UnknownDay(d.clone()));
         }
         Ok(())
     }
@@ -142,7 +153,7 @@ mod tests {
         assert_eq!(p.idle_timeout_secs, 300);
         assert!(p.inhibitor_excuses_lock && p.enabled);
         assert_eq!(p.locker_commands[0], "i3lock -n");
-        assert_eq!(p.validate(), Ok(()));
+        assert!(p.validate().is_ok());
     }
 
     #[test]
@@ -154,7 +165,7 @@ mod tests {
         assert_eq!(p.school_hours.start, "08:00");
         assert_eq!(p.school_hours.end, "15:30");
         assert_eq!(p.school_hours.days.len(), 5);
-        assert_eq!(p.validate(), Ok(()));
+        assert!(p.validate().is_ok());
     }
 
     #[test]
@@ -163,18 +174,23 @@ mod tests {
             idle_timeout_secs: 0,
             ..Default::default()
         };
-        assert!(p.validate().unwrap_err().contains("at least 1"));
+        assert!(p.validate().unwrap_err().to_string().contains("at least 1"));
         p.idle_timeout_secs = 10;
         p.school_hours.start = "8am".into();
-        assert!(p.validate().unwrap_err().contains("not HH:MM"));
+        assert!(p.validate().unwrap_err().to_string().contains("not HH:MM"));
         p.school_hours.start = "18:00".into();
-        assert!(p.validate().unwrap_err().contains("before end"));
+        assert!(p.validate().unwrap_err().to_string().contains("before end"));
         p.school_hours.start = "08:00".into();
         p.school_hours.days = vec!["monday".into()];
-        assert!(p.validate().unwrap_err().contains("\"monday\""));
+        assert!(p.validate().unwrap_err().to_string().contains("\"monday\""));
         p.school_hours.days = vec!["Mon".into()];
         p.locker_commands = vec!["  ".into()];
-        assert!(p.validate().unwrap_err().contains("locker_commands[0]"));
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("locker_commands[0]")
+        );
     }
 
     #[test]

@@ -32,27 +32,41 @@ impl Default for SoftwarePolicy {
 /// Shortest rescan we accept: a full rescan walks every home folder, so seconds would be abuse.
 pub const MIN_RESCAN_INTERVAL_SECS: u64 = 60;
 
+/// Why the `software` section was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SoftwareError {
+    /// `list` is `approved` or `denied`.
+    #[error("software.{list}: pattern {pattern:?} is invalid: {why}")]
+    BadPattern {
+        list: &'static str,
+        pattern: String,
+        why: String,
+    },
+    #[error("software: {0:?} is in both the approved and the denied list")]
+    InBothLists(String),
+    #[error("software.rescan_interval_secs is {0}; it must be at least {MIN_RESCAN_INTERVAL_SECS}")]
+    RescanTooOften(u64),
+}
+
 impl SoftwarePolicy {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SoftwareError> {
         for (list, patterns) in [("approved", &self.approved), ("denied", &self.denied)] {
             for p in patterns {
-                NamePattern::new(p)
-                    .map_err(|e| format!("software.{list}: pattern {p:?} is invalid: {e}"))?;
+                NamePattern::new(p).map_err(|why| SoftwareError::BadPattern {
+                    list,
+                    pattern: p.clone(),
+                    why,
+                })?;
             }
         }
         // The same entry in both lists has no sensible meaning; make the author choose.
         for p in &self.approved {
             if self.denied.iter().any(|d| d.eq_ignore_ascii_case(p)) {
-                return Err(format!(
-                    "software: {p:?} is in both the approved and the denied list"
-                ));
+                return Err(SoftwareError::InBothLists(p.clone()));
             }
         }
         if self.rescan_interval_secs < MIN_RESCAN_INTERVAL_SECS {
-            return Err(format!(
-                "software.rescan_interval_secs is {}; it must be at least {MIN_RESCAN_INTERVAL_SECS}",
-                self.rescan_interval_secs
-            ));
+            return Err(SoftwareError::RescanTooOften(self.rescan_interval_secs));
         }
         Ok(())
     }
@@ -231,7 +245,7 @@ mod tests {
             denied: vec!["ok".into(), "bad[".into()],
             ..Default::default()
         };
-        let err = policy.validate().unwrap_err();
+        let err = policy.validate().unwrap_err().to_string();
         assert!(
             err.contains("software.denied") && err.contains("bad["),
             "{err}"
@@ -250,11 +264,16 @@ mod tests {
             denied: vec!["steam".into()],
             ..Default::default()
         };
-        assert!(both.validate().unwrap_err().contains("both"));
+        assert!(both.validate().unwrap_err().to_string().contains("both"));
         let fast = SoftwarePolicy {
             rescan_interval_secs: 5,
             ..Default::default()
         };
-        assert!(fast.validate().unwrap_err().contains("at least 60"));
+        assert!(
+            fast.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("at least 60")
+        );
     }
 }

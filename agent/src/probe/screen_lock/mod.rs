@@ -573,6 +573,20 @@ mod tests {
         _policy: watch::Sender<Arc<PolicyDocument>>,
     }
 
+    /// `start` with the last input now (returned), once the probe has sent its first report.
+    async fn started_after_input(fake: Fake, timeout: u64) -> (Instant, Running) {
+        let t0 = Instant::now();
+        let mut r = start(
+            Fake {
+                last_input: Some(t0),
+                ..fake
+            },
+            timeout,
+        );
+        assert_eq!(r.events.recv().await.unwrap().kind, "screen.compliance");
+        (t0, r)
+    }
+
     fn start(fake: Fake, timeout: u64) -> Running {
         let fake = FakeOs(Arc::new(Mutex::new(fake)));
         let (tx, events) = tokio::sync::mpsc::channel(16);
@@ -605,16 +619,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn wakes_exactly_at_the_timeout_not_every_second() {
-        let t0 = Instant::now();
-        let mut r = start(
+        let (t0, mut r) = started_after_input(
             Fake {
-                last_input: Some(t0),
                 desktop_answers: true,
                 ..Default::default()
             },
             300,
-        );
-        assert_eq!(r.events.recv().await.unwrap().kind, "screen.compliance");
+        )
+        .await;
         let e = r.events.recv().await.unwrap();
         assert_eq!(e.kind, "screen.locked_by_policy");
         assert_eq!(e.details["method"], "logind");
@@ -628,16 +640,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn input_postpones_the_lock_by_a_rescheduled_wake() {
-        let t0 = Instant::now();
-        let mut r = start(
+        let (t0, mut r) = started_after_input(
             Fake {
-                last_input: Some(t0),
                 desktop_answers: true,
                 ..Default::default()
             },
             300,
-        );
-        assert_eq!(r.events.recv().await.unwrap().kind, "screen.compliance");
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(200)).await;
         r.fake.0.lock().unwrap().last_input = Some(Instant::now());
         let e = r.events.recv().await.unwrap();
@@ -649,16 +659,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn silent_desktop_gets_a_quick_fallback_and_unlock_rearms() {
-        let t0 = Instant::now();
-        let mut r = start(
+        let (t0, mut r) = started_after_input(
             Fake {
-                last_input: Some(t0),
                 locker_installed: true,
                 ..Default::default()
             },
             60,
-        );
-        assert_eq!(r.events.recv().await.unwrap().kind, "screen.compliance");
+        )
+        .await;
         let e = r.events.recv().await.unwrap();
         assert_eq!(e.details["method"], "locker:i3lock -n");
         // Timeout, then the short wait for a desktop that shows no sign of answering.

@@ -177,10 +177,24 @@ fn read_prefix(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Why snapd's list of snaps could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapdError {
+    #[error("snapd did not answer within 10 s")]
+    Timeout,
+    #[error("snapd socket: {0}")]
+    Socket(#[source] io::Error),
+    /// Not an HTTP reply the parser could read (`parse::split_http_response` says why).
+    #[error("{0}")]
+    BadReply(String),
+    #[error("snapd answered HTTP {0}")]
+    Status(u16),
+}
+
 /// Asks snapd for the installed snaps. No socket means snapd is not installed: empty, not
 /// an error. A socket that does not answer properly is an error, so the caller keeps what
 /// it knew rather than reporting every snap removed.
-pub async fn read_snaps(socket: &Path) -> Result<Inventory, String> {
+pub async fn read_snaps(socket: &Path) -> Result<Inventory, SnapdError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if !socket.exists() {
         return Ok(Inventory::new());
@@ -197,11 +211,11 @@ pub async fn read_snaps(socket: &Path) -> Result<Inventory, String> {
     };
     let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .map_err(|_| "snapd did not answer within 10 s".to_string())?
-        .map_err(|e| format!("snapd socket: {e}"))?;
-    let (status, body) = parse::split_http_response(&raw)?;
+        .map_err(|_| SnapdError::Timeout)?
+        .map_err(SnapdError::Socket)?;
+    let (status, body) = parse::split_http_response(&raw).map_err(SnapdError::BadReply)?;
     if status != 200 {
-        return Err(format!("snapd answered HTTP {status}"));
+        return Err(SnapdError::Status(status));
     }
     let parsed = parse::parse_snapd_snaps(&body);
     for w in &parsed.warnings {

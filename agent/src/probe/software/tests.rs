@@ -1,14 +1,12 @@
 //! Tests of the software probe: pure diffing and event shaping, then the running probe
-//! against temp folders (fake home root, Flatpak and dpkg trees) and against the machine's
-//! real dpkg with a real package built by `dpkg-deb` and installed by `dpkg -i`.
+//! against temp folders (fake home root, Flatpak and dpkg trees). The probe against the
+//! machine's real dpkg is `tests/tests/software_dpkg.rs`, beside the one `.deb` builder.
 use super::*;
 use parse::AptRequester;
 use serde_json::{Value, json};
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
-use std::process::Command;
-use tokio::sync::mpsc::Receiver;
 
 fn item(name: &str, version: &str) -> SoftwareItem {
     SoftwareItem {
@@ -162,13 +160,15 @@ async fn debounce_waits_for_quiet_but_not_for_ever() {
 
 const PUPIL_UID: u32 = 54321;
 
+/// The tests crate's helper for a probe's events (one copy, included by path: that crate
+/// depends on this one, so this one cannot depend on it).
+#[path = "../../../../tests/src/probe_events.rs"]
+mod probe_events;
+
 struct Harness {
-    rx: Receiver<NewEvent>,
+    events: probe_events::ProbeEvents<NewEvent>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    seen: Vec<NewEvent>,
-    /// Received but not yet matched by a `wait_for`: events may come in any order.
-    unclaimed: std::collections::VecDeque<NewEvent>,
 }
 
 impl Harness {
@@ -182,42 +182,14 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(cfg, prx, EventSink::new(tx), shutdown.clone()));
         Harness {
-            rx,
+            events: probe_events::ProbeEvents::new(rx),
             shutdown,
             task,
-            seen: Vec::new(),
-            unclaimed: Default::default(),
         }
     }
 
-    /// Waits (bounded, so a broken probe fails rather than hangs) for the first event
-    /// satisfying `pred`, keeping every event received on the way in `seen`.
     async fn wait_for(&mut self, what: &str, pred: impl Fn(&NewEvent) -> bool) -> NewEvent {
-        let deadline = std::time::Duration::from_secs(60);
-        if let Some(i) = self.unclaimed.iter().position(&pred) {
-            return self.unclaimed.remove(i).expect("position is in range");
-        }
-        let found = tokio::time::timeout(deadline, async {
-            loop {
-                let ev = self.rx.recv().await.expect("probe stopped");
-                self.seen.push(ev.clone());
-                if pred(&ev) {
-                    return ev;
-                }
-                self.unclaimed.push_back(ev);
-            }
-        })
-        .await;
-        match found {
-            Ok(ev) => ev,
-            Err(_) => panic!(
-                "no {what} within {deadline:?}; saw: {:#?}",
-                self.seen
-                    .iter()
-                    .map(|e| (&e.kind, &e.details))
-                    .collect::<Vec<_>>()
-            ),
-        }
+        self.events.wait_for(what, pred).await
     }
 
     async fn stop(self) {
@@ -510,6 +482,7 @@ async fn user_area_flatpak_appimage_and_executables_are_seen() {
     })
     .await;
     let exec_paths: Vec<&str> = h
+        .events
         .seen
         .iter()
         .filter(|e| e.kind == "executable.in_user_area")
@@ -546,7 +519,12 @@ async fn policy_can_turn_off_executable_reports() {
         is(e, "software.installed", "source", "appimage")
     })
     .await;
-    assert!(h.seen.iter().all(|e| e.kind != "executable.in_user_area"));
+    assert!(
+        h.events
+            .seen
+            .iter()
+            .all(|e| e.kind != "executable.in_user_area")
+    );
     h.stop().await;
 }
 
@@ -614,157 +592,4 @@ async fn snaps_come_from_snapd_and_the_periodic_rescan_finds_new_ones() {
     assert_eq!(ev.details["version"], json!("133.0-1"));
     h.stop().await;
     server.abort();
-}
-
-// ---------------------------------------------------------------------------------------
-// Real dpkg.
-
-const TEST_PKG: &str = "caretaker-sw-probe-test";
-
-/// Purges the test package when dropped, so a failing test leaves the machine clean.
-struct PurgeOnDrop;
-
-impl Drop for PurgeOnDrop {
-    fn drop(&mut self) {
-        let _ = dpkg(&["--purge", TEST_PKG]);
-    }
-}
-
-/// Runs dpkg, retrying while another process (apt in a neighbouring job) holds its lock.
-fn dpkg(args: &[&str]) -> std::process::Output {
-    for _ in 0..120 {
-        let out = Command::new("dpkg").args(args).output().expect("dpkg runs");
-        let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || !err.contains("lock") {
-            return out;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    panic!("dpkg lock held for a minute");
-}
-
-fn build_test_deb(dir: &Path, version: &str) -> PathBuf {
-    let root = dir.join(format!("pkg-{version}"));
-    fs::create_dir_all(root.join("DEBIAN")).unwrap();
-    fs::create_dir_all(root.join("usr/share/caretaker-sw-probe-test")).unwrap();
-    fs::write(
-        root.join("usr/share/caretaker-sw-probe-test/README"),
-        "Installed by Caretaker's software probe test; safe to remove.\n",
-    )
-    .unwrap();
-    fs::write(
-        root.join("DEBIAN/control"),
-        format!("Package: {TEST_PKG}\nVersion: {version}\nArchitecture: all\nMaintainer: Caretaker tests <tests@example.invalid>\nDescription: Test package for Caretaker's software probe\n Safe to remove.\n"),
-    )
-    .unwrap();
-    let deb = dir.join(format!("{TEST_PKG}_{version}_all.deb"));
-    let out = Command::new("dpkg-deb")
-        .args(["--build", "--root-owner-group"])
-        .arg(&root)
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    deb
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_dpkg_install_upgrade_and_removal_are_seen() {
-    let _purge = PurgeOnDrop;
-    let _ = dpkg(&["--purge", TEST_PKG]); // leftovers from an interrupted run
-    let tmp = tempfile::tempdir().unwrap();
-    let deb1 = build_test_deb(tmp.path(), "1.0");
-    let deb2 = build_test_deb(tmp.path(), "1.1");
-    let tree = Tree::new();
-    let cfg = SoftwareProbeConfig {
-        dpkg_dir: "/var/lib/dpkg".into(),
-        apt_history_log: "/var/log/apt/history.log".into(),
-        ..tree.config()
-    };
-    let mut h = Harness::start(cfg, SoftwarePolicy::default());
-    let inv = h
-        .wait_for("inventory", |e| e.kind == "software.inventory")
-        .await;
-    let total = inv.details["total"].as_u64().unwrap();
-    assert!(
-        total > 300,
-        "this machine has hundreds of packages, got {total}"
-    );
-
-    let started = std::time::Instant::now();
-    let out = dpkg(&["-i", deb1.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dpkg_done = std::time::Instant::now();
-    let ev = h
-        .wait_for("installed", |e| {
-            is(e, "software.installed", "name", TEST_PKG)
-        })
-        .await;
-    let seen = std::time::Instant::now();
-    assert_eq!(ev.details["version"], json!("1.0"));
-    assert_eq!(ev.details["architecture"], json!("all"));
-    assert!(ev.details.get("installed_at").is_some());
-    println!(
-        "LATENCY install: dpkg -i took {:?}; event {:?} after dpkg exited ({:?} after it started)",
-        dpkg_done - started,
-        seen.saturating_duration_since(dpkg_done),
-        seen - started
-    );
-
-    let out = dpkg(&["-i", deb2.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let up = h
-        .wait_for("upgraded", |e| is(e, "software.upgraded", "name", TEST_PKG))
-        .await;
-    assert_eq!(
-        (
-            up.details["previous_version"].as_str(),
-            up.details["version"].as_str()
-        ),
-        (Some("1.0"), Some("1.1"))
-    );
-
-    let out = dpkg(&["-r", TEST_PKG]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dpkg_done = std::time::Instant::now();
-    let rm = h
-        .wait_for("removed", |e| is(e, "software.removed", "name", TEST_PKG))
-        .await;
-    assert_eq!(rm.details["version"], json!("1.1"));
-    println!(
-        "LATENCY removal: event {:?} after dpkg -r exited",
-        std::time::Instant::now().saturating_duration_since(dpkg_done)
-    );
-    // Nothing about the test package was reported twice.
-    let ours: Vec<&str> = h
-        .seen
-        .iter()
-        .filter(|e| e.details.get("name").and_then(Value::as_str) == Some(TEST_PKG))
-        .map(|e| e.kind.as_str())
-        .collect();
-    assert_eq!(
-        ours,
-        [
-            "software.installed",
-            "software.upgraded",
-            "software.removed"
-        ]
-    );
-    h.stop().await;
 }

@@ -136,13 +136,9 @@ pub(crate) mod tests {
         std::fs::write(media.path().join("notes.txt"), "homework").unwrap();
         std::fs::write(media.path().join("sub/eicar.com"), eicar()).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", media.path().join("link")).unwrap();
-        let s = scan_tree(
-            &addr,
-            media.path(),
-            &CancellationToken::new(),
-            &Progress::default(),
-        )
-        .await;
+        let (stop, progress) = (CancellationToken::new(), Progress::default());
+        let scan = || scan_tree(&addr, media.path(), &stop, &progress);
+        let s = scan().await;
         assert_eq!(s.detections, vec![EICAR_SIGNATURE.to_string()], "{s:?}");
         assert_eq!(s.files, 2, "symlink not followed");
         assert_eq!(s.bytes, 8 + eicar().len() as u64);
@@ -150,22 +146,10 @@ pub(crate) mod tests {
         std::fs::remove_file(media.path().join("sub/eicar.com")).unwrap();
         // A file over StreamMaxLength is reported as an error, not as clean.
         std::fs::write(media.path().join("big.bin"), vec![7u8; 2 * 1024 * 1024]).unwrap();
-        let s = scan_tree(
-            &addr,
-            media.path(),
-            &CancellationToken::new(),
-            &Progress::default(),
-        )
-        .await;
+        let s = scan().await;
         assert_eq!(s.result(), "incomplete", "{s:?}");
         std::fs::remove_file(media.path().join("big.bin")).unwrap();
-        let s = scan_tree(
-            &addr,
-            media.path(),
-            &CancellationToken::new(),
-            &Progress::default(),
-        )
-        .await;
+        let s = scan().await;
         assert_eq!(s.result(), "clean");
     }
 

@@ -24,6 +24,38 @@ pub(super) fn limit_plus_one(limit: usize) -> i64 {
         .saturating_add(1)
 }
 
+/// A page of at most `limit` records from rows read with `limit_plus_one`, and the cursor
+/// for the next page (the last record's id) when there was a row beyond it.
+pub(super) fn page_of<T>(
+    rows: &[Row],
+    limit: usize,
+    from_row: impl Fn(&Row) -> StoreResult<T>,
+    id: impl Fn(&T) -> u64,
+) -> StoreResult<(Vec<T>, Option<u64>)> {
+    let page = rows
+        .iter()
+        .take(limit)
+        .map(from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let next = if rows.len() > limit {
+        page.last().map(id)
+    } else {
+        None
+    };
+    Ok((page, next))
+}
+
+/// A statement's opening that takes the next number of `counter` (a `counters` row) as
+/// `n(value)`. The rest of the statement inserts what it numbers: one statement, so one
+/// transaction, and the counter row stays locked until that commits, which keeps the numbers
+/// gapless and in commit order across collectors.
+fn next_number(counter: &str) -> String {
+    format!(
+        "WITH n AS (INSERT INTO counters (name, value) VALUES ('{counter}', 1) \
+         ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value)"
+    )
+}
+
 const USER_COLUMNS: &str = "username, role, password_hash, disabled, email, \
      must_change_password, created_at_ns, created_by, updated_at_ns";
 
@@ -85,17 +117,13 @@ fn settings_from_row(r: &Row) -> StoreResult<SettingsVersion> {
 
 impl AccountStore for PgStore {
     fn current_settings(&self) -> StoreResult<Option<SettingsVersion>> {
-        self.run(move |c| async move {
-            c.query_opt(
-                "SELECT version, settings, changed_by, changed_at_ns FROM settings_versions \
-                 ORDER BY version DESC LIMIT 1",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| settings_from_row(&r))
-            .transpose()
-        })
+        self.one(
+            "SELECT version, settings, changed_by, changed_at_ns FROM settings_versions \
+             ORDER BY version DESC LIMIT 1"
+                .into(),
+            vec![],
+            settings_from_row,
+        )
     }
 
     fn put_settings(
@@ -107,16 +135,15 @@ impl AccountStore for PgStore {
         let at_ns = ns(at)?;
         let changed_by = changed_by.to_string();
         self.run(move |c| async move {
-            // One statement, so one transaction: the counter row stays locked until the version
-            // it numbered has committed.
             let row = c
                 .query_one(
-                    "WITH n AS (INSERT INTO counters (name, value) VALUES ('settings', 1) \
-                     ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 \
-                     RETURNING value) \
-                     INSERT INTO settings_versions (version, settings, changed_by, changed_at_ns) \
-                     SELECT value, $1, $2, $3 FROM n \
-                     RETURNING version, settings, changed_by, changed_at_ns",
+                    &format!(
+                        "{} INSERT INTO settings_versions \
+                         (version, settings, changed_by, changed_at_ns) \
+                         SELECT value, $1, $2, $3 FROM n \
+                         RETURNING version, settings, changed_by, changed_at_ns",
+                        next_number("settings")
+                    ),
                     &[&settings, &changed_by, &at_ns],
                 )
                 .await
@@ -126,18 +153,11 @@ impl AccountStore for PgStore {
     }
 
     fn user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let username = username.to_string();
-        self.run(move |c| async move {
-            // Read on every signed-in page: prepared once per connection.
-            let st = c
-                .prepare_cached(&format!(
-                    "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
-                ))
-                .await
-                .map_err(pg)?;
-            let row = c.query_opt(&st, &[&username]).await.map_err(pg)?;
-            Ok(row.map(|r| user_from_row(&r)))
-        })
+        self.one(
+            format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1"),
+            vec![Box::new(username.to_string())],
+            |r| Ok(user_from_row(r)),
+        )
     }
 
     fn users(&self) -> StoreResult<Vec<UserRecord>> {
@@ -201,19 +221,13 @@ impl AccountStore for PgStore {
     }
 
     fn session(&self, hash: &str) -> StoreResult<Option<SessionRecord>> {
-        let hash = hash.to_string();
-        self.run(move |c| async move {
-            // Read on every signed-in page: prepared once per connection.
-            let st = c
-                .prepare_cached(
-                    "SELECT username, created_at_ns, last_seen_ns, expires_at_ns, csrf \
-                     FROM sessions WHERE hash = $1",
-                )
-                .await
-                .map_err(pg)?;
-            let row = c.query_opt(&st, &[&hash]).await.map_err(pg)?;
-            Ok(row.map(|r| session_from_row(&r)))
-        })
+        self.one(
+            "SELECT username, created_at_ns, last_seen_ns, expires_at_ns, csrf \
+             FROM sessions WHERE hash = $1"
+                .into(),
+            vec![Box::new(hash.to_string())],
+            |r| Ok(session_from_row(r)),
+        )
     }
 
     fn delete_session(&self, hash: &str) -> StoreResult<()> {
@@ -276,19 +290,13 @@ impl AccountStore for PgStore {
     }
 
     fn api_token(&self, hash: &str) -> StoreResult<Option<ApiTokenRecord>> {
-        let hash = hash.to_string();
-        self.run(move |c| async move {
-            // Read on every API call: prepared once per connection.
-            let st = c
-                .prepare_cached(
-                    "SELECT hash, label, role, created_at_ns, created_by, revoked_at_ns \
-                     FROM api_tokens WHERE hash = $1",
-                )
-                .await
-                .map_err(pg)?;
-            let row = c.query_opt(&st, &[&hash]).await.map_err(pg)?;
-            Ok(row.map(|r| api_token_from_row(&r)))
-        })
+        self.one(
+            "SELECT hash, label, role, created_at_ns, created_by, revoked_at_ns \
+             FROM api_tokens WHERE hash = $1"
+                .into(),
+            vec![Box::new(hash.to_string())],
+            |r| Ok(api_token_from_row(r)),
+        )
     }
 
     fn enrolment_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
@@ -299,16 +307,12 @@ impl AccountStore for PgStore {
         let e = entry.clone();
         let at = ns(e.at)?;
         self.run(move |c| async move {
-            // One statement, so one transaction: the counter row stays locked until the entry
-            // it numbered has committed, which keeps ids in commit order across collectors.
             let st = c
-                .prepare_cached(
-                    "WITH n AS (INSERT INTO counters (name, value) VALUES ('audit', 1) \
-                     ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 \
-                     RETURNING value) \
-                     INSERT INTO audit (id, at_ns, actor, action, target, detail, address) \
+                .prepare_cached(&format!(
+                    "{} INSERT INTO audit (id, at_ns, actor, action, target, detail, address) \
                      SELECT value, $1, $2, $3, $4, $5, $6 FROM n RETURNING id",
-                )
+                    next_number("audit")
+                ))
                 .await
                 .map_err(pg)?;
             let id: i64 = c
@@ -334,17 +338,7 @@ impl AccountStore for PgStore {
                 )
                 .await
                 .map_err(pg)?;
-            let more = rows.len() > limit;
-            let entries = rows
-                .iter()
-                .take(limit)
-                .map(audit_from_row)
-                .collect::<StoreResult<Vec<_>>>()?;
-            let next = if more {
-                entries.last().map(|e| e.id)
-            } else {
-                None
-            };
+            let (entries, next) = page_of(&rows, limit, audit_from_row, |e| e.id)?;
             Ok(AuditPage { entries, next })
         })
     }

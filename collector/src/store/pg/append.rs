@@ -166,19 +166,7 @@ pub(super) async fn append(
                 event: e,
             });
         }
-        device.last_seen = Some(batch.seen_at);
-        if let Some(f) = &batch.facts {
-            device.hostname.clone_from(&f.hostname);
-            device.os.clone_from(&f.os);
-            device.agent_version.clone_from(&f.agent_version);
-        }
-        // The facets come from the batch's events: from a batch that was all resends (its ack
-        // lost) they are older than what is stored.
-        if stored > 0 {
-            for (k, v) in &batch.state {
-                device.state.insert(k.clone(), v.clone());
-            }
-        }
+        device.seen_in(batch, stored > 0);
     }
     update_devices(&tx, ids.iter().map(|id| &devices[*id])).await?;
 

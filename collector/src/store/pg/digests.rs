@@ -257,7 +257,7 @@ impl DigestStore for PgStore {
         let id = big("digest id", d.id)?;
         let p = DigestParams::of(d)?;
         self.run(move |c| async move {
-            // Written whole, as the sled store does (an upsert on the id), except that a sent
+            // Written whole, as the redb store does (an upsert on the id), except that a sent
             // digest stays sent: every collector sends the pending digests it finds, and one
             // whose attempt failed must not put back a digest another has delivered, to be
             // sent again.
@@ -283,16 +283,11 @@ impl DigestStore for PgStore {
         let Ok(id) = i64::try_from(id) else {
             return Ok(None);
         };
-        self.run(move |c| async move {
-            c.query_opt(
-                &format!("SELECT {DIGEST_COLUMNS} FROM digests WHERE id = $1"),
-                &[&id],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| digest_from_row(&r))
-            .transpose()
-        })
+        self.one(
+            format!("SELECT {DIGEST_COLUMNS} FROM digests WHERE id = $1"),
+            vec![Box::new(id)],
+            digest_from_row,
+        )
     }
 
     fn digests(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<DigestRecord>> {

@@ -149,17 +149,11 @@ impl Store for PgStore {
     }
 
     fn device(&self, id: &str) -> StoreResult<Option<Device>> {
-        let id = id.to_string();
-        self.run(move |c| async move {
-            c.query_opt(
-                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"),
-                &[&id],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| device_from_row(&r))
-            .transpose()
-        })
+        self.one(
+            format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"),
+            vec![Box::new(id.to_string())],
+            device_from_row,
+        )
     }
 
     fn devices(&self) -> StoreResult<Vec<Device>> {
@@ -219,7 +213,25 @@ impl Store for PgStore {
         kind_prefix: &str,
         visit: &mut dyn FnMut(&StoredEvent),
     ) -> StoreResult<u64> {
-        self.events_of_device_after(device, after_seq, kind_prefix, visit)
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(after_seq); // nothing is stored above a bigint
+        };
+        let Some(highest) = self.highest_seq_above(device, after)? else {
+            return Ok(after_seq);
+        };
+        // A chunk at a time, so a device with years of events is never read into memory whole.
+        let mut from = after;
+        loop {
+            let (chunk, full) = self.device_chunk(device, (from, highest), kind_prefix)?;
+            for e in &chunk {
+                visit(e);
+            }
+            match chunk.last() {
+                Some(e) if full => from = e.seq as i64,
+                _ => break,
+            }
+        }
+        Ok(highest as u64)
     }
 
     fn put_derived(

@@ -14,7 +14,7 @@ use super::super::{
     StoreError, StoreResult,
 };
 use super::PgStore;
-use super::accounts::limit_plus_one;
+use super::accounts::{limit_plus_one, page_of};
 
 mod fold;
 // `append` should call `fold_events` once per group: a call per event costs about 1.3 ms
@@ -100,16 +100,11 @@ impl IncidentStore for PgStore {
         let Ok(id) = i64::try_from(id) else {
             return Ok(None);
         };
-        self.run(move |c| async move {
-            c.query_opt(
-                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
-                &[&id],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| incident_from_row(&r))
-            .transpose()
-        })
+        self.one(
+            format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
+            vec![Box::new(id)],
+            incident_from_row,
+        )
     }
 
     fn incidents(&self, q: &IncidentQuery) -> StoreResult<(Vec<Incident>, Option<u64>)> {
@@ -149,18 +144,7 @@ impl IncidentStore for PgStore {
                 )
                 .await
                 .map_err(pg)?;
-            let more = rows.len() > limit;
-            let page = rows
-                .iter()
-                .take(limit)
-                .map(incident_from_row)
-                .collect::<StoreResult<Vec<_>>>()?;
-            let next = if more {
-                page.last().map(|i| i.id)
-            } else {
-                None
-            };
-            Ok((page, next))
+            page_of(&rows, limit, incident_from_row, |i| i.id)
         })
     }
 

@@ -201,20 +201,12 @@ impl PgStore {
         self.run(|c| page(c, q))
     }
 
-    /// `device`'s events above `after_seq` in sequence order, read a chunk at a time; see
-    /// `Store::device_events_after`.
-    pub(super) fn events_of_device_after(
-        &self,
-        device: &str,
-        after_seq: u64,
-        kind_prefix: &str,
-        visit: &mut dyn FnMut(&StoredEvent),
-    ) -> StoreResult<u64> {
-        let Ok(after) = i64::try_from(after_seq) else {
-            return Ok(after_seq); // nothing is stored above a bigint
-        };
+    /// The highest sequence stored for `device` above `after`, if any: where
+    /// `Store::device_events_after` stops (taken first, so what it returns is exactly what it
+    /// visited, and events stored meanwhile are left for the next call).
+    pub(super) fn highest_seq_above(&self, device: &str, after: i64) -> StoreResult<Option<i64>> {
         let d = device.to_string();
-        let highest: Option<i64> = self.run(move |c| async move {
+        self.run(move |c| async move {
             Ok(c.query_one(
                 "SELECT max(seq) FROM events WHERE device_id = $1 AND seq > $2",
                 &[&d, &after],
@@ -222,38 +214,37 @@ impl PgStore {
             .await
             .map_err(pg)?
             .get(0))
+        })
+    }
+
+    /// Up to `CHUNK` of `device`'s events with a sequence in `(from, through]` whose kind
+    /// starts with `kind_prefix`, in sequence order, and whether the chunk was full (more may
+    /// follow the last).
+    pub(super) fn device_chunk(
+        &self,
+        device: &str,
+        (from, through): (i64, i64),
+        kind_prefix: &str,
+    ) -> StoreResult<(Vec<StoredEvent>, bool)> {
+        let (d, prefix) = (device.to_string(), kind_prefix.to_string());
+        let chunk = self.run(move |c| async move {
+            c.query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events \
+                     WHERE device_id = $1 AND seq > $2 AND seq <= $3 \
+                         AND starts_with(kind, $4) \
+                     ORDER BY seq LIMIT {CHUNK}"
+                ),
+                &[&d, &from, &through, &prefix],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| event_from_row(r).map(|(_, e)| e))
+            .collect::<StoreResult<Vec<_>>>()
         })?;
-        let Some(highest) = highest else {
-            return Ok(after_seq);
-        };
-        let mut from = after;
-        loop {
-            let (d, prefix) = (device.to_string(), kind_prefix.to_string());
-            let chunk = self.run(move |c| async move {
-                c.query(
-                    &format!(
-                        "SELECT {EVENT_COLUMNS} FROM events \
-                         WHERE device_id = $1 AND seq > $2 AND seq <= $3 \
-                             AND starts_with(kind, $4) \
-                         ORDER BY seq LIMIT {CHUNK}"
-                    ),
-                    &[&d, &from, &highest, &prefix],
-                )
-                .await
-                .map_err(pg)?
-                .iter()
-                .map(event_from_row)
-                .collect::<StoreResult<Vec<_>>>()
-            })?;
-            for (_, e) in &chunk {
-                visit(e);
-            }
-            match chunk.last() {
-                Some((_, e)) if chunk.len() as i64 == CHUNK => from = e.seq as i64,
-                _ => break,
-            }
-        }
-        Ok(highest as u64)
+        let full = chunk.len() as i64 == CHUNK;
+        Ok((chunk, full))
     }
 
     /// Events whose audience includes `audience`, from arrival id `from` on, oldest first.

@@ -1,7 +1,7 @@
 //! PostgreSQL behind the store traits, for a trust running several collectors against one database: the connection pool, the sync-to-async bridge and the schema migrations.
 //!
 //! The traits are synchronous and are called from the collector's tokio worker threads, as
-//! sled's blocking calls are. So the store owns a small runtime of its own that holds the pool
+//! redb's blocking calls are. So the store owns a small runtime of its own that holds the pool
 //! and drives the connections; each call spawns its future there and waits for it with
 //! `futures::executor::block_on` (a `Runtime::block_on` inside the caller's runtime would
 //! panic). A panic inside a call comes back as `StoreError::Engine`, never as a poisoned lock.
@@ -31,7 +31,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use super::{StoreError, StoreResult};
 use incidents::pg;
@@ -185,6 +186,29 @@ impl PgStore {
         let client = Self::wait(runtime.spawn(async move { pool.get().await }))?
             .map_err(|e| unreachable_db(&self.target, e))?;
         Self::wait(runtime.spawn(f(client)))?
+    }
+
+    /// The row `sql` finds with `params`, read by `from_row`, or `None`. The statement is
+    /// prepared once per connection: these are the reads of one record by its key, which
+    /// every signed-in page and API call makes.
+    pub(super) fn one<T: Send + 'static>(
+        &self,
+        sql: String,
+        params: Vec<Box<dyn ToSql + Sync + Send>>,
+        from_row: fn(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Option<T>> {
+        self.run(move |c| async move {
+            let statement = c.prepare_cached(&sql).await.map_err(pg)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            c.query_opt(&statement, &refs)
+                .await
+                .map_err(pg)?
+                .map(|r| from_row(&r))
+                .transpose()
+        })
     }
 
     /// Waits on this thread for a task on the store's runtime.

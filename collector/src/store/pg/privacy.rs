@@ -13,6 +13,7 @@ mod tests;
 use std::collections::HashMap;
 
 use deadpool_postgres::Transaction;
+use tokio_postgres::Row;
 
 use super::accounts::audit_from_row;
 use super::digests::{DIGEST_COLUMNS, digest_from_row};
@@ -48,19 +49,27 @@ async fn lock_and_read_holds(tx: &Transaction<'_>) -> StoreResult<Held> {
         .collect();
     let mut incidents = HashMap::new();
     if !ids.is_empty() {
-        for r in tx
-            .query(
-                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ANY($1)"),
-                &[&ids],
-            )
-            .await
-            .map_err(pg)?
-        {
-            let i = incident_from_row(&r)?;
+        for i in incidents_by_id(tx, &ids).await? {
             incidents.insert(i.id, i);
         }
     }
     Held::new(&holds, |id| Ok(incidents.remove(&id)))
+}
+
+/// The incidents with these ids (those that exist), in no particular order.
+async fn incidents_by_id(
+    c: &impl deadpool_postgres::GenericClient,
+    ids: &[i64],
+) -> StoreResult<Vec<Incident>> {
+    c.query(
+        &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ANY($1)"),
+        &[&ids],
+    )
+    .await
+    .map_err(pg)?
+    .iter()
+    .map(incident_from_row)
+    .collect()
 }
 
 async fn read_holds(c: &impl deadpool_postgres::GenericClient) -> StoreResult<Vec<Hold>> {
@@ -256,25 +265,31 @@ async fn others_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<SubjectR
     })
 }
 
-async fn audit_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<Vec<AuditEntry>> {
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit WHERE strpos(actor, $1) > 0 \
-                 OR strpos(target, $1) > 0 OR strpos(detail, $1) > 0 ORDER BY id"
-            ),
-            &[&user],
-        )
-        .await
-        .map_err(pg)?;
+/// The records `sql` finds with `user` as $1 (a cheap prefilter, a substring test), read by
+/// `from_row`, that `names` says do name them (whole words, the shared rule).
+async fn naming<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    user: &str,
+    from_row: fn(&Row) -> StoreResult<T>,
+    names: fn(&T, &str) -> bool,
+) -> StoreResult<Vec<T>> {
     let mut out = Vec::new();
-    for r in &rows {
-        let a = audit_from_row(r)?;
-        if audit_names(&a, user) {
-            out.push(a);
+    for r in &tx.query(sql, &[&user]).await.map_err(pg)? {
+        let record = from_row(r)?;
+        if names(&record, user) {
+            out.push(record);
         }
     }
     Ok(out)
+}
+
+async fn audit_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<Vec<AuditEntry>> {
+    let sql = format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE strpos(actor, $1) > 0 \
+         OR strpos(target, $1) > 0 OR strpos(detail, $1) > 0 ORDER BY id"
+    );
+    naming(tx, &sql, user, audit_from_row, audit_names).await
 }
 
 /// Whether a digest's subject or bodies name `user`.
@@ -286,25 +301,12 @@ async fn digests_naming(tx: &Transaction<'_>, user: &str) -> StoreResult<Vec<Dig
     } else {
         "true"
     };
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {DIGEST_COLUMNS} FROM digests WHERE strpos(subject, $1) > 0 \
-                 OR strpos(body_text, $1) > 0 OR strpos(body_html, $1) > 0 OR {json_filter} \
-                 ORDER BY created_at_ns, id"
-            ),
-            &[&user],
-        )
-        .await
-        .map_err(pg)?;
-    let mut out = Vec::new();
-    for r in &rows {
-        let d = digest_from_row(r)?;
-        if digest_names(&d, user) {
-            out.push(d);
-        }
-    }
-    Ok(out)
+    let sql = format!(
+        "SELECT {DIGEST_COLUMNS} FROM digests WHERE strpos(subject, $1) > 0 \
+         OR strpos(body_text, $1) > 0 OR strpos(body_html, $1) > 0 OR {json_filter} \
+         ORDER BY created_at_ns, id"
+    );
+    naming(tx, &sql, user, digest_from_row, digest_names).await
 }
 
 impl PrivacyStore for PgStore {

@@ -70,6 +70,23 @@ fn get_json<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
+/// Writes one record under a text key, in a transaction of its own committed as `commit` says.
+pub(super) fn put_json<T: serde::Serialize>(
+    store: &Engine,
+    commit: Commit,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> StoreResult<()> {
+    write(store, commit, |txn| {
+        txn.open_table(table)
+            .map_err(engine)?
+            .insert(key, encode(value).as_slice())
+            .map_err(engine)?;
+        Ok(())
+    })
+}
+
 /// Removes the sessions `doomed` picks (an unreadable one always); returns how many.
 fn remove_sessions(
     store: &Engine,
@@ -87,6 +104,24 @@ fn remove_sessions(
         })
         .map_err(engine)?;
         Ok(removed)
+    })
+}
+
+/// Writes an account that must (`existing`) or must not already be there; `Conflict` if not.
+fn put_user(s: &Engine, user: &UserRecord, existing: bool) -> StoreResult<()> {
+    write(s, Commit::Durable, |txn| {
+        let mut t = txn.open_table(USERS).map_err(engine)?;
+        let there = t.get(user.username.as_str()).map_err(engine)?.is_some();
+        if there != existing {
+            let which = if there { "already an" } else { "no" };
+            return Err(StoreError::Conflict(format!(
+                "there is {which} account called {:?}",
+                user.username
+            )));
+        }
+        t.insert(user.username.as_str(), encode(user).as_slice())
+            .map_err(engine)?;
+        Ok(())
     })
 }
 
@@ -126,55 +161,20 @@ impl AccountStore for Engine {
 
     fn users(&self) -> StoreResult<Vec<UserRecord>> {
         let txn = self.db.begin_read().map_err(engine)?;
-        let t = txn.open_table(USERS).map_err(engine)?;
-        t.iter()
-            .map_err(engine)?
-            .map(|r| {
-                r.map_err(engine)
-                    .and_then(|(_, v)| decode("user", v.value()))
-            })
-            .collect()
+        super::all(&txn.open_table(USERS).map_err(engine)?, "user")
     }
 
     fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
-        write(self, Commit::Durable, |txn| {
-            let mut t = txn.open_table(USERS).map_err(engine)?;
-            if t.get(user.username.as_str()).map_err(engine)?.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "there is already an account called {:?}",
-                    user.username
-                )));
-            }
-            t.insert(user.username.as_str(), encode(user).as_slice())
-                .map_err(engine)?;
-            Ok(())
-        })
+        put_user(self, user, false)
     }
 
     fn update_user(&self, user: &UserRecord) -> StoreResult<()> {
-        write(self, Commit::Durable, |txn| {
-            let mut t = txn.open_table(USERS).map_err(engine)?;
-            if t.get(user.username.as_str()).map_err(engine)?.is_none() {
-                return Err(StoreError::Conflict(format!(
-                    "there is no account called {:?}",
-                    user.username
-                )));
-            }
-            t.insert(user.username.as_str(), encode(user).as_slice())
-                .map_err(engine)?;
-            Ok(())
-        })
+        put_user(self, user, true)
     }
 
     fn insert_session(&self, hash: &str, session: &SessionRecord) -> StoreResult<()> {
         // A lost session only means signing in again: no fsync of its own.
-        write(self, Commit::Lazy, |txn| {
-            txn.open_table(SESSIONS)
-                .map_err(engine)?
-                .insert(hash, encode(session).as_slice())
-                .map_err(engine)?;
-            Ok(())
-        })
+        put_json(self, Commit::Lazy, SESSIONS, hash, session)
     }
 
     fn session(&self, hash: &str) -> StoreResult<Option<SessionRecord>> {
@@ -202,13 +202,7 @@ impl AccountStore for Engine {
     }
 
     fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()> {
-        write(self, Commit::Durable, |txn| {
-            txn.open_table(API_TOKENS)
-                .map_err(engine)?
-                .insert(token.hash.as_str(), encode(token).as_slice())
-                .map_err(engine)?;
-            Ok(())
-        })
+        put_json(self, Commit::Durable, API_TOKENS, &token.hash, token)
     }
 
     fn api_token(&self, hash: &str) -> StoreResult<Option<ApiTokenRecord>> {
@@ -217,15 +211,8 @@ impl AccountStore for Engine {
 
     fn enrolment_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
         let txn = self.db.begin_read().map_err(engine)?;
-        let t = txn.open_table(super::TOKENS).map_err(engine)?;
-        let mut all: Vec<TokenRecord> = t
-            .iter()
-            .map_err(engine)?
-            .map(|r| {
-                r.map_err(engine)
-                    .and_then(|(_, v)| decode("token", v.value()))
-            })
-            .collect::<StoreResult<_>>()?;
+        let mut all: Vec<TokenRecord> =
+            super::all(&txn.open_table(super::TOKENS).map_err(engine)?, "token")?;
         all.sort_by_key(|t| std::cmp::Reverse(t.created_at));
         Ok(all)
     }

@@ -4,7 +4,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::super::digests::{DigestCursor, DigestRecord, DigestStatus, DigestStore};
 use super::super::{StoreResult, StoredEvent};
-use super::accounts::{Commit, write};
+use super::accounts::{Commit, put_json, write};
 use super::incidents::INCIDENT_OPEN;
 use super::{Engine, decode, encode, engine};
 
@@ -98,13 +98,7 @@ impl DigestStore for Engine {
     }
 
     fn put_digest_cursor(&self, recipient: &str, cursor: &DigestCursor) -> StoreResult<()> {
-        write(self, Commit::Durable, |txn| {
-            txn.open_table(DIGEST_CURSORS)
-                .map_err(engine)?
-                .insert(recipient, encode(cursor).as_slice())
-                .map_err(engine)?;
-            Ok(())
-        })
+        put_json(self, Commit::Durable, DIGEST_CURSORS, recipient, cursor)
     }
 
     fn update_digest(&self, d: &DigestRecord) -> StoreResult<()> {

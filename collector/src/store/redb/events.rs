@@ -234,21 +234,7 @@ impl Engine {
                 for (seq, id, n) in super::runs::coalesce(placed) {
                     super::runs::put(&mut by_device, &batch.device_id, seq, id, n)?;
                 }
-                device.last_seen = Some(batch.seen_at);
-                if let Some(f) = &batch.facts {
-                    device.hostname.clone_from(&f.hostname);
-                    device.os.clone_from(&f.os);
-                    device.agent_version.clone_from(&f.agent_version);
-                }
-                // The facets come from the batch's events: from a batch that was all resends
-                // (its ack lost) they are older than what is stored, so only a batch that stored
-                // something new may set them. A stream sends in sequence order, so a batch with
-                // new events has the newest facets.
-                if fresh > 0 {
-                    for (k, v) in &batch.state {
-                        device.state.insert(k.clone(), v.clone());
-                    }
-                }
+                device.seen_in(batch, fresh > 0);
             }
             for (id, device) in &touched {
                 devices
@@ -286,15 +272,7 @@ impl Store for Engine {
 
     fn devices(&self) -> StoreResult<Vec<Device>> {
         let txn = self.read()?;
-        let devices = txn.open_table(DEVICES).map_err(engine)?;
-        devices
-            .iter()
-            .map_err(engine)?
-            .map(|r| {
-                let (_, v) = r.map_err(engine)?;
-                decode("device", v.value())
-            })
-            .collect()
+        super::all(&txn.open_table(DEVICES).map_err(engine)?, "device")
     }
 
     fn revoke_device(&self, id: &str, at: DateTime<Utc>) -> StoreResult<Device> {

@@ -35,7 +35,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
 /// Opens an incident for a flagged event, or counts it into the open incident of its group if
 /// the last one was recent. Runs inside the transaction that stores the event, so it happens
 /// exactly once per stored event. `_arrival_id` is the event's place in the timeline; incidents
-/// are numbered on their own (as the sled store numbers them), so it is not needed today.
+/// are numbered on their own (as the PostgreSQL store numbers them), so it is not needed today.
 pub(super) fn fold_event(
     txn: &WriteTransaction,
     e: &StoredEvent,

@@ -89,15 +89,7 @@ pub(super) fn put_policy(
 
 pub(super) fn policy_history(s: &Engine) -> StoreResult<Vec<PolicyVersion>> {
     let txn = s.db.begin_read().map_err(engine)?;
-    let policies = txn.open_table(POLICIES).map_err(engine)?;
-    policies
-        .iter()
-        .map_err(engine)?
-        .map(|r| {
-            let (_, v) = r.map_err(engine)?;
-            decode("policy", v.value())
-        })
-        .collect()
+    super::all(&txn.open_table(POLICIES).map_err(engine)?, "policy")
 }
 
 /// Up to `limit` versions below `before`, newest first, and whether older ones remain: reads

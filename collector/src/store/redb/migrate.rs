@@ -13,15 +13,20 @@
 //! `sled-retired-<date>/`, which is marked complete by its `README.txt`. A crash before the
 //! rename leaves the sled store as it was, and the partial file is discarded at the next
 //! start; a crash after it finishes the move at the next start.
+//!
+//! A store from before sled's layout 2 has no incidents yet: its events are folded into
+//! incidents as they are copied, as the sled backend did when it opened such a store.
+
+#[path = "sled_source.rs"]
+mod sled_source;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use redb::{Database, Durability, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
-use super::super::sled_store::{Engine as SledEngine, engine as sled_engine};
-use super::super::{Incident, Store, StoreError, StoreResult, StoredEvent};
+use super::super::{Incident, StoreError, StoreResult, StoredEvent};
 use super::accounts::{API_TOKENS, AUDIT, SESSIONS, SETTINGS, USERS};
 use super::digests::{DIGEST_CURSORS, DIGEST_PENDING, DIGESTS};
 use super::incidents::{DEVICE_INCIDENTS, INCIDENT_LOG, INCIDENT_OPEN, INCIDENTS};
@@ -29,6 +34,10 @@ use super::{
     BY_DEVICE, CACHE_BYTES, DERIVED, DEVICES, EVENTS, Engine, FILE, IDX, IDX_AUDIENCE, IDX_KIND,
     IDX_USER, META, META_NEXT_ARRIVAL, POLICIES, TOKENS, decode, encode, engine, idx_key,
     redb_failure,
+};
+use sled_source::{
+    LAYOUT_WITH_INCIDENTS, SledSource, be_u64, entry_of, group_of, id_of, sled_failure,
+    split_event_key, text,
 };
 
 /// Events copied per write transaction: bounded, so memory does not grow with the store.
@@ -83,7 +92,7 @@ pub fn from_sled_if_present(dir: &Path) -> StoreResult<Option<MigrationReport>> 
     }
     // sled's lock first: a second process started at the same moment stops here instead of
     // discarding the first one's partial file under it.
-    let sled = SledEngine::open(dir)?;
+    let sled = SledSource::open(dir)?;
     if partial.exists() {
         tracing::warn!(
             path = %partial.display(),
@@ -205,30 +214,6 @@ fn bulk(db: &Database) -> StoreResult<WriteTransaction> {
     Ok(txn)
 }
 
-fn be_u64(bytes: &[u8], what: &str) -> StoreResult<u64> {
-    bytes
-        .try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt(format!("{what} in the sled store")))
-}
-
-fn text<'a>(bytes: &'a [u8], what: &str) -> StoreResult<&'a str> {
-    std::str::from_utf8(bytes)
-        .map_err(|_| StoreError::Corrupt(format!("{what} in the sled store is not UTF-8")))
-}
-
-/// A sled event key, `device/seq`: the device and the sequence number.
-fn split_event_key(key: &[u8]) -> StoreResult<(&str, u64)> {
-    let at = key
-        .len()
-        .checked_sub(9)
-        .ok_or_else(|| StoreError::Corrupt("event key in the sled store".into()))?;
-    Ok((
-        text(&key[..at], "event key")?,
-        be_u64(&key[at + 1..], "event key")?,
-    ))
-}
-
 /// The index entries one stored event gets: the same as `events.rs` writes at append.
 fn index_keys(e: &StoredEvent, id: u64) -> Vec<Vec<u8>> {
     let mut keys = vec![idx_key(IDX_KIND, &e.kind, id)];
@@ -255,10 +240,10 @@ impl<'t> EventTables<'t> {
         })
     }
 
-    /// Writes one event under `id` with its device entry and indexes. A record that does not
-    /// decode is kept as it is, without index entries: it then reads back as corrupt, as it
-    /// did from sled, instead of being dropped.
-    fn put(&mut self, id: u64, key: &[u8], raw: &[u8]) -> StoreResult<()> {
+    /// Writes one event under `id` with its device entry and indexes, and returns it. A record
+    /// that does not decode is kept as it is, without index entries: it then reads back as
+    /// corrupt, as it did from sled, instead of being dropped.
+    fn put(&mut self, id: u64, key: &[u8], raw: &[u8]) -> StoreResult<Option<StoredEvent>> {
         let (device, seq) = split_event_key(key)?;
         self.events.insert(id, raw).map_err(engine)?;
         super::runs::put(&mut self.by_device, device, seq, id, 1)?;
@@ -267,6 +252,7 @@ impl<'t> EventTables<'t> {
                 for k in index_keys(&e, id) {
                     self.idx.insert(k.as_slice(), ()).map_err(engine)?;
                 }
+                Ok(Some(e))
             }
             Err(error) => {
                 tracing::warn!(
@@ -275,13 +261,34 @@ impl<'t> EventTables<'t> {
                     %error,
                     "Copied an unreadable event as it is, unindexed"
                 );
+                Ok(None)
             }
+        }
+    }
+}
+
+/// Events copied in one transaction, to be folded into incidents once its tables are closed
+/// (the fold opens them itself); `None` when the store has its incidents already.
+struct Folding(Option<Vec<(u64, StoredEvent)>>);
+
+impl Folding {
+    fn keep(&mut self, id: u64, e: Option<StoredEvent>) {
+        if let (Some(events), Some(e)) = (&mut self.0, e) {
+            events.push((id, e));
+        }
+    }
+
+    /// Folds the kept events, in the order copied, as the sled backend did when it opened a
+    /// store from before incidents.
+    fn fold(&mut self, txn: &WriteTransaction) -> StoreResult<()> {
+        for (id, e) in self.0.iter_mut().flat_map(|events| events.drain(..)) {
+            super::incidents::fold_event(txn, &e, id)?;
         }
         Ok(())
     }
 }
 
-fn convert(sled: &SledEngine, partial: &Path) -> StoreResult<MigrationReport> {
+fn convert(sled: &SledSource, partial: &Path) -> StoreResult<MigrationReport> {
     let mut builder = Database::builder();
     builder.set_cache_size(CACHE_BYTES);
     let db = builder.create(partial).map_err(|e| {
@@ -291,12 +298,17 @@ fn convert(sled: &SledEngine, partial: &Path) -> StoreResult<MigrationReport> {
     target.prepare()?;
     let events = copy_events(sled, &target.db)?;
     let devices = copy_records(sled, &target.db)?;
-    let incidents = copy_incidents(sled, &target.db)?;
+    copy_incidents(sled, &target.db)?;
     // The last transaction is durable, and with it all the ones before.
     let txn = target.db.begin_write().map_err(engine)?;
     txn.open_table(META)
         .map_err(engine)?
         .insert(META_NEXT_ARRIVAL, events.next_arrival)
+        .map_err(engine)?;
+    let incidents = txn
+        .open_table(INCIDENTS)
+        .map_err(engine)?
+        .len()
         .map_err(engine)?;
     txn.commit().map_err(engine)?;
     Ok(MigrationReport {
@@ -313,11 +325,12 @@ struct Copied {
 }
 
 /// Copies the events in timeline order, each under its timeline id.
-fn copy_events(sled: &SledEngine, db: &Database) -> StoreResult<Copied> {
+fn copy_events(sled: &SledSource, db: &Database) -> StoreResult<Copied> {
     // What the devices count is what there is to copy (sled counts each event stored once),
     // without a pass over the whole timeline first.
     let total: u64 = sled.devices()?.iter().map(|d| d.event_count).sum();
-    let mut timeline = sled.timeline_tree().iter();
+    let mut folding = Folding((sled.layout()? < LAYOUT_WITH_INCIDENTS).then(Vec::new));
+    let mut timeline = sled.timeline.iter();
     let mut copied = 0u64;
     let mut next_arrival = 0u64;
     let mut logged = 0u64;
@@ -330,17 +343,18 @@ fn copy_events(sled: &SledEngine, db: &Database) -> StoreResult<Copied> {
                 more = false;
                 break;
             };
-            let (tid, key) = item.map_err(sled_engine)?;
+            let (tid, key) = item.map_err(sled_failure)?;
             let tid = be_u64(&tid, "timeline key")?;
-            let Some(raw) = sled.events_tree().get(&key).map_err(sled_engine)? else {
+            let Some(raw) = sled.events.get(&key).map_err(sled_failure)? else {
                 // The timeline names an event that is not there: nothing to copy.
                 continue;
             };
-            tables.put(tid, &key, &raw)?;
+            folding.keep(tid, tables.put(tid, &key, &raw)?);
             copied += 1;
             next_arrival = tid + 1;
         }
         drop(tables);
+        folding.fold(&txn)?;
         txn.commit().map_err(engine)?;
         if copied >= logged + PROGRESS_EVERY {
             logged = copied;
@@ -353,17 +367,18 @@ fn copy_events(sled: &SledEngine, db: &Database) -> StoreResult<Copied> {
         let txn = bulk(db)?;
         {
             let mut tables = EventTables::open(&txn)?;
-            for item in sled.events_tree().iter() {
-                let (key, raw) = item.map_err(sled_engine)?;
+            for item in sled.events.iter() {
+                let (key, raw) = item.map_err(sled_failure)?;
                 let (device, seq) = split_event_key(&key)?;
                 let known = super::runs::contains(&tables.by_device, device, seq)?;
                 if !known {
-                    tables.put(next_arrival, &key, &raw)?;
+                    folding.keep(next_arrival, tables.put(next_arrival, &key, &raw)?);
                     next_arrival += 1;
                     copied += 1;
                 }
             }
         }
+        folding.fold(&txn)?;
         txn.commit().map_err(engine)?;
     }
     tracing::info!(
@@ -392,7 +407,7 @@ fn copy_tree(
         let mut bytes = 0;
         let mut more = false;
         for item in records.by_ref() {
-            let (k, v) = item.map_err(sled_engine)?;
+            let (k, v) = item.map_err(sled_failure)?;
             put(&txn, &k, &v)?;
             n += 1;
             bytes += k.len() + v.len();
@@ -424,19 +439,18 @@ fn copy_text_keyed(
     })
 }
 
-/// Copies a sled tree keyed by a big-endian id whose values are JSON records, unchanged.
-/// Keys of another length are the tree's own bookkeeping (sled's "latest" markers) and are
-/// left behind: redb reads the last key instead.
+/// Copies a sled tree keyed by a big-endian id whose values are JSON records, unchanged,
+/// leaving the tree's own bookkeeping behind (`id_of`).
 fn copy_id_keyed(
     db: &Database,
     tree: &sled::Tree,
     table: TableDefinition<u64, &[u8]>,
 ) -> StoreResult<u64> {
     copy_tree(db, tree, |txn, k, v| {
-        if let Ok(id) = <[u8; 8]>::try_from(k) {
+        if let Some(id) = id_of(k) {
             txn.open_table(table)
                 .map_err(engine)?
-                .insert(u64::from_be_bytes(id), v)
+                .insert(id, v)
                 .map_err(engine)?;
         }
         Ok(())
@@ -444,7 +458,7 @@ fn copy_id_keyed(
 }
 
 /// Devices, tokens, policies, derived states, accounts, settings, audit and digests.
-fn copy_records(sled: &SledEngine, db: &Database) -> StoreResult<u64> {
+fn copy_records(sled: &SledSource, db: &Database) -> StoreResult<u64> {
     let devices = sled.devices()?;
     let txn = bulk(db)?;
     {
@@ -459,8 +473,8 @@ fn copy_records(sled: &SledEngine, db: &Database) -> StoreResult<u64> {
         }
     }
     txn.commit().map_err(engine)?;
-    copy_text_keyed(db, sled.tokens_tree(), TOKENS, "token hash")?;
-    copy_text_keyed(db, sled.derived_tree(), DERIVED, "derived state key")?;
+    copy_text_keyed(db, &sled.tokens, TOKENS, "token hash")?;
+    copy_text_keyed(db, &sled.derived, DERIVED, "derived state key")?;
     copy_text_keyed(db, &sled.users, USERS, "username")?;
     copy_text_keyed(db, &sled.sessions, SESSIONS, "session hash")?;
     copy_text_keyed(db, &sled.api_tokens, API_TOKENS, "api token hash")?;
@@ -479,8 +493,8 @@ fn copy_records(sled: &SledEngine, db: &Database) -> StoreResult<u64> {
 }
 
 /// Incidents, their group map, their records and the device index.
-fn copy_incidents(sled: &SledEngine, db: &Database) -> StoreResult<u64> {
-    let count = copy_tree(db, &sled.incidents, |txn, k, v| {
+fn copy_incidents(sled: &SledSource, db: &Database) -> StoreResult<()> {
+    copy_tree(db, &sled.incidents, |txn, k, v| {
         let id = be_u64(k, "incident id")?;
         txn.open_table(INCIDENTS)
             .map_err(engine)?
@@ -505,9 +519,7 @@ fn copy_incidents(sled: &SledEngine, db: &Database) -> StoreResult<u64> {
         Ok(())
     })?;
     copy_tree(db, &sled.incident_open, |txn, k, v| {
-        // Group keys are text; sled's next-id counter (`\xff#next`) is not, and redb numbers
-        // the next incident after the last one instead.
-        if let Ok(group) = std::str::from_utf8(k) {
+        if let Some(group) = group_of(k) {
             txn.open_table(INCIDENT_OPEN)
                 .map_err(engine)?
                 .insert(group, be_u64(v, "incident id")?)
@@ -516,22 +528,15 @@ fn copy_incidents(sled: &SledEngine, db: &Database) -> StoreResult<u64> {
         Ok(())
     })?;
     copy_tree(db, &sled.incident_log, |txn, k, v| {
-        let (Some(id), Some(n)) = (k.get(..8), k.get(8..12)) else {
-            return Err(StoreError::Corrupt(
-                "incident entry key in the sled store".into(),
-            ));
-        };
-        let n = u32::from_be_bytes(n.try_into().expect("four bytes"));
-        // The entry count sled keeps under n = u32::MAX; redb reads the last entry instead.
-        if n != u32::MAX {
+        if let Some(entry) = entry_of(k)? {
             txn.open_table(INCIDENT_LOG)
                 .map_err(engine)?
-                .insert((be_u64(id, "incident entry key")?, n), v)
+                .insert(entry, v)
                 .map_err(engine)?;
         }
         Ok(())
     })?;
-    Ok(count)
+    Ok(())
 }
 
 #[cfg(test)]

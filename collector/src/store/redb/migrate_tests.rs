@@ -1,310 +1,108 @@
-//! Tests of the sled-to-redb conversion: a sled store filled through its own trait methods answers every listing the same after conversion, and a crash at any step loses nothing.
+//! Tests of the sled-to-redb conversion: a copy of an old collector's sled store (`collector/testdata/sled-v1/`) converts into a redb store holding exactly its records under the same ids, and a crash at any step loses nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::Utc;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::super::super::sled_store::Engine as SledEngine;
 use super::super::super::{
-    AccountStore, AgentFacts, ApiTokenRecord, AuditEntry, Channel, DeviceBatch, DigestRecord,
-    DigestStatus, EntryAction, EventQuery, IncidentQuery, IncidentStore, SessionRecord, SledStore,
-    Store, StoredEvent, TokenRecord, UserRecord, test_device,
+    AccountStore, ApiTokenRecord, AuditEntry, Device, DeviceBatch, DigestCursor, DigestRecord,
+    DigestStore, EventQuery, Incident, IncidentEntry, IncidentQuery, IncidentStore, PolicyVersion,
+    SessionRecord, SettingsVersion, Store, StoredEvent, TokenRecord, UserRecord, test_device,
 };
 use super::super::{FILE, RedbStore};
+use super::sled_source::SledSource;
 use super::{PARTIAL_SUFFIX, RETIRED_NOTE, convert, from_sled_if_present};
 
-const DEVICES: usize = 5;
-const ROUNDS: u64 = 30;
-const PER_BATCH: u64 = 20;
-
-fn base() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 9, 1, 8, 0, 0).unwrap()
+/// What the fixture's store holds (its `README.md` says how both were made).
+#[derive(Debug, PartialEq, Deserialize)]
+struct Content {
+    devices: Vec<Device>,
+    /// `(timeline id, event)`, in timeline order.
+    events: Vec<(u64, StoredEvent)>,
+    next_timeline_id: u64,
+    /// Newest first.
+    incidents: Vec<Incident>,
+    incident_entries: Vec<IncidentEntry>,
+    groups: Vec<(String, Option<u64>)>,
+    tokens: Vec<TokenRecord>,
+    policies: Vec<PolicyVersion>,
+    derived: Vec<(String, u64, Value)>,
+    users: Vec<UserRecord>,
+    sessions: Vec<(String, Option<SessionRecord>)>,
+    api_tokens: Vec<(String, Option<ApiTokenRecord>)>,
+    /// Newest first.
+    audit: Vec<AuditEntry>,
+    settings: Option<SettingsVersion>,
+    /// Newest first.
+    digests: Vec<DigestRecord>,
+    pending_digests: Vec<u64>,
+    digest_cursors: Vec<(String, DigestCursor)>,
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    v.as_object().unwrap().clone()
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/sled-v1")
 }
 
-/// Heartbeats, software installs for the network manager, and USB sticks flagged for the DSL
-/// too (which make incidents), five minutes apart, so groups also split at the 24-hour window.
-fn event(device: usize, seq: u64) -> StoredEvent {
-    let at = base() + Duration::minutes(5 * seq as i64);
-    let (kind, audience, user, severity, details) = match seq % 4 {
-        0 => (
-            "usb.inserted",
-            vec!["network_manager", "dsl"],
-            Some(format!("pupil{}", seq % 3)),
-            "warning",
-            json!({"serial": format!("S{}", seq % 7), "product": "Stick", "decision": "block"}),
-        ),
-        1 => (
-            "software.installed",
-            vec!["network_manager"],
-            Some("staff1".to_string()),
-            "info",
-            json!({"name": format!("pkg{}", seq % 5), "version": "1.0"}),
-        ),
-        _ => ("agent.heartbeat", vec![], None, "info", json!({})),
-    };
-    StoredEvent {
-        device_id: format!("d{device}"),
-        seq,
-        kind: kind.into(),
-        occurred_at: at,
-        received_at: at + Duration::seconds(3),
-        user,
-        details: obj(details),
-        severity: severity.into(),
-        audience: audience.into_iter().map(String::from).collect(),
-        assessment: seq.is_multiple_of(4).then(|| json!({"rule": "usb"})),
-    }
+fn expected() -> Content {
+    let json = std::fs::read(fixture_dir().join("content.json")).unwrap();
+    serde_json::from_slice(&json).unwrap()
 }
 
-/// Fills a store through the trait: devices, a few thousand events with resends, incidents
-/// with entries (one closed mid-way, so its group opens a second), tokens, policy versions,
-/// derived state, accounts, sessions, API tokens, audit, settings and digests.
-fn fill(s: &dyn Store) {
-    for d in 0..DEVICES {
-        s.insert_device(&test_device(&format!("d{d}"))).unwrap();
-    }
-    for round in 0..ROUNDS {
-        let group: Vec<DeviceBatch> = (0..DEVICES)
-            .map(|d| {
-                let first = round * PER_BATCH + 1;
-                // Two resends of the previous batch's tail, then the new events.
-                let events = (first.saturating_sub(2).max(1)..first + PER_BATCH)
-                    .map(|seq| event(d, seq))
-                    .collect();
-                DeviceBatch {
-                    device_id: format!("d{d}"),
-                    events,
-                    facts: (round % 10 == 0).then(|| AgentFacts {
-                        hostname: format!("laptop-{d}"),
-                        os: "debian".into(),
-                        agent_version: format!("1.{round}"),
-                    }),
-                    state: obj(json!({"antivirus": {"round": round}})),
-                    seen_at: base() + Duration::hours(round as i64),
-                }
-            })
-            .collect();
-        s.append(&group).unwrap();
-        if round == 10 {
-            let at = base() + Duration::days(1);
-            s.add_incident_entry(1, at, "dsl1", EntryAction::Closed, "spoken to")
-                .unwrap();
-            s.add_incident_entry(2, at, "dsl1", EntryAction::Note, "watching")
-                .unwrap();
-            s.add_incident_entry(2, at, "dsl1", EntryAction::Acknowledged, "")
-                .unwrap();
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
         }
     }
-    s.revoke_device("d4", base() + Duration::days(3)).unwrap();
-    for (i, label) in ["year7", "staff"].into_iter().enumerate() {
-        s.insert_token(&TokenRecord {
-            hash: format!("tokenhash{i}"),
-            label: label.into(),
-            max_uses: 10,
-            uses: 0,
-            created_at: base() + Duration::minutes(i as i64),
-            expires_at: base() + Duration::days(30),
-        })
-        .unwrap();
-    }
-    s.use_token("tokenhash1", base()).unwrap().unwrap();
-    for v in 0..3 {
-        s.put_policy(json!({"version": v}), "nm", base() + Duration::hours(v))
-            .unwrap();
-    }
-    s.put_derived("software", "d0", 40, &json!({"pkg1": "1.0"}))
-        .unwrap();
-    s.put_derived("software", "d1", 41, &json!({"pkg2": "1.0"}))
-        .unwrap();
-    for (name, role) in [("dsl1", "dsl"), ("nm", "network_manager")] {
-        s.insert_user(&UserRecord {
-            username: name.into(),
-            role: role.into(),
-            password_hash: "$argon2id$x".into(),
-            disabled: false,
-            email: format!("{name}@school.example"),
-            must_change_password: false,
-            created_at: base(),
-            created_by: "init".into(),
-            updated_at: base(),
-        })
-        .unwrap();
-    }
-    let mut u = s.user("nm").unwrap().unwrap();
-    u.must_change_password = true;
-    s.update_user(&u).unwrap();
-    for (hash, user) in [("sess1", "dsl1"), ("sess2", "nm")] {
-        s.insert_session(
-            hash,
-            &SessionRecord {
-                username: user.into(),
-                created_at: base(),
-                last_seen: base(),
-                expires_at: base() + Duration::days(1),
-                csrf: format!("csrf-{hash}"),
-            },
-        )
-        .unwrap();
-    }
-    s.insert_api_token(&ApiTokenRecord {
-        hash: "apihash".into(),
-        label: "mis".into(),
-        role: "technician".into(),
-        created_at: base(),
-        created_by: "nm".into(),
-        revoked_at: None,
-    })
-    .unwrap();
-    for i in 0..7 {
-        s.audit(&AuditEntry {
-            id: 0,
-            at: base() + Duration::minutes(i),
-            actor: "nm".into(),
-            action: "policy_changed".into(),
-            target: format!("v{i}"),
-            detail: String::new(),
-            address: "10.0.0.5".into(),
-        })
-        .unwrap();
-    }
-    s.put_settings(json!({"school": "Hill"}), "nm", base())
-        .unwrap();
-    s.put_settings(json!({"school": "Hill Academy"}), "nm", base())
-        .unwrap();
-    let digest = |kind: &str| DigestRecord {
-        id: 0,
-        recipient: "dsl1".into(),
-        channel: Channel::Email {
-            address: "dsl1@school.example".into(),
-        },
-        kind: kind.into(),
-        created_at: base(),
-        subject: format!("{kind} digest"),
-        text: "t".into(),
-        html: "h".into(),
-        json: json!({}),
-        events: 3,
-        status: DigestStatus::Pending,
-        attempts: 0,
-        last_error: None,
-        next_attempt: None,
-        sent_at: None,
-        attachment: None,
-    };
-    let mut cursor = s.digest_cursor("dsl1").unwrap();
-    cursor.scheduled_from = s.next_timeline_id().unwrap() - 40;
-    let recorded = s
-        .record_digests("dsl1", &cursor, vec![digest("scheduled"), digest("urgent")])
-        .unwrap();
-    let mut sent = recorded[0].clone();
-    sent.status = DigestStatus::Sent;
-    sent.sent_at = Some(base());
-    s.update_digest(&sent).unwrap();
-    cursor.urgent_from = 7;
-    s.put_digest_cursor("dsl2", &cursor).unwrap();
 }
 
-/// Every page of a listing, newest first: the events and the cursor each page handed out.
-fn walk(s: &dyn Store, q: &EventQuery) -> Vec<(Vec<StoredEvent>, Option<String>)> {
-    let mut pages = Vec::new();
-    let mut q = EventQuery {
-        limit: 37,
-        ..q.clone()
-    };
+/// A data directory's store as an old collector left it: a copy of the fixture.
+fn sled_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture_dir().join("store"), dir.path());
+    dir
+}
+
+/// Every page of a listing, newest first.
+fn walk(s: &dyn Store, q: EventQuery) -> Vec<StoredEvent> {
+    let mut q = EventQuery { limit: 7, ..q };
+    let mut out = Vec::new();
     loop {
         let page = s.events(&q).unwrap();
-        pages.push((page.events, page.next.clone()));
+        out.extend(page.events);
         match page.next {
             Some(next) => q.cursor = Some(next),
-            None => return pages,
+            None => return out,
         }
     }
 }
 
-/// What the store answers, listing by listing, labelled so a difference names its listing.
-fn answers(s: &dyn Store) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut put = |label: String, v: String| out.push((label, v));
-    let devices = s.devices().unwrap();
-    assert_eq!(devices.len(), DEVICES);
-    put("devices".into(), format!("{devices:?}"));
-    let mut queries = vec![("fleet".to_string(), EventQuery::default())];
-    for d in &devices {
-        queries.push((
-            format!("device {}", d.id),
-            EventQuery {
-                device: Some(d.id.clone()),
+/// What the store answers, read through the store traits as the fixture's generator read the
+/// sled store; the events' ids through the cursor each one's page hands out below it.
+fn read(s: &RedbStore, like: &Content) -> Content {
+    let mut events: Vec<StoredEvent> = walk(s, EventQuery::default());
+    events.reverse();
+    let ids: Vec<u64> = like.events.iter().map(|(id, _)| *id).collect();
+    for (id, e) in ids.iter().zip(&events) {
+        let below = s
+            .events(&EventQuery {
+                cursor: Some(format!("t{}", id + 1)),
+                limit: 1,
                 ..Default::default()
-            },
-        ));
-        queries.push((
-            format!("device {} usb", d.id),
-            EventQuery {
-                device: Some(d.id.clone()),
-                kind: Some("usb.inserted".into()),
-                ..Default::default()
-            },
-        ));
-        let mut seqs = Vec::new();
-        let highest = s
-            .device_events_after(&d.id, 17, "", &mut |e| seqs.push(e.seq))
+            })
             .unwrap();
-        put(format!("after {}", d.id), format!("{highest} {seqs:?}"));
-        let mut usb = Vec::new();
-        s.device_events_after(&d.id, 0, "usb.", &mut |e| usb.push(e.seq))
-            .unwrap();
-        put(format!("usb after {}", d.id), format!("{usb:?}"));
-    }
-    for kind in ["usb.inserted", "software.installed", "agent.heartbeat"] {
-        queries.push((
-            format!("kind {kind}"),
-            EventQuery {
-                kind: Some(kind.into()),
-                ..Default::default()
-            },
-        ));
-    }
-    for role in ["dsl", "network_manager"] {
-        queries.push((
-            format!("audience {role}"),
-            EventQuery {
-                audience: Some(role.into()),
-                ..Default::default()
-            },
-        ));
-        queries.push((
-            format!("not audience {role}"),
-            EventQuery {
-                exclude_audience: Some(role.into()),
-                ..Default::default()
-            },
-        ));
-    }
-    for user in ["pupil1", "staff1"] {
-        queries.push((
-            format!("user {user}"),
-            EventQuery {
-                user: Some(user.into()),
-                ..Default::default()
-            },
-        ));
-    }
-    queries.push((
-        "warnings received in a window".into(),
-        EventQuery {
-            severity: Some("warning".into()),
-            received_since: Some(base() + Duration::hours(10)),
-            received_until: Some(base() + Duration::hours(30)),
-            ..Default::default()
-        },
-    ));
-    for (label, q) in &queries {
-        put(format!("events {label}"), format!("{:?}", walk(s, q)));
+        assert_eq!(
+            below.events,
+            std::slice::from_ref(e),
+            "event {id} under its id"
+        );
     }
     let (incidents, _) = s
         .incidents(&IncidentQuery {
@@ -312,137 +110,193 @@ fn answers(s: &dyn Store) -> Vec<(String, String)> {
             ..Default::default()
         })
         .unwrap();
-    assert!(incidents.len() > 10, "the fill made incidents");
+    let mut incident_entries = Vec::new();
+    let mut groups = Vec::new();
     for inc in &incidents {
-        put(
-            format!("incident {} entries", inc.id),
-            format!("{:?}", s.incident_entries(inc.id).unwrap()),
-        );
-        let group = crate::incidents::group_key(&inc.device_id, &inc.kind, &inc.subject);
-        put(
-            format!("group of {}", inc.id),
-            format!("{:?}", s.incident_for_group(&group).unwrap()),
-        );
+        incident_entries.extend(s.incident_entries(inc.id).unwrap());
+        let key = crate::incidents::group_key(&inc.device_id, &inc.kind, &inc.subject);
+        groups.push((key.clone(), s.incident_for_group(&key).unwrap()));
     }
-    put("incidents".into(), format!("{incidents:?}"));
-    for q in [
-        IncidentQuery {
-            limit: 4,
-            device: Some("d2".into()),
-            ..Default::default()
-        },
-        IncidentQuery {
-            limit: 4,
-            open_only: true,
-            user: Some("pupil1".into()),
-            ..Default::default()
-        },
-    ] {
-        let mut pages = Vec::new();
-        let mut q = q;
-        loop {
-            let (page, next) = s.incidents(&q).unwrap();
-            pages.push((page, next));
-            match next {
-                Some(n) => q.before = Some(n),
-                None => break,
-            }
-        }
-        put(format!("incidents {q:?}"), format!("{pages:?}"));
-    }
+    let mut audit = Vec::new();
     let mut before = None;
     loop {
         let page = s.audit_log(before, 3).unwrap();
-        put(format!("audit before {before:?}"), format!("{page:?}"));
+        audit.extend(page.entries);
         match page.next {
             Some(n) => before = Some(n),
             None => break,
         }
     }
-    put("users".into(), format!("{:?}", s.users().unwrap()));
-    for h in ["sess1", "sess2"] {
-        put(
-            format!("session {h}"),
-            format!("{:?}", s.session(h).unwrap()),
-        );
-    }
-    put(
-        "api token".into(),
-        format!("{:?}", s.api_token("apihash").unwrap()),
-    );
-    put(
-        "tokens".into(),
-        format!("{:?}", s.enrolment_tokens().unwrap()),
-    );
-    put(
-        "settings".into(),
-        format!("{:?}", s.current_settings().unwrap()),
-    );
-    put(
-        "policies".into(),
-        format!("{:?}", s.policy_history().unwrap()),
-    );
-    put(
-        "policy".into(),
-        format!("{:?}", s.current_policy().unwrap()),
-    );
-    put(
-        "policy page".into(),
-        format!("{:?}", s.policy_page(Some(3), 1).unwrap()),
-    );
-    put(
-        "derived".into(),
-        format!("{:?}", s.derived("software").unwrap()),
-    );
-    put(
-        "digests".into(),
-        format!("{:?}", s.digests(None, 100).unwrap()),
-    );
-    put(
-        "pending".into(),
-        format!("{:?}", s.pending_digests().unwrap()),
-    );
-    for r in ["dsl1", "dsl2", "nobody"] {
-        put(
-            format!("cursor {r}"),
-            format!("{:?}", s.digest_cursor(r).unwrap()),
-        );
-    }
-    put(
-        "next timeline id".into(),
-        format!("{:?}", s.next_timeline_id().unwrap()),
-    );
-    put(
-        "dsl's news".into(),
-        format!("{:?}", s.audience_events_from("dsl", 100, 10_000).unwrap()),
-    );
-    out
-}
-
-fn assert_same(sled: &[(String, String)], redb: &[(String, String)]) {
-    assert_eq!(sled.len(), redb.len());
-    for ((label, a), (label_b, b)) in sled.iter().zip(redb) {
-        assert_eq!(label, label_b);
-        assert!(a == b, "{label} differs:\nsled: {a}\nredb: {b}");
+    let mut derived = s.derived("software").unwrap();
+    derived.extend(s.derived("screen_lock").unwrap());
+    Content {
+        devices: s.devices().unwrap(),
+        events: ids.into_iter().zip(events).collect(),
+        next_timeline_id: s.next_timeline_id().unwrap(),
+        incidents,
+        incident_entries,
+        groups,
+        tokens: s.enrolment_tokens().unwrap(),
+        policies: s.policy_history().unwrap(),
+        derived,
+        users: s.users().unwrap(),
+        sessions: like
+            .sessions
+            .iter()
+            .map(|(h, _)| (h.clone(), s.session(h).unwrap()))
+            .collect(),
+        api_tokens: like
+            .api_tokens
+            .iter()
+            .map(|(h, _)| (h.clone(), s.api_token(h).unwrap()))
+            .collect(),
+        audit,
+        settings: s.current_settings().unwrap(),
+        digests: s.digests(None, 1_000).unwrap(),
+        pending_digests: s.pending_digests().unwrap().iter().map(|d| d.id).collect(),
+        digest_cursors: like
+            .digest_cursors
+            .iter()
+            .map(|(r, _)| (r.clone(), s.digest_cursor(r).unwrap()))
+            .collect(),
     }
 }
 
-/// A sled store as a school has it, and what it answered.
-fn sled_store(dir: &Path) -> Vec<(String, String)> {
-    let s = SledStore::open(dir).unwrap();
-    fill(&s);
-    answers(&s)
+/// The converted store holds exactly the fixture's records, field by field so a difference
+/// names its kind of record, and its indexes find them: every listing by kind, audience, user
+/// and device, and every device's incidents, are the fixture's records filtered the same way.
+fn assert_holds_the_fixture(s: &RedbStore) {
+    let want = expected();
+    let got = read(s, &want);
+    assert_eq!(got.devices, want.devices, "devices");
+    assert_eq!(got.events.len(), want.events.len(), "events");
+    assert_eq!(got.events, want.events, "events");
+    assert_eq!(got.next_timeline_id, want.next_timeline_id);
+    assert_eq!(got.incidents, want.incidents, "incidents");
+    assert_eq!(
+        got.incident_entries, want.incident_entries,
+        "incident entries"
+    );
+    assert_eq!(got.groups, want.groups, "incident groups");
+    assert_eq!(got.tokens, want.tokens, "enrolment tokens");
+    assert_eq!(got.policies, want.policies, "policy versions");
+    assert_eq!(got.derived, want.derived, "derived states");
+    assert_eq!(got.users, want.users, "users");
+    assert_eq!(got.sessions, want.sessions, "sessions");
+    assert_eq!(got.api_tokens, want.api_tokens, "API tokens");
+    assert_eq!(got.audit, want.audit, "audit");
+    assert_eq!(got.settings, want.settings, "settings");
+    assert_eq!(got.digests, want.digests, "digests");
+    assert_eq!(got.pending_digests, want.pending_digests, "pending digests");
+    assert_eq!(got.digest_cursors, want.digest_cursors, "digest cursors");
+    assert_eq!(got, want);
+    assert_eq!(
+        s.current_policy().unwrap().as_ref(),
+        want.policies.last(),
+        "the current policy"
+    );
+
+    let newest_first: Vec<&StoredEvent> = want.events.iter().rev().map(|(_, e)| e).collect();
+    let filtered = |keep: &dyn Fn(&StoredEvent) -> bool| -> Vec<StoredEvent> {
+        newest_first
+            .iter()
+            .filter(|e| keep(e))
+            .map(|e| (*e).clone())
+            .collect()
+    };
+    for kind in ["usb.inserted", "software.installed", "agent.heartbeat"] {
+        let q = EventQuery {
+            kind: Some(kind.into()),
+            ..Default::default()
+        };
+        assert_eq!(walk(s, q), filtered(&|e| e.kind == kind), "kind {kind}");
+    }
+    for role in ["dsl", "network_manager"] {
+        let q = EventQuery {
+            audience: Some(role.into()),
+            ..Default::default()
+        };
+        let has = |e: &StoredEvent| e.audience.iter().any(|a| a == role);
+        assert_eq!(walk(s, q), filtered(&has), "audience {role}");
+        let (dsl_news, all) = (
+            s.audience_events_from(role, 0, 10_000).unwrap(),
+            &want.events,
+        );
+        let want_news: Vec<(u64, StoredEvent)> =
+            all.iter().filter(|(_, e)| has(e)).cloned().collect();
+        assert_eq!(dsl_news, want_news, "{role}'s events with their ids");
+    }
+    for user in ["pupil1", "staff1"] {
+        let q = EventQuery {
+            user: Some(user.into()),
+            ..Default::default()
+        };
+        let by = |e: &StoredEvent| e.user.as_deref() == Some(user);
+        assert_eq!(walk(s, q), filtered(&by), "user {user}");
+    }
+    for d in &want.devices {
+        let q = EventQuery {
+            device: Some(d.id.clone()),
+            ..Default::default()
+        };
+        let of = |e: &StoredEvent| e.device_id == d.id;
+        assert_eq!(walk(s, q), filtered(&of), "device {}", d.id);
+        let mut after = Vec::new();
+        s.device_events_after(&d.id, 17, "usb.", &mut |e| after.push(e.clone()))
+            .unwrap();
+        let mut want_after = filtered(&|e| of(e) && e.seq > 17 && e.kind.starts_with("usb."));
+        want_after.reverse();
+        assert_eq!(after, want_after, "device {} after 17", d.id);
+        let (of_device, _) = s
+            .incidents(&IncidentQuery {
+                device: Some(d.id.clone()),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .unwrap();
+        let want_of: Vec<&Incident> = want
+            .incidents
+            .iter()
+            .filter(|i| i.device_id == d.id)
+            .collect();
+        assert_eq!(
+            of_device.iter().collect::<Vec<_>>(),
+            want_of,
+            "incidents of {}",
+            d.id
+        );
+    }
+}
+
+/// The number of `sled-retired-*` directories in `dir`.
+fn retired(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("sled-retired-"))
+        .count()
+}
+
+fn batch(device: &str, events: Vec<StoredEvent>) -> DeviceBatch {
+    DeviceBatch {
+        device_id: device.into(),
+        events,
+        facts: None,
+        state: Map::new(),
+        seen_at: Utc::now(),
+    }
 }
 
 #[test]
-fn a_converted_store_answers_every_listing_as_the_sled_store_did_and_carries_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let before = sled_store(dir.path());
+fn a_converted_store_holds_exactly_what_the_sled_store_held_and_carries_on() {
+    let dir = sled_store();
     let report = from_sled_if_present(dir.path())
         .unwrap()
         .expect("converted");
-    assert_eq!(report.devices, DEVICES as u64);
-    assert_eq!(report.events, DEVICES as u64 * ROUNDS * PER_BATCH);
+    assert_eq!(
+        (report.devices, report.events, report.incidents),
+        (3, 120, 19)
+    );
     assert!(dir.path().join(FILE).is_file());
     assert!(!dir.path().join("db").exists() && !dir.path().join("conf").exists());
     assert!(report.retired_to.starts_with(dir.path()));
@@ -453,61 +307,45 @@ fn a_converted_store_answers_every_listing_as_the_sled_store_did_and_carries_on(
     assert!(report.retired_to.join(RETIRED_NOTE).is_file());
 
     let s = RedbStore::open(dir.path()).unwrap();
-    let after = answers(&s);
-    assert_same(&before, &after);
-    assert_eq!(
-        report.incidents,
-        s.incidents(&IncidentQuery {
-            limit: 10_000,
-            ..Default::default()
-        })
-        .unwrap()
-        .0
-        .len() as u64
-    );
+    assert_holds_the_fixture(&s);
 
     // It carries on where sled left off: resends still skipped, new ids above the old ones.
+    let want = expected();
     let d0 = s.device("d0").unwrap().unwrap();
-    let last_incident = s
-        .incidents(&IncidentQuery {
-            limit: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .0[0]
-        .id;
-    // A flagged stick (every fourth seq), past a gap: the agent's spool dropped some.
-    let mut fresh = event(0, (d0.highest_seq / 4 + 2) * 4);
-    fresh.details = obj(json!({"serial": "NEW", "decision": "block"}));
-    let group = |events| DeviceBatch {
-        device_id: "d0".into(),
-        events,
-        facts: None,
-        state: Map::new(),
-        seen_at: Utc::now(),
-    };
-    assert_eq!(
-        s.append(&[group(vec![event(0, d0.highest_seq)])]).unwrap(),
-        0
-    );
-    assert_eq!(s.append(&[group(vec![fresh.clone()])]).unwrap(), 1);
-    let newest = s
-        .events(&EventQuery {
-            limit: 1,
-            ..Default::default()
-        })
+    let (_, resend) = want
+        .events
+        .iter()
+        .rev()
+        .find(|(_, e)| e.device_id == "d0")
         .unwrap();
-    assert_eq!(newest.events, [fresh]);
-    let inc = s
+    let resend = resend.clone();
+    assert_eq!(resend.seq, d0.highest_seq);
+    assert_eq!(s.append(&[batch("d0", vec![resend.clone()])]).unwrap(), 0);
+    // A flagged stick, past a gap: the agent's spool dropped some.
+    let mut fresh = StoredEvent {
+        seq: d0.highest_seq + 5,
+        ..resend
+    };
+    fresh.details = json!({"serial": "NEW", "decision": "block"})
+        .as_object()
+        .unwrap()
+        .clone();
+    assert_eq!(s.append(&[batch("d0", vec![fresh.clone()])]).unwrap(), 1);
+    assert_eq!(
+        s.audience_events_from("dsl", want.next_timeline_id, 10)
+            .unwrap(),
+        [(want.next_timeline_id, fresh)],
+        "the next arrival id after sled's last timeline id"
+    );
+    let newest = s
         .incidents(&IncidentQuery {
             limit: 1,
             ..Default::default()
         })
         .unwrap()
         .0;
-    assert_eq!(inc[0].id, last_incident + 1);
-    assert_eq!(inc[0].subject, "NEW");
-    let old_audit = s.audit_log(None, 1).unwrap().entries[0].id;
+    assert_eq!(newest[0].id, want.incidents[0].id + 1);
+    assert_eq!(newest[0].subject, "NEW");
     let entry = AuditEntry {
         id: 0,
         at: Utc::now(),
@@ -517,23 +355,28 @@ fn a_converted_store_answers_every_listing_as_the_sled_store_did_and_carries_on(
         detail: String::new(),
         address: String::new(),
     };
-    assert!(s.audit(&entry).unwrap() > old_audit);
+    assert!(s.audit(&entry).unwrap() > want.audit[0].id);
     drop(s);
 
     assert_eq!(from_sled_if_present(dir.path()).unwrap(), None, "once only");
+    assert_eq!(retired(dir.path()), 1);
 }
 
 #[test]
 fn a_crash_mid_conversion_leaves_the_sled_store_as_it_was_and_the_next_start_converts_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let before = sled_store(dir.path());
+    let dir = sled_store();
     let partial = dir.path().join(format!("{FILE}{PARTIAL_SUFFIX}"));
     // The copy completed into the partial file, then the process died before the rename.
-    convert(&SledEngine::open(dir.path()).unwrap(), &partial).unwrap();
+    convert(&SledSource::open(dir.path()).unwrap(), &partial).unwrap();
     assert!(partial.is_file());
+    assert!(!dir.path().join(FILE).exists());
     {
-        let s = SledStore::open(dir.path()).unwrap();
-        assert_same(&before, &answers(&s));
+        let sled = SledSource::open(dir.path()).unwrap();
+        let want = expected();
+        assert_eq!(sled.devices().unwrap(), want.devices);
+        assert_eq!(sled.policy_history().unwrap(), want.policies);
+        assert_eq!(sled.timeline.len(), want.events.len());
+        assert_eq!(sled.events.len(), want.events.len());
     }
     // A start killed earlier still, leaving a torn file.
     std::fs::write(&partial, b"torn").unwrap();
@@ -544,13 +387,12 @@ fn a_crash_mid_conversion_leaves_the_sled_store_as_it_was_and_the_next_start_con
         !dir.path().join("db").exists(),
         "the sled files moved aside"
     );
-    assert_same(&before, &answers(&s));
+    assert_holds_the_fixture(&s);
 }
 
 #[test]
 fn a_crash_while_moving_the_sled_files_aside_finishes_the_move_at_the_next_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let before = sled_store(dir.path());
+    let dir = sled_store();
     let report = from_sled_if_present(dir.path())
         .unwrap()
         .expect("converted");
@@ -564,14 +406,9 @@ fn a_crash_while_moving_the_sled_files_aside_finishes_the_move_at_the_next_start
         "into the same directory"
     );
     assert!(report.retired_to.join(RETIRED_NOTE).is_file());
-    let retired: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("sled-retired-"))
-        .collect();
-    assert_eq!(retired.len(), 1);
+    assert_eq!(retired(dir.path()), 1);
     let s = RedbStore::open(dir.path()).unwrap();
-    assert_same(&before, &answers(&s));
+    assert_holds_the_fixture(&s);
 }
 
 #[test]
@@ -586,43 +423,107 @@ fn nothing_to_convert_without_a_sled_store() {
 }
 
 #[test]
+fn a_sled_store_held_by_another_collector_is_refused_with_the_reason_and_left_alone() {
+    let dir = sled_store();
+    let _held = SledSource::open(dir.path()).unwrap();
+    let err = from_sled_if_present(dir.path()).expect_err("the lock is held");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    assert!(dir.path().join("db").is_file());
+    assert!(!dir.path().join(FILE).exists());
+    assert_eq!(retired(dir.path()), 0);
+}
+
+#[test]
 fn an_event_missing_from_sleds_timeline_is_still_copied() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = sled_store();
+    let want = expected();
+    let (missing_id, missing) = want.events[2].clone();
     {
-        let s = SledEngine::open(dir.path()).unwrap();
-        s.insert_device(&test_device("d0")).unwrap();
-        let batch = DeviceBatch {
-            device_id: "d0".into(),
-            events: (1..=5).map(|seq| event(0, seq)).collect(),
-            facts: None,
-            state: Map::new(),
-            seen_at: base(),
-        };
-        assert_eq!(s.append(&[batch]).unwrap(), 5);
-        // Drop the timeline entry of seq 3, the third stored.
-        let (tid, _) = s.timeline_tree().iter().nth(2).unwrap().unwrap();
-        s.timeline_tree().remove(tid).unwrap();
-        s.timeline_tree().flush().unwrap();
+        let sled = SledSource::open(dir.path()).unwrap();
+        sled.timeline.remove(missing_id.to_be_bytes()).unwrap();
+        sled.timeline.flush().unwrap();
     }
     let report = from_sled_if_present(dir.path())
         .unwrap()
         .expect("converted");
-    assert_eq!(report.events, 5);
+    assert_eq!(report.events, 120);
     let s = RedbStore::open(dir.path()).unwrap();
     let mut seqs = Vec::new();
-    s.device_events_after("d0", 0, "", &mut |e| seqs.push(e.seq))
+    s.device_events_after(&missing.device_id, 0, "", &mut |e| seqs.push(e.seq))
         .unwrap();
-    assert_eq!(seqs, [1, 2, 3, 4, 5]);
-    let fleet = s
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "in its device's place");
+    let newest = s
         .events(&EventQuery {
-            limit: 10,
+            limit: 1,
             ..Default::default()
         })
         .unwrap();
-    let order: Vec<u64> = fleet.events.iter().map(|e| e.seq).collect();
     assert_eq!(
-        order,
-        [3, 5, 4, 2, 1],
+        newest.events,
+        [missing],
         "after the others, so newest in the timeline"
     );
+}
+
+/// A store from before sled's layout 2 has events only: the sled backend built its incidents
+/// from them, in timeline order, when it opened it; the conversion does the same.
+#[test]
+fn a_store_from_before_incidents_gets_the_incidents_its_events_make() {
+    let dir = sled_store();
+    {
+        let sled = SledSource::open(dir.path()).unwrap();
+        sled.meta.remove("layout").unwrap();
+        for tree in [&sled.incidents, &sled.incident_open, &sled.incident_log] {
+            tree.clear().unwrap();
+        }
+        sled.meta.flush().unwrap();
+    }
+    let report = from_sled_if_present(dir.path())
+        .unwrap()
+        .expect("converted");
+    let converted = RedbStore::open(dir.path()).unwrap();
+
+    // The same events stored one by one into a new store fold into the incidents expected.
+    let want = expected();
+    let other = tempfile::tempdir().unwrap();
+    let fresh = RedbStore::open(other.path()).unwrap();
+    for d in &want.devices {
+        fresh.insert_device(&test_device(&d.id)).unwrap();
+    }
+    for (_, e) in &want.events {
+        fresh
+            .append(&[batch(&e.device_id, vec![e.clone()])])
+            .unwrap();
+    }
+    let all = |s: &RedbStore| {
+        s.incidents(&IncidentQuery {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .unwrap()
+        .0
+    };
+    let incidents = all(&converted);
+    assert_eq!(incidents, all(&fresh));
+    assert!(incidents.len() > 10, "{incidents:#?}");
+    assert_eq!(report.incidents, incidents.len() as u64);
+    for inc in &incidents {
+        assert_eq!(converted.incident_entries(inc.id).unwrap(), []);
+        let key = crate::incidents::group_key(&inc.device_id, &inc.kind, &inc.subject);
+        assert_eq!(
+            converted.incident_for_group(&key).unwrap(),
+            fresh.incident_for_group(&key).unwrap()
+        );
+        let (of_device, _) = converted
+            .incidents(&IncidentQuery {
+                device: Some(inc.device_id.clone()),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(of_device.contains(inc), "indexed by device");
+    }
 }

@@ -18,7 +18,8 @@
 //!
 //! `Engine` is the engine; the store is `RedbStore`, the engine behind the handle that reopens
 //! it after a failed write (`reopen.rs`). The other store traits are implemented for `Engine`
-//! in the sibling files, which share `engine`, `encode` and `decode` below.
+//! in the sibling files, which share `engine`, `encode`, `decode` and `all` below; `rewrite.rs`
+//! is the file rewrite after an erasure (`Backend::rewrite_clean`).
 
 mod accounts;
 mod digests;
@@ -30,6 +31,7 @@ pub(super) mod migrate;
 mod privacy;
 #[cfg(test)]
 mod privacy_tests;
+mod rewrite;
 mod runs;
 #[cfg(test)]
 mod tests;
@@ -135,6 +137,21 @@ pub(super) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResu
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
+/// Every record of `table`, decoded, in key order.
+pub(super) fn all<K: redb::Key + 'static, R: DeserializeOwned>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    what: &str,
+) -> StoreResult<Vec<R>> {
+    table
+        .iter()
+        .map_err(engine)?
+        .map(|r| {
+            let (_, v) = r.map_err(engine)?;
+            decode(what, v.value())
+        })
+        .collect()
+}
+
 /// The redb engine: one database file.
 pub struct Engine {
     pub(super) db: Database,
@@ -175,7 +192,7 @@ impl Engine {
         })?;
         // A school upgrading from the sled store: converted once, here, before the file opens.
         migrate::from_sled_if_present(dir)?;
-        erase::discard_partial(dir)?;
+        rewrite::discard_partial(dir)?;
         let file = dir.join(FILE);
         let mut builder = Database::builder();
         builder.set_cache_size(CACHE_BYTES);
@@ -268,6 +285,6 @@ impl super::reopen::Backend for Engine {
     }
 
     fn rewrite_clean(self, path: &Path) -> StoreResult<Self> {
-        erase::rewrite(self, path)
+        rewrite::rewrite(self, path)
     }
 }

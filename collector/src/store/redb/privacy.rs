@@ -93,14 +93,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
 pub(super) fn holds_in<T: ReadableTable<&'static str, &'static [u8]>>(
     table: &T,
 ) -> StoreResult<Vec<Hold>> {
-    table
-        .iter()
-        .map_err(engine)?
-        .map(|r| {
-            let (_, v) = r.map_err(engine)?;
-            decode("hold", v.value())
-        })
-        .collect()
+    super::all(table, "hold")
 }
 
 /// What the holds in force keep, read in a write transaction.
@@ -127,33 +120,54 @@ pub(super) fn incident_in<T: ReadableTable<u64, &'static [u8]>>(
         .transpose()
 }
 
-/// Looks at `table`'s entries from `from` on, pushing the keys `expired` picks into `out`
-/// until it holds `want` or `budget` entries were looked at. Returns where to go on next time
-/// (`None`: the table's end was reached).
-fn scan<T, R>(
-    table: &T,
-    from: u64,
+/// One read transaction's look for expired records: how many more it may find, and how
+/// many more entries it may read.
+struct Look<'t> {
+    txn: &'t ReadTransaction,
     want: usize,
-    budget: &mut usize,
-    out: &mut Vec<u64>,
-    what: &str,
-    mut expired: impl FnMut(&R) -> bool,
-) -> StoreResult<Option<u64>>
-where
-    T: ReadableTable<u64, &'static [u8]>,
-    R: serde::de::DeserializeOwned,
-{
-    for r in table.range(from..).map_err(engine)? {
-        let (k, v) = r.map_err(engine)?;
-        if out.len() >= want || *budget == 0 {
-            return Ok(Some(k.value()));
+    budget: usize,
+}
+
+impl Look<'_> {
+    /// Moves one kind's `cursor` on: pushes the keys `expired` picks from `table`'s entries
+    /// into `out` until the look wants no more or has read its budget, and leaves `cursor` at
+    /// where to go on next time (`None`: the table's end was reached). A cursor already at the
+    /// end, or a look that is full, is left as it is; a kind with no cutoff (`enabled` false)
+    /// has nothing to find, so its pass is complete at once.
+    fn scan<R: serde::de::DeserializeOwned>(
+        &mut self,
+        table: TableDefinition<u64, &'static [u8]>,
+        cursor: &mut Option<u64>,
+        out: &mut Vec<u64>,
+        what: &str,
+        enabled: bool,
+        mut expired: impl FnMut(&R) -> bool,
+    ) -> StoreResult<()> {
+        let Some(from) = *cursor else { return Ok(()) };
+        if self.want == 0 {
+            return Ok(());
         }
-        *budget -= 1;
-        if expired(&decode::<R>(what, v.value())?) {
-            out.push(k.value());
+        if !enabled {
+            *cursor = None;
+            return Ok(());
         }
+        let before = out.len();
+        *cursor = None;
+        let table = self.txn.open_table(table).map_err(engine)?;
+        for r in table.range(from..).map_err(engine)? {
+            let (k, v) = r.map_err(engine)?;
+            if out.len() - before >= self.want || self.budget == 0 {
+                *cursor = Some(k.value());
+                break;
+            }
+            self.budget -= 1;
+            if expired(&decode::<R>(what, v.value())?) {
+                out.push(k.value());
+            }
+        }
+        self.want -= out.len() - before;
+        Ok(())
     }
-    Ok(None)
 }
 
 /// Raises a table's id floor to `last` (its highest id before a purge removed from it).
@@ -184,77 +198,43 @@ impl Engine {
         let held = held_in_read(&txn)?;
         let mut found = Found::default();
         let mut next = cur;
-        let mut budget = SCAN;
-        if let Some(from) = cur.events {
-            let none = cutoffs.technical.is_none() && cutoffs.safeguarding.is_none();
-            next.events = if none {
-                None
-            } else {
-                let t = txn.open_table(EVENTS).map_err(engine)?;
-                scan(
-                    &t,
-                    from,
-                    limit,
-                    &mut budget,
-                    &mut found.events,
-                    "event",
-                    |e| cutoffs.event_expired(e) && !held.keeps_event(e),
-                )?
-            };
-        }
-        if let Some(from) = cur.incidents
-            && found.len() < limit
-        {
-            let t = txn.open_table(INCIDENTS).map_err(engine)?;
-            let want = limit - found.len();
-            next.incidents = scan(
-                &t,
-                from,
-                want,
-                &mut budget,
-                &mut found.incidents,
-                "incident",
-                |i: &Incident| cutoffs.incident_expired(i) && !held.keeps_incident(i),
-            )?;
-        }
-        if let Some(from) = cur.audit
-            && found.len() < limit
-        {
-            next.audit = if cutoffs.audit.is_none() {
-                None
-            } else {
-                let t = txn.open_table(AUDIT).map_err(engine)?;
-                let want = limit - found.len();
-                scan(
-                    &t,
-                    from,
-                    want,
-                    &mut budget,
-                    &mut found.audit,
-                    "audit entry",
-                    |a: &AuditEntry| cutoffs.audit_expired(a) && !held.keeps_audit(a),
-                )?
-            };
-        }
-        if let Some(from) = cur.digests
-            && found.len() < limit
-        {
-            next.digests = if cutoffs.digests.is_none() {
-                None
-            } else {
-                let t = txn.open_table(DIGESTS).map_err(engine)?;
-                let want = limit - found.len();
-                scan(
-                    &t,
-                    from,
-                    want,
-                    &mut budget,
-                    &mut found.digests,
-                    "digest",
-                    |d: &DigestRecord| cutoffs.digest_expired(d),
-                )?
-            };
-        }
+        let mut look = Look {
+            txn: &txn,
+            want: limit,
+            budget: SCAN,
+        };
+        look.scan(
+            EVENTS,
+            &mut next.events,
+            &mut found.events,
+            "event",
+            cutoffs.technical.is_some() || cutoffs.safeguarding.is_some(),
+            |e| cutoffs.event_expired(e) && !held.keeps_event(e),
+        )?;
+        look.scan(
+            INCIDENTS,
+            &mut next.incidents,
+            &mut found.incidents,
+            "incident",
+            true,
+            |i: &Incident| cutoffs.incident_expired(i) && !held.keeps_incident(i),
+        )?;
+        look.scan(
+            AUDIT,
+            &mut next.audit,
+            &mut found.audit,
+            "audit entry",
+            cutoffs.audit.is_some(),
+            |a: &AuditEntry| cutoffs.audit_expired(a) && !held.keeps_audit(a),
+        )?;
+        look.scan(
+            DIGESTS,
+            &mut next.digests,
+            &mut found.digests,
+            "digest",
+            cutoffs.digests.is_some(),
+            |d: &DigestRecord| cutoffs.digest_expired(d),
+        )?;
         Ok((found, next))
     }
 
@@ -264,162 +244,175 @@ impl Engine {
         let txn = self.db.begin_write().map_err(engine)?;
         let held = held_in_write(&txn)?;
         let mut counts = PurgeCounts::default();
-        remove_events(&txn, cutoffs, &held, &found.events, &mut counts)?;
-        remove_incidents(&txn, cutoffs, &held, &found.incidents, &mut counts)?;
-        {
-            let mut audit = txn.open_table(AUDIT).map_err(engine)?;
-            let last = last_key(&audit)?;
-            for &id in &found.audit {
-                let Some(a) = audit
-                    .get(id)
-                    .map_err(engine)?
-                    .map(|v| decode::<AuditEntry>("audit entry", v.value()))
-                    .transpose()?
-                else {
-                    continue;
-                };
-                if cutoffs.audit_expired(&a) && !held.keeps_audit(&a) {
-                    audit.remove(id).map_err(engine)?;
-                    counts.audit_entries += 1;
-                }
-            }
-            drop(audit);
-            if counts.audit_entries > 0 {
-                raise_floor(&txn, FLOOR_AUDIT, last)?;
-            }
+        let removal = Removal {
+            txn: &txn,
+            cutoffs,
+            held: &held,
+        };
+        removal.events(&found.events, &mut counts)?;
+        removal.incidents(&found.incidents, &mut counts)?;
+        let audit =
+            remove_still_expired(&txn, AUDIT, FLOOR_AUDIT, "audit entry", &found.audit, |a| {
+                cutoffs.audit_expired(a) && !held.keeps_audit(a)
+            })?;
+        counts.audit_entries += audit.len() as u64;
+        let digests = remove_still_expired(
+            &txn,
+            DIGESTS,
+            FLOOR_DIGESTS,
+            "digest",
+            &found.digests,
+            |d| cutoffs.digest_expired(d),
+        )?;
+        let mut pending = txn.open_table(DIGEST_PENDING).map_err(engine)?;
+        for &id in &digests {
+            pending.remove(id).map_err(engine)?;
         }
-        {
-            let mut digests = txn.open_table(DIGESTS).map_err(engine)?;
-            let mut pending = txn.open_table(DIGEST_PENDING).map_err(engine)?;
-            let last = last_key(&digests)?;
-            for &id in &found.digests {
-                let Some(d) = digests
-                    .get(id)
-                    .map_err(engine)?
-                    .map(|v| decode::<DigestRecord>("digest", v.value()))
-                    .transpose()?
-                else {
-                    continue;
-                };
-                if cutoffs.digest_expired(&d) {
-                    digests.remove(id).map_err(engine)?;
-                    pending.remove(id).map_err(engine)?;
-                    counts.digests += 1;
-                }
-            }
-            drop((digests, pending));
-            if counts.digests > 0 {
-                raise_floor(&txn, FLOOR_DIGESTS, last)?;
-            }
-        }
+        drop(pending);
+        counts.digests += digests.len() as u64;
         txn.commit().map_err(engine)?;
         Ok(counts)
     }
 }
 
-/// Removes the expired, unheld events among `ids` with their index entries and their place in
-/// the device's runs, and lowers their devices' counts (never their high-water marks).
-fn remove_events(
+/// Removes from `def` each of `ids` whose record, read again in this write transaction, is
+/// still to go by `still`, and then raises the table's id floor (`floor`) to the highest id
+/// it held. Returns the ids removed.
+fn remove_still_expired<R: serde::de::DeserializeOwned>(
     txn: &WriteTransaction,
-    cutoffs: &PurgeCutoffs,
-    held: &Held,
+    def: TableDefinition<u64, &[u8]>,
+    floor: &str,
+    what: &str,
     ids: &[u64],
-    counts: &mut PurgeCounts,
-) -> StoreResult<()> {
-    let mut events = txn.open_table(EVENTS).map_err(engine)?;
-    let mut idx = txn.open_table(IDX).map_err(engine)?;
-    let mut runs = txn.open_table(BY_DEVICE).map_err(engine)?;
-    let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
+    still: impl Fn(&R) -> bool,
+) -> StoreResult<Vec<u64>> {
+    let mut table = txn.open_table(def).map_err(engine)?;
+    let last = last_key(&table)?;
+    let mut removed = Vec::new();
     for &id in ids {
-        // Removed first and put back in the rare case it is no longer to go (a hold placed
-        // since it was found): one lookup per event instead of two.
-        let Some(raw) = events
-            .remove(id)
+        let Some(record) = table
+            .get(id)
             .map_err(engine)?
-            .map(|v| v.value().to_vec())
+            .map(|v| decode::<R>(what, v.value()))
+            .transpose()?
         else {
             continue;
         };
-        let e: StoredEvent = decode("event", &raw)?;
-        if !cutoffs.event_expired(&e) || held.keeps_event(&e) {
-            events.insert(id, raw.as_slice()).map_err(engine)?;
-            continue;
+        if still(&record) {
+            table.remove(id).map_err(engine)?;
+            removed.push(id);
         }
-        for k in super::events::index_keys(&e, id) {
-            idx.remove(k.as_slice()).map_err(engine)?;
-        }
-        per_device
-            .entry(e.device_id.clone())
-            .or_default()
-            .push(e.seq);
-        counts.count_event(&e);
     }
-    let mut devices = txn.open_table(DEVICES).map_err(engine)?;
-    for (id, mut seqs) in per_device {
-        seqs.sort_unstable();
-        super::runs::remove_many(&mut runs, &id, &seqs)?;
-        let n = seqs.len() as u64;
-        let raw = devices.get(id.as_str()).map_err(engine)?;
-        let Some(raw) = raw.map(|v| v.value().to_vec()) else {
-            continue;
-        };
-        let mut d: Device = decode("device", &raw)?;
-        d.event_count = d.event_count.saturating_sub(n);
-        devices
-            .insert(id.as_str(), encode(&d).as_slice())
-            .map_err(engine)?;
+    drop(table);
+    if !removed.is_empty() {
+        raise_floor(txn, floor, last)?;
     }
-    Ok(())
+    Ok(removed)
 }
 
-/// Removes the expired (closed), unheld incidents among `ids` with their records, their
-/// device index entry and, if it still points at them, their group's entry (so the group's
-/// next flagged event opens a new incident).
-fn remove_incidents(
-    txn: &WriteTransaction,
-    cutoffs: &PurgeCutoffs,
-    held: &Held,
-    ids: &[u64],
-    counts: &mut PurgeCounts,
-) -> StoreResult<()> {
-    let mut incidents = txn.open_table(INCIDENTS).map_err(engine)?;
-    let mut log = txn.open_table(INCIDENT_LOG).map_err(engine)?;
-    let mut by_device = txn.open_table(DEVICE_INCIDENTS).map_err(engine)?;
-    let mut open = txn.open_table(INCIDENT_OPEN).map_err(engine)?;
-    let last = last_key(&incidents)?;
-    let removed_before = counts.incidents;
-    for &id in ids {
-        let Some(i) = incident_in(&incidents, id)? else {
-            continue;
-        };
-        if !cutoffs.incident_expired(&i) || held.keeps_incident(&i) {
-            continue;
+/// One purge call's removal of what its looks found, in one write transaction: each record is
+/// checked again there against the cutoffs and the holds then in force.
+struct Removal<'a> {
+    txn: &'a WriteTransaction,
+    cutoffs: &'a PurgeCutoffs,
+    held: &'a Held,
+}
+
+impl Removal<'_> {
+    /// Removes the expired, unheld events among `ids` with their index entries and their place in
+    /// the device's runs, and lowers their devices' counts (never their high-water marks).
+    fn events(&self, ids: &[u64], counts: &mut PurgeCounts) -> StoreResult<()> {
+        let (txn, cutoffs, held) = (self.txn, self.cutoffs, self.held);
+        let mut events = txn.open_table(EVENTS).map_err(engine)?;
+        let mut idx = txn.open_table(IDX).map_err(engine)?;
+        let mut runs = txn.open_table(BY_DEVICE).map_err(engine)?;
+        let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
+        for &id in ids {
+            // Removed first and put back in the rare case it is no longer to go (a hold placed
+            // since it was found): one lookup per event instead of two.
+            let Some(raw) = events
+                .remove(id)
+                .map_err(engine)?
+                .map(|v| v.value().to_vec())
+            else {
+                continue;
+            };
+            let e: StoredEvent = decode("event", &raw)?;
+            if !cutoffs.event_expired(&e) || held.keeps_event(&e) {
+                events.insert(id, raw.as_slice()).map_err(engine)?;
+                continue;
+            }
+            for k in super::events::index_keys(&e, id) {
+                idx.remove(k.as_slice()).map_err(engine)?;
+            }
+            per_device
+                .entry(e.device_id.clone())
+                .or_default()
+                .push(e.seq);
+            counts.count_event(&e);
         }
-        incidents.remove(id).map_err(engine)?;
-        let entries: Vec<(u64, u32)> = log
-            .range((id, 0)..=(id, u32::MAX))
-            .map_err(engine)?
-            .map(|r| r.map(|(k, _)| k.value()).map_err(engine))
-            .collect::<StoreResult<_>>()?;
-        for k in &entries {
-            log.remove(*k).map_err(engine)?;
+        let mut devices = txn.open_table(DEVICES).map_err(engine)?;
+        for (id, mut seqs) in per_device {
+            seqs.sort_unstable();
+            super::runs::remove_many(&mut runs, &id, &seqs)?;
+            let n = seqs.len() as u64;
+            let raw = devices.get(id.as_str()).map_err(engine)?;
+            let Some(raw) = raw.map(|v| v.value().to_vec()) else {
+                continue;
+            };
+            let mut d: Device = decode("device", &raw)?;
+            d.event_count = d.event_count.saturating_sub(n);
+            devices
+                .insert(id.as_str(), encode(&d).as_slice())
+                .map_err(engine)?;
         }
-        counts.incident_entries += entries.len() as u64;
-        by_device
-            .remove((i.device_id.as_str(), id))
-            .map_err(engine)?;
-        let group = crate::incidents::group_key(&i.device_id, &i.kind, &i.subject);
-        let current = open.get(group.as_str()).map_err(engine)?.map(|v| v.value());
-        if current == Some(id) {
-            open.remove(group.as_str()).map_err(engine)?;
-        }
-        counts.incidents += 1;
+        Ok(())
     }
-    drop((incidents, log, by_device, open));
-    if counts.incidents > removed_before {
-        raise_floor(txn, FLOOR_INCIDENTS, last)?;
+
+    /// Removes the expired (closed), unheld incidents among `ids` with their records, their
+    /// device index entry and, if it still points at them, their group's entry (so the group's
+    /// next flagged event opens a new incident).
+    fn incidents(&self, ids: &[u64], counts: &mut PurgeCounts) -> StoreResult<()> {
+        let (txn, cutoffs, held) = (self.txn, self.cutoffs, self.held);
+        let mut incidents = txn.open_table(INCIDENTS).map_err(engine)?;
+        let mut log = txn.open_table(INCIDENT_LOG).map_err(engine)?;
+        let mut by_device = txn.open_table(DEVICE_INCIDENTS).map_err(engine)?;
+        let mut open = txn.open_table(INCIDENT_OPEN).map_err(engine)?;
+        let last = last_key(&incidents)?;
+        let removed_before = counts.incidents;
+        for &id in ids {
+            let Some(i) = incident_in(&incidents, id)? else {
+                continue;
+            };
+            if !cutoffs.incident_expired(&i) || held.keeps_incident(&i) {
+                continue;
+            }
+            incidents.remove(id).map_err(engine)?;
+            let entries: Vec<(u64, u32)> = log
+                .range((id, 0)..=(id, u32::MAX))
+                .map_err(engine)?
+                .map(|r| r.map(|(k, _)| k.value()).map_err(engine))
+                .collect::<StoreResult<_>>()?;
+            for k in &entries {
+                log.remove(*k).map_err(engine)?;
+            }
+            counts.incident_entries += entries.len() as u64;
+            by_device
+                .remove((i.device_id.as_str(), id))
+                .map_err(engine)?;
+            let group = crate::incidents::group_key(&i.device_id, &i.kind, &i.subject);
+            let current = open.get(group.as_str()).map_err(engine)?.map(|v| v.value());
+            if current == Some(id) {
+                open.remove(group.as_str()).map_err(engine)?;
+            }
+            counts.incidents += 1;
+        }
+        drop((incidents, log, by_device, open));
+        if counts.incidents > removed_before {
+            raise_floor(txn, FLOOR_INCIDENTS, last)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 impl PrivacyStore for Engine {

@@ -88,7 +88,7 @@ pub async fn events(
                 None,
             )
         }
-        Err(e) => (Vec::new(), None, Some(e)),
+        Err(e) => (Vec::new(), None, Some(e.to_string())),
     };
     Ok(render(
         if error.is_some() {

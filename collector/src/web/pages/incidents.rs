@@ -26,7 +26,7 @@ pub async fn incidents(
 ) -> PageResult {
     let category = p.category.clone().unwrap_or_default();
     let status = p.status.clone().unwrap_or_default();
-    let q = p.query().map_err(DeskError::Invalid)?;
+    let q = p.query().map_err(|e| DeskError::Invalid(e.to_string()))?;
     let (list, next) = desk.incidents(q).await?;
     let mut categories = Vec::new();
     if desk.may(Permission::Safeguarding) {

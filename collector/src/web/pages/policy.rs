@@ -179,7 +179,7 @@ pub async fn set_policy_section(
                 StatusCode::BAD_REQUEST,
                 None,
                 vec![],
-                Some((&section, e)),
+                Some((&section, e.to_string())),
             );
         }
     };

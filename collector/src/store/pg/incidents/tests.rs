@@ -257,7 +257,7 @@ fn fold_all(store: &PgStore, events: Vec<StoredEvent>, first_arrival: i64) {
 #[test]
 fn many_events_folded_at_once_make_the_incidents_the_embedded_store_makes() {
     let dir = tempfile::tempdir().unwrap();
-    let sled = crate::store::SledStore::open(dir.path()).unwrap();
+    let embedded = crate::store::RedbStore::open(dir.path()).unwrap();
     let (url, _guard) = test_database();
     let pg = PgStore::connect(&url).unwrap();
     let t0 = Utc::now();
@@ -279,32 +279,32 @@ fn many_events_folded_at_once_make_the_incidents_the_embedded_store_makes() {
             .collect()
     };
     for d in ["d", "e"] {
-        sled.insert_device(&test_device(d)).unwrap();
+        embedded.insert_device(&test_device(d)).unwrap();
     }
 
-    sled.append(&batches(&first)).unwrap();
+    embedded.append(&batches(&first)).unwrap();
     fold_all(&pg, first, 1);
     let made = all(&pg);
-    assert_eq!(made, all(&sled));
+    assert_eq!(made, all(&embedded));
     assert_eq!(made.len(), 4, "{made:#?}");
 
     // Between the phases the first incident of group (d, A) is closed, and (d, B) noted:
     // the second phase reads what the first wrote, closed or not.
-    for s in [&sled as &dyn IncidentStore, &pg] {
+    for s in [&embedded as &dyn IncidentStore, &pg] {
         s.add_incident_entry(1, t0, "dsl", EntryAction::Closed, "done")
             .unwrap();
         s.add_incident_entry(3, t0, "dsl", EntryAction::Note, "seen")
             .unwrap();
     }
-    sled.append(&batches(&second)).unwrap();
+    embedded.append(&batches(&second)).unwrap();
     fold_all(&pg, second, 100);
     let made = all(&pg);
-    assert_eq!(made, all(&sled));
+    assert_eq!(made, all(&embedded));
     for group in [("d", "A"), ("d", "B"), ("e", "A"), ("d", "X")] {
         let key = crate::incidents::group_key(group.0, "usb.inserted", group.1);
         assert_eq!(
             pg.incident_for_group(&key).unwrap(),
-            sled.incident_for_group(&key).unwrap(),
+            embedded.incident_for_group(&key).unwrap(),
             "{group:?}"
         );
     }

@@ -18,10 +18,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use deadpool_postgres::{Object, Transaction};
 use serde_json::Value;
+use tokio_postgres::Row;
 
 use super::super::incidents::{INCIDENT_COLUMNS, big, entry_from_row, incident_from_row, pg};
 use super::{
-    EventsNaming, audit_naming, digests_naming, lock_and_read_holds, others_naming, plain_in_json,
+    EventsNaming, audit_naming, digests_naming, incidents_by_id, lock_and_read_holds,
+    others_naming, plain_in_json,
 };
 use crate::store::StoreResult;
 use crate::store::privacy::{
@@ -60,13 +62,19 @@ pub(super) async fn erase(
             return Ok(counts);
         }
         let (u, p) = (user.as_str(), pseudonym.as_str());
-        if erase_devices(&tx, &held, u, p, &mut counts).await? {
+        let erasure = Erasure {
+            tx: &tx,
+            held: &held,
+            user: u,
+            pseudonym: p,
+        };
+        if erasure.devices(&mut counts).await? {
             touched.insert("devices".into());
         }
-        if erase_derived(&tx, &held, u, p).await? {
+        if erasure.derived().await? {
             touched.insert("derived".into());
         }
-        erase_incidents(&tx, &held, u, p, &mut counts, &mut touched).await?;
+        erasure.incidents(&mut counts, &mut touched).await?;
         let mut pages = EventsNaming::new(u);
         while let Some(page) = pages.next(&tx).await? {
             let (mut ids, mut users, mut details) = (Vec::new(), Vec::new(), Vec::new());
@@ -160,237 +168,238 @@ pub(super) async fn erase(
     Ok(counts)
 }
 
-/// Device state facets naming the person (a held device's are kept). `true` if any changed.
-async fn erase_devices(
-    tx: &Transaction<'_>,
-    held: &Held,
-    user: &str,
-    pseudonym: &str,
-    counts: &mut ErasureCounts,
-) -> StoreResult<bool> {
-    let filter = if plain_in_json(user) {
-        "strpos(state::text, $1) > 0"
-    } else {
-        "true"
-    };
-    let rows = tx
-        .query(
-            &format!("SELECT id, state FROM devices WHERE {filter} ORDER BY id FOR UPDATE"),
-            &[&user],
-        )
-        .await
-        .map_err(pg)?;
-    let (mut ids, mut states) = (Vec::new(), Vec::new());
-    for r in &rows {
-        let id: String = r.get(0);
-        let mut state: Value = r.get(1);
-        if !held.devices.contains(&id) && rename_in_value(&mut state, user, pseudonym) {
-            ids.push(id);
-            states.push(state);
-        }
-    }
-    if ids.is_empty() {
-        return Ok(false);
-    }
-    counts.devices += tx
-        .execute(
-            "UPDATE devices d SET state = u.state \
-             FROM unnest($1::text[], $2::json[]) AS u(id, state) WHERE d.id = u.id",
-            &[&ids, &states],
-        )
-        .await
-        .map_err(pg)?;
-    Ok(true)
+/// One erasure's renaming, in the transaction that holds the privacy lock.
+#[derive(Clone, Copy)]
+struct Erasure<'a, 't> {
+    tx: &'a Transaction<'t>,
+    held: &'a Held,
+    user: &'a str,
+    pseudonym: &'a str,
 }
 
-/// Derived states (per device) naming the person. `true` if any changed.
-async fn erase_derived(
-    tx: &Transaction<'_>,
-    held: &Held,
-    user: &str,
-    pseudonym: &str,
-) -> StoreResult<bool> {
-    let filter = if plain_in_json(user) {
-        "strpos(state::text, $1) > 0"
-    } else {
-        "true"
-    };
-    let rows = tx
-        .query(
-            &format!("SELECT name, device_id, state FROM derived WHERE {filter} FOR UPDATE"),
-            &[&user],
-        )
-        .await
-        .map_err(pg)?;
-    let mut changed = false;
-    for r in &rows {
-        let (name, device): (String, String) = (r.get(0), r.get(1));
-        let mut state: Value = r.get(2);
-        if !held.devices.contains(&device) && rename_in_value(&mut state, user, pseudonym) {
-            tx.execute(
-                "UPDATE derived SET state = $3 WHERE name = $1 AND device_id = $2",
-                &[&name, &device, &state],
+impl Erasure<'_, '_> {
+    /// Locks and reads the rows of `select` (`SELECT ... FROM table`, whose last two columns
+    /// are a device id and a JSON `state`) whose state names the person, with the state
+    /// renamed; a held device's rows are left out. Only rows whose state may name them are
+    /// read: a substring test where the name is written in JSON as it is, else every row.
+    async fn renamed_states(&self, select: &str, order: &str) -> StoreResult<Vec<(Row, Value)>> {
+        let filter = if plain_in_json(self.user) {
+            "strpos(state::text, $1) > 0"
+        } else {
+            "true"
+        };
+        let rows = self
+            .tx
+            .query(
+                &format!("{select} WHERE {filter} {order} FOR UPDATE"),
+                &[&self.user],
             )
             .await
             .map_err(pg)?;
-            changed = true;
-        }
-    }
-    Ok(changed)
-}
-
-/// Incidents (user, title, subject), their groups' keys (which quote the subject) and
-/// incident entries (author, text), except those of incidents a hold keeps.
-async fn erase_incidents(
-    tx: &Transaction<'_>,
-    held: &Held,
-    user: &str,
-    pseudonym: &str,
-    counts: &mut ErasureCounts,
-    touched: &mut BTreeSet<String>,
-) -> StoreResult<()> {
-    let name = user.to_string();
-    // Groups first, sorted, as the fold locks them.
-    let groups: Vec<(String, Option<i64>)> = tx
-        .query(
-            "SELECT group_key, incident FROM incident_groups \
-             WHERE strpos(group_key, $1) > 0 ORDER BY group_key FOR UPDATE",
-            &[&name],
-        )
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let ids: Vec<i64> = groups.iter().filter_map(|g| g.1).collect();
-    let mut kept_groups = BTreeSet::new();
-    for r in tx
-        .query(
-            &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ANY($1)"),
-            &[&ids],
-        )
-        .await
-        .map_err(pg)?
-    {
-        let i = incident_from_row(&r)?;
-        if held.keeps_incident(&i) {
-            kept_groups.insert(big("incident id", i.id)?);
-        }
-    }
-    for (key, incident) in &groups {
-        if incident.is_some_and(|i| kept_groups.contains(&i)) {
-            continue;
-        }
-        let Some(new_key) = rename_in_text(key, user, pseudonym) else {
-            continue;
-        };
-        tx.execute(
-            "UPDATE incident_groups SET group_key = $2 WHERE group_key = $1",
-            &[key, &new_key],
-        )
-        .await
-        .map_err(pg)?;
-        touched.insert("incident_groups".into());
-    }
-
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE user_name = $1 \
-                 OR strpos(title, $1) > 0 OR strpos(subject, $1) > 0 ORDER BY id FOR UPDATE"
-            ),
-            &[&name],
-        )
-        .await
-        .map_err(pg)?;
-    for r in &rows {
-        let mut i = incident_from_row(r)?;
-        let mut changed = false;
-        if held.keeps_incident(&i) {
-            if i.user.as_deref() == Some(user)
-                || text_names(&i.title, user)
-                || text_names(&i.subject, user)
+        let mut renamed = Vec::new();
+        for r in rows {
+            let n = r.len();
+            let (device, mut state): (String, Value) = (r.get(n - 2), r.get(n - 1));
+            if !self.held.devices.contains(&device)
+                && rename_in_value(&mut state, self.user, self.pseudonym)
             {
-                counts.kept_incidents += 1;
-            }
-            continue;
-        }
-        if i.user.as_deref() == Some(user) {
-            i.user = Some(pseudonym.to_string());
-            changed = true;
-        }
-        for field in [&mut i.title, &mut i.subject] {
-            if let Some(r) = rename_in_text(field, user, pseudonym) {
-                *field = r;
-                changed = true;
+                renamed.push((r, state));
             }
         }
-        if changed {
-            counts.incidents += tx
+        Ok(renamed)
+    }
+
+    /// Device state facets naming the person (a held device's are kept). `true` if any changed.
+    async fn devices(&self, counts: &mut ErasureCounts) -> StoreResult<bool> {
+        let (ids, states): (Vec<String>, Vec<Value>) = self
+            .renamed_states("SELECT id, state FROM devices", "ORDER BY id")
+            .await?
+            .into_iter()
+            .map(|(r, state)| (r.get(0), state))
+            .unzip();
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        counts.devices += self
+            .tx
+            .execute(
+                "UPDATE devices d SET state = u.state \
+                 FROM unnest($1::text[], $2::json[]) AS u(id, state) WHERE d.id = u.id",
+                &[&ids, &states],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(true)
+    }
+
+    /// Derived states (per device) naming the person. `true` if any changed.
+    async fn derived(&self) -> StoreResult<bool> {
+        let renamed = self
+            .renamed_states("SELECT name, device_id, state FROM derived", "")
+            .await?;
+        for (r, state) in &renamed {
+            let (name, device): (String, String) = (r.get(0), r.get(1));
+            self.tx
                 .execute(
-                    "UPDATE incidents SET user_name = $2, title = $3, subject = $4 WHERE id = $1",
-                    &[&big("incident id", i.id)?, &i.user, &i.title, &i.subject],
+                    "UPDATE derived SET state = $3 WHERE name = $1 AND device_id = $2",
+                    &[&name, &device, &state],
                 )
                 .await
                 .map_err(pg)?;
-            touched.insert("incidents".into());
         }
+        Ok(!renamed.is_empty())
     }
 
-    let entries = tx
-        .query(
-            "SELECT incident, n, at_ns, author, action, body FROM incident_entries \
-             WHERE author = $1 OR strpos(body, $1) > 0 ORDER BY incident, n",
-            &[&name],
-        )
-        .await
-        .map_err(pg)?;
-    // Whether each entry's incident is kept by a hold, read once per incident.
-    let mut kept: HashMap<u64, bool> = HashMap::new();
-    for r in &entries {
-        let mut e = entry_from_row(r)?;
-        let keeps = match kept.get(&e.incident) {
-            Some(&k) => k,
-            None => {
-                let k = tx
-                    .query_opt(
-                        &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
-                        &[&big("incident id", e.incident)?],
-                    )
-                    .await
-                    .map_err(pg)?
-                    .map(|r| incident_from_row(&r))
-                    .transpose()?
-                    .is_some_and(|i| held.keeps_incident(&i));
-                kept.insert(e.incident, k);
-                k
+    /// Incidents (user, title, subject), their groups' keys (which quote the subject) and
+    /// incident entries (author, text), except those of incidents a hold keeps.
+    async fn incidents(
+        &self,
+        counts: &mut ErasureCounts,
+        touched: &mut BTreeSet<String>,
+    ) -> StoreResult<()> {
+        let Erasure {
+            tx,
+            held,
+            user,
+            pseudonym,
+        } = *self;
+        let name = user.to_string();
+        // Groups first, sorted, as the fold locks them.
+        let groups: Vec<(String, Option<i64>)> = tx
+            .query(
+                "SELECT group_key, incident FROM incident_groups \
+                 WHERE strpos(group_key, $1) > 0 ORDER BY group_key FOR UPDATE",
+                &[&name],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let ids: Vec<i64> = groups.iter().filter_map(|g| g.1).collect();
+        let mut kept_groups = BTreeSet::new();
+        for i in incidents_by_id(tx, &ids).await? {
+            if held.keeps_incident(&i) {
+                kept_groups.insert(big("incident id", i.id)?);
             }
-        };
-        if keeps {
-            continue;
         }
-        let author = renamed(&e.by, user, pseudonym);
-        let text = rename_in_text(&e.text, user, pseudonym);
-        if author.is_none() && text.is_none() {
-            continue;
-        }
-        e.by = author.unwrap_or(e.by);
-        e.text = text.unwrap_or(e.text);
-        counts.incident_entries += tx
-            .execute(
-                "UPDATE incident_entries SET author = $3, body = $4 WHERE incident = $1 AND n = $2",
-                &[
-                    &big("incident id", e.incident)?,
-                    &i32::try_from(e.n).unwrap_or(i32::MAX),
-                    &e.by,
-                    &e.text,
-                ],
+        for (key, incident) in &groups {
+            if incident.is_some_and(|i| kept_groups.contains(&i)) {
+                continue;
+            }
+            let Some(new_key) = rename_in_text(key, user, pseudonym) else {
+                continue;
+            };
+            tx.execute(
+                "UPDATE incident_groups SET group_key = $2 WHERE group_key = $1",
+                &[key, &new_key],
             )
             .await
             .map_err(pg)?;
-        touched.insert("incident_entries".into());
+            touched.insert("incident_groups".into());
+        }
+
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE user_name = $1 \
+                     OR strpos(title, $1) > 0 OR strpos(subject, $1) > 0 ORDER BY id FOR UPDATE"
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(pg)?;
+        for r in &rows {
+            let mut i = incident_from_row(r)?;
+            let mut changed = false;
+            if held.keeps_incident(&i) {
+                if i.user.as_deref() == Some(user)
+                    || text_names(&i.title, user)
+                    || text_names(&i.subject, user)
+                {
+                    counts.kept_incidents += 1;
+                }
+                continue;
+            }
+            if i.user.as_deref() == Some(user) {
+                i.user = Some(pseudonym.to_string());
+                changed = true;
+            }
+            for field in [&mut i.title, &mut i.subject] {
+                if let Some(r) = rename_in_text(field, user, pseudonym) {
+                    *field = r;
+                    changed = true;
+                }
+            }
+            if changed {
+                counts.incidents += tx
+                    .execute(
+                        "UPDATE incidents SET user_name = $2, title = $3, subject = $4 \
+                         WHERE id = $1",
+                        &[&big("incident id", i.id)?, &i.user, &i.title, &i.subject],
+                    )
+                    .await
+                    .map_err(pg)?;
+                touched.insert("incidents".into());
+            }
+        }
+
+        let entries = tx
+            .query(
+                "SELECT incident, n, at_ns, author, action, body FROM incident_entries \
+                 WHERE author = $1 OR strpos(body, $1) > 0 ORDER BY incident, n",
+                &[&name],
+            )
+            .await
+            .map_err(pg)?;
+        // Whether each entry's incident is kept by a hold, read once per incident.
+        let mut kept: HashMap<u64, bool> = HashMap::new();
+        for r in &entries {
+            let mut e = entry_from_row(r)?;
+            let keeps = match kept.get(&e.incident) {
+                Some(&k) => k,
+                None => {
+                    let k = tx
+                        .query_opt(
+                            &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
+                            &[&big("incident id", e.incident)?],
+                        )
+                        .await
+                        .map_err(pg)?
+                        .map(|r| incident_from_row(&r))
+                        .transpose()?
+                        .is_some_and(|i| held.keeps_incident(&i));
+                    kept.insert(e.incident, k);
+                    k
+                }
+            };
+            if keeps {
+                continue;
+            }
+            let author = renamed(&e.by, user, pseudonym);
+            let text = rename_in_text(&e.text, user, pseudonym);
+            if author.is_none() && text.is_none() {
+                continue;
+            }
+            e.by = author.unwrap_or(e.by);
+            e.text = text.unwrap_or(e.text);
+            counts.incident_entries += tx
+                .execute(
+                    "UPDATE incident_entries SET author = $3, body = $4 \
+                     WHERE incident = $1 AND n = $2",
+                    &[
+                        &big("incident id", e.incident)?,
+                        &i32::try_from(e.n).unwrap_or(i32::MAX),
+                        &e.by,
+                        &e.text,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            touched.insert("incident_entries".into());
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Rewrites the changed tables so no dead row version keeps the name (see the module

@@ -48,33 +48,22 @@ pub(super) async fn purge(
     let tx = client.transaction().await.map_err(pg)?;
     let held = super::lock_and_read_holds(&tx).await?;
     let params = HeldParams::of(&held)?;
-    let mut budget = limit.max(1);
-    purge_events(&tx, &cutoffs, &held, &params, budget, &mut counts).await?;
-    budget = budget.saturating_sub(usize::try_from(counts.total()).unwrap_or(usize::MAX));
-    if budget > 0 {
-        purge_incidents(&tx, &cutoffs, &held, &params, budget, &mut counts).await?;
-        budget = limit.saturating_sub(usize::try_from(counts.total()).unwrap_or(usize::MAX));
-    }
-    if budget > 0
-        && let Some(cutoff) = cutoffs.audit
-    {
-        purge_audit(&tx, cutoff, &held, &params, budget, &mut counts).await?;
-        budget = limit.saturating_sub(usize::try_from(counts.total()).unwrap_or(usize::MAX));
-    }
-    if budget > 0
-        && let Some(cutoff) = cutoffs.digests
-    {
-        let n = tx
-            .execute(
-                "DELETE FROM digests WHERE id IN (SELECT id FROM digests \
-                 WHERE status = 'sent' AND created_at_ns < $1 \
-                 ORDER BY created_at_ns, id LIMIT $2)",
-                &[&super::ns(cutoff)?, &(budget as i64)],
-            )
-            .await
-            .map_err(pg)?;
-        counts.digests += n;
-    }
+    let batch = Batch {
+        tx: &tx,
+        cutoffs: &cutoffs,
+        held: &held,
+        p: &params,
+    };
+    // Each kind gets what the kinds before it left of the budget.
+    let left = |counts: &PurgeCounts| {
+        limit
+            .max(1)
+            .saturating_sub(usize::try_from(counts.total()).unwrap_or(usize::MAX))
+    };
+    batch.events(left(&counts), &mut counts).await?;
+    batch.incidents(left(&counts), &mut counts).await?;
+    batch.audit(left(&counts), &mut counts).await?;
+    batch.digests(left(&counts), &mut counts).await?;
     tx.commit().await.map_err(pg)?;
     counts.add(&dropped);
     Ok(counts)
@@ -106,215 +95,241 @@ async fn uncount_events(
     Ok(())
 }
 
-/// The oldest expired events no hold keeps, at most `budget`.
-async fn purge_events(
-    tx: &Transaction<'_>,
-    cutoffs: &PurgeCutoffs,
-    held: &Held,
-    p: &HeldParams,
-    budget: usize,
-    counts: &mut PurgeCounts,
-) -> StoreResult<()> {
+/// The technical and safeguarding cutoffs as statement parameters (`EVENT_EXPIRED`'s $1 and
+/// $2), or `None` when neither kind of event expires.
+fn category_cutoffs(cutoffs: &PurgeCutoffs) -> StoreResult<Option<(i64, i64)>> {
     if cutoffs.technical.is_none() && cutoffs.safeguarding.is_none() {
-        return Ok(());
+        return Ok(None);
     }
-    let (technical, safeguarding) = (
+    Ok(Some((
         cutoff_ns(cutoffs.technical)?,
         cutoff_ns(cutoffs.safeguarding)?,
-    );
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events e WHERE {EVENT_EXPIRED} AND {} \
-         ORDER BY e.occurred_at_ns LIMIT $9",
-        event_not_held(3)
-    );
-    let limit = budget as i64;
-    let params: [&(dyn ToSql + Sync); 9] = [
-        &technical,
-        &safeguarding,
+    )))
+}
+
+/// The parameters of `EVENT_EXPIRED` and `event_not_held(3)`, $1 to $8.
+fn event_params<'a>(cut: &'a (i64, i64), p: &'a HeldParams) -> Vec<&'a (dyn ToSql + Sync)> {
+    vec![
+        &cut.0,
+        &cut.1,
         &p.devices,
         &p.users,
         &p.incident_devices,
         &p.incident_kinds,
         &p.incident_first,
         &p.incident_last,
-        &limit,
-    ];
-    let mut doomed = Vec::new();
-    for r in tx.query(&sql, &params).await.map_err(pg)? {
-        let (id, e) = event_from_row(&r)?;
-        // The shared rules decide; the SQL above only keeps held events out of the batch.
-        if cutoffs.event_expired(&e) && !held.keeps_event(&e) {
-            doomed.push(id);
-        }
-    }
-    if doomed.is_empty() {
-        return Ok(());
-    }
-    // Counted by what was deleted. Deleting first is safe: an append never locks a stored
-    // event, and the counts are taken off whatever the devices' rows hold when locked.
-    let gone = tx
-        .query(
-            "DELETE FROM events WHERE id = ANY($1) \
-             RETURNING device_id, audience @> ARRAY['dsl']::text[]",
-            &[&doomed],
-        )
-        .await
-        .map_err(pg)?;
-    let mut per_device: BTreeMap<String, i64> = BTreeMap::new();
-    for r in &gone {
-        *per_device.entry(r.get(0)).or_default() += 1;
-        if r.get::<_, bool>(1) {
-            counts.safeguarding_events += 1;
-        } else {
-            counts.technical_events += 1;
-        }
-    }
-    uncount_events(tx, &per_device).await
+    ]
 }
 
-/// The oldest expired incidents no hold keeps, with their records and their group's pointer.
-async fn purge_incidents(
-    tx: &Transaction<'_>,
-    cutoffs: &PurgeCutoffs,
-    held: &Held,
-    p: &HeldParams,
-    budget: usize,
-    counts: &mut PurgeCounts,
-) -> StoreResult<()> {
-    if cutoffs.technical.is_none() && cutoffs.safeguarding.is_none() {
-        return Ok(());
+/// One purge call's batch of rows, in the transaction that holds the privacy lock: each kind
+/// removes its oldest expired rows no hold keeps, at most `budget` (none when it is 0).
+struct Batch<'a, 't> {
+    tx: &'a Transaction<'t>,
+    cutoffs: &'a PurgeCutoffs,
+    held: &'a Held,
+    p: &'a HeldParams,
+}
+
+impl Batch<'_, '_> {
+    /// The oldest expired events no hold keeps.
+    async fn events(&self, budget: usize, counts: &mut PurgeCounts) -> StoreResult<()> {
+        let Some(cut) = category_cutoffs(self.cutoffs)?.filter(|_| budget > 0) else {
+            return Ok(());
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE {EVENT_EXPIRED} AND {} \
+             ORDER BY e.occurred_at_ns LIMIT $9",
+            event_not_held(3)
+        );
+        let limit = budget as i64;
+        let mut params = event_params(&cut, self.p);
+        params.push(&limit);
+        let mut doomed = Vec::new();
+        for r in self.tx.query(&sql, &params).await.map_err(pg)? {
+            let (id, e) = event_from_row(&r)?;
+            // The shared rules decide; the SQL above only keeps held events out of the batch.
+            if self.cutoffs.event_expired(&e) && !self.held.keeps_event(&e) {
+                doomed.push(id);
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        // Counted by what was deleted. Deleting first is safe: an append never locks a stored
+        // event, and the counts are taken off whatever the devices' rows hold when locked.
+        let gone = self
+            .tx
+            .query(
+                "DELETE FROM events WHERE id = ANY($1) \
+                 RETURNING device_id, audience @> ARRAY['dsl']::text[]",
+                &[&doomed],
+            )
+            .await
+            .map_err(pg)?;
+        let mut per_device: BTreeMap<String, i64> = BTreeMap::new();
+        for r in &gone {
+            *per_device.entry(r.get(0)).or_default() += 1;
+            if r.get::<_, bool>(1) {
+                counts.safeguarding_events += 1;
+            } else {
+                counts.technical_events += 1;
+            }
+        }
+        uncount_events(self.tx, &per_device).await
     }
-    let (technical, safeguarding) = (
-        cutoff_ns(cutoffs.technical)?,
-        cutoff_ns(cutoffs.safeguarding)?,
-    );
-    let expired = format!(
-        "status = 'closed' AND CASE WHEN category = '{sg}' \
+
+    /// The oldest expired incidents no hold keeps, with their records and their group's
+    /// pointer.
+    async fn incidents(&self, budget: usize, counts: &mut PurgeCounts) -> StoreResult<()> {
+        let Some(cut) = category_cutoffs(self.cutoffs)?.filter(|_| budget > 0) else {
+            return Ok(());
+        };
+        let expired = format!(
+            "status = 'closed' AND CASE WHEN category = '{sg}' \
              THEN updated_at_ns < $2 AND last_at_ns < $2 \
              ELSE updated_at_ns < $1 AND last_at_ns < $1 END \
          AND NOT (id = ANY($3)) AND NOT (device_id = ANY($4)) \
          AND NOT coalesce(user_name = ANY($5), false)",
-        sg = Category::Safeguarding.as_str()
-    );
-    let limit = budget as i64;
-    let candidates: Vec<i64> = tx
-        .query(
-            &format!(
-                "SELECT id FROM incidents WHERE {expired} ORDER BY updated_at_ns, id LIMIT $6"
-            ),
-            &[
-                &technical,
-                &safeguarding,
-                &p.incident_ids,
-                &p.devices,
-                &p.users,
-                &limit,
-            ],
-        )
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if candidates.is_empty() {
-        return Ok(());
-    }
-    // Groups before incidents, both sorted, as the fold locks them. A group whose latest
-    // incident goes is removed with it, so the group's next event opens a new incident.
-    tx.query(
-        "SELECT group_key FROM incident_groups WHERE incident = ANY($1) \
-         ORDER BY group_key FOR UPDATE",
-        &[&candidates],
-    )
-    .await
-    .map_err(pg)?;
-    let mut doomed = Vec::new();
-    for r in tx
-        .query(
-            &format!(
-                "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ANY($1) \
-                 ORDER BY id FOR UPDATE"
-            ),
-            &[&candidates],
-        )
-        .await
-        .map_err(pg)?
-    {
-        // Read again under the lock: an entry may have reopened it meanwhile.
-        let i = incident_from_row(&r)?;
-        if cutoffs.incident_expired(&i) && !held.keeps_incident(&i) {
-            doomed.push(big("incident id", i.id)?);
+            sg = Category::Safeguarding.as_str()
+        );
+        let limit = budget as i64;
+        let candidates: Vec<i64> = self
+            .tx
+            .query(
+                &format!(
+                    "SELECT id FROM incidents WHERE {expired} ORDER BY updated_at_ns, id LIMIT $6"
+                ),
+                &[
+                    &cut.0,
+                    &cut.1,
+                    &self.p.incident_ids,
+                    &self.p.devices,
+                    &self.p.users,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
         }
-    }
-    if doomed.is_empty() {
-        return Ok(());
-    }
-    counts.incident_entries += tx
-        .execute(
-            "DELETE FROM incident_entries WHERE incident = ANY($1)",
-            &[&doomed],
-        )
-        .await
-        .map_err(pg)?;
-    tx.execute(
-        "DELETE FROM incident_groups WHERE incident = ANY($1)",
-        &[&doomed],
-    )
-    .await
-    .map_err(pg)?;
-    counts.incidents += tx
-        .execute("DELETE FROM incidents WHERE id = ANY($1)", &[&doomed])
-        .await
-        .map_err(pg)?;
-    Ok(())
-}
-
-/// The oldest expired audit entries no hold keeps.
-async fn purge_audit(
-    tx: &Transaction<'_>,
-    cutoff: chrono::DateTime<Utc>,
-    held: &Held,
-    p: &HeldParams,
-    budget: usize,
-    counts: &mut PurgeCounts,
-) -> StoreResult<()> {
-    let cutoffs = PurgeCutoffs {
-        audit: Some(cutoff),
-        ..PurgeCutoffs::default()
-    };
-    let limit = budget as i64;
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit WHERE at_ns < $1 \
-                 AND NOT (actor = ANY($2) OR target = ANY($2) OR target = ANY($3) \
-                     OR target = ANY($4)) \
-                 ORDER BY at_ns, id LIMIT $5"
-            ),
-            &[
-                &super::ns(cutoff)?,
-                &p.users,
-                &p.devices,
-                &p.incident_targets,
-                &limit,
-            ],
-        )
-        .await
-        .map_err(pg)?;
-    let mut doomed = Vec::new();
-    for r in &rows {
-        let a = audit_from_row(r)?;
-        if cutoffs.audit_expired(&a) && !held.keeps_audit(&a) {
-            doomed.push(big("audit id", a.id)?);
-        }
-    }
-    if !doomed.is_empty() {
-        counts.audit_entries += tx
-            .execute("DELETE FROM audit WHERE id = ANY($1)", &[&doomed])
+        // Groups before incidents, both sorted, as the fold locks them. A group whose latest
+        // incident goes is removed with it, so the group's next event opens a new incident.
+        self.tx
+            .query(
+                "SELECT group_key FROM incident_groups WHERE incident = ANY($1) \
+                 ORDER BY group_key FOR UPDATE",
+                &[&candidates],
+            )
             .await
             .map_err(pg)?;
+        let mut doomed = Vec::new();
+        for r in self
+            .tx
+            .query(
+                &format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ANY($1) \
+                     ORDER BY id FOR UPDATE"
+                ),
+                &[&candidates],
+            )
+            .await
+            .map_err(pg)?
+        {
+            // Read again under the lock: an entry may have reopened it meanwhile.
+            let i = incident_from_row(&r)?;
+            if self.cutoffs.incident_expired(&i) && !self.held.keeps_incident(&i) {
+                doomed.push(big("incident id", i.id)?);
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        counts.incident_entries += self
+            .tx
+            .execute(
+                "DELETE FROM incident_entries WHERE incident = ANY($1)",
+                &[&doomed],
+            )
+            .await
+            .map_err(pg)?;
+        self.tx
+            .execute(
+                "DELETE FROM incident_groups WHERE incident = ANY($1)",
+                &[&doomed],
+            )
+            .await
+            .map_err(pg)?;
+        counts.incidents += self
+            .tx
+            .execute("DELETE FROM incidents WHERE id = ANY($1)", &[&doomed])
+            .await
+            .map_err(pg)?;
+        Ok(())
     }
-    Ok(())
+
+    /// The oldest expired audit entries no hold keeps.
+    async fn audit(&self, budget: usize, counts: &mut PurgeCounts) -> StoreResult<()> {
+        let Some(cutoff) = self.cutoffs.audit.filter(|_| budget > 0) else {
+            return Ok(());
+        };
+        let limit = budget as i64;
+        let rows = self
+            .tx
+            .query(
+                &format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit WHERE at_ns < $1 \
+                     AND NOT (actor = ANY($2) OR target = ANY($2) OR target = ANY($3) \
+                         OR target = ANY($4)) \
+                     ORDER BY at_ns, id LIMIT $5"
+                ),
+                &[
+                    &super::ns(cutoff)?,
+                    &self.p.users,
+                    &self.p.devices,
+                    &self.p.incident_targets,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        let mut doomed = Vec::new();
+        for r in &rows {
+            let a = audit_from_row(r)?;
+            if self.cutoffs.audit_expired(&a) && !self.held.keeps_audit(&a) {
+                doomed.push(big("audit id", a.id)?);
+            }
+        }
+        if !doomed.is_empty() {
+            counts.audit_entries += self
+                .tx
+                .execute("DELETE FROM audit WHERE id = ANY($1)", &[&doomed])
+                .await
+                .map_err(pg)?;
+        }
+        Ok(())
+    }
+
+    /// The oldest sent digests past their cutoff (a pending one is never purged).
+    async fn digests(&self, budget: usize, counts: &mut PurgeCounts) -> StoreResult<()> {
+        let Some(cutoff) = self.cutoffs.digests.filter(|_| budget > 0) else {
+            return Ok(());
+        };
+        counts.digests += self
+            .tx
+            .execute(
+                "DELETE FROM digests WHERE id IN (SELECT id FROM digests \
+                 WHERE status = 'sent' AND created_at_ns < $1 \
+                 ORDER BY created_at_ns, id LIMIT $2)",
+                &[&super::ns(cutoff)?, &(budget as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
 }
 
 /// Months since year 0 of a partition named `events_YYYY_MM` (`append.rs` names them so).
@@ -367,10 +382,9 @@ async fn drop_expired_partition(
         })
         .collect();
     past.sort();
-    let (technical, safeguarding) = (
-        cutoff_ns(cutoffs.technical)?,
-        cutoff_ns(cutoffs.safeguarding)?,
-    );
+    let Some(cut) = category_cutoffs(cutoffs)? else {
+        return Ok(PurgeCounts::default());
+    };
     for (month, name) in past {
         // The newest occurrence, through the index: most partitions are ruled out here.
         let newest: Option<i64> = client
@@ -388,16 +402,7 @@ async fn drop_expired_partition(
         tx.batch_execute(&format!("LOCK TABLE {name} IN SHARE MODE"))
             .await
             .map_err(pg)?;
-        let params: [&(dyn ToSql + Sync); 8] = [
-            &technical,
-            &safeguarding,
-            &p.devices,
-            &p.users,
-            &p.incident_devices,
-            &p.incident_kinds,
-            &p.incident_first,
-            &p.incident_last,
-        ];
+        let params = event_params(&cut, &p);
         let keeps_some: bool = tx
             .query_one(
                 &format!(
