@@ -23,17 +23,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enrol this machine with the school's collector.
+    /// Enrol this machine with the school's collector: with `--bundle FILE`, or with
+    /// `--collector`, `--token` and `--ca-fingerprint`.
     Enroll {
         /// The collector's gRPC address, HOST:PORT.
-        #[arg(long)]
-        collector: String,
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        collector: Option<String>,
         /// The enrolment token; from the environment it stays out of the process list.
-        #[arg(long, env = "CARETAKER_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
+        #[arg(
+            long,
+            env = "CARETAKER_ENROLL_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "bundle"
+        )]
+        token: Option<String>,
         /// The CA fingerprint printed by `caretaker-collector token create` (sha256:...).
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        ca_fingerprint: Option<String>,
+        /// An enrolment bundle (`caretaker-collector bundle create`): its collectors are tried
+        /// in order. The MSI passes its BUNDLE property here.
         #[arg(long)]
-        ca_fingerprint: String,
+        bundle: Option<PathBuf>,
+        /// Succeed without doing anything when this machine is already enrolled (a reinstall
+        /// or an upgrade keeps its enrolment).
+        #[arg(long)]
+        if_not_enrolled: bool,
         #[arg(long, default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
     },
@@ -46,6 +60,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The Windows service: install (with restart on failure), start, stop, uninstall, and
+    /// `run`, which Windows' Service Control Manager calls.
+    #[cfg(windows)]
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Show enrolment, connection, spool depth and policy version.
     Status {
         #[arg(long, default_value_os_t = default_state_dir())]
@@ -79,10 +98,36 @@ enum Command {
     },
 }
 
+#[cfg(windows)]
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Install the CaretakerAgent service (automatic start, LocalSystem, restarted on failure).
+    Install,
+    /// Stop and remove the service (state and configuration stay).
+    Uninstall,
+    Start,
+    Stop,
+    /// Run as the service: only Windows' Service Control Manager starts this.
+    Run {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    #[cfg(windows)]
+    if matches!(cli.command, Command::Service(ServiceCommand::Run { .. })) {
+        caretaker_proto::host::init_logging_to(&[], service_log());
+    } else {
+        caretaker_proto::host::init_logging(&[]);
+    }
+    #[cfg(not(windows))]
     caretaker_proto::host::init_logging(&[]);
-    let code = match run(Cli::parse()).await {
+    let code = match run(cli).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("caretaker-agent: {e:#}");
@@ -101,15 +146,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             collector,
             token,
             ca_fingerprint,
+            bundle,
+            if_not_enrolled,
             state_dir,
         } => {
-            let e = enroll::enroll(
-                &StateDir::new(&state_dir),
-                &collector,
-                &token,
-                &ca_fingerprint,
-            )
-            .await?;
+            let state = StateDir::new(&state_dir);
+            if if_not_enrolled && let Some(e) = state.load_enrollment()? {
+                println!(
+                    "Already enrolled as device {} with the collector at {}",
+                    e.device_id, e.collector
+                );
+                return Ok(());
+            }
+            let e = match (bundle, collector, token, ca_fingerprint) {
+                (Some(bundle), ..) => enroll::enroll_with_bundle(&state, &bundle).await?,
+                (None, Some(collector), Some(token), Some(fingerprint)) => {
+                    enroll::enroll(&state, &collector, &token, &fingerprint).await?
+                }
+                _ => anyhow::bail!(
+                    "give --bundle FILE, or --collector, --token and --ca-fingerprint"
+                ),
+            };
             println!(
                 "Enrolled as device {} with the collector at {}",
                 e.device_id, e.collector
@@ -131,6 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(runtime::run(config, shutdown).await?)
         }
+        #[cfg(windows)]
+        Command::Service(command) => service(command).await,
         Command::Status { state_dir, json } => status(&StateDir::new(state_dir), json),
         #[cfg(target_os = "linux")]
         Command::RecordUevents => record_uevents().await,
@@ -155,6 +214,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             uninstall_check(&StateDir::new(state_dir), code.as_deref(), &action)
         }
     }
+}
+
+/// The service's log, `agent.log` in the default state folder (`%ProgramData%\Caretaker`),
+/// appended to; one earlier generation is kept once it passes 10 MiB. None if it cannot be opened
+/// (the service then runs unlogged rather than not at all).
+#[cfg(windows)]
+fn service_log() -> Option<std::fs::File> {
+    let dir = default_state_dir();
+    std::fs::create_dir_all(&dir).ok()?;
+    let path = dir.join("agent.log");
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > 10 << 20) {
+        let _ = std::fs::rename(&path, dir.join("agent.log.1"));
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()
+}
+
+#[cfg(windows)]
+async fn service(command: ServiceCommand) -> anyhow::Result<()> {
+    use os::windows::service;
+    match command {
+        ServiceCommand::Install => {
+            service::install()?;
+            println!(
+                "Installed the {} service; start it with `caretaker-agent service start`",
+                service::SERVICE_NAME
+            );
+        }
+        ServiceCommand::Uninstall => {
+            service::uninstall()?;
+            println!("Removed the {} service", service::SERVICE_NAME);
+        }
+        ServiceCommand::Start => service::start()?,
+        ServiceCommand::Stop => service::stop()?,
+        ServiceCommand::Run { state_dir, config } => {
+            let config = config.or_else(default_config_file);
+            let config = Config::load(config.as_deref(), state_dir)?;
+            let handle = tokio::runtime::Handle::current();
+            let body: service::Body = Box::new(move |stop| {
+                handle
+                    .block_on(runtime::run(config, stop))
+                    .map_err(|e| e.to_string())
+            });
+            tokio::task::spawn_blocking(move || service::run(body)).await??;
+        }
+    }
+    Ok(())
 }
 
 /// Ctrl-C, or SIGTERM (systemd's stop) where there is one.

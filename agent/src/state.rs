@@ -16,8 +16,8 @@ pub const DEFAULT_STATE_DIR: &str = r"C:\ProgramData\Caretaker";
 /// `%ProgramData%\Caretaker` (not always on `C:`), elsewhere [`DEFAULT_STATE_DIR`].
 pub fn default_state_dir() -> PathBuf {
     #[cfg(windows)]
-    if let Some(data) = std::env::var_os("ProgramData").filter(|d| !d.is_empty()) {
-        return PathBuf::from(data).join("Caretaker");
+    if let Some(data) = crate::os::windows::program_data() {
+        return data.join("Caretaker");
     }
     PathBuf::from(DEFAULT_STATE_DIR)
 }

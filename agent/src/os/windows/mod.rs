@@ -1,10 +1,11 @@
 //! Windows facts: computer name, Windows edition and version, process liveness; the registry
-//! reads the probes need (`registry`), the state folder's file rules (`perms`), and a no-op
-//! stand-in for systemd's notifications (`sdnotify`).
+//! reads the probes need (`registry`), the state folder's file rules (`perms`), a no-op
+//! stand-in for systemd's notifications (`sdnotify`), and the agent as a service (`service`).
 
 pub mod perms;
 pub mod registry;
 pub mod sdnotify;
+pub mod service;
 
 use super::HostFacts;
 
@@ -12,6 +13,49 @@ use super::HostFacts;
 const CURRENT_VERSION: &str = r"SOFTWARE\Microsoft\Windows NT\CurrentVersion";
 /// The computer name as it is now (a rename waits for a restart to show here).
 const COMPUTER_NAME: &str = r"SYSTEM\CurrentControlSet\Control\ComputerName\ActiveComputerName";
+
+/// Where Windows keeps machine-wide program data (`C:\ProgramData`), read from the profile
+/// list rather than the environment: a service's `%ProgramData%` is not always the machine's
+/// (under Wine a service gets `C:\users\Public`). None if neither says.
+pub fn program_data() -> Option<std::path::PathBuf> {
+    let listed = registry::read_string(
+        windows_registry::LOCAL_MACHINE,
+        r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList",
+        "ProgramData",
+    )
+    .ok()
+    .flatten()
+    .map(|v| expand_env(&v, |name| std::env::var(name).ok()));
+    listed
+        .or_else(|| std::env::var("ProgramData").ok())
+        .filter(|d| !d.trim().is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// Expands `%NAME%` references as `REG_EXPAND_SZ` values hold them; `%SystemDrive%` is `C:`
+/// when the environment does not say. An unknown name is left as written.
+pub fn expand_env(value: &str, var: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find('%') {
+        let Some(len) = rest[start + 1..].find('%') else {
+            break;
+        };
+        let name = &rest[start + 1..start + 1 + len];
+        out.push_str(&rest[..start]);
+        let found = var(name).or_else(|| {
+            name.eq_ignore_ascii_case("SystemDrive")
+                .then(|| "C:".to_string())
+        });
+        match found {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&rest[start..start + len + 2]),
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
 
 /// Computer name and a human-readable OS name, e.g. `Windows 10 Pro 22H2 (build 19045)`.
 pub fn host_facts() -> HostFacts {
@@ -83,6 +127,25 @@ mod tests {
         );
         assert_eq!(os_name(Some("Windows 7"), None, Some(" ")), "Windows 7");
         assert_eq!(os_name(None, None, None), "Windows");
+    }
+
+    #[test]
+    fn expand_env_replaces_known_names_and_keeps_the_rest() {
+        let var = |n: &str| (n == "WINDIR").then(|| r"C:\Windows".to_string());
+        assert_eq!(
+            expand_env(r"%SystemDrive%\ProgramData", var),
+            r"C:\ProgramData"
+        );
+        assert_eq!(expand_env(r"%WINDIR%\x", var), r"C:\Windows\x");
+        assert_eq!(expand_env(r"%NOPE%\x", var), r"%NOPE%\x");
+        assert_eq!(expand_env("50% off", var), "50% off");
+    }
+
+    /// The machine's ProgramData, as the profile list names it.
+    #[test]
+    fn program_data_is_the_machine_folder() {
+        let d = program_data().expect("ProgramData");
+        assert!(d.is_absolute() && d.ends_with("ProgramData"), "{d:?}");
     }
 
     /// Against this machine's (or Wine's) own registry.
