@@ -355,7 +355,7 @@ fn uninstall_check(state: &StateDir, code: Option<&str>, action: &str) -> anyhow
                 "caretaker-agent: refused ({reason}). Removing the agent needs this laptop's uninstall code.\n\
                  The network manager or a technician finds it on the dashboard (this device's page, \"Uninstall code\")\n\
                  or on the collector with: caretaker-collector device uninstall-code {device}\n\
-                 Then: sudo CARETAKER_UNINSTALL_CODE=XXXX-XXXX-XXXX apt remove caretaker-agent\n\
+                 Then: {REMOVE_WITH_CODE}\n\
                  This attempt has been reported to the collector."
             );
             std::process::exit(2);
@@ -363,6 +363,13 @@ fn uninstall_check(state: &StateDir, code: Option<&str>, action: &str) -> anyhow
     }
     Ok(())
 }
+
+/// How a technician removes the agent with its code, as this OS's package does it.
+#[cfg(not(windows))]
+const REMOVE_WITH_CODE: &str = "sudo CARETAKER_UNINSTALL_CODE=XXXX-XXXX-XXXX apt remove caretaker-agent";
+#[cfg(windows)]
+const REMOVE_WITH_CODE: &str =
+    "msiexec /x caretaker-agent.msi UNINSTALLCODE=XXXX-XXXX-XXXX";
 
 fn status(state: &StateDir, json: bool) -> anyhow::Result<()> {
     let Some(enrollment) = state.load_enrollment()? else {
