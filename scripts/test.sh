@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: installs the system packages the tests use, builds once, then runs the whole workspace's tests.
+# Runs every test: installs the system packages the tests use, builds once (Linux and Windows), then runs the whole workspace's tests.
 # The end-to-end tests start real collector and agent processes, real clamd, real dpkg, Xvfb and D-Bus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,11 @@ if [ "$avail_kib" -lt $((6 * 1024 * 1024)) ]; then
 fi
 # Build every binary first: the end-to-end tests run the real caretaker-agent and caretaker-collector.
 cargo build --workspace --bins --locked
+# The Windows agent and its MSI (tests/windows_wine.rs runs them under Wine), then its unit
+# tests under Wine: Debian's Rust with build-std and mingw, all under target/windows.
+scripts/windows.sh build
+scripts/windows.sh msi
+scripts/windows.sh test
 # One private PostgreSQL for the whole run (the PostgreSQL store's tests make a database each in
 # it): on a socket in a temporary directory, stopped and removed however the run ends.
 pg_dir=$(mktemp -d -t caretaker-pg.XXXXXX)

@@ -11,7 +11,7 @@ use crate::probe::screen_lock::ScreenLockConfig;
 use crate::probe::software::SoftwareProbeConfig;
 use crate::probe::usb::UsbProbeConfig;
 use crate::probe::usb::clamd::ClamdAddr;
-use crate::state::DEFAULT_STATE_DIR;
+use crate::state::default_state_dir;
 
 /// Default spool bound: about a month of a busy laptop's events.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 100 * 1024 * 1024;
@@ -240,7 +240,7 @@ impl Config {
         Ok(Self {
             state_dir: state_dir
                 .or(raw.state_dir)
-                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+                .unwrap_or_else(default_state_dir),
             collector: raw.collector,
             heartbeat_interval,
             spool_max_bytes: raw.spool_max_bytes,
@@ -315,7 +315,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(300));
         assert_eq!(c.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
-        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.state_dir, default_state_dir());
         assert_eq!(c.facts, Some(FactsProbeConfig::default()));
         assert_eq!(c.facts.unwrap().interval, Duration::from_secs(15 * 60));
     }

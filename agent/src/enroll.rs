@@ -28,6 +28,45 @@ pub enum EnrollError {
     Refused(String),
     #[error("enrolment failed: {0}")]
     Other(String),
+    #[error(transparent)]
+    Bundle(#[from] caretaker_proto::bundle::BundleError),
+    #[error("cannot read the enrolment bundle {path}: {source}")]
+    BundleUnreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "could not reach the collector at {addresses}: {errors}; check this laptop's network, or that the addresses in the bundle are right"
+    )]
+    Unreachable { addresses: String, errors: String },
+}
+
+/// Enrols with a bundle (`caretaker-collector bundle create`), trying its collectors in order
+/// until one answers; the first that answers decides. Expiry is checked here, not by a laptop
+/// already enrolled (the caller's `--if-not-enrolled`).
+pub async fn enroll_with_bundle(
+    state: &StateDir,
+    path: &std::path::Path,
+) -> Result<Enrollment, EnrollError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| EnrollError::BundleUnreadable {
+        path: shown.clone(),
+        source,
+    })?;
+    let bundle = caretaker_proto::bundle::Bundle::parse(&shown, &bytes)?;
+    bundle.check_usable(&shown, Utc::now())?;
+    let mut errors = Vec::new();
+    for addr in &bundle.collectors {
+        match enroll(state, addr, &bundle.token, &bundle.ca_fingerprint).await {
+            Err(EnrollError::Connect(e)) => errors.push(format!("{addr}: {e}")),
+            done => return done,
+        }
+    }
+    Err(EnrollError::Unreachable {
+        addresses: bundle.collectors.join(", "),
+        errors: errors.join("; "),
+    })
 }
 
 /// The device id the collector assigned.

@@ -102,7 +102,13 @@ mod tests {
     use crate::spool::Spool;
 
     /// Literals that look like kinds (a kind's domain, a dot, a word) but are file names.
-    const NOT_KINDS: &[&str] = &["agent.lock", "device.pem", "device.key"];
+    const NOT_KINDS: &[&str] = &[
+        "agent.lock",
+        "agent.toml",
+        "agent.log",
+        "device.pem",
+        "device.key",
+    ];
 
     fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {

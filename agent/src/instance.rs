@@ -8,7 +8,6 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The lock file's name inside the state folder.
@@ -42,13 +41,10 @@ pub fn lock(state_dir: &Path) -> Result<InstanceLock, InstanceError> {
         source,
     };
     // Not truncated on open: that would wipe the holder's pid before we know we hold it.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    crate::os::perms::with_mode(&mut opts, 0o644);
+    let mut file = crate::os::perms::no_follow(&mut opts)
         .open(&path)
         .map_err(io)?;
     match file.try_lock() {

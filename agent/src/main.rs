@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use caretaker_agent::config::Config;
-use caretaker_agent::state::{DEFAULT_STATE_DIR, StateDir};
+use caretaker_agent::state::{StateDir, default_config_file, default_state_dir};
 use caretaker_agent::status::Status;
 use caretaker_agent::{enroll, os, runtime};
 use clap::{Parser, Subcommand};
@@ -23,31 +23,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enrol this machine with the school's collector.
+    /// Enrol this machine with the school's collector: with `--bundle FILE`, or with
+    /// `--collector`, `--token` and `--ca-fingerprint`.
     Enroll {
         /// The collector's gRPC address, HOST:PORT.
-        #[arg(long)]
-        collector: String,
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        collector: Option<String>,
         /// The enrolment token; from the environment it stays out of the process list.
-        #[arg(long, env = "CARETAKER_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
+        #[arg(
+            long,
+            env = "CARETAKER_ENROLL_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "bundle"
+        )]
+        token: Option<String>,
         /// The CA fingerprint printed by `caretaker-collector token create` (sha256:...).
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        ca_fingerprint: Option<String>,
+        /// An enrolment bundle (`caretaker-collector bundle create`): its collectors are tried
+        /// in order. The MSI passes its BUNDLE property here.
         #[arg(long)]
-        ca_fingerprint: String,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        bundle: Option<PathBuf>,
+        /// Succeed without doing anything when this machine is already enrolled (a reinstall
+        /// or an upgrade keeps its enrolment).
+        #[arg(long)]
+        if_not_enrolled: bool,
+        #[arg(long, default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
     },
     /// Run the agent (as a service).
     Run {
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// TOML configuration file.
+        /// TOML configuration file (on Windows `%ProgramData%\Caretaker\agent.toml` when
+        /// present and none is named).
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The Windows service: install (with restart on failure), start, stop, uninstall, and
+    /// `run`, which Windows' Service Control Manager calls.
+    #[cfg(windows)]
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Show enrolment, connection, spool depth and policy version.
     Status {
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        #[arg(long, default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
         /// Print the status as JSON.
         #[arg(long)]
@@ -55,6 +75,7 @@ enum Command {
     },
     /// Print every kernel uevent this machine receives, one datagram per line in hex, as the
     /// USB probe receives them (a diagnostic; the USB probe's test data is recorded with it).
+    #[cfg(target_os = "linux")]
     #[command(hide = true)]
     RecordUevents,
     /// Check this laptop's uninstall code before the agent is removed (the package's prerm
@@ -77,10 +98,36 @@ enum Command {
     },
 }
 
+#[cfg(windows)]
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Install the CaretakerAgent service (automatic start, LocalSystem, restarted on failure).
+    Install,
+    /// Stop and remove the service (state and configuration stay).
+    Uninstall,
+    Start,
+    Stop,
+    /// Run as the service: only Windows' Service Control Manager starts this.
+    Run {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    #[cfg(windows)]
+    if matches!(cli.command, Command::Service(ServiceCommand::Run { .. })) {
+        caretaker_proto::host::init_logging_to(&[], service_log());
+    } else {
+        caretaker_proto::host::init_logging(&[]);
+    }
+    #[cfg(not(windows))]
     caretaker_proto::host::init_logging(&[]);
-    let code = match run(Cli::parse()).await {
+    let code = match run(cli).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("caretaker-agent: {e:#}");
@@ -99,15 +146,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             collector,
             token,
             ca_fingerprint,
+            bundle,
+            if_not_enrolled,
             state_dir,
         } => {
-            let e = enroll::enroll(
-                &StateDir::new(&state_dir),
-                &collector,
-                &token,
-                &ca_fingerprint,
-            )
-            .await?;
+            let state = StateDir::new(&state_dir);
+            if if_not_enrolled && let Some(e) = state.load_enrollment()? {
+                println!(
+                    "Already enrolled as device {} with the collector at {}",
+                    e.device_id, e.collector
+                );
+                return Ok(());
+            }
+            let e = match (bundle, collector, token, ca_fingerprint) {
+                (Some(bundle), ..) => enroll::enroll_with_bundle(&state, &bundle).await?,
+                (None, Some(collector), Some(token), Some(fingerprint)) => {
+                    enroll::enroll(&state, &collector, &token, &fingerprint).await?
+                }
+                _ => anyhow::bail!(
+                    "give --bundle FILE, or --collector, --token and --ca-fingerprint"
+                ),
+            };
             println!(
                 "Enrolled as device {} with the collector at {}",
                 e.device_id, e.collector
@@ -119,21 +178,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { state_dir, config } => {
+            let config = config.or_else(default_config_file);
             let config = Config::load(config.as_deref(), state_dir)?;
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
             tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+                stop_requested().await;
                 s.cancel();
             });
             Ok(runtime::run(config, shutdown).await?)
         }
+        #[cfg(windows)]
+        Command::Service(command) => service(command).await,
         Command::Status { state_dir, json } => status(&StateDir::new(state_dir), json),
+        #[cfg(target_os = "linux")]
         Command::RecordUevents => record_uevents().await,
         Command::UninstallCheck {
             code,
@@ -146,10 +204,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 match configured {
                     Some(Ok(c)) => c.state_dir,
                     Some(Err(e)) => {
-                        eprintln!("caretaker-agent: {e}; using {DEFAULT_STATE_DIR}");
-                        DEFAULT_STATE_DIR.into()
+                        let dir = default_state_dir();
+                        eprintln!("caretaker-agent: {e}; using {}", dir.display());
+                        dir
                     }
-                    None => DEFAULT_STATE_DIR.into(),
+                    None => default_state_dir(),
                 }
             });
             uninstall_check(&StateDir::new(state_dir), code.as_deref(), &action)
@@ -157,8 +216,76 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The service's log, `agent.log` in the default state folder (`%ProgramData%\Caretaker`),
+/// appended to; one earlier generation is kept once it passes 10 MiB. None if it cannot be opened
+/// (the service then runs unlogged rather than not at all).
+#[cfg(windows)]
+fn service_log() -> Option<std::fs::File> {
+    let dir = default_state_dir();
+    std::fs::create_dir_all(&dir).ok()?;
+    let path = dir.join("agent.log");
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > 10 << 20) {
+        let _ = std::fs::rename(&path, dir.join("agent.log.1"));
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()
+}
+
+#[cfg(windows)]
+async fn service(command: ServiceCommand) -> anyhow::Result<()> {
+    use os::windows::service;
+    match command {
+        ServiceCommand::Install => {
+            service::install()?;
+            println!(
+                "Installed the {} service; start it with `caretaker-agent service start`",
+                service::SERVICE_NAME
+            );
+        }
+        ServiceCommand::Uninstall => {
+            service::uninstall()?;
+            println!("Removed the {} service", service::SERVICE_NAME);
+        }
+        ServiceCommand::Start => service::start()?,
+        ServiceCommand::Stop => service::stop()?,
+        ServiceCommand::Run { state_dir, config } => {
+            let config = config.or_else(default_config_file);
+            let config = Config::load(config.as_deref(), state_dir)?;
+            let handle = tokio::runtime::Handle::current();
+            let body: service::Body = Box::new(move |stop| {
+                handle
+                    .block_on(runtime::run(config, stop))
+                    .map_err(|e| e.to_string())
+            });
+            tokio::task::spawn_blocking(move || service::run(body)).await??;
+        }
+    }
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (systemd's stop) where there is one.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// Prints `uevent <hex>` for each kernel uevent until killed, after a `recording uevents` line
 /// that says the socket is bound (so a recorder knows when to start plugging).
+#[cfg(target_os = "linux")]
 async fn record_uevents() -> anyhow::Result<()> {
     use std::io::Write;
     let socket = os::linux::uevent::UeventSocket::open().context("open the uevent socket")?;
@@ -228,7 +355,7 @@ fn uninstall_check(state: &StateDir, code: Option<&str>, action: &str) -> anyhow
                 "caretaker-agent: refused ({reason}). Removing the agent needs this laptop's uninstall code.\n\
                  The network manager or a technician finds it on the dashboard (this device's page, \"Uninstall code\")\n\
                  or on the collector with: caretaker-collector device uninstall-code {device}\n\
-                 Then: sudo CARETAKER_UNINSTALL_CODE=XXXX-XXXX-XXXX apt remove caretaker-agent\n\
+                 Then: {REMOVE_WITH_CODE}\n\
                  This attempt has been reported to the collector."
             );
             std::process::exit(2);
@@ -236,6 +363,13 @@ fn uninstall_check(state: &StateDir, code: Option<&str>, action: &str) -> anyhow
     }
     Ok(())
 }
+
+/// How a technician removes the agent with its code, as this OS's package does it.
+#[cfg(not(windows))]
+const REMOVE_WITH_CODE: &str = "sudo CARETAKER_UNINSTALL_CODE=XXXX-XXXX-XXXX apt remove caretaker-agent";
+#[cfg(windows)]
+const REMOVE_WITH_CODE: &str =
+    "msiexec /x caretaker-agent.msi UNINSTALLCODE=XXXX-XXXX-XXXX";
 
 fn status(state: &StateDir, json: bool) -> anyhow::Result<()> {
     let Some(enrollment) = state.load_enrollment()? else {

@@ -2,12 +2,38 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(not(windows))]
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/caretaker-agent";
+/// Used only when `%ProgramData%` is unset (`default_state_dir` reads it).
+#[cfg(windows)]
+pub const DEFAULT_STATE_DIR: &str = r"C:\ProgramData\Caretaker";
+
+/// Where state lives unless the config or `--state-dir` says otherwise: on Windows under
+/// `%ProgramData%\Caretaker` (not always on `C:`), elsewhere [`DEFAULT_STATE_DIR`].
+pub fn default_state_dir() -> PathBuf {
+    #[cfg(windows)]
+    if let Some(data) = crate::os::windows::program_data() {
+        return data.join("Caretaker");
+    }
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+/// The config file `run` reads when none is named: on Windows `agent.toml` in the state folder
+/// if it exists (the installer puts it there); elsewhere none (the package names its own).
+pub fn default_config_file() -> Option<PathBuf> {
+    #[cfg(windows)]
+    {
+        let path = default_state_dir().join("agent.toml");
+        if path.is_file() {
+            return Some(path);
+        }
+    }
+    None
+}
 
 /// What enrolment recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,10 +96,7 @@ impl StateDir {
 
     /// Creates the directory, readable only by the agent's user.
     pub fn create(&self) -> std::io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)
+        crate::os::perms::create_private_dir(&self.root)
     }
 
     /// The enrolment record; `None` before enrolment.
@@ -109,12 +132,11 @@ pub enum StateError {
 /// Replaces `path` atomically (write, fsync, rename), with the given mode.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
+    let mut f = crate::os::perms::with_mode(
+        OpenOptions::new().write(true).create(true).truncate(true),
+        mode,
+    )
+    .open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
     fs::rename(&tmp, path)

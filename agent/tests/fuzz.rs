@@ -8,6 +8,9 @@
 //! a generated well-formed input: never a panic, and where the parser has an inverse, generated
 //! input parses back to what was generated. Inputs are bounded in size so no case can take long.
 //! `PROPTEST_CASES=N` runs longer (see BENCHMARKS.md).
+//!
+//! Linux only: it also fuzzes the Linux OS layer's readers (uevents, .Xauthority).
+#![cfg(target_os = "linux")]
 
 #[path = "../../proto/tests/support/fuzz.rs"]
 mod support;

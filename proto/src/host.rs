@@ -9,6 +9,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// at a terminal (not in journald or a log file). `quiet` names targets that log at `warn`
 /// unless `RUST_LOG` names them (a dependency's chatter at `info`).
 pub fn init_logging(quiet: &[&str]) {
+    init_logging_to(quiet, None);
+}
+
+/// As `init_logging`, but into `file` when one is given (a Windows service has no stderr).
+pub fn init_logging_to(quiet: &[&str], file: Option<std::fs::File>) {
     let mut filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let asked = std::env::var("RUST_LOG").unwrap_or_default();
@@ -19,11 +24,17 @@ pub fn init_logging(quiet: &[&str]) {
             filter = filter.add_directive(d);
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(f) => logs
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .init(),
+        None => logs
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 /// A certificate's pinned identity: `sha256:<hex of its DER>`.

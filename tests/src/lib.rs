@@ -13,6 +13,7 @@ pub mod probe_events;
 pub mod smtp_rig;
 pub mod usb_vm;
 pub mod vm_rig;
+pub mod wine_rig;
 
 mod agent;
 mod api;
@@ -55,7 +56,7 @@ pub fn bin(name: &str) -> PathBuf {
                 p.display()
             )
         });
-    check_fresh(name, &p, built);
+    check_fresh(name, &p, built, "cargo build --workspace --bins");
     p
 }
 
@@ -70,12 +71,15 @@ fn sources_of(name: &str) -> &'static [&'static str] {
         ],
         "caretaker-agent" => &["agent/src", "proto/src", "proto/proto"],
         "caretaker-installer" => &["installer/src", "proto/src"],
+        "caretaker-agent.exe" => &["agent/src", "proto/src", "proto/proto"],
+        "caretaker-agent.msi" => &["installer/windows"],
         _ => &["tests/src", "agent/src", "proto/src"],
     }
 }
 
-/// Panics when a source file of `name` is newer than the binary; checked once per binary.
-fn check_fresh(name: &str, path: &Path, built: std::time::SystemTime) {
+/// Panics when a source file of `name` is newer than the binary, naming the command that
+/// rebuilds it; checked once per binary.
+pub(crate) fn check_fresh(name: &str, path: &Path, built: std::time::SystemTime, rebuild: &str) {
     static CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
     if checked.iter().any(|c| c == name) {
@@ -93,7 +97,7 @@ fn check_fresh(name: &str, path: &Path, built: std::time::SystemTime) {
                 stack.push(e.path());
             } else if meta.modified().is_ok_and(|m| m > built) {
                 panic!(
-                    "{} is older than {}: run `cargo build --workspace --bins` first",
+                    "{} is older than {}: run `{rebuild}` first",
                     path.display(),
                     e.path().display()
                 );

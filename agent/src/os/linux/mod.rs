@@ -1,12 +1,12 @@
 //! Linux facts: hostname, distribution name, process liveness, resource usage.
 
 pub mod dpkg;
-pub mod facts;
 pub mod files;
 pub mod locker;
 pub mod logind;
 pub mod mount;
 pub mod mountwatch;
+pub mod perms;
 pub mod proc;
 pub mod sdnotify;
 pub mod uevent;

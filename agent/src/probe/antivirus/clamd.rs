@@ -13,6 +13,7 @@ pub use super::parse::ScanResult;
 use super::parse::parse_scan_reply;
 
 /// Replies to PING / VERSION are a line; anything longer is not clamd.
+#[cfg(unix)]
 const MAX_SHORT_REPLY: usize = 4096;
 /// Bytes per INSTREAM chunk. clamd's StreamMaxLength (default 25 MB) bounds the whole stream;
 /// small chunks keep our memory flat whatever the file size.

@@ -8,10 +8,17 @@
 //! (XProtect) interpreters are there for those platforms' backends to feed) and the status is
 //! decided in [`decide`]. [`clamd::scan_stream`] is the INSTREAM client other
 //! features (removable media) use; they report findings with [`detection_event`].
+//!
+//! On Windows the probe is `windows.rs`; the ClamAV readers below are Linux's.
+#![cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 
 pub mod clamd;
 pub mod decide;
 pub mod parse;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::run;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventSink, NewEvent};
+#[cfg(target_os = "linux")]
 use crate::os::linux::files;
 use caretaker_proto::policy::{AntivirusPolicy, PolicyDocument};
 use decide::{Assessment, AvStatus};
@@ -60,9 +68,12 @@ impl Default for AntivirusProbeConfig {
 
 /// Daily databases in the order ClamAV prefers them; `.cud` is the unsigned form sigtool builds
 /// (test rigs and private mirrors), which clamd loads like the others.
+#[cfg(target_os = "linux")]
 const DAILY_FILES: [&str; 3] = ["daily.cld", "daily.cvd", "daily.cud"];
+#[cfg(target_os = "linux")]
 const MAIN_FILES: [&str; 3] = ["main.cld", "main.cvd", "main.cud"];
 /// Enough of freshclam's log for its last few runs, however long the log has grown.
+#[cfg(target_os = "linux")]
 const FRESHCLAM_LOG_TAIL: u64 = 64 * 1024;
 
 /// One check's result.
@@ -112,6 +123,7 @@ pub fn detection_event(subject: &str, signatures: &[String], user: Option<String
 }
 
 /// Runs one check of ClamAV now.
+#[cfg(target_os = "linux")]
 pub async fn check(config: &AntivirusProbeConfig, policy: &AntivirusPolicy) -> CheckReport {
     let obs = observe_clamav(config).await;
     let warnings = obs.warnings.clone();
@@ -141,6 +153,7 @@ pub async fn check(config: &AntivirusProbeConfig, policy: &AntivirusPolicy) -> C
 
 /// The probe: checks at start, every `check_interval_secs`, and whenever the policy changes;
 /// emits `antivirus.status` at start and then only when the status changes.
+#[cfg(target_os = "linux")]
 pub async fn run(
     config: AntivirusProbeConfig,
     mut policy: watch::Receiver<Arc<PolicyDocument>>,
@@ -194,6 +207,7 @@ pub async fn run(
 
 /// The policy section to use; an invalid one (the collector should never send it) falls back
 /// to the defaults rather than stopping the probe.
+#[cfg(target_os = "linux")]
 fn effective_policy(doc: &PolicyDocument) -> AntivirusPolicy {
     match doc.antivirus.validate() {
         Ok(()) => doc.antivirus.clone(),
@@ -205,6 +219,7 @@ fn effective_policy(doc: &PolicyDocument) -> AntivirusPolicy {
 }
 
 /// clamd and freshclam print local times without a zone; this machine's zone is theirs.
+#[cfg(target_os = "linux")]
 fn local_to_utc(n: NaiveDateTime) -> Option<DateTime<Utc>> {
     chrono::Local
         .from_local_datetime(&n)
@@ -216,6 +231,7 @@ fn local_to_utc(n: NaiveDateTime) -> Option<DateTime<Utc>> {
 // What the OS shows of ClamAV (the reads themselves are in `os::linux`)
 // ---------------------------------------------------------------------------------------------
 
+#[cfg(target_os = "linux")]
 async fn observe_clamav(config: &AntivirusProbeConfig) -> ClamavObservation {
     let mut obs = ClamavObservation::default();
 
@@ -268,6 +284,7 @@ async fn observe_clamav(config: &AntivirusProbeConfig) -> ClamavObservation {
 }
 
 /// PING, then VERSION. `Ok` means clamd is serving; `Err` says why not, for the reason.
+#[cfg(target_os = "linux")]
 async fn ask_clamd(
     socket: &Path,
     timeout: Duration,
@@ -301,7 +318,7 @@ async fn ask_clamd(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

@@ -10,6 +10,10 @@
 pub mod decide;
 #[cfg(target_os = "linux")]
 pub mod linux;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::run;
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -11,6 +11,8 @@ pub enum Source {
     Snap,
     Flatpak,
     AppImage,
+    /// Windows' Uninstall registry entries (what "Apps & features" lists).
+    Windows,
 }
 
 impl Source {
@@ -20,12 +22,14 @@ impl Source {
             Source::Snap => "snap",
             Source::Flatpak => "flatpak",
             Source::AppImage => "appimage",
+            Source::Windows => "windows",
         }
     }
 }
 
 /// Identity of one installation: unique within its source (`name:arch` for dpkg,
-/// `system/<id>` or `user/<user>/<id>` for Flatpak, `<user>/<path>` for AppImages).
+/// `system/<id>` or `user/<user>/<id>` for Flatpak, `<user>/<path>` for AppImages,
+/// `<scope>/<key>` or `user/<sid>/<key>` for Windows' Uninstall entries).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SoftwareKey {
     pub source: Source,

@@ -9,18 +9,33 @@
 //! This file is the loop and its state; the inventory and its diff are in `diff.rs`, the events
 //! in `events.rs`, where a notification leads and when a burst has settled in `debounce.rs`,
 //! the home-folder walks in `homes.rs`, the pure parsers in `parse/` and the thin readers in
-//! `scan.rs`.
+//! `scan.rs`. On Windows the loop is `windows.rs` (the Uninstall keys), over the same
+//! inventory, diff and events.
+#![cfg_attr(not(target_os = "linux"), allow(unused_imports))]
+#[cfg(target_os = "linux")]
 mod debounce;
 mod diff;
 mod events;
+#[cfg(target_os = "linux")]
 mod homes;
 pub mod parse;
+#[cfg(target_os = "linux")]
 mod scan;
+#[cfg(any(windows, test))]
+mod uninstall;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::run;
 
+#[cfg(target_os = "linux")]
 pub use debounce::Debounce;
+#[cfg(target_os = "linux")]
 use debounce::{Route, route};
 pub use diff::{Change, Inventory, SoftwareItem, SoftwareKey, Source, replace_source};
-pub use events::{INVENTORY_FIELDS, change_event, executable_event, inventory_details};
+#[cfg(target_os = "linux")]
+pub use events::executable_event;
+pub use events::{INVENTORY_FIELDS, change_event, inventory_details};
 
 use crate::event::{EventSink, NewEvent};
 use caretaker_proto::policy::PolicyDocument;
@@ -28,6 +43,7 @@ use caretaker_proto::policy::SoftwarePolicy;
 use chrono::Utc;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
+#[cfg(target_os = "linux")]
 use scan::{Home, HomeIndex};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -68,6 +84,8 @@ pub struct SoftwareProbeConfig {
     /// Floor under the policy's rescan interval (the policy validator enforces the same
     /// 60 s; tests lower it to exercise the backstop quickly).
     pub min_rescan_interval: Duration,
+    /// Windows: how often the Uninstall keys are re-read (no change notification yet).
+    pub registry_poll: Duration,
 }
 
 impl Default for SoftwareProbeConfig {
@@ -94,11 +112,13 @@ impl Default for SoftwareProbeConfig {
             min_rescan_interval: Duration::from_secs(
                 caretaker_proto::policy::software::MIN_RESCAN_INTERVAL_SECS,
             ),
+            registry_poll: Duration::from_secs(5),
         }
     }
 }
 
 /// Runs the probe until `shutdown`.
+#[cfg(target_os = "linux")]
 pub async fn run(
     config: SoftwareProbeConfig,
     mut policy: watch::Receiver<Arc<PolicyDocument>>,
@@ -195,6 +215,7 @@ pub async fn run(
     }
 }
 
+#[cfg(target_os = "linux")]
 struct Probe {
     cfg: Arc<SoftwareProbeConfig>,
     sink: EventSink,
@@ -212,6 +233,7 @@ struct Probe {
 }
 
 /// Runs blocking file-system work off the async threads.
+#[cfg(target_os = "linux")]
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => Some(v),
@@ -222,6 +244,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Probe {
     fn rescan_interval(&self) -> Duration {
         Duration::from_secs(self.policy.rescan_interval_secs).max(self.cfg.min_rescan_interval)
@@ -486,5 +509,5 @@ impl Probe {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests;

@@ -65,8 +65,9 @@ struct UninstallEntry {
     values: HashMap<String, RegValue>,
 }
 
+/// A registry value as the interpreter needs it: text, a DWORD, or something else.
 #[derive(Debug, Clone, PartialEq)]
-enum RegValue {
+pub enum RegValue {
     Str(String),
     Dword(u32),
     Other,
@@ -208,6 +209,26 @@ fn read_reg_string(s: &str) -> Option<(String, usize)> {
         }
     }
     None
+}
+
+/// Interprets Uninstall keys read from the live registry: each key's full path as regedit
+/// writes it (`HKEY_LOCAL_MACHINE\SOFTWARE\...\Uninstall\<key>`, `WOW6432Node` for the 32-bit
+/// view, `HKEY_USERS\<sid>\...` per user) and its values, under the same listing rules as the
+/// exports.
+pub fn parse_registry_keys(
+    keys: impl IntoIterator<Item = (String, Vec<(String, RegValue)>)>,
+) -> Parsed<Vec<WindowsProgram>> {
+    let entries = keys
+        .into_iter()
+        .map(|(path, values)| UninstallEntry {
+            path,
+            values: values
+                .into_iter()
+                .map(|(name, v)| (name.to_ascii_lowercase(), v))
+                .collect(),
+        })
+        .collect();
+    programs_from_entries(entries, Vec::new())
 }
 
 /// Parses `Get-ItemProperty ...\Uninstall\* | ConvertTo-Json` output (one object or an array).

@@ -1,6 +1,9 @@
 //! Device facts for the asset record, read raw: sysinfo for OS, CPU, memory, root disk and boot
 //! time; thin reads of sysfs (under a configurable root) for DMI and batteries, which it lacks.
 //!
+//! Shared by Linux and Windows: on Windows there is no sysfs, so DMI and batteries read as
+//! absent (a later slice reads them from the registry and WMI).
+//!
 //! Nothing here interprets: a value that cannot be read is `None`, and the facts probe decides
 //! what counts. Only these files and calls are read: no processes, users or network interfaces.
 
@@ -77,7 +80,7 @@ pub fn read(sys_root: &Path) -> RawFacts {
     let root_disk = disks.ok().and_then(|d| {
         d.iter()
             .rev()
-            .find(|d| d.mount_point() == Path::new("/"))
+            .find(|d| d.mount_point() == system_mount())
             .map(|d| RawDisk {
                 total_bytes: d.total_space(),
                 available_bytes: d.available_space(),
@@ -94,6 +97,17 @@ pub fn read(sys_root: &Path) -> RawFacts {
         root_disk,
         boot_time: System::boot_time().ok(),
         batteries: read_batteries(sys_root),
+    }
+}
+
+/// Where the system's own filesystem is mounted: `/`, or on Windows the system drive's root
+/// (`%SystemDrive%\\`, normally `C:\\`).
+fn system_mount() -> std::path::PathBuf {
+    if cfg!(windows) {
+        let drive = std::env::var("SystemDrive").unwrap_or_else(|_| "C:".into());
+        format!("{drive}\\").into()
+    } else {
+        "/".into()
     }
 }
 
@@ -233,6 +247,7 @@ mod tests {
     }
 
     /// The sysinfo half against this machine: the values other tools print.
+    #[cfg(target_os = "linux")]
     #[test]
     fn reads_this_machine() {
         let f = read(Path::new("/sys"));

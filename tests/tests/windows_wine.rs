@@ -1,0 +1,335 @@
+//! The Windows agent end to end under Wine: the real `caretaker-agent.exe` (built by `scripts/windows.sh build`) against a real collector on loopback.
+//!
+//! Proven here: enrolment from a bundle, the stream and the exactly-once store (`agent.started`
+//! stored), the software probe's Uninstall-key reading (an entry added with `reg import` while
+//! the agent runs becomes `software.installed`, its removal `software.removed`), the service
+//! under Wine's Service Control Manager (install, start, stop, uninstall), and the MSI (install
+//! with `BUNDLE`, enrolment and the service; removal refused without the uninstall code and
+//! reported, then accepted with it). Not here, because Wine has none of it: Defender's WMI
+//! classes, `LockWorkStation` and real input, device notifications (README, "Windows").
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use caretaker_tests::wine_rig::{Wine, agent_msi};
+use caretaker_tests::{Collector, bin, run, wait_for};
+use serde_json::Value;
+
+/// `bundle create` for `uses` laptops, written into the prefix as `C:\school.caretaker`.
+fn bundle_into(collector: &Collector, wine: &Wine, uses: u32) {
+    let out = wine.c_drive().join("school.caretaker");
+    let (ok, stdout, err) = run(Command::new(bin("caretaker-collector"))
+        .args(["bundle", "create", "--data-dir"])
+        .arg(&collector.dir)
+        .args(["--collector", &collector.grpc_addr()])
+        .args(["--uses", &uses.to_string(), "--label", "Wine", "--out"])
+        .arg(&out));
+    assert!(ok, "bundle create: {stdout}{err}");
+}
+
+/// The device id in `Enrolled as device ID with ...`.
+fn enrolled_device(said: &str) -> String {
+    said.split("Enrolled as device ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no enrolment line in: {said}"))
+        .to_string()
+}
+
+/// Waits until the collector has stored an event of `kind` from `device` matching `details`.
+fn wait_event(
+    c: &Collector,
+    device: &str,
+    kind: &str,
+    what: &str,
+    details: impl Fn(&Value) -> bool,
+) -> Value {
+    let api = c.api();
+    wait_for(Duration::from_secs(90), what, || {
+        api.all_events(device)
+            .into_iter()
+            .find(|e| e["kind"] == kind && details(&e["details"]))
+    })
+}
+
+const GAME_KEY: &str =
+    r"HKEY_LOCAL_MACHINE\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall\CaretakerTestGame";
+
+#[test]
+fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_while_it_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let wine = Wine::new();
+    bundle_into(&collector, &wine, 1);
+
+    let state = r"C:\caretaker-state";
+    let (ok, out, err) = wine.agent(&[
+        "enroll",
+        "--bundle",
+        r"C:\school.caretaker",
+        "--state-dir",
+        state,
+    ]);
+    assert!(ok, "enroll under Wine: {out}{err}");
+    let device = enrolled_device(&out);
+    assert!(wine.c_drive().join("caretaker-state/device.key").is_file());
+
+    // A reinstall keeps its enrolment; without --if-not-enrolled a second enrolment is refused.
+    let (ok, out, err) = wine.agent(&[
+        "enroll",
+        "--bundle",
+        r"C:\school.caretaker",
+        "--if-not-enrolled",
+        "--state-dir",
+        state,
+    ]);
+    assert!(
+        ok && out.contains(&format!("Already enrolled as device {device}")),
+        "{out}{err}"
+    );
+    let (ok, _, err) = wine.agent(&[
+        "enroll",
+        "--bundle",
+        r"C:\school.caretaker",
+        "--state-dir",
+        state,
+    ]);
+    assert!(!ok && err.contains("already enrolled"), "{err}");
+
+    let _agent = wine.spawn_agent(&["run", "--state-dir", state]);
+    let started = wait_event(
+        &collector,
+        &device,
+        "agent.started",
+        "agent.started from the .exe",
+        |_| true,
+    );
+    assert!(
+        started["details"]["os"]
+            .as_str()
+            .is_some_and(|o| o.contains("Windows")),
+        "the OS is read from the registry: {started}; log: {}",
+        wine.agent_log()
+    );
+    wait_event(
+        &collector,
+        &device,
+        "software.inventory",
+        "the start-up inventory",
+        |_| true,
+    );
+
+    wine.reg_import(&format!(
+        "[{GAME_KEY}]\r\n\"DisplayName\"=\"Caretaker Test Game\"\r\n\"DisplayVersion\"=\"1.2.3\"\r\n\"Publisher\"=\"Test\"\r\n"
+    ));
+    let installed = wait_event(
+        &collector,
+        &device,
+        "software.installed",
+        "software.installed for the new Uninstall entry",
+        |d| d["name"] == "Caretaker Test Game",
+    );
+    assert_eq!(installed["details"]["version"], "1.2.3", "{installed}");
+    assert_eq!(installed["details"]["source"], "windows", "{installed}");
+
+    wine.reg_import(&format!("[-{GAME_KEY}]\r\n"));
+    wait_event(
+        &collector,
+        &device,
+        "software.removed",
+        "software.removed once the entry is gone",
+        |d| d["name"] == "Caretaker Test Game",
+    );
+}
+
+/// `sc query CaretakerAgent`'s STATE line, or None once the service does not exist.
+fn service_state(wine: &Wine) -> Option<String> {
+    let (_, out, _) = wine.run(&["sc", "query", "CaretakerAgent"]);
+    out.lines()
+        .find(|l| l.trim_start().starts_with("STATE"))
+        .map(|l| l.split_whitespace().last().unwrap_or_default().to_string())
+}
+
+#[test]
+fn the_agent_runs_as_a_service_under_wines_service_control_manager() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let wine = Wine::new();
+    bundle_into(&collector, &wine, 1);
+    // The service keeps its state in ProgramData, found through the profile list (a service's
+    // own %ProgramData% differs under Wine).
+    let (ok, out, err) = wine.agent(&["enroll", "--bundle", r"C:\school.caretaker"]);
+    assert!(ok, "{out}{err}");
+    let device = enrolled_device(&out);
+    assert!(
+        wine.c_drive()
+            .join("ProgramData/Caretaker/enrollment.json")
+            .is_file()
+    );
+
+    let (ok, out, err) = wine.agent(&["service", "install"]);
+    assert!(
+        ok && out.contains("Installed the CaretakerAgent service"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = wine.run(&["sc", "qc", "CaretakerAgent"]);
+    assert!(
+        ok && out.contains("AUTO_START") && out.contains("service run"),
+        "{out}"
+    );
+    let (ok, out, err) = wine.agent(&["service", "start"]);
+    // Wine may already have started an automatic service when the last command booted it.
+    assert!(ok || err.contains("already running"), "{out}{err}");
+    wait_event(
+        &collector,
+        &device,
+        "agent.started",
+        "agent.started from the service",
+        |_| true,
+    );
+    assert_eq!(service_state(&wine).as_deref(), Some("RUNNING"));
+    let log = wine.c_drive().join("ProgramData/Caretaker/agent.log");
+    assert!(
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Connected to the collector")),
+        "the service logs to {}",
+        log.display()
+    );
+
+    let (ok, out, err) = wine.agent(&["service", "stop"]);
+    assert!(ok, "{out}{err}");
+    wait_event(
+        &collector,
+        &device,
+        "agent.stopping",
+        "agent.stopping when the service stops",
+        |d| d["reason"] == "service stopped",
+    );
+    let (ok, out, err) = wine.agent(&["service", "uninstall"]);
+    assert!(
+        ok && out.contains("Removed the CaretakerAgent service"),
+        "{out}{err}"
+    );
+    assert_eq!(service_state(&wine), None, "the service is gone");
+}
+
+/// `msiinfo export MSI TABLE` as text.
+fn msi_table(msi: &Path, table: &str) -> String {
+    let (ok, out, err) = run(Command::new("msiinfo").arg("export").arg(msi).arg(table));
+    assert!(ok, "msiinfo export {table}: {err}");
+    out
+}
+
+#[test]
+fn the_msi_installs_enrols_and_starts_the_service_and_is_removed_only_with_the_uninstall_code() {
+    let msi = agent_msi();
+    // What a technician's deployment tool reads: the service, the file, the properties.
+    let services = msi_table(&msi, "ServiceInstall");
+    assert!(
+        services.contains("CaretakerAgent") && services.contains("service run"),
+        "{services}"
+    );
+    assert!(msi_table(&msi, "File").contains("caretaker-agent.exe"));
+    let props = msi_table(&msi, "Property");
+    assert!(
+        props
+            .lines()
+            .any(|l| l.starts_with("SecureCustomProperties")
+                && l.contains("BUNDLE")
+                && l.contains("UNINSTALLCODE")),
+        "a managed install passes BUNDLE and UNINSTALLCODE on: {props}"
+    );
+    let actions = msi_table(&msi, "CustomAction");
+    assert!(
+        actions.contains("enroll --bundle \"[BUNDLE]\" --if-not-enrolled"),
+        "{actions}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let wine = Wine::new();
+    bundle_into(&collector, &wine, 1);
+    std::fs::copy(&msi, wine.c_drive().join("agent.msi")).unwrap();
+    let (ok, out, err) = wine.run(&[
+        "msiexec",
+        "/i",
+        r"C:\agent.msi",
+        r"BUNDLE=C:\school.caretaker",
+        "/qn",
+    ]);
+    assert!(ok, "msiexec /i: {out}{err}");
+    assert!(
+        wine.c_drive()
+            .join("Program Files/Caretaker/caretaker-agent.exe")
+            .is_file()
+    );
+    let enrolment: Value = serde_json::from_slice(
+        &std::fs::read(wine.c_drive().join("ProgramData/Caretaker/enrollment.json"))
+            .expect("the MSI enrolled the laptop"),
+    )
+    .unwrap();
+    let device = enrolment["device_id"].as_str().unwrap().to_string();
+    wait_event(
+        &collector,
+        &device,
+        "agent.started",
+        "agent.started from the installed service",
+        |_| true,
+    );
+
+    // Removal without the right code fails, leaves the agent, and is reported.
+    let (ok, _, _) = wine.run(&[
+        "msiexec",
+        "/x",
+        r"C:\agent.msi",
+        "UNINSTALLCODE=AAAA-BBBB-CCCC",
+        "/qn",
+    ]);
+    assert!(!ok, "a wrong code must fail the removal");
+    assert!(
+        wine.c_drive()
+            .join("Program Files/Caretaker/caretaker-agent.exe")
+            .is_file()
+    );
+    wait_event(
+        &collector,
+        &device,
+        "agent.uninstall_refused",
+        "the refused removal reported",
+        |d| d["action"] == "MSI removal" && d["reason"] == "wrong code",
+    );
+
+    let (ok, out, err) = run(Command::new(bin("caretaker-collector"))
+        .args(["device", "uninstall-code", "--data-dir"])
+        .arg(&collector.dir)
+        .arg(&device));
+    assert!(ok, "{out}{err}");
+    let code = out
+        .split("CARETAKER_UNINSTALL_CODE=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no code in: {out}"))
+        .to_string();
+    let (ok, out, err) = wine.run(&[
+        "msiexec",
+        "/x",
+        r"C:\agent.msi",
+        &format!("UNINSTALLCODE={code}"),
+        "/qn",
+    ]);
+    assert!(ok, "msiexec /x with the code: {out}{err}");
+    assert!(
+        !wine
+            .c_drive()
+            .join("Program Files/Caretaker/caretaker-agent.exe")
+            .exists()
+    );
+    wait_event(
+        &collector,
+        &device,
+        "agent.uninstalled",
+        "agent.uninstalled after the removal",
+        |d| d["code_verified"] == true,
+    );
+    assert_eq!(service_state(&wine), None, "the service went with the MSI");
+}
