@@ -173,11 +173,27 @@ fn the_agent_runs_as_a_service_under_wines_service_control_manager() {
         ok && out.contains("Installed the CaretakerAgent service"),
         "{out}{err}"
     );
-    let (ok, out, _) = wine.run(&["sc", "qc", "CaretakerAgent"]);
+    // The SCM's own record of it (Wine's `sc qc` prints nothing): automatic start, `service run`.
+    let (ok, out, err) = wine.run(&[
+        "reg",
+        "query",
+        r"HKLM\SYSTEM\CurrentControlSet\Services\CaretakerAgent",
+    ]);
+    assert!(ok, "{out}{err}");
+    let value = |name: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in: {out}"))
+            .to_string()
+    };
+    // Quoted by windows-service where the path has a space (an unquoted path with spaces
+    // would let C:\Program.exe run as the service).
+    let image = value("ImagePath");
     assert!(
-        ok && out.contains("AUTO_START") && out.contains("service run"),
+        image.contains("caretaker-agent.exe") && image.ends_with("caretaker-agent.exe service run"),
         "{out}"
     );
+    assert!(value("Start").ends_with("0x2"), "automatic start: {out}");
     let (ok, out, err) = wine.agent(&["service", "start"]);
     // Wine may already have started an automatic service when the last command booted it.
     assert!(ok || err.contains("already running"), "{out}{err}");
@@ -304,12 +320,7 @@ fn the_msi_installs_enrols_and_starts_the_service_and_is_removed_only_with_the_u
         .arg(&collector.dir)
         .arg(&device));
     assert!(ok, "{out}{err}");
-    let code = out
-        .split("CARETAKER_UNINSTALL_CODE=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no code in: {out}"))
-        .to_string();
+    let code = out.trim().to_string();
     let (ok, out, err) = wine.run(&[
         "msiexec",
         "/x",
