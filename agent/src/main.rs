@@ -366,10 +366,10 @@ fn uninstall_check(state: &StateDir, code: Option<&str>, action: &str) -> anyhow
 
 /// How a technician removes the agent with its code, as this OS's package does it.
 #[cfg(not(windows))]
-const REMOVE_WITH_CODE: &str = "sudo CARETAKER_UNINSTALL_CODE=XXXX-XXXX-XXXX apt remove caretaker-agent";
-#[cfg(windows)]
 const REMOVE_WITH_CODE: &str =
-    "msiexec /x caretaker-agent.msi UNINSTALLCODE=XXXX-XXXX-XXXX";
+    "sudo CARETAKER_UNINSTALL_CODE=XXXX-XXXX-XXXX apt remove caretaker-agent";
+#[cfg(windows)]
+const REMOVE_WITH_CODE: &str = "msiexec /x caretaker-agent.msi UNINSTALLCODE=XXXX-XXXX-XXXX";
 
 fn status(state: &StateDir, json: bool) -> anyhow::Result<()> {
     let Some(enrollment) = state.load_enrollment()? else {

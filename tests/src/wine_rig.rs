@@ -63,7 +63,7 @@ pub struct Wine {
 
 impl Wine {
     /// Makes a fresh prefix (about 10 s: `wineboot`).
-    pub fn new() -> Self {
+    pub fn fresh() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let w = Wine { dir };
         let out = Command::new(root().join("scripts/windows.sh"))

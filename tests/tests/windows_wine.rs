@@ -60,7 +60,7 @@ const GAME_KEY: &str =
 fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_while_it_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Collector::start(&tmp.path().join("collector"));
-    let wine = Wine::new();
+    let wine = Wine::fresh();
     bundle_into(&collector, &wine, 1);
 
     let state = r"C:\caretaker-state";
@@ -155,7 +155,7 @@ fn service_state(wine: &Wine) -> Option<String> {
 fn the_agent_runs_as_a_service_under_wines_service_control_manager() {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Collector::start(&tmp.path().join("collector"));
-    let wine = Wine::new();
+    let wine = Wine::fresh();
     bundle_into(&collector, &wine, 1);
     // The service keeps its state in ProgramData, found through the profile list (a service's
     // own %ProgramData% differs under Wine).
@@ -263,7 +263,7 @@ fn the_msi_installs_enrols_and_starts_the_service_and_is_removed_only_with_the_u
 
     let tmp = tempfile::tempdir().unwrap();
     let collector = Collector::start(&tmp.path().join("collector"));
-    let wine = Wine::new();
+    let wine = Wine::fresh();
     bundle_into(&collector, &wine, 1);
     std::fs::copy(&msi, wine.c_drive().join("agent.msi")).unwrap();
     let (ok, out, err) = wine.run(&[

@@ -99,9 +99,7 @@ pub fn uninstall() -> Result<(), ServiceError> {
 /// Starts the installed service.
 pub fn start() -> Result<(), ServiceError> {
     let service = open(ServiceAccess::START)?;
-    service
-        .start::<&str>(&[])
-        .map_err(win("start the service"))
+    service.start::<&str>(&[]).map_err(win("start the service"))
 }
 
 /// Stops the service and waits (up to 30 s) until it has.
@@ -123,8 +121,9 @@ pub fn state() -> Result<ServiceState, ServiceError> {
 /// once the service has stopped; an error if this process was not started by the SCM.
 pub fn run(body: Body) -> Result<(), ServiceError> {
     *BODY.lock().expect("service body lock") = Some(body);
-    service_dispatcher::start(SERVICE_NAME, service_main)
-        .map_err(win("connect to the Service Control Manager (is this run by it?)"))?;
+    service_dispatcher::start(SERVICE_NAME, service_main).map_err(win(
+        "connect to the Service Control Manager (is this run by it?)",
+    ))?;
     match OUTCOME.lock().expect("service outcome lock").take() {
         Some(Err(e)) => Err(ServiceError::Agent(e)),
         _ => Ok(()),
@@ -225,8 +224,9 @@ fn set_recovery(service: &windows_service::service::Service) -> Result<(), Servi
 }
 
 fn manager(access: ServiceManagerAccess) -> Result<ServiceManager, ServiceError> {
-    ServiceManager::local_computer(None::<&str>, access)
-        .map_err(win("open the Service Control Manager (run as an administrator)"))
+    ServiceManager::local_computer(None::<&str>, access).map_err(win(
+        "open the Service Control Manager (run as an administrator)",
+    ))
 }
 
 fn open(access: ServiceAccess) -> Result<windows_service::service::Service, ServiceError> {
