@@ -4,7 +4,7 @@
 #   scripts/windows.sh build [--release]   caretaker-agent.exe in target/windows/x86_64-pc-windows-gnu/{debug,release}/
 #   scripts/windows.sh check               type-checks the agent and its tests for Windows
 #   scripts/windows.sh test [ARGS...]      the agent's unit tests, run under Wine
-#   scripts/windows.sh msi [--release]     the MSI (installer/windows/caretaker-agent.wxs) around that build's .exe
+#   scripts/windows.sh msi [--release]     the MSI (installer/windows/caretaker-agent.wxs) around that build's .exe, stripped
 #   scripts/windows.sh prefix              makes (once) the Wine prefix the tests use and prints its path
 #   scripts/windows.sh wine ARGS...        runs Wine (64-bit) in that prefix
 #
@@ -77,8 +77,12 @@ case "$cmd" in
         [ -f "$dir/caretaker-agent.exe" ] || { echo "windows.sh: $dir/caretaker-agent.exe is missing: run scripts/windows.sh build ${1:-}" >&2; exit 1; }
         version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
         msi="$dir/caretaker-agent-$version.msi"
-        # wixl reads sources relative to the working folder only.
-        (cd "$dir" && wixl -a x64 -D Version="$version" -D AgentExe=caretaker-agent.exe \
+        # The MSI ships the .exe stripped (symbols and line tables are most of its size), as the
+        # .deb does; wixl reads sources relative to the working folder only.
+        stage="$dir/msi-stage"
+        rm -rf "$stage" && mkdir -p "$stage"
+        x86_64-w64-mingw32-strip -o "$stage/caretaker-agent.exe" "$dir/caretaker-agent.exe"
+        (cd "$stage" && wixl -a x64 -D Version="$version" -D AgentExe=caretaker-agent.exe \
             -o "$msi.tmp" "$root/installer/windows/caretaker-agent.wxs" 2> >(grep -v "GLib-GObject-WARNING\|^$" >&2))
         # wixl ignores `Secure`: a managed install passes only the properties listed here.
         msibuild "$msi.tmp" -q "UPDATE Property SET Value='BUNDLE;UNINSTALLCODE;WIX_DOWNGRADE_DETECTED;WIX_UPGRADE_DETECTED' WHERE Property='SecureCustomProperties'"

@@ -25,7 +25,9 @@ pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
         .args(private_acl_args(path))
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {}: {e}", icacls.display())))?;
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot run {}: {e}", icacls.display()))
+        })?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
             "icacls could not make {} private to SYSTEM and Administrators: {}",

@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use super::clamd::ClamdAddr;
+use super::inputs::UsbProbeInputs;
 use super::scan;
 
 /// Everything the probe touches, overridable for tests.
@@ -57,25 +56,6 @@ impl Default for UsbProbeConfig {
             scan_stall_after: Duration::from_secs(5 * 60),
             scanner: scan::Scanner::default(),
             inputs: UsbProbeInputs::default(),
-        }
-    }
-}
-
-/// Live inputs from elsewhere in the agent.
-#[derive(Debug, Clone)]
-pub struct UsbProbeInputs {
-    /// The user logged in at the console, if known.
-    pub user: watch::Receiver<Option<String>>,
-    /// None when the antivirus is current; Some(reason) when not (flagged on every insert).
-    pub antivirus_problem: watch::Receiver<Option<String>>,
-}
-
-impl Default for UsbProbeInputs {
-    /// Nobody known to be logged in, antivirus assumed current (fixed values).
-    fn default() -> Self {
-        Self {
-            user: watch::channel(None).1,
-            antivirus_problem: watch::channel(None).1,
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod clamd;
 mod config;
 pub mod decide;
 mod devices;
+mod inputs;
 mod media;
 pub mod parse;
 pub mod scan;
@@ -56,8 +57,9 @@ use crate::event::{EventSink, NewEvent};
 use crate::os::linux::usb_sysfs::{self as sysfs, BlockFacts};
 use caretaker_proto::policy::PolicyDocument;
 use caretaker_proto::policy::removable_media::RemovableMediaPolicy;
-pub use config::{UsbProbeConfig, UsbProbeInputs};
+pub use config::UsbProbeConfig;
 use decide::{Decision, UsbDeviceFacts};
+pub use inputs::UsbProbeInputs;
 use media::{ScanDone, ScanWatch, blockdev};
 use parse::{MountEntry, Uevent};
 

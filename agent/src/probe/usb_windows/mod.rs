@@ -6,6 +6,9 @@
 
 #[path = "../usb/decide.rs"]
 pub mod decide;
+#[path = "../usb/inputs.rs"]
+mod inputs;
+pub use inputs::UsbProbeInputs;
 
 /// The clamd address type the config names (`[usb] clamd_tcp`).
 pub mod clamd {
@@ -41,25 +44,6 @@ impl Default for UsbProbeConfig {
             manage_authorization: true,
             mount_options: String::new(),
             inputs: UsbProbeInputs::default(),
-        }
-    }
-}
-
-/// Live inputs from elsewhere in the agent.
-#[derive(Debug, Clone)]
-pub struct UsbProbeInputs {
-    /// The user logged in at the console, if known.
-    pub user: watch::Receiver<Option<String>>,
-    /// None when the antivirus is current; Some(reason) when not.
-    pub antivirus_problem: watch::Receiver<Option<String>>,
-}
-
-impl Default for UsbProbeInputs {
-    /// Nobody known to be logged in, antivirus assumed current (fixed values).
-    fn default() -> Self {
-        Self {
-            user: watch::channel(None).1,
-            antivirus_problem: watch::channel(None).1,
         }
     }
 }
