@@ -59,13 +59,23 @@ pub fn agent_msi() -> PathBuf {
 /// A Wine prefix of this test's own, removed (and its wineserver stopped) when dropped.
 pub struct Wine {
     dir: tempfile::TempDir,
+    /// A user's process for the prefix's life: when the last one ends, Wine shuts its services
+    /// down (a service stopped by `msiexec /x` would be killed before its goodbye is sent, as
+    /// no Windows with someone's session open would do).
+    session: Option<std::process::Child>,
+    /// Numbers each `run`'s output files.
+    runs: std::sync::atomic::AtomicUsize,
 }
 
 impl Wine {
     /// Makes a fresh prefix (about 10 s: `wineboot`).
     pub fn fresh() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let w = Wine { dir };
+        let mut w = Wine {
+            dir,
+            session: None,
+            runs: Default::default(),
+        };
         let out = Command::new(root().join("scripts/windows.sh"))
             .arg("prefix")
             .env("CARETAKER_WINEPREFIX", w.prefix())
@@ -76,6 +86,15 @@ impl Wine {
             out.status.success(),
             "scripts/windows.sh prefix: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        // `cmd` waiting on a pipe this side never writes to nor closes.
+        w.session = Some(
+            w.command(&["cmd"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start a session process under Wine"),
         );
         w
     }
@@ -99,9 +118,22 @@ impl Wine {
         c
     }
 
-    /// Runs a Wine command to its end: (success, stdout, stderr).
+    /// Runs a Wine command to its end: (success, stdout, stderr). Its output goes through
+    /// files, not pipes: a Wine command may start the prefix's wineserver and services, which
+    /// inherit its output and outlive it, so waiting for a pipe's end could wait for ever.
     pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> (bool, String, String) {
-        crate::run(&mut self.command(args))
+        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let out_path = self.dir.path().join(format!("run-{n}.out"));
+        let err_path = self.dir.path().join(format!("run-{n}.err"));
+        let status = self
+            .command(args)
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .status()
+            .expect("run a Wine command");
+        let read =
+            |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+        (status.success(), read(&out_path), read(&err_path))
     }
 
     /// Runs the agent's `.exe` with `args` to its end.
@@ -149,6 +181,10 @@ impl Wine {
 
 impl Drop for Wine {
     fn drop(&mut self) {
+        if let Some(mut session) = self.session.take() {
+            let _ = session.kill();
+            let _ = session.wait();
+        }
         let _ = Command::new("/usr/lib/wine/wineserver")
             .arg("-k")
             .env("WINEPREFIX", self.prefix())

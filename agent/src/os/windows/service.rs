@@ -143,35 +143,39 @@ extern "system" fn service_main(_argc: u32, _argv: *mut *mut u16) {
 fn serve() -> Result<(), String> {
     let stop = CancellationToken::new();
     let on_stop = stop.clone();
+    let (asked, stop_asked) = std::sync::mpsc::channel::<()>();
     let handle = service_control_handler::register(SERVICE_NAME, move |control| match control {
         ServiceControl::Stop | ServiceControl::Shutdown => {
             on_stop.cancel();
+            let _ = asked.send(());
             ServiceControlHandlerResult::NoError
         }
         ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
         _ => ServiceControlHandlerResult::NotImplemented,
     })
     .map_err(|e| format!("cannot register the service's control handler: {e}"))?;
-    let status = |state, accept, exit, wait| ServiceStatus {
-        service_type: ServiceType::OWN_PROCESS,
-        current_state: state,
-        controls_accepted: accept,
-        exit_code: exit,
-        checkpoint: 0,
-        wait_hint: wait,
-        process_id: None,
-    };
-    let report = |s: ServiceStatus| {
-        if let Err(e) = handle.set_service_status(s) {
-            tracing::warn!(error = %e, "Could not report the service's state to Windows");
-        }
-    };
-    report(status(
+    // One reporter, so StopPending can never follow Stopped.
+    let reporter = std::sync::Arc::new(Mutex::new(Reporter {
+        handle,
+        stopped: false,
+    }));
+    reporter.lock().expect("reporter lock").report(
         ServiceState::Running,
-        ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
         ServiceExitCode::Win32(0),
         Duration::ZERO,
-    ));
+    );
+    // Once asked to stop, say so with time to spare: the agent delivers its last events (up
+    // to 3 s) before it reports Stopped.
+    let pending = reporter.clone();
+    std::thread::spawn(move || {
+        if stop_asked.recv().is_ok() {
+            pending.lock().expect("reporter lock").report(
+                ServiceState::StopPending,
+                ServiceExitCode::Win32(0),
+                Duration::from_secs(15),
+            );
+        }
+    });
     if let Ok(manager) = manager(ServiceManagerAccess::CONNECT)
         && let Ok(service) = manager.open_service(SERVICE_NAME, ServiceAccess::CHANGE_CONFIG)
         && let Err(e) = set_recovery(&service)
@@ -187,13 +191,43 @@ fn serve() -> Result<(), String> {
         Ok(()) => ServiceExitCode::Win32(0),
         Err(_) => ServiceExitCode::ServiceSpecific(FAILED),
     };
-    report(status(
-        ServiceState::Stopped,
-        ServiceControlAccept::empty(),
-        exit,
-        Duration::ZERO,
-    ));
+    reporter
+        .lock()
+        .expect("reporter lock")
+        .report(ServiceState::Stopped, exit, Duration::ZERO);
     outcome
+}
+
+/// Tells the SCM the service's state; nothing more once it has said Stopped.
+struct Reporter {
+    handle: service_control_handler::ServiceStatusHandle,
+    stopped: bool,
+}
+
+impl Reporter {
+    fn report(&mut self, state: ServiceState, exit: ServiceExitCode, wait_hint: Duration) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = state == ServiceState::Stopped;
+        let controls_accepted = if state == ServiceState::Running {
+            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+        } else {
+            ServiceControlAccept::empty()
+        };
+        let status = ServiceStatus {
+            service_type: ServiceType::OWN_PROCESS,
+            current_state: state,
+            controls_accepted,
+            exit_code: exit,
+            checkpoint: 0,
+            wait_hint,
+            process_id: None,
+        };
+        if let Err(e) = self.handle.set_service_status(status) {
+            tracing::warn!(error = %e, "Could not report the service's state to Windows");
+        }
+    }
 }
 
 /// Restart after 5 s, 30 s, then 60 s; the failure count resets after a day without one.
