@@ -72,6 +72,9 @@ pub enum AdminResponse {
     UninstallCode {
         id: String,
         hostname: String,
+        /// The device's OS as it reported it, so the command shown fits the laptop.
+        #[serde(default)]
+        os: String,
         code: String,
     },
     Account(crate::accounts::AccountOutcome),
@@ -171,6 +174,7 @@ async fn handle(stream: UnixStream, c: Arc<Collector>) -> std::io::Result<()> {
                     AdminResponse::UninstallCode {
                         id: d.id,
                         hostname: d.hostname,
+                        os: d.os,
                         code,
                     }
                 }

@@ -279,10 +279,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let dir = DataDir::new(data_dir);
             dir.check()?;
-            let (hostname, code) = caretaker_collector::uninstall::for_cli(&dir, &id).await?;
-            println!("{code}");
+            let issued = caretaker_collector::uninstall::for_cli(&dir, &id).await?;
+            let (who, command) =
+                caretaker_collector::uninstall::removal_command(&issued.os, &issued.code);
+            println!("{}", issued.code);
             eprintln!(
-                "Uninstall code for {hostname} ({id}). On the laptop: sudo CARETAKER_UNINSTALL_CODE={code} apt remove caretaker-agent"
+                "Uninstall code for {} ({id}). On the laptop, {who}: {command}",
+                issued.hostname
             );
             Ok(())
         }

@@ -144,10 +144,12 @@ pub fn audit_issued(store: &dyn Store, device: &Device) {
 
 /// `device uninstall-code ID`: through the running collector's admin socket, or from the data
 /// directory and store when none runs. Returns the device's hostname and code.
-pub async fn for_cli(dir: &DataDir, id: &str) -> Result<(String, String), AskError> {
+pub async fn for_cli(dir: &DataDir, id: &str) -> Result<IssuedCode, AskError> {
     let req = AdminRequest::UninstallCode { id: id.to_string() };
     match admin::ask(dir, &req).await? {
-        Some(AdminResponse::UninstallCode { hostname, code, .. }) => Ok((hostname, code)),
+        Some(AdminResponse::UninstallCode {
+            hostname, os, code, ..
+        }) => Ok(IssuedCode { hostname, os, code }),
         Some(AdminResponse::Error { message }) => Err(AskError::Refused(message)),
         Some(other) => Err(AskError::unexpected(&other)),
         None => {
@@ -157,8 +159,37 @@ pub async fn for_cli(dir: &DataDir, id: &str) -> Result<(String, String), AskErr
                 .ok_or_else(|| StoreError::NoSuchDevice(id.to_string()))?;
             let key = UninstallKey::load_or_create(&dir.uninstall_key())?;
             audit_issued(store.as_ref(), &device);
-            Ok((device.hostname, key.code(id)))
+            Ok(IssuedCode {
+                code: key.code(id),
+                hostname: device.hostname,
+                os: device.os,
+            })
         }
+    }
+}
+
+/// A device's uninstall code, with what the command line shows beside it.
+#[derive(Debug)]
+pub struct IssuedCode {
+    pub hostname: String,
+    /// The OS the device reported (`Microsoft Windows 10 Pro ...`, `Debian GNU/Linux 12`).
+    pub os: String,
+    pub code: String,
+}
+
+/// The removal command for a laptop with this OS, and who runs it: the MSI's on Windows,
+/// the package's on Linux.
+pub fn removal_command(os: &str, code: &str) -> (&'static str, String) {
+    if os.contains("Windows") {
+        (
+            "as an administrator",
+            format!("msiexec /x caretaker-agent.msi UNINSTALLCODE={code} /qn"),
+        )
+    } else {
+        (
+            "as root",
+            format!("CARETAKER_UNINSTALL_CODE={code} apt remove caretaker-agent"),
+        )
     }
 }
 
@@ -167,6 +198,22 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_removal_command_fits_the_laptops_os() {
+        let (who, cmd) = removal_command("Microsoft Windows 10 Pro 22H2 (build 19045)", "AB-CD");
+        assert_eq!(who, "as an administrator");
+        assert_eq!(
+            cmd,
+            "msiexec /x caretaker-agent.msi UNINSTALLCODE=AB-CD /qn"
+        );
+        let (who, cmd) = removal_command("Debian GNU/Linux 12 (bookworm)", "AB-CD");
+        assert_eq!(who, "as root");
+        assert_eq!(
+            cmd,
+            "CARETAKER_UNINSTALL_CODE=AB-CD apt remove caretaker-agent"
+        );
+    }
 
     #[test]
     fn the_key_is_made_once_0600_and_read_back_the_same() {

@@ -321,6 +321,12 @@ fn the_msi_installs_enrols_and_starts_the_service_and_is_removed_only_with_the_u
         .arg(&device));
     assert!(ok, "{out}{err}");
     let code = out.trim().to_string();
+    assert!(
+        err.contains(&format!(
+            "as an administrator: msiexec /x caretaker-agent.msi UNINSTALLCODE={code} /qn"
+        )),
+        "the command fits a Windows laptop: {err}"
+    );
     let (ok, out, err) = wine.run(&[
         "msiexec",
         "/x",

@@ -19,6 +19,9 @@ struct UninstallCodePage {
     id: String,
     hostname: String,
     code: String,
+    /// Who runs the command on the laptop ("as root", "as an administrator").
+    who: &'static str,
+    command: String,
 }
 
 /// `GET /devices/{id}/uninstall-code`: the code, each viewing audited by the desk.
@@ -28,6 +31,7 @@ pub async fn page(
     Path(id): Path<String>,
 ) -> PageResult {
     let (device, code) = desk.uninstall_code(&id)?;
+    let (who, command) = crate::uninstall::removal_command(&device.os, &code);
     Ok(render(
         StatusCode::OK,
         &UninstallCodePage {
@@ -35,6 +39,8 @@ pub async fn page(
             id: device.id,
             hostname: device.hostname,
             code,
+            who,
+            command,
         },
     ))
 }
