@@ -178,8 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { state_dir, config } => {
-            let config = config.or_else(default_config_file);
-            let config = Config::load(config.as_deref(), state_dir)?;
+            let config = run_config(config, state_dir)?;
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
             tokio::spawn(async move {
@@ -216,13 +215,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The service's log, `agent.log` in the default state folder (`%ProgramData%\Caretaker`),
+/// The configuration `run` and `service run` load: the file named, else the OS's default one.
+fn run_config(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let config = config.or_else(default_config_file);
+    Ok(Config::load(config.as_deref(), state_dir)?)
+}
+
+/// The service's log, `agent.log` in the default state folder (`%ProgramData%\Caretaker`, made private first),
 /// appended to; one earlier generation is kept once it passes 10 MiB. None if it cannot be opened
 /// (the service then runs unlogged rather than not at all).
 #[cfg(windows)]
 fn service_log() -> Option<std::fs::File> {
     let dir = default_state_dir();
-    std::fs::create_dir_all(&dir).ok()?;
+    os::perms::create_private_dir(&dir).ok()?;
     let path = dir.join("agent.log");
     if std::fs::metadata(&path).is_ok_and(|m| m.len() > 10 << 20) {
         let _ = std::fs::rename(&path, dir.join("agent.log.1"));
@@ -252,8 +257,7 @@ async fn service(command: ServiceCommand) -> anyhow::Result<()> {
         ServiceCommand::Start => service::start()?,
         ServiceCommand::Stop => service::stop()?,
         ServiceCommand::Run { state_dir, config } => {
-            let config = config.or_else(default_config_file);
-            let config = Config::load(config.as_deref(), state_dir)?;
+            let config = run_config(config, state_dir)?;
             let handle = tokio::runtime::Handle::current();
             let body: service::Body = Box::new(move |stop| {
                 handle

@@ -47,6 +47,8 @@ pub enum ServiceError {
     NotInstalled,
     #[error("the agent stopped with an error: {0}")]
     Agent(String),
+    #[error("the service did not stop within 30 s")]
+    StopTimeout,
 }
 
 fn win(what: &'static str) -> impl FnOnce(windows_service::Error) -> ServiceError {
@@ -106,15 +108,6 @@ pub fn start() -> Result<(), ServiceError> {
 pub fn stop() -> Result<(), ServiceError> {
     let service = open(ServiceAccess::QUERY_STATUS | ServiceAccess::STOP)?;
     stop_and_wait(&service)
-}
-
-/// The service's state as the SCM reports it (`Running`, `Stopped`, ...).
-pub fn state() -> Result<ServiceState, ServiceError> {
-    let service = open(ServiceAccess::QUERY_STATUS)?;
-    Ok(service
-        .query_status()
-        .map_err(win("query the service"))?
-        .current_state)
 }
 
 /// Hands this thread to the SCM and runs `body` as the service until it is stopped. Returns
@@ -293,7 +286,5 @@ fn stop_and_wait(service: &windows_service::service::Service) -> Result<(), Serv
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(ServiceError::Agent(
-        "the service did not stop within 30 s".into(),
-    ))
+    Err(ServiceError::StopTimeout)
 }
