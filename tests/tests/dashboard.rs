@@ -90,6 +90,17 @@ fn a_network_manager_enrols_a_real_agent_from_the_page_and_changes_its_policy() 
     b.wait_for_text("h1", &hostname, Duration::from_secs(5));
     assert!(b.text("main").contains("Timeline"));
     b.screenshot("dashboard-device");
+    // The uninstall code's page shows the removal command for this laptop's OS (Linux here).
+    b.goto(&format!("{base}/devices/{device_id}/uninstall-code"));
+    b.wait_for_text("h1", &hostname, Duration::from_secs(5));
+    let command = b.text("#uninstall-command");
+    assert!(
+        command.starts_with("CARETAKER_UNINSTALL_CODE=")
+            && command.ends_with(" apt remove caretaker-agent"),
+        "{command}"
+    );
+    assert!(b.text("main").contains("On the laptop, as root:"));
+    b.screenshot("dashboard-uninstall-code");
 
     // Change the idle timeout in the form; the running agent applies the new version.
     b.goto(&format!("{base}/policy"));
