@@ -166,6 +166,12 @@ impl Wine {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// What the agent running as a service has logged (`%ProgramData%\\Caretaker\\agent.log`).
+    pub fn service_log(&self) -> String {
+        std::fs::read_to_string(self.c_drive().join("ProgramData/Caretaker/agent.log"))
+            .unwrap_or_default()
+    }
+
     /// `reg import` of a `.reg` file with these contents.
     pub fn reg_import(&self, contents: &str) {
         let file = self.c_drive().join("import.reg");

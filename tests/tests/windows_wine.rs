@@ -10,10 +10,10 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caretaker_tests::wine_rig::{Wine, agent_msi};
-use caretaker_tests::{Collector, bin, run, wait_for};
+use caretaker_tests::{Collector, bin, run};
 use serde_json::Value;
 
 /// `bundle create` for `uses` laptops, written into the prefix as `C:\school.caretaker`.
@@ -40,17 +40,33 @@ fn enrolled_device(said: &str) -> String {
 /// Waits until the collector has stored an event of `kind` from `device` matching `details`.
 fn wait_event(
     c: &Collector,
+    wine: &Wine,
     device: &str,
     kind: &str,
     what: &str,
     details: impl Fn(&Value) -> bool,
 ) -> Value {
     let api = c.api();
-    wait_for(Duration::from_secs(90), what, || {
-        api.all_events(device)
-            .into_iter()
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let events = api.all_events(device);
+        if let Some(e) = events
+            .iter()
             .find(|e| e["kind"] == kind && details(&e["details"]))
-    })
+        {
+            return e.clone();
+        }
+        if Instant::now() > deadline {
+            let kinds: Vec<_> = events.iter().map(|e| e["kind"].to_string()).collect();
+            panic!(
+                "timed out after 90 s waiting for {what}; stored from {device}: {kinds:?}\n\
+                 the agent's log:\n{}\nthe service's log:\n{}",
+                wine.agent_log(),
+                wine.service_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 const GAME_KEY: &str =
@@ -100,6 +116,7 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
     let _agent = wine.spawn_agent(&["run", "--state-dir", state]);
     let started = wait_event(
         &collector,
+        &wine,
         &device,
         "agent.started",
         "agent.started from the .exe",
@@ -114,6 +131,7 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
     );
     wait_event(
         &collector,
+        &wine,
         &device,
         "software.inventory",
         "the start-up inventory",
@@ -125,6 +143,7 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
     ));
     let installed = wait_event(
         &collector,
+        &wine,
         &device,
         "software.installed",
         "software.installed for the new Uninstall entry",
@@ -136,6 +155,7 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
     wine.reg_import(&format!("[-{GAME_KEY}]\r\n"));
     wait_event(
         &collector,
+        &wine,
         &device,
         "software.removed",
         "software.removed once the entry is gone",
@@ -199,6 +219,7 @@ fn the_agent_runs_as_a_service_under_wines_service_control_manager() {
     assert!(ok || err.contains("already running"), "{out}{err}");
     wait_event(
         &collector,
+        &wine,
         &device,
         "agent.started",
         "agent.started from the service",
@@ -216,6 +237,7 @@ fn the_agent_runs_as_a_service_under_wines_service_control_manager() {
     assert!(ok, "{out}{err}");
     wait_event(
         &collector,
+        &wine,
         &device,
         "agent.stopping",
         "agent.stopping when the service stops",
@@ -287,6 +309,7 @@ fn the_msi_installs_enrols_and_starts_the_service_and_is_removed_only_with_the_u
     let device = enrolment["device_id"].as_str().unwrap().to_string();
     wait_event(
         &collector,
+        &wine,
         &device,
         "agent.started",
         "agent.started from the installed service",
@@ -309,10 +332,19 @@ fn the_msi_installs_enrols_and_starts_the_service_and_is_removed_only_with_the_u
     );
     wait_event(
         &collector,
+        &wine,
         &device,
         "agent.uninstall_refused",
         "the refused removal reported",
         |d| d["action"] == "MSI removal" && d["reason"] == "wrong code",
+    );
+    // The check comes before anything is changed: the agent was never stopped.
+    assert_eq!(service_state(&wine).as_deref(), Some("RUNNING"));
+    assert_eq!(
+        wine.service_log().matches("Agent stopping").count(),
+        0,
+        "a refused removal stopped the agent: {}",
+        wine.service_log()
     );
 
     let (ok, out, err) = run(Command::new(bin("caretaker-collector"))
@@ -339,6 +371,7 @@ fn the_msi_installs_enrols_and_starts_the_service_and_is_removed_only_with_the_u
     // stop (Windows waits up to 30 s), so RemoveFiles meets the running image and leaves it.
     wait_event(
         &collector,
+        &wine,
         &device,
         "agent.uninstalled",
         "agent.uninstalled after the removal",
