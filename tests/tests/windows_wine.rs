@@ -1,7 +1,8 @@
 //! The Windows agent end to end under Wine: the real `caretaker-agent.exe` (built by `scripts/windows.sh build`) against a real collector on loopback.
 //!
 //! Proven here: enrolment from a bundle, the stream and the exactly-once store (`agent.started`
-//! stored), the software probe's Uninstall-key reading (an entry added with `reg import` while
+//! stored), the antivirus probe's PowerShell reads (Wine's PowerShell is a stub, so the status
+//! is `unknown` with both reasons), the software probe's Uninstall-key reading (an entry added with `reg import` while
 //! the agent runs becomes `software.installed`, its removal `software.removed`), the service
 //! under Wine's Service Control Manager (install, start, stop, uninstall), and the MSI (install
 //! with `BUNDLE`, enrolment and the service; removal refused without the uninstall code and
@@ -136,6 +137,23 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
         "software.inventory",
         "the start-up inventory",
         |_| true,
+    );
+    // The antivirus probe asks Windows PowerShell; Wine's is a stub that prints nothing, so
+    // the honest answer is "unknown", naming both reads, never "missing".
+    let antivirus = wait_event(
+        &collector,
+        &wine,
+        &device,
+        "antivirus.status",
+        "antivirus.status from the PowerShell reads",
+        |_| true,
+    );
+    assert_eq!(antivirus["details"]["status"], "unknown", "{antivirus}");
+    let reason = antivirus["details"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("Windows could not be asked: Defender: `Get-MpComputerStatus")
+            && reason.contains("; Security Center: "),
+        "{antivirus}"
     );
 
     wine.reg_import(&format!(

@@ -1,8 +1,10 @@
 //! Windows facts: computer name, Windows edition and version, process liveness; the registry
-//! reads the probes need (`registry`), the state folder's file rules (`perms`), a no-op
-//! stand-in for systemd's notifications (`sdnotify`), and the agent as a service (`service`).
+//! reads the probes need (`registry`), questions put to Windows PowerShell (`powershell`), the
+//! state folder's file rules (`perms`), a no-op stand-in for systemd's notifications
+//! (`sdnotify`), and the agent as a service (`service`).
 
 pub mod perms;
+pub mod powershell;
 pub mod registry;
 pub mod sdnotify;
 pub mod service;
@@ -30,6 +32,18 @@ pub fn program_data() -> Option<std::path::PathBuf> {
         .or_else(|| std::env::var("ProgramData").ok())
         .filter(|d| !d.trim().is_empty())
         .map(std::path::PathBuf::from)
+}
+
+/// `%SystemRoot%\System32`, `C:\Windows\System32` if the environment does not say. Windows'
+/// own tools are run by this full path, never found through `PATH`.
+pub fn system32() -> std::path::PathBuf {
+    std::env::var_os("SystemRoot")
+        .filter(|r| !r.is_empty())
+        .map_or_else(
+            || std::path::PathBuf::from(r"C:\Windows"),
+            std::path::PathBuf::from,
+        )
+        .join("System32")
 }
 
 /// Expands `%NAME%` references as `REG_EXPAND_SZ` values hold them; `%SystemDrive%` is `C:`

@@ -11,7 +11,7 @@
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::os::windows::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// `FILE_FLAG_OPEN_REPARSE_POINT`: open a symlink or junction itself, never its target.
@@ -20,7 +20,7 @@ const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
 /// Creates `path` and its parents, and makes `path` private to SYSTEM and Administrators.
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(path)?;
-    let icacls = system32().join("icacls.exe");
+    let icacls = super::system32().join("icacls.exe");
     let out = Command::new(&icacls)
         .args(private_acl_args(path))
         .stdin(Stdio::null())
@@ -52,14 +52,6 @@ pub fn private_acl_args(path: &Path) -> Vec<OsString> {
         .map(OsString::from),
     );
     args
-}
-
-/// `%SystemRoot%\System32`, `C:\Windows\System32` if the environment does not say.
-fn system32() -> PathBuf {
-    std::env::var_os("SystemRoot")
-        .filter(|r| !r.is_empty())
-        .map_or_else(|| PathBuf::from(r"C:\Windows"), PathBuf::from)
-        .join("System32")
 }
 
 /// Unix modes do not apply; the file inherits the state folder's ACL.

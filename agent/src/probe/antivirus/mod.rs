@@ -9,16 +9,16 @@
 //! decided in [`decide`]. [`clamd::scan_stream`] is the INSTREAM client other
 //! features (removable media) use; they report findings with [`detection_event`].
 //!
-//! On Windows the probe is `windows.rs`; the ClamAV readers below are Linux's.
+//! On Windows the check is [`windows::check`] (Defender and Security Center); the ClamAV
+//! readers below are Linux's. The loop, [`run`], is the same on both.
 #![cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 
 pub mod clamd;
 pub mod decide;
 pub mod parse;
+pub mod windows;
 #[cfg(windows)]
-mod windows;
-#[cfg(windows)]
-pub use windows::run;
+use windows::check;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -153,7 +153,6 @@ pub async fn check(config: &AntivirusProbeConfig, policy: &AntivirusPolicy) -> C
 
 /// The probe: checks at start, every `check_interval_secs`, and whenever the policy changes;
 /// emits `antivirus.status` at start and then only when the status changes.
-#[cfg(target_os = "linux")]
 pub async fn run(
     config: AntivirusProbeConfig,
     mut policy: watch::Receiver<Arc<PolicyDocument>>,
@@ -207,7 +206,6 @@ pub async fn run(
 
 /// The policy section to use; an invalid one (the collector should never send it) falls back
 /// to the defaults rather than stopping the probe.
-#[cfg(target_os = "linux")]
 fn effective_policy(doc: &PolicyDocument) -> AntivirusPolicy {
     match doc.antivirus.validate() {
         Ok(()) => doc.antivirus.clone(),
