@@ -1,7 +1,8 @@
 //! The Windows agent end to end under Wine: the real `caretaker-agent.exe` (built by `scripts/windows.sh build`) against a real collector on loopback.
 //!
 //! Proven here: enrolment from a bundle, the stream and the exactly-once store (`agent.started`
-//! stored), the antivirus probe's PowerShell reads (Wine's PowerShell is a stub, so the status
+//! stored), Windows' own inactivity limit set from the policy and changed with it (read back
+//! with `reg query`), the antivirus probe's PowerShell reads (Wine's PowerShell is a stub, so the status
 //! is `unknown` with both reasons), the software probe's Uninstall-key reading (an entry added with `reg import` while
 //! the agent runs becomes `software.installed`, its removal `software.removed`), the service
 //! under Wine's Service Control Manager (install, start, stop, uninstall), and the MSI (install
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use caretaker_tests::wine_rig::{Wine, agent_msi};
 use caretaker_tests::{Collector, bin, run};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// `bundle create` for `uses` laptops, written into the prefix as `C:\school.caretaker`.
 fn bundle_into(collector: &Collector, wine: &Wine, uses: u32) {
@@ -156,6 +157,50 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
         "{antivirus}"
     );
 
+    // Screen lock: the agent sets Windows' own inactivity limit to the policy's idle time
+    // (read back with Windows' reg.exe), and follows a policy change.
+    let compliance = |what: &str, reason: &str| {
+        let reason = reason.to_string();
+        wait_event(
+            &collector,
+            &wine,
+            &device,
+            "screen.compliance",
+            what,
+            move |d| d["reason"].as_str().is_some_and(|r| r.starts_with(&reason)),
+        )["details"]["state"]
+            .clone()
+    };
+    let enforced = compliance(
+        "compliance from the machine limit",
+        "Windows locks a laptop left idle for 300 s",
+    );
+    assert_eq!(enforced, "enforced");
+    assert_eq!(inactivity_limit(&wine), Some(300));
+    let api = collector.api();
+    let (_, current) = api.get("/api/v1/policy");
+    let mut policy = current["policy"].clone();
+    policy["screen_lock"]["idle_timeout_secs"] = json!(600);
+    let (st, v) = api.put("/api/v1/policy", &json!({ "policy": policy }));
+    assert_eq!(st, 200, "{v}");
+    let enforced = compliance(
+        "the new limit in force",
+        "Windows locks a laptop left idle for 600 s",
+    );
+    assert_eq!(enforced, "enforced");
+    assert_eq!(inactivity_limit(&wine), Some(600));
+    // A policy that leaves Windows alone changes nothing there, and says the limit is too long.
+    policy["screen_lock"]["idle_timeout_secs"] = json!(120);
+    policy["screen_lock"]["windows_inactivity_limit"] = json!(false);
+    let (st, v) = api.put("/api/v1/policy", &json!({ "policy": policy }));
+    assert_eq!(st, 200, "{v}");
+    let state = compliance(
+        "compliance with a longer Windows limit",
+        "Windows' own inactivity limit is 600 s, longer than the policy's 120 s",
+    );
+    assert_eq!(state, "cannot_enforce");
+    assert_eq!(inactivity_limit(&wine), Some(600));
+
     wine.reg_import(&format!(
         "[{GAME_KEY}]\r\n\"DisplayName\"=\"Caretaker Test Game\"\r\n\"DisplayVersion\"=\"1.2.3\"\r\n\"Publisher\"=\"Test\"\r\n"
     ));
@@ -179,6 +224,21 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
         "software.removed once the entry is gone",
         |d| d["name"] == "Caretaker Test Game",
     );
+}
+
+/// `InactivityTimeoutSecs` as Windows' own `reg query` shows it (`0x12c`), if set.
+fn inactivity_limit(wine: &Wine) -> Option<u32> {
+    let (_, out, _) = wine.run(&[
+        "reg",
+        "query",
+        r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Policies\System",
+        "/v",
+        "InactivityTimeoutSecs",
+    ]);
+    out.lines()
+        .find(|l| l.trim_start().starts_with("InactivityTimeoutSecs"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| u32::from_str_radix(v.trim_start_matches("0x"), 16).ok())
 }
 
 /// `sc query CaretakerAgent`'s STATE line, or None once the service does not exist.

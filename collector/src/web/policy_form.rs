@@ -104,6 +104,10 @@ pub fn apply(
                 json!(checked(f, "inhibitor")),
             );
             s.insert(
+                "windows_inactivity_limit".into(),
+                json!(checked(f, "windows_limit")),
+            );
+            s.insert(
                 "school_hours".into(),
                 json!({"start": one(f, "start"), "end": one(f, "end"), "days": all(f, "day")}),
             );
@@ -297,6 +301,12 @@ mod tests {
         );
         assert!(
             d.contains(&"screen_lock.school_hours.days: removed \"wed\"".to_string()),
+            "{d:?}"
+        );
+        // The Windows inactivity limit box was left unticked: the limit is not set.
+        assert_eq!(doc["screen_lock"]["windows_inactivity_limit"], false);
+        assert!(
+            d.contains(&"screen_lock.windows_inactivity_limit: true → false".to_string()),
             "{d:?}"
         );
     }

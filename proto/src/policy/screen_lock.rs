@@ -21,6 +21,10 @@ pub struct ScreenLockPolicy {
     /// Lockers the agent starts itself when the desktop ignores logind's Lock, first
     /// available wins. Split on whitespace, no shell.
     pub locker_commands: Vec<String>,
+    /// On Windows laptops, also set Windows' own machine inactivity limit
+    /// (`InactivityTimeoutSecs`) to `idle_timeout_secs`, so Windows locks the screen even
+    /// when the agent is stopped. False leaves whatever the school's Group Policy set.
+    pub windows_inactivity_limit: bool,
 }
 
 impl Default for ScreenLockPolicy {
@@ -35,6 +39,7 @@ impl Default for ScreenLockPolicy {
                 "xsecurelock".to_string(),
                 "xdg-screensaver lock".to_string(),
             ],
+            windows_inactivity_limit: true,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Thin registry reads: a key's string value, and every subkey of a key with its values, as
-//! raw values for the probes' pure interpreters. Safe calls only (`windows-registry`).
+//! Thin registry reads: a key's string or DWORD value, and every subkey of a key with its
+//! values, as raw values for the probes' pure interpreters; and one write, a DWORD (Windows'
+//! machine inactivity limit). Safe calls only (`windows-registry`).
 
 use windows_registry::{Key, Type, Value};
 
@@ -84,8 +85,8 @@ fn open(root: &Key, path: &str, access: u32) -> Result<Option<Key>, std::io::Err
     }
 }
 
-/// A string value; `None` if the key or value is absent or not a string.
-pub fn read_string(root: &Key, path: &str, name: &str) -> Result<Option<String>, RegistryError> {
+/// A value; `None` if the key or value is absent.
+fn read_value(root: &Key, path: &str, name: &str) -> Result<Option<RawValue>, RegistryError> {
     let fail = |source| RegistryError {
         path: path.to_string(),
         source,
@@ -94,10 +95,7 @@ pub fn read_string(root: &Key, path: &str, name: &str) -> Result<Option<String>,
         return Ok(None);
     };
     match key.get_value(name) {
-        Ok(v) => Ok(match raw_value(v) {
-            RawValue::Str(s) => Some(s),
-            _ => None,
-        }),
+        Ok(v) => Ok(Some(raw_value(v))),
         Err(e) => {
             let e = io_error(e.code().0);
             if is_not_found(&e) {
@@ -107,6 +105,32 @@ pub fn read_string(root: &Key, path: &str, name: &str) -> Result<Option<String>,
             }
         }
     }
+}
+
+/// A string value; `None` if the key or value is absent or not a string.
+pub fn read_string(root: &Key, path: &str, name: &str) -> Result<Option<String>, RegistryError> {
+    Ok(match read_value(root, path, name)? {
+        Some(RawValue::Str(s)) => Some(s),
+        _ => None,
+    })
+}
+
+/// A `REG_DWORD` value; `None` if the key or value is absent or of another type.
+pub fn read_dword(root: &Key, path: &str, name: &str) -> Result<Option<u32>, RegistryError> {
+    Ok(match read_value(root, path, name)? {
+        Some(RawValue::Dword(v)) => Some(v),
+        _ => None,
+    })
+}
+
+/// Sets a `REG_DWORD` value, creating the key if need be.
+pub fn write_dword(root: &Key, path: &str, name: &str, value: u32) -> Result<(), RegistryError> {
+    let fail = |hresult: i32| RegistryError {
+        path: path.to_string(),
+        source: io_error(hresult),
+    };
+    let key = root.create(path).map_err(|e| fail(e.code().0))?;
+    key.set_u32(name, value).map_err(|e| fail(e.code().0))
 }
 
 /// The names of `path`'s subkeys; empty if `path` does not exist.
@@ -192,6 +216,32 @@ mod tests {
         fn drop(&mut self) {
             let _ = windows_registry::CURRENT_USER.remove_tree(&self.0);
         }
+    }
+
+    #[test]
+    fn a_dword_is_written_and_read_back() {
+        let t = TestKey::new("dword");
+        let hkcu = windows_registry::CURRENT_USER;
+        let path = format!(r"{}\Policies\System", t.0);
+        assert_eq!(
+            read_dword(hkcu, &path, "InactivityTimeoutSecs").unwrap(),
+            None
+        );
+        write_dword(hkcu, &path, "InactivityTimeoutSecs", 300).unwrap();
+        assert_eq!(
+            read_dword(hkcu, &path, "InactivityTimeoutSecs").unwrap(),
+            Some(300)
+        );
+        // A string where a DWORD is expected is not a number.
+        hkcu.create(&path)
+            .unwrap()
+            .set_string("Other", "300")
+            .unwrap();
+        assert_eq!(read_dword(hkcu, &path, "Other").unwrap(), None);
+        assert_eq!(
+            read_string(hkcu, &path, "Other").unwrap().as_deref(),
+            Some("300")
+        );
     }
 
     #[test]

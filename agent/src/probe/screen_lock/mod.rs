@@ -10,6 +10,7 @@
 pub mod decide;
 #[cfg(target_os = "linux")]
 pub mod linux;
+pub mod machine_limit;
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]

@@ -5,6 +5,7 @@ struct ScreenLockView {
     enabled: bool,
     idle_minutes: u64,
     inhibitor: bool,
+    windows_limit: bool,
     start: String,
     end: String,
     days: Vec<(&'static str, &'static str, bool)>,
@@ -103,6 +104,7 @@ fn policy_page(
                 enabled: doc.screen_lock.enabled,
                 idle_minutes: doc.screen_lock.idle_timeout_secs.div_ceil(60),
                 inhibitor: doc.screen_lock.inhibitor_excuses_lock,
+                windows_limit: doc.screen_lock.windows_inactivity_limit,
                 start: sh.start.clone(),
                 end: sh.end.clone(),
                 days: days
