@@ -44,6 +44,13 @@ prefix() {
         "$wine" wineboot --init >/dev/null 2>&1
         "$wineserver" -w
     fi
+    # Wine links the profile's Desktop, Documents, Downloads, Music, Pictures and Videos to
+    # $HOME: make them plain folders, so nothing run in the prefix (the agent walks profiles)
+    # reads or writes this machine's home.
+    local link
+    for link in "$WINEPREFIX"/drive_c/users/*/*; do
+        if [ -L "$link" ]; then rm "$link" && mkdir "$link"; fi
+    done
     local dll="$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll"
     local src="$root/scripts/wine/bcryptprimitives.c"
     if [ ! -f "$dll" ] || [ "$src" -nt "$dll" ]; then

@@ -132,6 +132,8 @@ struct RawSoftware {
     apt_history_log: PathBuf,
     flatpak_system_dir: PathBuf,
     home_root: PathBuf,
+    /// Windows: how often users' profiles are walked for new programs.
+    profile_poll: String,
 }
 
 impl Default for RawSoftware {
@@ -143,6 +145,7 @@ impl Default for RawSoftware {
             apt_history_log: d.apt_history_log,
             flatpak_system_dir: d.flatpak_system_dir,
             home_root: d.home_root,
+            profile_poll: humantime::format_duration(d.profile_poll).to_string(),
         }
     }
 }
@@ -226,6 +229,7 @@ impl Config {
             });
         }
         let facts_interval = parse_interval("facts.interval", &raw.facts.interval)?;
+        let profile_poll = parse_interval("software.profile_poll", &raw.software.profile_poll)?;
         let probe_stall_after = raw
             .probe_stall_after
             .as_deref()
@@ -256,6 +260,7 @@ impl Config {
                 apt_history_log: raw.software.apt_history_log,
                 flatpak_system_dir: raw.software.flatpak_system_dir,
                 home_root: raw.software.home_root,
+                profile_poll,
                 ..Default::default()
             }),
             screen_lock: raw.screen_lock.enabled.then(|| ScreenLockConfig {

@@ -101,13 +101,15 @@ mod tests {
     use super::NewEvent;
     use crate::spool::Spool;
 
-    /// Literals that look like kinds (a kind's domain, a dot, a word) but are file names.
+    /// Literals that look like kinds (a kind's domain, a dot, a word) but are file names or
+    /// config fields.
     const NOT_KINDS: &[&str] = &[
         "agent.lock",
         "agent.toml",
         "agent.log",
         "device.pem",
         "device.key",
+        "software.profile_poll",
     ];
 
     fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -1,7 +1,8 @@
 //! The Windows agent end to end under Wine: the real `caretaker-agent.exe` (built by `scripts/windows.sh build`) against a real collector on loopback.
 //!
 //! Proven here: enrolment from a bundle, the stream and the exactly-once store (`agent.started`
-//! stored), Windows' own inactivity limit set from the policy and changed with it (read back
+//! stored), a program saved into the user's profile reported (`executable.in_user_area`,
+//! AppData left out), Windows' own inactivity limit set from the policy and changed with it (read back
 //! with `reg query`), the antivirus probe's PowerShell reads (Wine's PowerShell is a stub, so the status
 //! is `unknown` with both reasons), the software probe's Uninstall-key reading (an entry added with `reg import` while
 //! the agent runs becomes `software.installed`, its removal `software.removed`), the service
@@ -115,7 +116,13 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
     ]);
     assert!(!ok && err.contains("already enrolled"), "{err}");
 
-    let _agent = wine.spawn_agent(&["run", "--state-dir", state]);
+    // Profiles walked every 2 s instead of every minute, so the test is quick.
+    std::fs::write(
+        wine.c_drive().join("agent.toml"),
+        "[software]\nprofile_poll = \"2s\"\n",
+    )
+    .unwrap();
+    let _agent = wine.spawn_agent(&["run", "--state-dir", state, "--config", r"C:\agent.toml"]);
     let started = wait_event(
         &collector,
         &wine,
@@ -224,6 +231,56 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
         "software.removed once the entry is gone",
         |d| d["name"] == "Caretaker Test Game",
     );
+
+    // A program saved into the user's Downloads is reported; one in AppData (where installed
+    // programs keep their updaters) is not.
+    let profile = wine_user_profile(&wine);
+    let user = profile.file_name().unwrap().to_string_lossy().into_owned();
+    let mut exe = b"MZ".to_vec();
+    exe.resize(4096, 0x90);
+    let updater = profile.join("AppData/Local/Temp/updater.exe");
+    std::fs::create_dir_all(updater.parent().unwrap()).unwrap();
+    std::fs::write(&updater, &exe).unwrap();
+    let downloads = profile.join("Downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    assert!(
+        !downloads.is_symlink(),
+        "the prefix's Downloads must not lead to this machine's home"
+    );
+    std::fs::write(downloads.join("game.exe"), &exe).unwrap();
+    let found = wait_event(
+        &collector,
+        &wine,
+        &device,
+        "executable.in_user_area",
+        "executable.in_user_area for the download",
+        |d| d["path"] == r"Downloads\game.exe",
+    );
+    assert_eq!(found["user"], user.as_str(), "{found}");
+    assert_eq!(found["details"]["type"], "windows_exe", "{found}");
+    assert_eq!(found["details"]["change"], "created", "{found}");
+    let paths: Vec<String> = collector
+        .api()
+        .all_events(&device)
+        .into_iter()
+        .filter(|e| e["kind"] == "executable.in_user_area")
+        .map(|e| e["details"]["path"].to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [r#""Downloads\\game.exe""#],
+        "AppData is not searched"
+    );
+}
+
+/// The Wine user's profile folder (`C:\users\<unix user>`).
+fn wine_user_profile(wine: &Wine) -> std::path::PathBuf {
+    std::fs::read_dir(wine.c_drive().join("users"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir() && p.file_name().is_some_and(|n| n != "Public"))
+        .expect("a user's profile in the prefix")
 }
 
 /// `InactivityTimeoutSecs` as Windows' own `reg query` shows it (`0x12c`), if set.

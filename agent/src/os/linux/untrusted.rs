@@ -9,8 +9,24 @@
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// Which file this is (device and inode), to tell a file from one swapped in at its path.
+pub fn identity(meta: &Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+
+/// Whether the content lives elsewhere and reading would fetch it (Windows' online-only
+/// files); never on Linux.
+pub fn cloud_only(_meta: &Metadata) -> bool {
+    false
+}
+
+/// The file's permission bits (`0o755`).
+pub fn unix_mode(meta: &Metadata) -> u32 {
+    meta.permissions().mode()
+}
 
 /// Opens `path` read-only if, and only if, it is a regular file itself (not a link to one).
 /// Returns the file and its metadata, taken from the open descriptor.

@@ -1,13 +1,15 @@
 //! Windows facts: computer name, Windows edition and version, process liveness; the registry
 //! reads the probes need (`registry`), questions put to Windows PowerShell (`powershell`), the
-//! state folder's file rules (`perms`), a no-op stand-in for systemd's notifications
-//! (`sdnotify`), and the agent as a service (`service`).
+//! state folder's file rules (`perms`), opening files in a pupil's folders (`untrusted`), a
+//! no-op stand-in for systemd's notifications (`sdnotify`), and the agent as a service
+//! (`service`).
 
 pub mod perms;
 pub mod powershell;
 pub mod registry;
 pub mod sdnotify;
 pub mod service;
+pub mod untrusted;
 
 use super::HostFacts;
 
@@ -32,6 +34,20 @@ pub fn program_data() -> Option<std::path::PathBuf> {
         .or_else(|| std::env::var("ProgramData").ok())
         .filter(|d| !d.trim().is_empty())
         .map(std::path::PathBuf::from)
+}
+
+/// Where Windows makes users' profiles (`C:\Users`), from the profile list.
+pub fn profiles_directory() -> Option<std::path::PathBuf> {
+    registry::read_string(
+        windows_registry::LOCAL_MACHINE,
+        r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList",
+        "ProfilesDirectory",
+    )
+    .ok()
+    .flatten()
+    .map(|v| expand_env(&v, |name| std::env::var(name).ok()))
+    .filter(|d| !d.trim().is_empty())
+    .map(std::path::PathBuf::from)
 }
 
 /// `%SystemRoot%\System32`, `C:\Windows\System32` if the environment does not say. Windows'

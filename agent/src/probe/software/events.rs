@@ -2,9 +2,8 @@
 //! `software.inventory` (in parts), `software.installed|removed|upgraded` and
 //! `executable.in_user_area`.
 
+use super::home_index::Found;
 use super::parse::{self, AptRequester};
-#[cfg(target_os = "linux")]
-use super::scan::Found;
 use super::{Change, Inventory, SoftwareItem, SoftwareKey};
 use crate::event::NewEvent;
 use serde_json::{Map, Value, json};
@@ -122,7 +121,6 @@ pub fn change_event(change: &Change, requested_by: Option<&AptRequester>) -> New
 
 /// The `executable.in_user_area` event: where (relative to the home), whose, what kind, and
 /// a content hash. Never the content itself.
-#[cfg(target_os = "linux")]
 pub fn executable_event(found: &Found) -> NewEvent {
     let rel = found.path.strip_prefix(&found.home).unwrap_or(&found.path);
     let mut d = Map::new();

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use tokio::time::Instant;
 
-use super::scan::{self, Found, WalkRules};
+use super::home_index::{self, Found, WalkRules};
+use super::scan;
 use super::{Probe, Source, blocking, executable_event};
 
 impl Probe {
@@ -82,10 +83,13 @@ impl Probe {
                     let (d, f) = index.walk(home, &p, &rules);
                     dirs.extend(d);
                     found.extend(f);
-                } else if rules.excluded(&home.dir, &p) || scan::is_partial_download(&p) {
+                } else if rules.excluded(&home.dir, &p) || home_index::is_partial_download(&p) {
                     // Browsers download to `.part`/`.crdownload` and rename when done: the
                     // rename is what gets reported.
-                } else if meta.as_ref().is_ok_and(|m| scan::modified_within(m, quiet)) {
+                } else if meta
+                    .as_ref()
+                    .is_ok_and(|m| home_index::modified_within(m, quiet))
+                {
                     // Still being written: hashing now would report half a file.
                     still_writing.push(p);
                 } else {

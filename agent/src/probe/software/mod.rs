@@ -16,6 +16,7 @@
 mod debounce;
 mod diff;
 mod events;
+mod home_index;
 #[cfg(target_os = "linux")]
 mod homes;
 pub mod parse;
@@ -33,18 +34,16 @@ pub use debounce::Debounce;
 #[cfg(target_os = "linux")]
 use debounce::{Route, route};
 pub use diff::{Change, Inventory, SoftwareItem, SoftwareKey, Source, replace_source};
-#[cfg(target_os = "linux")]
-pub use events::executable_event;
-pub use events::{INVENTORY_FIELDS, change_event, inventory_details};
+pub use events::{INVENTORY_FIELDS, change_event, executable_event, inventory_details};
 
 use crate::event::{EventSink, NewEvent};
 use caretaker_proto::policy::PolicyDocument;
 use caretaker_proto::policy::SoftwarePolicy;
 use chrono::Utc;
+#[cfg(target_os = "linux")]
+use home_index::{Home, HomeIndex};
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
-#[cfg(target_os = "linux")]
-use scan::{Home, HomeIndex};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,6 +85,9 @@ pub struct SoftwareProbeConfig {
     pub min_rescan_interval: Duration,
     /// Windows: how often the Uninstall keys are re-read (no change notification yet).
     pub registry_poll: Duration,
+    /// Windows: how often the profiles are walked for new programs (no change notification
+    /// yet); only what changed since the last walk is opened.
+    pub profile_poll: Duration,
 }
 
 impl Default for SoftwareProbeConfig {
@@ -94,15 +96,11 @@ impl Default for SoftwareProbeConfig {
             dpkg_dir: "/var/lib/dpkg".into(),
             apt_history_log: "/var/log/apt/history.log".into(),
             flatpak_system_dir: "/var/lib/flatpak".into(),
-            home_root: "/home".into(),
+            home_root: default_home_root(),
             passwd_file: "/etc/passwd".into(),
             snapd_socket: "/run/snapd.socket".into(),
             snapd_snaps_dir: "/var/lib/snapd/snaps".into(),
-            home_exclude: vec![
-                ".cache".into(),
-                ".local/share/flatpak".into(),
-                ".local/share/Trash".into(),
-            ],
+            home_exclude: default_home_exclude(),
             debounce: Duration::from_millis(300),
             max_debounce: Duration::from_secs(3),
             max_items_per_event: 1000,
@@ -113,8 +111,34 @@ impl Default for SoftwareProbeConfig {
                 caretaker_proto::policy::software::MIN_RESCAN_INTERVAL_SECS,
             ),
             registry_poll: Duration::from_secs(5),
+            profile_poll: Duration::from_secs(60),
         }
     }
+}
+
+/// Where the users' folders are: `/home`, or Windows' profiles folder (`C:\Users`).
+fn default_home_root() -> PathBuf {
+    #[cfg(windows)]
+    if let Some(dir) = crate::os::windows::profiles_directory() {
+        return dir;
+    }
+    if cfg!(windows) {
+        r"C:\Users".into()
+    } else {
+        "/home".into()
+    }
+}
+
+/// Linux: caches, per-user Flatpak deployments and the Trash. Windows: `AppData`, where
+/// every installed program keeps its updaters and caches (what a pupil runs from there is
+/// seen by the software inventory, not here).
+fn default_home_exclude() -> Vec<PathBuf> {
+    let dirs: &[&str] = if cfg!(windows) {
+        &["AppData"]
+    } else {
+        &[".cache", ".local/share/flatpak", ".local/share/Trash"]
+    };
+    dirs.iter().map(PathBuf::from).collect()
 }
 
 /// Runs the probe until `shutdown`.

@@ -8,8 +8,15 @@
 //!
 //! Changes are found by re-reading every `registry_poll` (5 s): `RegNotifyChangeKeyValue`
 //! has no safe wrapper and the crate forbids `unsafe`, and a read of a few hundred small keys
-//! costs milliseconds. Executables in users' profiles are a later slice.
+//! costs milliseconds.
+//!
+//! Programs appearing in users' profiles (`C:\Users\<name>`, less `AppData`) are found by
+//! walking them every `profile_poll` (60 s) with the same index Linux uses for home folders
+//! (`home_index.rs`): the first walk is the baseline, later ones report what is new or
+//! changed as `executable.in_user_area`. A download still in progress (`.crdownload`, …) or a
+//! file written in the last few seconds is looked at again on the next walk.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use caretaker_proto::policy::PolicyDocument;
@@ -17,10 +24,14 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::home_index::{
+    Found, HomeIndex, WalkRules, is_partial_download, list_profiles, modified_within,
+};
 use super::parse::{self, RegValue};
 use super::uninstall::{inventory_of, keep_unread_users};
 use super::{
-    Inventory, SoftwareProbeConfig, Source, change_event, inventory_details, replace_source,
+    Inventory, SoftwareProbeConfig, Source, change_event, executable_event, inventory_details,
+    replace_source,
 };
 use crate::event::{EventSink, NewEvent};
 use crate::os::registry::{self, Hive, KEY_WOW64_32KEY, RawKey, RawValue, RegistryError};
@@ -43,11 +54,22 @@ pub async fn run(
     let mut last_problems: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(config.registry_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut profiles = Profiles::new(&config);
+    let mut walk = tokio::time::interval(config.profile_poll);
+    walk.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         crate::probe::liveness::beat();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = crate::probe::liveness::idle() => continue,
+            _ = walk.tick() => {
+                for found in profiles.walk().await {
+                    if !sink.emit(executable_event(&found)).await {
+                        return;
+                    }
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let Some(fresh) = read(&inventory, &mut last_problems).await else {
@@ -74,6 +96,73 @@ pub async fn run(
         }
     }
 }
+
+/// Users' profiles and what the last walk saw in them.
+struct Profiles {
+    root: PathBuf,
+    rules: WalkRules,
+    /// Taken out while a walk runs off the async threads.
+    index: Option<HomeIndex>,
+    baseline_done: bool,
+}
+
+impl Profiles {
+    fn new(config: &SoftwareProbeConfig) -> Self {
+        Profiles {
+            root: config.home_root.clone(),
+            rules: WalkRules {
+                exclude: config.home_exclude.clone(),
+                max_hash_bytes: config.max_hash_bytes,
+                max_dirs: config.max_dirs_per_home,
+            },
+            index: Some(HomeIndex::default()),
+            baseline_done: false,
+        }
+    }
+
+    /// Walks every profile; returns the programs to report (none on the first walk).
+    async fn walk(&mut self) -> Vec<Found> {
+        let Some(mut index) = self.index.take() else {
+            return Vec::new();
+        };
+        let (root, rules) = (self.root.clone(), self.rules.clone());
+        let walked = tokio::task::spawn_blocking(move || {
+            let homes = list_profiles(&root);
+            let mut found = Vec::new();
+            for h in &homes {
+                found.extend(index.walk(h, &h.dir, &rules).1);
+            }
+            index.retain_homes(&homes);
+            // Not finished yet: looked at again next time, so the whole file is what counts.
+            found.retain(|f| {
+                let unsettled = is_partial_download(&f.path)
+                    || std::fs::symlink_metadata(&f.path)
+                        .is_ok_and(|m| modified_within(&m, SETTLE));
+                if unsettled {
+                    index.forget(&f.path);
+                }
+                !unsettled
+            });
+            (index, found)
+        })
+        .await;
+        let Ok((index, found)) = walked else {
+            tracing::error!("Profile walk task failed.");
+            self.index = Some(HomeIndex::default());
+            self.baseline_done = false;
+            return Vec::new();
+        };
+        self.index = Some(index);
+        if !self.baseline_done {
+            self.baseline_done = true;
+            return Vec::new();
+        }
+        found
+    }
+}
+
+/// How long a file must have been left alone before it is reported.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One full read, off the async threads. `None` if the machine's keys could not be read (the
 /// inventory is then kept as it was rather than reported as all removed). Problems are logged
