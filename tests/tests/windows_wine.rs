@@ -8,8 +8,10 @@
 //! the agent runs becomes `software.installed`, its removal `software.removed`), the service
 //! under Wine's Service Control Manager (install, start, stop, uninstall), and the MSI (install
 //! with `BUNDLE`, enrolment and the service; removal refused without the uninstall code and
-//! reported, then accepted with it). Not here, because Wine has none of it: Defender's WMI
-//! classes, `LockWorkStation` and real input, device notifications (README, "Windows").
+//! reported, then accepted with it), and USB storage from Windows' Plug and Play registry
+//! (the stick's entries written by the test, Wine having no USB: reported, judged, blocked as
+//! far as Wine allows, unplugged). Not here, because Wine has none of it: Defender's answers,
+//! `LockWorkStation` and real input, real devices, `pnputil` (README, "Windows").
 
 use std::path::Path;
 use std::process::Command;
@@ -513,4 +515,109 @@ fn the_msi_installs_enrols_and_starts_the_service_and_is_removed_only_with_the_u
         |d| d["code_verified"] == true,
     );
     assert_eq!(service_state(&wine), None, "the service went with the MSI");
+}
+
+/// What Windows' Plug and Play manager writes for a SanDisk stick, written here by the test:
+/// Wine has no USB devices, so this stands in for the device (said in the README).
+const STICK_KEYS: &str = "[HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Enum\\USBSTOR\\Disk&Ven_SanDisk&Prod_Cruzer_Blade&Rev_1.00\\4C530001230515115343&0]\r\n\
+\"FriendlyName\"=\"SanDisk Cruzer Blade USB Device\"\r\n\r\n\
+[HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Enum\\USB\\VID_0781&PID_5567\\4C530001230515115343]\r\n\
+\"LocationInformation\"=\"Port_#0002.Hub_#0001\"\r\n\r\n\
+[HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\USBSTOR\\Enum]\r\n\
+\"0\"=\"USB\\\\VID_0781&PID_5567\\\\4C530001230515115343\"\r\n\
+\"Count\"=dword:00000001\r\n";
+
+#[test]
+fn a_usb_stick_the_policy_blocks_is_reported_and_its_removal_attempted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let api = collector.api();
+    let (_, current) = api.get("/api/v1/policy");
+    let mut policy = current["policy"].clone();
+    policy["removable_media"]["enforce"] = json!(true);
+    policy["removable_media"]["pupil_storage"] = json!("block");
+    let (st, v) = api.put("/api/v1/policy", &json!({ "policy": policy }));
+    assert_eq!(st, 200, "{v}");
+
+    let wine = Wine::fresh();
+    bundle_into(&collector, &wine, 1);
+    let state = r"C:\caretaker-state";
+    let (ok, out, err) = wine.agent(&[
+        "enroll",
+        "--bundle",
+        r"C:\school.caretaker",
+        "--state-dir",
+        state,
+    ]);
+    assert!(ok, "{out}{err}");
+    let device = enrolled_device(&out);
+    let _agent = wine.spawn_agent(&["run", "--state-dir", state]);
+    wait_event(
+        &collector,
+        &wine,
+        &device,
+        "agent.started",
+        "agent.started",
+        |_| true,
+    );
+
+    wine.reg_import(STICK_KEYS);
+    let inserted = wait_event(
+        &collector,
+        &wine,
+        &device,
+        "usb.inserted",
+        "usb.inserted for the stick",
+        |_| true,
+    );
+    let d = &inserted["details"];
+    assert_eq!(d["device_id"], "0781:5567", "{inserted}");
+    assert_eq!(d["serial"], "4C530001230515115343", "{inserted}");
+    assert_eq!(d["manufacturer"], "SanDisk", "{inserted}");
+    assert_eq!(d["product"], "Cruzer Blade", "{inserted}");
+    assert_eq!(d["sys_name"], "Port_#0002.Hub_#0001", "{inserted}");
+    assert_eq!(d["mass_storage"], true, "{inserted}");
+    assert_eq!(d["decision"], "block", "{inserted}");
+    // Nobody known at the console: pupil rules, the stricter audience.
+    assert_eq!(d["account"], "pupil", "{inserted}");
+    assert!(
+        !inserted.to_string().contains("VID_0781"),
+        "the instance id stays on the laptop: {inserted}"
+    );
+    // Wine has no pnputil: the block is reported as not enforced, with why.
+    let blocked = wait_event(
+        &collector,
+        &wine,
+        &device,
+        "usb.blocked",
+        "usb.blocked for the stick",
+        |_| true,
+    );
+    assert_eq!(blocked["details"]["enforced"], false, "{blocked}");
+    let reason = blocked["details"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("USB storage is blocked for devices inserted with nobody logged in; not removed: cannot run ")
+            && reason.contains("pnputil.exe"),
+        "{blocked}"
+    );
+
+    // Unplugged: Windows drops it from the driver's list.
+    wine.reg_import(
+        "[HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\USBSTOR\\Enum]\r\n\"0\"=-\r\n\"Count\"=dword:00000000\r\n",
+    );
+    let removed = wait_event(
+        &collector,
+        &wine,
+        &device,
+        "usb.removed",
+        "usb.removed once the stick is gone",
+        |_| true,
+    );
+    assert_eq!(removed["details"]["serial"], "4C530001230515115343");
+    let inserts = api
+        .all_events(&device)
+        .into_iter()
+        .filter(|e| e["kind"] == "usb.inserted")
+        .count();
+    assert_eq!(inserts, 1, "one stick, one arrival");
 }

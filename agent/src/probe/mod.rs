@@ -7,8 +7,6 @@ pub mod antivirus;
 pub mod facts;
 pub mod lifecycle;
 pub mod liveness;
-#[cfg(any(windows, test))]
-mod pending;
 pub mod screen_lock;
 pub mod software;
 #[cfg(target_os = "linux")]

@@ -146,6 +146,22 @@ pub fn subkey_names(hive: Hive, path: &str) -> Result<Vec<String>, RegistryError
     Ok(names.collect())
 }
 
+/// The values of `path` itself; empty if `path` does not exist.
+pub fn read_key_values(hive: Hive, path: &str) -> Result<Vec<(String, RawValue)>, RegistryError> {
+    let fail = |source| RegistryError {
+        path: format!("{}\\{path}", hive.name()),
+        source,
+    };
+    let Some(key) = open(hive.key(), path, 0).map_err(fail)? else {
+        return Ok(Vec::new());
+    };
+    Ok(key
+        .values()
+        .map_err(|e| fail(io_error(e.code().0)))?
+        .map(|(n, v)| (n, raw_value(v)))
+        .collect())
+}
+
 /// Every direct subkey of `path` with its values; empty if `path` does not exist. `shown_as`
 /// is the path written into each `RawKey` (e.g. with `WOW6432Node` for the 32-bit view).
 /// A subkey that vanishes between listing and reading (an uninstaller at work) is skipped.

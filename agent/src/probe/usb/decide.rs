@@ -80,6 +80,50 @@ pub enum Decision {
     Block(String),
 }
 
+impl Decision {
+    /// As the events and the policy name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::AllowAfterScan => "allow_after_scan",
+            Decision::Block(_) => "block",
+        }
+    }
+}
+
+/// `usb.inserted`'s details: the device, the decision, whose rules applied (nobody logged in
+/// counts as pupil: the stricter audience), whether it was there when the agent started, and
+/// the antivirus's state at the time (`antivirus_problem` is `None` when current).
+pub fn inserted_details(
+    facts: &UsbDeviceFacts,
+    decision: &Decision,
+    user: Option<&UserInfo>,
+    policy: &RemovableMediaPolicy,
+    at_start: bool,
+    antivirus_problem: Option<String>,
+) -> Map<String, Value> {
+    let mut d = facts.details();
+    d.insert("decision".into(), json!(decision.name()));
+    d.insert("mass_storage".into(), json!(facts.is_mass_storage()));
+    let pupil = user.is_none() || is_pupil(user, &policy.pupils);
+    d.insert(
+        "account".into(),
+        json!(if pupil { "pupil" } else { "staff" }),
+    );
+    if let Decision::Block(r) = decision {
+        d.insert("reason".into(), json!(r));
+    }
+    d.insert("present_at_start".into(), json!(at_start));
+    d.insert(
+        "antivirus_current".into(),
+        json!(antivirus_problem.is_none()),
+    );
+    if let Some(p) = antivirus_problem {
+        d.insert("antivirus_problem".into(), json!(p));
+    }
+    d
+}
+
 /// Matches `*`-wildcard patterns (no other metacharacters: policies are written by school staff).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();

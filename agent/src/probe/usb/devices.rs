@@ -8,14 +8,6 @@ use super::{Hold, State, Tracked, UsbProbeInputs, parse};
 use crate::os::linux::usb_sysfs as sysfs;
 use caretaker_proto::policy::removable_media::RemovableMediaPolicy;
 
-fn decision_name(d: &Decision) -> &'static str {
-    match d {
-        Decision::Allow => "allow",
-        Decision::AllowAfterScan => "allow_after_scan",
-        Decision::Block(_) => "block",
-    }
-}
-
 impl State {
     fn enforcing(&self, pol: &RemovableMediaPolicy) -> bool {
         self.cfg.manage_authorization && pol.enforce
@@ -97,25 +89,9 @@ impl State {
         }
         let user = self.user_info(inputs);
         let decision = decide(&facts, user.as_ref(), pol, chrono::Utc::now());
-        let mut d = facts.details();
-        d.insert("decision".into(), json!(decision_name(&decision)));
-        // What the collector needs to route it: storage or not, and whose rules applied
-        // (nobody logged in counts as pupil: the stricter audience).
-        d.insert("mass_storage".into(), json!(facts.is_mass_storage()));
-        let pupil = user.is_none() || decide::is_pupil(user.as_ref(), &pol.pupils);
-        d.insert(
-            "account".into(),
-            json!(if pupil { "pupil" } else { "staff" }),
-        );
-        if let Decision::Block(r) = &decision {
-            d.insert("reason".into(), json!(r));
-        }
-        d.insert("present_at_start".into(), json!(at_start));
+        // What the collector needs to route it: storage or not, and whose rules applied.
         let av = inputs.antivirus_problem.borrow().clone();
-        d.insert("antivirus_current".into(), json!(av.is_none()));
-        if let Some(p) = av {
-            d.insert("antivirus_problem".into(), json!(p));
-        }
+        let d = decide::inserted_details(&facts, &decision, user.as_ref(), pol, at_start, av);
         self.emit("usb.inserted", user.as_ref().map(|u| u.name.clone()), d)
             .await;
         let mut t = Tracked {
