@@ -199,7 +199,7 @@ const USB_BLOCKED: &[Field] = &[
 
 const BLOCK: Field = plain(
     "block",
-    "The kernel's name of the disk or partition (e.g. `sdb1`).",
+    "The kernel's name of the disk or partition (e.g. `sdb1`); on Windows its drive letter (`E:`).",
 );
 
 const MEDIA_MOUNTED: &[Field] = &[

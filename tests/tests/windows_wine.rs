@@ -9,8 +9,9 @@
 //! under Wine's Service Control Manager (install, start, stop, uninstall), and the MSI (install
 //! with `BUNDLE`, enrolment and the service; removal refused without the uninstall code and
 //! reported, then accepted with it), and USB storage from Windows' Plug and Play registry
-//! (the stick's entries written by the test, Wine having no USB: reported, judged, blocked as
-//! far as Wine allows, unplugged). Not here, because Wine has none of it: Defender's answers,
+//! (the sticks' entries written by the test, Wine having no USB: reported, judged, blocked as
+//! far as Wine allows, unplugged; a stick allowed after a scan gets a Wine drive, whose scan
+//! is incomplete without Defender, so it is blocked). Not here, because Wine has none of it: Defender's answers,
 //! `LockWorkStation` and real input, real devices, `pnputil` (README, "Windows").
 
 use std::path::Path;
@@ -528,7 +529,7 @@ const STICK_KEYS: &str = "[HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Enum\\
 \"Count\"=dword:00000001\r\n";
 
 #[test]
-fn a_usb_stick_the_policy_blocks_is_reported_and_its_removal_attempted() {
+fn usb_storage_is_reported_judged_blocked_and_scanned_as_far_as_wine_allows() {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Collector::start(&tmp.path().join("collector"));
     let api = collector.api();
@@ -620,4 +621,50 @@ fn a_usb_stick_the_policy_blocks_is_reported_and_its_removal_attempted() {
         .filter(|e| e["kind"] == "usb.inserted")
         .count();
     assert_eq!(inserts, 1, "one stick, one arrival");
+
+    // Pupils may use storage after a virus scan: a second stick, with a drive of its own, is
+    // scanned with Defender's MpCmdRun, which Wine does not have, so the scan is incomplete
+    // and the stick is blocked rather than let through unscanned.
+    policy["removable_media"]["pupil_storage"] = json!("allow_after_scan");
+    let (st, v) = api.put("/api/v1/policy", &json!({ "policy": policy }));
+    assert_eq!(st, 200, "{v}");
+    let stick = tmp.path().join("stick");
+    std::fs::create_dir(&stick).unwrap();
+    std::os::unix::fs::symlink(&stick, wine.prefix().join("dosdevices/f:")).unwrap();
+    let volume = r"_??_USBSTOR#Disk&Ven_Kingston&Prod_DT&Rev_PMAP#60A44C413C2BF1B0A9BA0049&0#{53f56307-b6bf-11d0-94f2-00a0c91efb8b}";
+    let hex: Vec<String> = volume
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    wine.reg_import(&format!(
+        "[HKEY_LOCAL_MACHINE\\SYSTEM\\MountedDevices]\r\n\"\\\\DosDevices\\\\F:\"=hex:{}\r\n\r\n\
+         [HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\USBSTOR\\Enum]\r\n\
+         \"0\"=\"USB\\\\VID_0951&PID_1666\\\\60A44C413C2BF1B0A9BA0049\"\r\n\"Count\"=dword:00000001\r\n",
+        hex.join(",")
+    ));
+    let second = |kind: &str, what: &str| {
+        wait_event(&collector, &wine, &device, kind, what, |d| {
+            d["serial"] == "60A44C413C2BF1B0A9BA0049"
+        })
+    };
+    let inserted = second("usb.inserted", "usb.inserted for the second stick");
+    assert_eq!(
+        inserted["details"]["decision"], "allow_after_scan",
+        "{inserted}"
+    );
+    let scanned = second("media.scanned", "media.scanned for the second stick");
+    assert_eq!(scanned["details"]["block"], "F:", "{scanned}");
+    assert_eq!(scanned["details"]["result"], "incomplete", "{scanned}");
+    let errors = scanned["details"]["errors"].to_string();
+    assert!(
+        errors.contains("cannot run ") && errors.contains("MpCmdRun.exe"),
+        "{scanned}"
+    );
+    let blocked = second("usb.blocked", "usb.blocked after the incomplete scan");
+    let reason = blocked["details"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("the virus scan did not complete (cannot run "),
+        "{blocked}"
+    );
 }

@@ -1,9 +1,11 @@
 //! Windows facts: computer name, Windows edition and version, process liveness; the registry
-//! reads the probes need (`registry`), questions put to Windows PowerShell (`powershell`), the
+//! reads the probes need (`registry`), questions put to Windows PowerShell (`powershell`),
+//! Defender's scanner on a drive (`defender`), the
 //! state folder's file rules (`perms`), opening files in a pupil's folders (`untrusted`), a
 //! no-op stand-in for systemd's notifications (`sdnotify`), and the agent as a service
 //! (`service`).
 
+pub mod defender;
 pub mod perms;
 pub mod powershell;
 pub mod registry;

@@ -25,7 +25,9 @@ pub enum RawValue {
     Str(String),
     /// `REG_DWORD`.
     Dword(u32),
-    /// Anything else (binary, multi-string, QWORD), kept only as present.
+    /// `REG_BINARY`.
+    Binary(Vec<u8>),
+    /// Anything else (multi-string, QWORD), kept only as present.
     Other,
 }
 
@@ -209,6 +211,7 @@ fn raw_value(v: Value) -> RawValue {
             RawValue::Str(String::from_utf16_lossy(&units[..end]))
         }
         Type::U32 => u32::try_from(v).map_or(RawValue::Other, RawValue::Dword),
+        Type::Bytes => RawValue::Binary(v.to_vec()),
         _ => RawValue::Other,
     }
 }

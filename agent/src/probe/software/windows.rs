@@ -254,7 +254,7 @@ fn reg_values(values: Vec<(String, RawValue)>) -> Vec<(String, RegValue)> {
             let v = match v {
                 RawValue::Str(s) => RegValue::Str(s),
                 RawValue::Dword(d) => RegValue::Dword(d),
-                RawValue::Other => RegValue::Other,
+                RawValue::Binary(_) | RawValue::Other => RegValue::Other,
             };
             (n, v)
         })

@@ -4,18 +4,21 @@
 //! device with Windows' own `pnputil /remove-device` (it comes back, and is judged again, when
 //! it is plugged in again).
 //!
+//! Storage the policy allows after a scan is scanned with Defender's `MpCmdRun` on the drive
+//! Windows gave it (`scan.rs`); malware, or a scan that does not complete, removes it. Unlike
+//! Linux, the stick is not held read-only while the scan runs.
+//!
 //! The list is read every second (device notifications need a window or a service control
 //! handler's device events, which `windows-service` does not pass on, and the crate forbids
-//! `unsafe`); a read costs a few registry calls. Not yet: scanning (Defender's `MpCmdRun`), so
-//! storage the policy allows after a scan is blocked rather than let through unscanned; the
-//! console user (pupil rules apply to everyone, the stricter audience); other USB devices
-//! (keyboards, phones) are not listed.
+//! `unsafe`); a read costs a few registry calls. Not yet: the console user (pupil rules apply
+//! to everyone, the stricter audience); other USB devices (keyboards, phones) are not listed.
 
 #[path = "../usb/decide.rs"]
 pub mod decide;
 #[path = "../usb/inputs.rs"]
 mod inputs;
 pub mod pnp;
+pub mod scan;
 pub use inputs::UsbProbeInputs;
 
 /// The clamd address type the config names (`[usb] clamd_tcp`).
@@ -65,8 +68,28 @@ impl Default for UsbProbeConfig {
 /// How often the list of USB storage devices is read.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Why a device the policy lets through after a scan is blocked on Windows.
-const NO_SCAN: &str = "USB storage is allowed only after a virus scan, and scanning is not built for Windows yet: blocked rather than let through unscanned";
+/// How long Windows may take to give a new stick a drive letter.
+const LETTER_WAIT: Duration = Duration::from_secs(15);
+/// How long a scan of a whole stick may take before it counts as incomplete.
+const SCAN_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// What an arrival leads to.
+enum Arrival {
+    /// Nothing more (allowed, or blocked: `true` if the agent removed it).
+    Done(bool),
+    /// Allowed once a scan finds it clean.
+    Scan,
+    /// The agent is stopping.
+    Stopping,
+}
+
+/// A finished scan of one stick.
+struct Scanned {
+    id: String,
+    letter: Option<String>,
+    outcome: scan::Outcome,
+    duration_ms: u128,
+}
 
 /// A device being followed.
 struct Tracked {
@@ -87,11 +110,20 @@ pub async fn run(
     let mut last_problem: Option<String> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scans: tokio::task::JoinSet<Scanned> = tokio::task::JoinSet::new();
     loop {
         crate::probe::liveness::beat();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = crate::probe::liveness::idle() => continue,
+            Some(done) = scans.join_next(), if !scans.is_empty() => {
+                let Ok(done) = done else { continue };
+                let user = config.inputs.user.borrow().clone();
+                if !scanned(&config, &mut devices, done, user, &sink).await {
+                    return;
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let read = tokio::task::spawn_blocking(read_present).await;
@@ -154,8 +186,12 @@ pub async fn run(
             };
             let removed_by_agent =
                 match arrived(&config, &pol, &facts, user.as_ref(), at_start, &sink).await {
-                    Some(removed) => removed,
-                    None => return,
+                    Arrival::Done(removed) => removed,
+                    Arrival::Scan => {
+                        scans.spawn(scan_stick(id.clone(), facts.serial.clone()));
+                        false
+                    }
+                    Arrival::Stopping => return,
                 };
             devices.insert(
                 id,
@@ -169,8 +205,7 @@ pub async fn run(
     }
 }
 
-/// Reports a device that arrived and enacts the decision; `Some(true)` if the agent removed
-/// it, `None` if the agent is stopping.
+/// Reports a device that arrived and enacts the decision.
 async fn arrived(
     config: &UsbProbeConfig,
     pol: &RemovableMediaPolicy,
@@ -178,7 +213,7 @@ async fn arrived(
     user: Option<&UserInfo>,
     at_start: bool,
     sink: &EventSink,
-) -> Option<bool> {
+) -> Arrival {
     let decision = decide::decide(facts, user, pol, chrono::Utc::now());
     let av = config.inputs.antivirus_problem.borrow().clone();
     let details = decide::inserted_details(facts, &decision, user, pol, at_start, av);
@@ -187,13 +222,27 @@ async fn arrived(
         .emit(NewEvent::now("usb.inserted", name.clone(), details))
         .await
     {
-        return None;
+        return Arrival::Stopping;
     }
-    let reason = match &decision {
-        Decision::Allow => return Some(false),
-        Decision::AllowAfterScan => NO_SCAN.to_string(),
-        Decision::Block(r) => r.clone(),
-    };
+    match &decision {
+        Decision::Allow => Arrival::Done(false),
+        Decision::AllowAfterScan => Arrival::Scan,
+        Decision::Block(r) => match block(config, facts, r, name, sink).await {
+            Some(removed) => Arrival::Done(removed),
+            None => Arrival::Stopping,
+        },
+    }
+}
+
+/// Removes the device (when the configuration allows) and reports `usb.blocked`; `Some(true)`
+/// if it was removed, `None` if the agent is stopping.
+async fn block(
+    config: &UsbProbeConfig,
+    facts: &UsbDeviceFacts,
+    reason: &str,
+    name: Option<String>,
+    sink: &EventSink,
+) -> Option<bool> {
     let removal = if config.manage_authorization {
         let id = facts.devpath.clone();
         tokio::task::spawn_blocking(move || remove_device(&id))
@@ -216,6 +265,122 @@ async fn arrived(
         return None;
     }
     Some(enforced)
+}
+
+/// Finds the stick's drive and scans it.
+async fn scan_stick(id: String, serial: Option<String>) -> Scanned {
+    let started = std::time::Instant::now();
+    let mut letter = None;
+    if let Some(serial) = &serial {
+        let deadline = tokio::time::Instant::now() + LETTER_WAIT;
+        while letter.is_none() && tokio::time::Instant::now() < deadline {
+            let serial = serial.clone();
+            letter = tokio::task::spawn_blocking(move || drive_of(&serial))
+                .await
+                .ok()
+                .flatten();
+            if letter.is_none() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    let outcome = match (&serial, &letter) {
+        (None, _) => scan::Outcome::Incomplete(
+            "the stick has no serial number, so its drive cannot be found".into(),
+        ),
+        (Some(_), None) => scan::Outcome::Incomplete(format!(
+            "no drive letter appeared for the stick within {} s",
+            LETTER_WAIT.as_secs()
+        )),
+        (Some(_), Some(drive)) => {
+            match crate::os::windows::defender::scan_drive(drive, SCAN_LIMIT).await {
+                Ok((code, out)) => scan::outcome(code, &out),
+                Err(why) => scan::Outcome::Incomplete(why),
+            }
+        }
+    };
+    Scanned {
+        id,
+        letter,
+        outcome,
+        duration_ms: started.elapsed().as_millis(),
+    }
+}
+
+/// The drive Windows gave the stick with this serial, if it is there now.
+fn drive_of(serial: &str) -> Option<String> {
+    let values = registry::read_key_values(Hive::LocalMachine, scan::MOUNTED_DEVICES).ok()?;
+    let binary: Vec<(String, Vec<u8>)> = values
+        .into_iter()
+        .filter_map(|(name, v)| match v {
+            RawValue::Binary(b) => Some((name, b)),
+            _ => None,
+        })
+        .collect();
+    scan::letters_of(&binary, serial)
+        .into_iter()
+        .find(|l| std::fs::metadata(format!(r"{l}\")).is_ok())
+}
+
+/// Reports a finished scan and removes the stick unless it was clean; `false` if the agent
+/// is stopping.
+async fn scanned(
+    config: &UsbProbeConfig,
+    devices: &mut BTreeMap<String, Tracked>,
+    done: Scanned,
+    user: Option<String>,
+    sink: &EventSink,
+) -> bool {
+    let Some(t) = devices.get_mut(&done.id) else {
+        return true; // unplugged while it was scanned
+    };
+    let mut d = t.facts.details();
+    d.insert("block".into(), json!(done.letter));
+    d.insert("result".into(), json!(done.outcome.result()));
+    d.insert("duration_ms".into(), json!(done.duration_ms));
+    let errors: Vec<&str> = match &done.outcome {
+        scan::Outcome::Incomplete(why) => vec![why.as_str()],
+        _ => Vec::new(),
+    };
+    d.insert("errors".into(), json!(errors));
+    if !sink
+        .emit(NewEvent::now("media.scanned", user.clone(), d))
+        .await
+    {
+        return false;
+    }
+    let reason = match &done.outcome {
+        scan::Outcome::Clean => return true,
+        scan::Outcome::Infected(names) => {
+            let mut d = t.facts.details();
+            d.insert("block".into(), json!(done.letter));
+            d.insert("detections".into(), json!(names));
+            let action = if config.manage_authorization {
+                "detached"
+            } else {
+                "reported"
+            };
+            d.insert("action".into(), json!(action));
+            if !sink
+                .emit(NewEvent::now("media.infected", user.clone(), d))
+                .await
+            {
+                return false;
+            }
+            "malware was found on the stick".to_string()
+        }
+        scan::Outcome::Incomplete(why) => format!(
+            "the virus scan did not complete ({why}): blocked rather than let through unscanned"
+        ),
+    };
+    let facts = t.facts.clone();
+    match block(config, &facts, &reason, user, sink).await {
+        Some(removed) => {
+            t.removed_by_agent = removed;
+            true
+        }
+        None => false,
+    }
 }
 
 /// The USB storage devices present now, by instance id.
