@@ -273,6 +273,7 @@ mod tests {
             .unwrap();
         app.set_u32("SystemComponent", 1).unwrap();
         app.set_bytes("Blob", Type::Bytes, &[1, 2, 3]).unwrap();
+        app.set_u64("Big", 1).unwrap();
         hkcu.create(format!(r"{}\Empty", t.0)).unwrap();
 
         let mut keys = read_subkeys(Hive::CurrentUser, &t.0, 0, "Shown").unwrap();
@@ -286,7 +287,8 @@ mod tests {
         assert_eq!(
             values,
             [
-                ("Blob".to_string(), RawValue::Other),
+                ("Big".to_string(), RawValue::Other),
+                ("Blob".to_string(), RawValue::Binary(vec![1, 2, 3])),
                 ("DisplayName".to_string(), RawValue::Str("Test App".into())),
                 (
                     "InstallLocation".to_string(),
