@@ -34,6 +34,19 @@ fn bundle_into(collector: &Collector, wine: &Wine, uses: u32) {
     assert!(ok, "bundle create: {stdout}{err}");
 }
 
+/// Enrols the `.exe` with the bundle into `state`; the device id.
+fn enrol(wine: &Wine, state: &str) -> String {
+    let (ok, out, err) = wine.agent(&[
+        "enroll",
+        "--bundle",
+        r"C:\school.caretaker",
+        "--state-dir",
+        state,
+    ]);
+    assert!(ok, "enroll under Wine: {out}{err}");
+    enrolled_device(&out)
+}
+
 /// The device id in `Enrolled as device ID with ...`.
 fn enrolled_device(said: &str) -> String {
     said.split("Enrolled as device ")
@@ -86,15 +99,7 @@ fn the_exe_enrols_from_a_bundle_streams_and_reports_an_uninstall_entry_added_whi
     bundle_into(&collector, &wine, 1);
 
     let state = r"C:\caretaker-state";
-    let (ok, out, err) = wine.agent(&[
-        "enroll",
-        "--bundle",
-        r"C:\school.caretaker",
-        "--state-dir",
-        state,
-    ]);
-    assert!(ok, "enroll under Wine: {out}{err}");
-    let device = enrolled_device(&out);
+    let device = enrol(&wine, state);
     assert!(wine.c_drive().join("caretaker-state/device.key").is_file());
 
     // A reinstall keeps its enrolment; without --if-not-enrolled a second enrolment is refused.
@@ -543,15 +548,7 @@ fn usb_storage_is_reported_judged_blocked_and_scanned_as_far_as_wine_allows() {
     let wine = Wine::fresh();
     bundle_into(&collector, &wine, 1);
     let state = r"C:\caretaker-state";
-    let (ok, out, err) = wine.agent(&[
-        "enroll",
-        "--bundle",
-        r"C:\school.caretaker",
-        "--state-dir",
-        state,
-    ]);
-    assert!(ok, "{out}{err}");
-    let device = enrolled_device(&out);
+    let device = enrol(&wine, state);
     let _agent = wine.spawn_agent(&["run", "--state-dir", state]);
     wait_event(
         &collector,

@@ -37,14 +37,7 @@ pub fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
         .open(path)?;
     // `File::metadata` is fstat on the descriptor: the file we hold, not whatever the path
     // names by now.
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    Ok((file, meta))
+    crate::os::regular_only(path, file)
 }
 
 #[cfg(test)]

@@ -13,14 +13,7 @@ pub fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
     let mut opts = OpenOptions::new();
     opts.read(true);
     let file = super::perms::no_follow(&mut opts).open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    Ok((file, meta))
+    crate::os::regular_only(path, file)
 }
 
 /// Which file this is. Stable Rust has no file index on Windows, so every file compares equal:
