@@ -542,6 +542,8 @@ fn usb_storage_is_reported_judged_blocked_and_scanned_as_far_as_wine_allows() {
     let mut policy = current["policy"].clone();
     policy["removable_media"]["enforce"] = json!(true);
     policy["removable_media"]["pupil_storage"] = json!("block");
+    // Everyone is a pupil here, whoever Wine says is at the console.
+    policy["removable_media"]["pupils"]["username_patterns"] = json!(["*"]);
     let (st, v) = api.put("/api/v1/policy", &json!({ "policy": policy }));
     assert_eq!(st, 200, "{v}");
 
@@ -576,8 +578,17 @@ fn usb_storage_is_reported_judged_blocked_and_scanned_as_far_as_wine_allows() {
     assert_eq!(d["sys_name"], "Port_#0002.Hub_#0001", "{inserted}");
     assert_eq!(d["mass_storage"], true, "{inserted}");
     assert_eq!(d["decision"], "block", "{inserted}");
-    // Nobody known at the console: pupil rules, the stricter audience.
     assert_eq!(d["account"], "pupil", "{inserted}");
+    // The console user, if Wine shows one, is the desktop shell's owner: the prefix's user.
+    let user = wine_user_profile(&wine)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        inserted["user"].is_null() || inserted["user"] == user.as_str(),
+        "{inserted}"
+    );
     assert!(
         !inserted.to_string().contains("VID_0781"),
         "the instance id stays on the laptop: {inserted}"
@@ -594,7 +605,8 @@ fn usb_storage_is_reported_judged_blocked_and_scanned_as_far_as_wine_allows() {
     assert_eq!(blocked["details"]["enforced"], false, "{blocked}");
     let reason = blocked["details"]["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.starts_with("USB storage is blocked for devices inserted with nobody logged in; not removed: cannot run ")
+        reason.starts_with("USB storage is blocked for ")
+            && reason.contains("; not removed: cannot run ")
             && reason.contains("pnputil.exe"),
         "{blocked}"
     );

@@ -24,25 +24,63 @@ const COMPUTER_NAME: &str = r"SYSTEM\CurrentControlSet\Control\ComputerName\Acti
 /// list rather than the environment: a service's `%ProgramData%` is not always the machine's
 /// (under Wine a service gets `C:\users\Public`). None if neither says.
 pub fn program_data() -> Option<std::path::PathBuf> {
-    let listed = registry::read_string(
-        windows_registry::LOCAL_MACHINE,
-        r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList",
-        "ProgramData",
-    )
-    .ok()
-    .flatten()
-    .map(|v| expand_env(&v, |name| std::env::var(name).ok()));
+    let listed =
+        registry::read_string(windows_registry::LOCAL_MACHINE, PROFILE_LIST, "ProgramData")
+            .ok()
+            .flatten()
+            .map(|v| expand_env(&v, |name| std::env::var(name).ok()));
     listed
         .or_else(|| std::env::var("ProgramData").ok())
         .filter(|d| !d.trim().is_empty())
         .map(std::path::PathBuf::from)
 }
 
+/// Where Windows records each SID's profile folder (its last component names the user).
+const PROFILE_LIST: &str = r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList";
+
+/// SID → user name, from each profile's folder (`C:\Users\alice` → `alice`).
+pub fn profile_owners() -> Vec<(String, String)> {
+    let Ok(sids) = registry::subkey_names(registry::Hive::LocalMachine, PROFILE_LIST) else {
+        return Vec::new();
+    };
+    sids.into_iter()
+        .filter_map(|sid| {
+            let path = format!(r"{PROFILE_LIST}\{sid}");
+            let folder =
+                registry::read_string(windows_registry::LOCAL_MACHINE, &path, "ProfileImagePath")
+                    .ok()??;
+            let name = folder.rsplit(['\\', '/']).next()?.to_string();
+            (!name.is_empty()).then_some((sid, name))
+        })
+        .collect()
+}
+
+/// The user at the console: the owner of the desktop shell (`explorer.exe`), named after their
+/// profile folder. `None` when nobody is logged on (or the shell is not running).
+pub fn console_user() -> Option<String> {
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System, UpdateKind};
+    let mut sys = System::new_with_specifics(RefreshKind::nothing()).ok()?;
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::All,
+        true,
+        ProcessRefreshKind::nothing().with_user(UpdateKind::Always),
+    );
+    let sid = sys
+        .processes()
+        .values()
+        .filter(|p| p.name().eq_ignore_ascii_case("explorer.exe"))
+        .find_map(|p| p.user_id().map(|u| u.to_string()))?;
+    profile_owners()
+        .into_iter()
+        .find(|(s, _)| s.eq_ignore_ascii_case(&sid))
+        .map(|(_, name)| name)
+}
+
 /// Where Windows makes users' profiles (`C:\Users`), from the profile list.
 pub fn profiles_directory() -> Option<std::path::PathBuf> {
     registry::read_string(
         windows_registry::LOCAL_MACHINE,
-        r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList",
+        PROFILE_LIST,
         "ProfilesDirectory",
     )
     .ok()

@@ -39,8 +39,6 @@ use crate::os::registry::{self, Hive, KEY_WOW64_32KEY, RawKey, RawValue, Registr
 /// The Uninstall key, below HKLM and below each user's hive.
 pub const UNINSTALL: &str = r"SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall";
 const UNINSTALL_32: &str = r"SOFTWARE\WOW6432Node\Microsoft\Windows\CurrentVersion\Uninstall";
-/// Where Windows records each SID's profile folder (its last component names the user).
-const PROFILE_LIST: &str = r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList";
 
 /// Runs the probe until `shutdown`.
 pub async fn run(
@@ -198,7 +196,7 @@ async fn read(previous: &Inventory, last_problems: &mut Vec<String>) -> Option<I
     for w in &parsed.warnings {
         tracing::debug!(warning = %w, "Odd Uninstall entry.");
     }
-    let owners = tokio::task::spawn_blocking(profile_owners)
+    let owners = tokio::task::spawn_blocking(crate::os::windows::profile_owners)
         .await
         .unwrap_or_default();
     let mut fresh = inventory_of(parsed.value, &owners);
@@ -257,23 +255,6 @@ fn reg_values(values: Vec<(String, RawValue)>) -> Vec<(String, RegValue)> {
                 RawValue::Binary(_) | RawValue::Other => RegValue::Other,
             };
             (n, v)
-        })
-        .collect()
-}
-
-/// SID → user name, from each profile's folder (`C:\Users\alice` → `alice`).
-fn profile_owners() -> Vec<(String, String)> {
-    let Ok(sids) = registry::subkey_names(Hive::LocalMachine, PROFILE_LIST) else {
-        return Vec::new();
-    };
-    sids.into_iter()
-        .filter_map(|sid| {
-            let path = format!(r"{PROFILE_LIST}\{sid}");
-            let folder =
-                registry::read_string(windows_registry::LOCAL_MACHINE, &path, "ProfileImagePath")
-                    .ok()??;
-            let name = folder.rsplit(['\\', '/']).next()?.to_string();
-            (!name.is_empty()).then_some((sid, name))
         })
         .collect()
 }

@@ -10,8 +10,11 @@
 //!
 //! The list is read every second (device notifications need a window or a service control
 //! handler's device events, which `windows-service` does not pass on, and the crate forbids
-//! `unsafe`); a read costs a few registry calls. Not yet: the console user (pupil rules apply
-//! to everyone, the stricter audience); other USB devices (keyboards, phones) are not listed.
+//! `unsafe`); a read costs a few registry calls. The user at the console is the desktop
+//! shell's owner (`os::windows::console_user`), matched against the policy's pupil name
+//! patterns; Windows group membership is not read yet, so a policy that tells pupils by group
+//! treats everyone as a pupil (the stricter audience). Other USB devices (keyboards, phones)
+//! are not listed.
 
 #[path = "../usb/decide.rs"]
 pub mod decide;
@@ -118,7 +121,7 @@ pub async fn run(
             _ = crate::probe::liveness::idle() => continue,
             Some(done) = scans.join_next(), if !scans.is_empty() => {
                 let Ok(done) = done else { continue };
-                let user = config.inputs.user.borrow().clone();
+                let user = current_user(&config).await;
                 if !scanned(&config, &mut devices, done, user, &sink).await {
                     return;
                 }
@@ -145,15 +148,19 @@ pub async fn run(
                 continue;
             }
         };
-        let user = config.inputs.user.borrow().clone().map(|name| UserInfo {
-            name,
-            groups: Vec::new(),
-        });
         let gone: Vec<String> = devices
             .keys()
             .filter(|id| !present.contains(id))
             .cloned()
             .collect();
+        if gone.is_empty() && present.iter().all(|id| devices.contains_key(id)) {
+            at_start = false;
+            continue;
+        }
+        let user = current_user(&config).await.map(|name| UserInfo {
+            name,
+            groups: Vec::new(),
+        });
         for id in gone {
             let Some(t) = devices.remove(&id) else {
                 continue;
@@ -203,6 +210,17 @@ pub async fn run(
         }
         at_start = false;
     }
+}
+
+/// Who is at the console: as the rest of the agent says, else the desktop shell's owner.
+async fn current_user(config: &UsbProbeConfig) -> Option<String> {
+    if let Some(u) = config.inputs.user.borrow().clone() {
+        return Some(u);
+    }
+    tokio::task::spawn_blocking(crate::os::windows::console_user)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Reports a device that arrived and enacts the decision.
